@@ -1,0 +1,201 @@
+"""Configurations of the probes: one `PreTrainedConfig` per probe kind, the backbone config as a sub-config.
+
+A probe config says everything needed to rebuild the probe and re-attach it to its frozen backbone: the backbone's
+architecture (``backbone_config``) and where its weights live (``backbone_name_or_path``, ``backbone_revision``),
+which tokens and which layer(s) the probe reads, and the probe's own hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .backbones import backbone_family, vision_config
+from .probes import LINEAR_FEATURES, valid_num_queries
+
+TOKEN_SELECTIONS = ("patch", "all")
+
+# Keyword arguments `PreTrainedConfig` itself consumes; anything else a config file carries that no field of ours
+# declares comes from another (newer) version of this library and is reported, not silently kept.
+_BASE_CONFIG_KWARGS = {
+    "num_labels",
+    "torch_dtype",
+    "name_or_path",
+    "_commit_hash",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "per_layer_config",
+    "_attn_implementation_internal",
+    "_experts_implementation_internal",
+    "transformers_version",
+    "architectures",
+    "model_type",
+}
+
+
+@strict
+class ProbingConfig(PreTrainedConfig):
+    r"""Fields shared by every probe of this library. Not used directly: use a subclass.
+
+    Args:
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*):
+            Architecture of the frozen backbone (a ViT config by default). For CLIP/SigLIP give the vision config.
+        backbone_name_or_path (`str`, *optional*):
+            Hub id or local path of the backbone's pretrained weights. A probe-only checkpoint re-attaches this
+            backbone when it is loaded; without it the backbone must be saved with the probe.
+        backbone_revision (`str`, *optional*):
+            Revision (branch, tag or commit) of `backbone_name_or_path`.
+        feature_layers (`list[int]`, *optional*, defaults to `[-1]`):
+            Which hidden states the probe reads, indexed like `hidden_states`: 0 is the embedding output, `i` the
+            output of block `i`, -1 the last block. Several layers are concatenated along the channel axis.
+        token_selection (`str`, *optional*, defaults to `"patch"`):
+            `"patch"`: patch tokens only (the paper's default). `"all"`: the [CLS] token followed by the patch
+            tokens (register and distillation tokens are always dropped).
+        apply_final_norm (`bool`, *optional*):
+            Whether the backbone's final normalisation is applied to the tokens read. `None` uses the family's
+            default (the official code reads post-norm tokens for DINOv2/CLIP/SigLIP, pre-norm for MAE-style ViTs).
+        freeze_backbone (`bool`, *optional*, defaults to `True`):
+            Keep the backbone frozen (no gradients, eval mode). Set to `False` only to fine-tune it (e.g. with LoRA).
+        batch_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the non-affine BatchNorm before the classifier.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the backbone's initialiser when it is built from its config.
+    """
+
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
+    pooling_name: ClassVar[str] = ""
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    backbone_name_or_path: str | None = None
+    backbone_revision: str | None = None
+    feature_layers: list[int] | tuple[int, ...] = (-1,)
+    token_selection: str = "patch"
+    apply_final_norm: bool | None = None
+    freeze_backbone: bool = True
+    batch_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS)
+        if unknown:
+            warnings.warn(
+                f"{type(self).__name__} got fields it does not know: {unknown}. The config was probably written by "
+                "a newer version of hf-efficient-probing; upgrade it, or the probe may not behave as saved.",
+                UserWarning,
+                stacklevel=3,
+            )
+        super().__post_init__(**kwargs)
+        if isinstance(self.backbone_config, PreTrainedConfig):
+            self.backbone_config = vision_config(self.backbone_config)
+        self.feature_layers = list(self.feature_layers)
+
+    def validate_probe_settings(self):
+        if self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}.")
+        if not self.feature_layers or not all(isinstance(layer, int) for layer in self.feature_layers):
+            raise ValueError(f"feature_layers must be a non-empty list of ints, got {self.feature_layers!r}.")
+        num_layers = getattr(self.backbone_config, "num_hidden_layers", None)
+        if num_layers is not None:
+            bad = [layer for layer in self.feature_layers if not -(num_layers + 1) <= layer <= num_layers]
+            if bad:
+                raise ValueError(
+                    f"feature_layers {bad} out of range: the backbone has {num_layers} blocks, so layers go from 0 "
+                    f"(embeddings) to {num_layers} (or -{num_layers + 1} to -1)."
+                )
+        family = backbone_family(self.backbone_config)
+        if self.reads_cls_token and not family.has_cls_token:
+            raise ValueError(
+                f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "
+                "token_selection='patch' (and 'gap' features for a linear probe)."
+            )
+
+    @property
+    def reads_cls_token(self) -> bool:
+        return self.token_selection == "all"
+
+    @property
+    def token_width(self) -> int:
+        """Width of the tokens the probe reads: the backbone width times the number of layers read."""
+        return self.backbone_config.hidden_size * len(self.feature_layers)
+
+    def pooling_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the pooling registered as `pooling_name`."""
+        raise NotImplementedError
+
+
+@strict
+class EfficientProbingConfig(ProbingConfig):
+    r"""Configuration of an Efficient Probing (EP) head.
+
+    Args:
+        num_queries (`int`, *optional*, defaults to 32):
+            Number of learned queries M. `token_width` must be divisible by `d_out * num_queries`.
+        d_out (`int`, *optional*, defaults to 1):
+            Output reduction D_o: the pooled feature has width `token_width / d_out`.
+        value_bias (`bool`, *optional*, defaults to `False`):
+            Whether the value projection has a bias (the paper's has none).
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig
+    >>> from hf_efficient_probing import EfficientProbingConfig, ViTForEfficientProbing
+    >>> config = EfficientProbingConfig(backbone_config=ViTConfig(), num_queries=32, num_labels=1000)
+    >>> model = ViTForEfficientProbing(config)  # random backbone; use `from_backbone` for pretrained weights
+    ```
+    """
+
+    model_type = "efficient_probing"
+    pooling_name = "ep"
+
+    num_queries: int = 32
+    d_out: int = 1
+    value_bias: bool = False
+
+    def validate_ep_shape(self):
+        width = self.token_width
+        if self.num_queries < 1 or self.d_out < 1 or width % (self.d_out * self.num_queries):
+            raise ValueError(
+                f"EP needs the token width ({width}) divisible by d_out * num_queries; got d_out={self.d_out}, "
+                f"num_queries={self.num_queries}. With d_out={self.d_out} the valid num_queries are "
+                f"{valid_num_queries(width, self.d_out) or 'none (d_out must divide the width)'}."
+            )
+
+    def pooling_kwargs(self):
+        return {"num_queries": self.num_queries, "d_out": self.d_out, "value_bias": self.value_bias}
+
+
+@strict
+class LinearProbingConfig(ProbingConfig):
+    r"""Configuration of a linear probe (BatchNorm + linear classifier on a fixed feature).
+
+    Args:
+        features (`str`, *optional*, defaults to `"cls"`):
+            `"cls"`: the [CLS] token; `"gap"`: the mean of the patch tokens; `"cls+gap"`: both, concatenated.
+            The tokens read follow from it (`token_selection` is set to `"all"` when the [CLS] token is needed).
+    """
+
+    model_type = "linear_probing"
+    pooling_name = "linear"
+
+    features: str = "cls"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.features in LINEAR_FEATURES:
+            self.token_selection = "patch" if self.features == "gap" else "all"
+
+    def validate_features(self):
+        if self.features not in LINEAR_FEATURES:
+            raise ValueError(f"features must be one of {LINEAR_FEATURES}, got {self.features!r}.")
+
+    def pooling_kwargs(self):
+        return {"features": self.features}
+
+
+__all__ = ["EfficientProbingConfig", "LinearProbingConfig", "ProbingConfig"]

@@ -1,0 +1,449 @@
+"""Probes as `transformers` image-classification heads over a frozen backbone.
+
+``backbone -> TokenReader -> ProbeHead (pooling -> BatchNorm -> classifier)``. The generic classes work with any
+backbone `AutoModel` can build; the named classes (``ViTMAEForEfficientProbing``, ...) are the same model pinned to
+one backbone family, so that a wrong backbone fails early and the class name says what it probes.
+
+Checkpoints are probe-only by default, in the spirit of a `peft` adapter: ``model.safetensors`` holds the probe
+(a few MB) and ``config.json`` names the backbone by id and revision; ``from_pretrained`` loads that backbone and
+then the probe.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import cached_file
+
+from .backbones import TokenReader, build_backbone, load_backbone, vision_config
+from .configuration_probing import EfficientProbingConfig, LinearProbingConfig, ProbingConfig
+from .probes import ProbeHead, build_pooling
+
+PROBE_PREFIX = "probe."
+BACKBONE_PREFIX = "backbone."
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+_BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
+
+
+@dataclass
+class ProbingOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` plus ``probe_attentions`` ``[B, Q, N]``: each probe query's (or head's) attention
+    over the ``N`` tokens it read, returned with ``output_attentions=True`` by poolings that attend."""
+
+    probe_attentions: torch.FloatTensor | None = None
+
+
+def check_backbone_matches(expected: dict | object, backbone_config) -> None:
+    """Fail clearly when a probe meets a backbone of another family, width or patch grid than it was trained on."""
+    expected = vision_config(expected)
+    actual = vision_config(backbone_config)
+    for attribute in ("model_type", "hidden_size", "patch_size", "image_size"):
+        want, got = getattr(expected, attribute, None), getattr(actual, attribute, None)
+        if want != got:
+            raise ValueError(
+                f"This probe was built for a {expected.model_type!r} backbone with {attribute}={want!r}, but the "
+                f"backbone given has {attribute}={got!r} ({actual.model_type!r}, hidden_size={actual.hidden_size}, "
+                f"patch_size={getattr(actual, 'patch_size', None)}, image_size={getattr(actual, 'image_size', None)}). "
+                "Load the probe onto the backbone it was trained on."
+            )
+
+
+class ProbingPreTrainedModel(PreTrainedModel):
+    """A frozen backbone read by a probe head. Subclasses set ``config_class`` (the probe kind) and may pin
+    ``backbone_model_type`` (the backbone family)."""
+
+    config_class: ClassVar[type[ProbingConfig]] = ProbingConfig
+    base_model_prefix = "backbone"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_missing = [r"^backbone\."]
+    backbone_model_type: ClassVar[str | None] = None
+
+    def __init__(self, config: ProbingConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        # `transformers` routes the loss by class name; ours does not match its table, so name the task.
+        self.loss_type = "ForImageClassification"
+        family = vision_config(config.backbone_config).model_type
+        if self.backbone_model_type is not None and family != self.backbone_model_type:
+            raise ValueError(
+                f"{type(self).__name__} probes {self.backbone_model_type!r} backbones, but the config describes a "
+                f"{family!r} backbone. Use the class for that family, or AutoModelForEfficientProbing."
+            )
+        if backbone is not None:
+            check_backbone_matches(config.backbone_config, backbone.config)
+        self.token_reader = TokenReader(
+            config.backbone_config, config.feature_layers, config.token_selection, config.apply_final_norm
+        )
+        pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
+        self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps)
+        self.post_init()
+        # Attached after `post_init` so that initialisation never touches pretrained backbone weights.
+        self.backbone = backbone if backbone is not None else build_backbone(config.backbone_config)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def _init_weights(self, module):
+        """The probe initialises itself in its constructor (the official schemes); the backbone has its own init."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()  # no dropout, drop-path or BatchNorm updates in a frozen backbone
+        return self
+
+    def default_grid_size(self, num_patches: int) -> tuple[int, int]:
+        """Patch grid of cached tokens: the backbone's native grid, or a square one when the count differs."""
+        config = self.token_reader.config
+        size, patch = config.image_size, config.patch_size
+        size = (size, size) if isinstance(size, int) else size
+        patch = (patch, patch) if isinstance(patch, int) else patch
+        native = (size[0] // patch[0], size[1] // patch[1])
+        if native[0] * native[1] == num_patches:
+            return native
+        side = int(round(num_patches**0.5))
+        return (side, side)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        grid_size: tuple[int, int] | None = None,
+        output_attentions: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> ProbingOutput:
+        r"""
+        Args:
+            pixel_values: ``[B, 3, H, W]`` images prepared by the backbone's image processor.
+            labels: ``[B]`` class indices; a loss is returned when given.
+            tokens: instead of images, the tokens the probe reads (e.g. from a token cache): ``[B, N, D]`` with the
+                [CLS] token first when the config reads it. The backbone is not run.
+            grid_size: patch grid of ``tokens`` (defaults to the backbone's native grid).
+            output_attentions: return ``probe_attentions``.
+        """
+        if tokens is None:
+            if pixel_values is None:
+                raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
+            backbone_grad = torch.is_grad_enabled() and not self.config.freeze_backbone
+            with torch.set_grad_enabled(backbone_grad):
+                read = self.token_reader(self.backbone, pixel_values, interpolate_pos_encoding)
+            tokens, num_prefix, grid_size = read.tokens, read.num_prefix_tokens, read.grid_size
+        else:
+            num_prefix = int(self.config.reads_cls_token)
+            grid_size = grid_size or self.default_grid_size(tokens.shape[1] - num_prefix)
+        tokens = tokens.to(self.probe.classifier.weight.dtype)
+        head = self.probe(tokens, num_prefix_tokens=num_prefix, grid_size=grid_size)
+        loss = None
+        if labels is not None:
+            loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
+            loss = self.loss_function(labels, head.logits, self.config, **loss_kwargs)
+        return ProbingOutput(
+            loss=loss, logits=head.logits, probe_attentions=head.attentions if output_attentions else None
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Construction from a backbone, probe-only saving and loading
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike | PreTrainedModel,
+        revision: str | None = None,
+        hub_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        """A new probe on a pretrained backbone.
+
+        Args:
+            backbone: Hub id or local path of the backbone (CLIP/SigLIP: the vision tower is used), or a loaded model.
+            revision: revision of the backbone on the Hub, recorded in the probe's config.
+            hub_kwargs: extra arguments for loading the backbone (``cache_dir``, ``token``, ``dtype``, ...).
+            **config_kwargs: fields of the probe config (``num_labels``, ``id2label``, ``num_queries``, ...).
+        """
+        if isinstance(backbone, (str, os.PathLike)):
+            name = str(backbone)
+            backbone = load_backbone(name, revision=revision, **(hub_kwargs or {}))
+        else:
+            name = getattr(backbone, "name_or_path", None) or None
+        config = cls.config_class(
+            backbone_config=copy.deepcopy(backbone.config), backbone_name_or_path=name, backbone_revision=revision, **config_kwargs
+        )
+        return cls(config, backbone=backbone)
+
+    def probe_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable probe parameters and its BatchNorm statistics: what a probe-only checkpoint holds."""
+        return {PROBE_PREFIX + key: value for key, value in self.probe.state_dict().items()}
+
+    def load_probe_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a probe-only state dict, with a clear error when it was saved from another probe."""
+        probe_state = {k[len(PROBE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PROBE_PREFIX)}
+        own = self.probe.state_dict()
+        missing = sorted(set(own) - set(probe_state))
+        unexpected = sorted(set(state_dict) - {PROBE_PREFIX + k for k in own})
+        wrong_shape = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in probe_state.items()
+            if k in own and v.shape != own[k].shape
+        ]
+        if missing or unexpected or wrong_shape:
+            raise ValueError(
+                "The checkpoint does not hold this probe. "
+                f"Missing: {missing or 'none'}; unexpected: {unexpected or 'none'}; "
+                f"shape mismatches: {wrong_shape or 'none'}. Check that the config matches the weights."
+            )
+        self.probe.load_state_dict(probe_state)
+
+    def save_pretrained(self, save_directory, *args, save_backbone: bool | None = None, state_dict=None, **kwargs):
+        """Save ``config.json`` and ``model.safetensors``.
+
+        Args:
+            save_backbone: also save the backbone's weights. By default only the probe is saved when the config names
+                the backbone (``backbone_name_or_path``); a backbone that is named nowhere is saved with the probe.
+        """
+        if save_backbone is None:
+            save_backbone = not self.config.backbone_name_or_path or not self.config.freeze_backbone
+        if not save_backbone:
+            if not self.config.backbone_name_or_path:
+                raise ValueError(
+                    "A probe-only checkpoint must name its backbone, but config.backbone_name_or_path is not set. "
+                    "Set it to the backbone's Hub id or path, or save with save_backbone=True."
+                )
+            state_dict = state_dict if state_dict is not None else self.state_dict()
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX)}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, backbone=None, **kwargs):
+        """Load a probe. A probe-only checkpoint re-attaches the backbone its config names (or ``backbone``, a loaded
+        model); a full checkpoint loads as any `transformers` model."""
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        if config is None:
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        weights = _resolve_weights(pretrained_model_name_or_path, hub_kwargs)
+        if weights is None or (backbone is None and _holds_backbone(weights)):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        if backbone is None:
+            if not config.backbone_name_or_path:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} holds only a probe and its config names no backbone "
+                    "(backbone_name_or_path). Pass the backbone: from_pretrained(..., backbone=model)."
+                )
+            backbone_kwargs = {key: kwargs[key] for key in _BACKBONE_HUB_KWARGS if key in kwargs}
+            backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
+        model = cls(config, backbone=backbone)
+        model.load_probe_state_dict(load_file(weights))
+        return model.eval()
+
+
+def _resolve_weights(name_or_path, hub_kwargs: dict) -> str | None:
+    """Path of the single-file safetensors checkpoint; ``None`` for a sharded one. Pickle-only repos are refused."""
+    optional = {"_raise_exceptions_for_missing_entries": False, "_raise_exceptions_for_connection_errors": False}
+    weights = cached_file(name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs, **optional)
+    if weights is not None:
+        return weights
+    if cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, **hub_kwargs, **optional) is not None:
+        return None
+    for pickle_name in PICKLE_WEIGHTS_NAMES:
+        if cached_file(name_or_path, pickle_name, **hub_kwargs, **optional) is not None:
+            raise OSError(
+                f"{name_or_path} holds only pickle weights ({pickle_name}). hf-efficient-probing reads safetensors "
+                "only, because unpickling can run arbitrary code. Convert the weights to model.safetensors."
+            )
+    raise OSError(f"No {SAFE_WEIGHTS_NAME} found in {name_or_path}.")
+
+
+def _holds_backbone(weights: str) -> bool:
+    with safe_open(weights, framework="pt") as checkpoint:
+        return any(key.startswith(BACKBONE_PREFIX) for key in checkpoint.keys())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generic heads (any backbone AutoModel can build) and named heads per backbone family
+
+
+class VisionModelForEfficientProbing(ProbingPreTrainedModel):
+    """Efficient Probing over any vision backbone."""
+
+    config_class = EfficientProbingConfig
+
+
+class VisionModelForLinearProbing(ProbingPreTrainedModel):
+    """Linear probing ([CLS], GAP or both) over any vision backbone."""
+
+    config_class = LinearProbingConfig
+
+
+class ViTForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "vit"
+
+
+class ViTMAEForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "vit_mae"
+
+
+class DeiTForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "deit"
+
+
+class BeitForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "beit"
+
+
+class IJepaForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "ijepa"
+
+
+class Dinov2ForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "dinov2"
+
+
+class Dinov2WithRegistersForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "dinov2_with_registers"
+
+
+class DINOv3ViTForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "dinov3_vit"
+
+
+class CLIPVisionForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "clip_vision_model"
+
+
+class SiglipVisionForEfficientProbing(VisionModelForEfficientProbing):
+    backbone_model_type = "siglip_vision_model"
+
+
+class ViTForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "vit"
+
+
+class ViTMAEForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "vit_mae"
+
+
+class DeiTForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "deit"
+
+
+class BeitForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "beit"
+
+
+class IJepaForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "ijepa"
+
+
+class Dinov2ForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "dinov2"
+
+
+class Dinov2WithRegistersForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "dinov2_with_registers"
+
+
+class DINOv3ViTForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "dinov3_vit"
+
+
+class CLIPVisionForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "clip_vision_model"
+
+
+class SiglipVisionForLinearProbing(VisionModelForLinearProbing):
+    backbone_model_type = "siglip_vision_model"
+
+
+GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {
+    EfficientProbingConfig.model_type: VisionModelForEfficientProbing,
+    LinearProbingConfig.model_type: VisionModelForLinearProbing,
+}
+
+NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {
+    (cls.config_class.model_type, cls.backbone_model_type): cls
+    for cls in (
+        ViTForEfficientProbing,
+        ViTMAEForEfficientProbing,
+        DeiTForEfficientProbing,
+        BeitForEfficientProbing,
+        IJepaForEfficientProbing,
+        Dinov2ForEfficientProbing,
+        Dinov2WithRegistersForEfficientProbing,
+        DINOv3ViTForEfficientProbing,
+        CLIPVisionForEfficientProbing,
+        SiglipVisionForEfficientProbing,
+        ViTForLinearProbing,
+        ViTMAEForLinearProbing,
+        DeiTForLinearProbing,
+        BeitForLinearProbing,
+        IJepaForLinearProbing,
+        Dinov2ForLinearProbing,
+        Dinov2WithRegistersForLinearProbing,
+        DINOv3ViTForLinearProbing,
+        CLIPVisionForLinearProbing,
+        SiglipVisionForLinearProbing,
+    )
+}
+
+PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
+    cls.config_class.pooling_name: cls.config_class for cls in GENERIC_PROBE_CLASSES.values()
+}
+
+
+def probe_class_for(config: ProbingConfig) -> type[ProbingPreTrainedModel]:
+    """The named head for the config's probe kind and backbone family, else the generic head of that kind."""
+    if config.model_type not in GENERIC_PROBE_CLASSES:
+        raise ValueError(
+            f"{config.model_type!r} is not a probe of hf-efficient-probing; known kinds: {sorted(GENERIC_PROBE_CLASSES)}."
+        )
+    family = vision_config(config.backbone_config).model_type
+    return NAMED_PROBE_CLASSES.get((config.model_type, family), GENERIC_PROBE_CLASSES[config.model_type])
+
+
+class AutoModelForEfficientProbing:
+    """Builds or loads any probe of this library, choosing the head class from the config.
+
+    ```python
+    model = AutoModelForEfficientProbing.from_backbone("facebook/vit-mae-base", probe="ep", num_labels=100)
+    model = AutoModelForEfficientProbing.from_pretrained("my-probe")  # probe-only: re-attaches its backbone
+    ```
+    """
+
+    def __init__(self):
+        raise OSError("Use AutoModelForEfficientProbing.from_pretrained, from_backbone or from_config.")
+
+    @classmethod
+    def from_config(cls, config: ProbingConfig, **kwargs) -> ProbingPreTrainedModel:
+        return probe_class_for(config)(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> ProbingPreTrainedModel:
+        config = kwargs.pop("config", None)
+        if config is None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        return probe_class_for(config).from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    @classmethod
+    def from_backbone(cls, backbone, probe: str = "ep", **kwargs) -> ProbingPreTrainedModel:
+        """A new probe of kind ``probe`` (a registered pooling name) on a pretrained backbone."""
+        if probe not in PROBE_CONFIGS:
+            raise ValueError(f"Unknown probe {probe!r}; choose one of {sorted(PROBE_CONFIGS)}.")
+        if isinstance(backbone, (str, os.PathLike)):
+            backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
+        probe_config = PROBE_CONFIGS[probe]
+        family = vision_config(backbone.config).model_type
+        model_class = NAMED_PROBE_CLASSES.get((probe_config.model_type, family), GENERIC_PROBE_CLASSES[probe_config.model_type])
+        return model_class.from_backbone(backbone, **kwargs)

@@ -1,0 +1,44 @@
+"""The probe head shared by every pooling: pooling -> non-affine BatchNorm -> linear classifier.
+
+This is the module the `transformers` heads of this package train, the module the official-code converter returns,
+and the module trained on cached tokens: one module, wherever its tokens come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Pooling
+
+
+@dataclass
+class ProbeHeadOutput:
+    """Logits ``[B, num_labels]``, the pooled feature before the BatchNorm, and the pooling's attention, if any."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    attentions: torch.Tensor | None = None
+
+
+class ProbeHead(nn.Module):
+    """``pooling -> BatchNorm1d(affine=False) -> Linear``.
+
+    The BatchNorm has no trainable parameters: in eval mode it is a fixed standardisation learned from the training
+    features, as in the official code (eps 1e-6, momentum 0.1).
+    """
+
+    def __init__(self, pooling: Pooling, num_labels: int, batch_norm_eps: float = 1e-6):
+        super().__init__()
+        self.pooling = pooling
+        self.norm = nn.BatchNorm1d(pooling.out_features, affine=False, eps=batch_norm_eps)
+        self.classifier = nn.Linear(pooling.out_features, num_labels)
+
+    def forward(
+        self, tokens: torch.Tensor, num_prefix_tokens: int = 0, grid_size: tuple[int, int] | None = None
+    ) -> ProbeHeadOutput:
+        pooled = self.pooling(tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
+        logits = self.classifier(self.norm(pooled.pooled))
+        return ProbeHeadOutput(logits=logits, features=pooled.pooled, attentions=pooled.attentions)

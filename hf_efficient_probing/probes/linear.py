@@ -1,0 +1,53 @@
+"""Linear probing features: the [CLS] token, the mean of the patch tokens (GAP), or both concatenated.
+
+The pooling has no parameters; the head's BatchNorm and linear classifier make it a linear probe.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Pooling, PoolingOutput, check_tokens
+
+LINEAR_FEATURES = ("cls", "gap", "cls+gap")
+
+
+class LinearPooling(Pooling):
+    """Select the linear-probe feature.
+
+    Args:
+        hidden_size: token width D.
+        features: ``"cls"`` (the first token, which must be a [CLS]), ``"gap"`` (mean of the patch tokens) or
+            ``"cls+gap"`` (both, concatenated: width 2D).
+    """
+
+    def __init__(self, hidden_size: int, features: str = "cls"):
+        super().__init__()
+        if features not in LINEAR_FEATURES:
+            raise ValueError(f"Unknown linear-probe features {features!r}; choose one of {LINEAR_FEATURES}.")
+        self.hidden_size = hidden_size
+        self.features = features
+        self.out_features = 2 * hidden_size if features == "cls+gap" else hidden_size
+
+    @property
+    def needs_cls_token(self) -> bool:
+        return self.features != "gap"
+
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size)
+        if self.needs_cls_token and num_prefix_tokens < 1:
+            raise ValueError(
+                f"Linear features {self.features!r} read the [CLS] token, but the tokens have no prefix token. "
+                "Read the tokens with token_selection='all' on a backbone that has a [CLS] token, or use 'gap'."
+            )
+        gap = tokens[:, num_prefix_tokens:].mean(dim=1)
+        if self.features == "gap":
+            pooled = gap
+        elif self.features == "cls":
+            pooled = tokens[:, 0]
+        else:
+            pooled = torch.cat([tokens[:, 0], gap], dim=-1)
+        return PoolingOutput(pooled=pooled)
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, features={self.features!r}"
