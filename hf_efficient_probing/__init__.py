@@ -6,32 +6,43 @@ with ``AutoModelForEfficientProbing``, ``AutoModelForImageClassification`` or ``
 
 from transformers import AutoConfig, AutoModelForImageClassification
 
-from .configuration_probing import EfficientProbingConfig, LinearProbingConfig, ProbingConfig
+from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
 from .modeling_probing import (
     GENERIC_PROBE_CLASSES,
     AutoModelForEfficientProbing,
+    BeitForAttentiveProbing,
     BeitForEfficientProbing,
     BeitForLinearProbing,
+    CLIPVisionForAttentiveProbing,
     CLIPVisionForEfficientProbing,
     CLIPVisionForLinearProbing,
+    DeiTForAttentiveProbing,
     DeiTForEfficientProbing,
     DeiTForLinearProbing,
+    Dinov2ForAttentiveProbing,
     Dinov2ForEfficientProbing,
     Dinov2ForLinearProbing,
+    Dinov2WithRegistersForAttentiveProbing,
     Dinov2WithRegistersForEfficientProbing,
     Dinov2WithRegistersForLinearProbing,
+    DINOv3ViTForAttentiveProbing,
     DINOv3ViTForEfficientProbing,
     DINOv3ViTForLinearProbing,
+    IJepaForAttentiveProbing,
     IJepaForEfficientProbing,
     IJepaForLinearProbing,
     ProbingOutput,
     ProbingPreTrainedModel,
+    SiglipVisionForAttentiveProbing,
     SiglipVisionForEfficientProbing,
     SiglipVisionForLinearProbing,
+    VisionModelForAttentiveProbing,
     VisionModelForEfficientProbing,
     VisionModelForLinearProbing,
+    ViTForAttentiveProbing,
     ViTForEfficientProbing,
     ViTForLinearProbing,
+    ViTMAEForAttentiveProbing,
     ViTMAEForEfficientProbing,
     ViTMAEForLinearProbing,
 )
@@ -44,6 +55,18 @@ for _model_class in GENERIC_PROBE_CLASSES.values():
     AutoModelForImageClassification.register(_model_class.config_class, _model_class, exist_ok=True)
 
 __all__ = [
+    "AttentiveProbingConfig",
+    "ViTForAttentiveProbing",
+    "ViTMAEForAttentiveProbing",
+    "DeiTForAttentiveProbing",
+    "BeitForAttentiveProbing",
+    "IJepaForAttentiveProbing",
+    "Dinov2ForAttentiveProbing",
+    "Dinov2WithRegistersForAttentiveProbing",
+    "DINOv3ViTForAttentiveProbing",
+    "CLIPVisionForAttentiveProbing",
+    "SiglipVisionForAttentiveProbing",
+    "VisionModelForAttentiveProbing",
     "AutoModelForEfficientProbing",
     "BeitForEfficientProbing",
     "BeitForLinearProbing",

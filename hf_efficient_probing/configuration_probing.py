@@ -7,15 +7,17 @@ which tokens and which layer(s) the probe reads, and the probe's own hyper-param
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, ClassVar
 
+import torch
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .backbones import backbone_family, vision_config
-from .probes import LINEAR_FEATURES, valid_num_queries
+from .probes import BASELINE_POOLINGS, LINEAR_FEATURES, POOLINGS, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
 
@@ -25,6 +27,7 @@ _BASE_CONFIG_KWARGS = {
     "num_labels",
     "torch_dtype",
     "name_or_path",
+    "_name_or_path",
     "_commit_hash",
     "output_attentions",
     "attn_implementation",
@@ -89,6 +92,14 @@ class ProbingConfig(PreTrainedConfig):
                 UserWarning,
                 stacklevel=3,
             )
+        # `PreTrainedConfig.__post_init__` dereferences these before the strict type checks run: check them first
+        # so that a malformed config file fails with a message, not an AttributeError deep inside transformers.
+        for name, allowed in (("backbone_config", (dict, PreTrainedConfig)), ("id2label", (dict,))):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, allowed):
+                raise TypeError(f"{name} must be a dict or None in a probe config, got {type(value).__name__}.")
+        if isinstance(self.backbone_config, dict) and not isinstance(self.backbone_config.get("model_type"), str):
+            raise ValueError("backbone_config needs a 'model_type' naming the backbone family (e.g. 'vit').")
         super().__post_init__(**kwargs)
         if isinstance(self.backbone_config, PreTrainedConfig):
             self.backbone_config = vision_config(self.backbone_config)
@@ -198,4 +209,56 @@ class LinearProbingConfig(ProbingConfig):
         return {"features": self.features}
 
 
-__all__ = ["EfficientProbingConfig", "LinearProbingConfig", "ProbingConfig"]
+@strict
+class AttentiveProbingConfig(ProbingConfig):
+    r"""Configuration of an attentive-probing baseline of the paper (every registered pooling but EP and linear).
+
+    Args:
+        pooler_type (`str`, *optional*, defaults to `"aim"`):
+            The pooling, by its official name: `abmilp`, `simpool`, `esimpool`, `clip`, `siglip`, `aim`, `coca`,
+            `cait`, `dinovit`, `jepa`, `dolg`, `cae`, `cbam` or `mhca`.
+        pooler_kwargs (`dict`, *optional*):
+            Hyper-parameters of that pooling, by the names of its constructor (e.g. `{"num_heads": 16}` for `aim`,
+            `{"self_attention": "none", "depth": 1}` for `abmilp`); omitted ones take the official defaults. See the
+            pooling classes in `hf_efficient_probing.probes`. Unknown names are rejected.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig
+    >>> from hf_efficient_probing import AttentiveProbingConfig, ViTForAttentiveProbing
+    >>> config = AttentiveProbingConfig(backbone_config=ViTConfig(), pooler_type="jepa", num_labels=1000)
+    >>> model = ViTForAttentiveProbing(config)
+    ```
+    """
+
+    model_type = "attentive_probing"
+
+    pooler_type: str = "aim"
+    pooler_kwargs: dict | None = None
+
+    @property
+    def pooling_name(self) -> str:
+        return self.pooler_type
+
+    def validate_pooler(self):
+        if self.pooler_type not in BASELINE_POOLINGS:
+            raise ValueError(
+                f"pooler_type must be one of {list(BASELINE_POOLINGS)}, got {self.pooler_type!r} (EP and linear "
+                "probes have their own configs: EfficientProbingConfig, LinearProbingConfig)."
+            )
+        parameters = inspect.signature(POOLINGS[self.pooler_type]).parameters
+        accepted = [name for name in parameters if name != "hidden_size"]
+        unknown = sorted(set(self.pooler_kwargs or {}) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"pooler_kwargs {unknown} are not hyper-parameters of {self.pooler_type!r}; it accepts {accepted}."
+            )
+        with torch.device("meta"):  # surfaces shape errors (e.g. width not divisible by num_heads) now, for free
+            POOLINGS[self.pooler_type](self.token_width, **self.pooling_kwargs())
+
+    def pooling_kwargs(self):
+        return dict(self.pooler_kwargs or {})
+
+
+__all__ = ["AttentiveProbingConfig", "EfficientProbingConfig", "LinearProbingConfig", "ProbingConfig"]

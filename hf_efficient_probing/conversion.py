@@ -65,6 +65,10 @@ def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
             "to do (it could run code). Export the head with the official tools/export_ep_heads.py (tensors and "
             f"plain metadata only) or save just its state dict. Details: {error}"
         ) from None
+    except OSError:
+        raise
+    except Exception as error:  # the weights-only unpickler raises many kinds of errors on malformed bytes
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {error}") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or an ep_head.pth dict.")
     return _split_checkpoint(checkpoint)

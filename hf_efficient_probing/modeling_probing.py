@@ -24,8 +24,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file
 
 from .backbones import TokenReader, build_backbone, load_backbone, vision_config
-from .configuration_probing import EfficientProbingConfig, LinearProbingConfig, ProbingConfig
-from .probes import ProbeHead, build_pooling
+from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
+from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
 
 PROBE_PREFIX = "probe."
 BACKBONE_PREFIX = "backbone."
@@ -366,9 +366,57 @@ class SiglipVisionForLinearProbing(VisionModelForLinearProbing):
     backbone_model_type = "siglip_vision_model"
 
 
+class VisionModelForAttentiveProbing(ProbingPreTrainedModel):
+    """An attentive-probing baseline of the paper (``config.pooler_type``: aim, jepa, siglip, ...) over any vision
+    backbone."""
+
+    config_class = AttentiveProbingConfig
+
+
+class ViTForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "vit"
+
+
+class ViTMAEForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "vit_mae"
+
+
+class DeiTForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "deit"
+
+
+class BeitForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "beit"
+
+
+class IJepaForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "ijepa"
+
+
+class Dinov2ForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "dinov2"
+
+
+class Dinov2WithRegistersForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "dinov2_with_registers"
+
+
+class DINOv3ViTForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "dinov3_vit"
+
+
+class CLIPVisionForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "clip_vision_model"
+
+
+class SiglipVisionForAttentiveProbing(VisionModelForAttentiveProbing):
+    backbone_model_type = "siglip_vision_model"
+
+
 GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {
     EfficientProbingConfig.model_type: VisionModelForEfficientProbing,
     LinearProbingConfig.model_type: VisionModelForLinearProbing,
+    AttentiveProbingConfig.model_type: VisionModelForAttentiveProbing,
 }
 
 NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {
@@ -394,11 +442,23 @@ NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {
         DINOv3ViTForLinearProbing,
         CLIPVisionForLinearProbing,
         SiglipVisionForLinearProbing,
+        ViTForAttentiveProbing,
+        ViTMAEForAttentiveProbing,
+        DeiTForAttentiveProbing,
+        BeitForAttentiveProbing,
+        IJepaForAttentiveProbing,
+        Dinov2ForAttentiveProbing,
+        Dinov2WithRegistersForAttentiveProbing,
+        DINOv3ViTForAttentiveProbing,
+        CLIPVisionForAttentiveProbing,
+        SiglipVisionForAttentiveProbing,
     )
 }
 
 PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
-    cls.config_class.pooling_name: cls.config_class for cls in GENERIC_PROBE_CLASSES.values()
+    EfficientProbingConfig.pooling_name: EfficientProbingConfig,
+    LinearProbingConfig.pooling_name: LinearProbingConfig,
+    **{name: AttentiveProbingConfig for name in BASELINE_POOLINGS},
 }
 
 
@@ -444,6 +504,8 @@ class AutoModelForEfficientProbing:
         if isinstance(backbone, (str, os.PathLike)):
             backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
         probe_config = PROBE_CONFIGS[probe]
+        if probe_config is AttentiveProbingConfig:
+            kwargs["pooler_type"] = probe
         family = vision_config(backbone.config).model_type
         model_class = NAMED_PROBE_CLASSES.get((probe_config.model_type, family), GENERIC_PROBE_CLASSES[probe_config.model_type])
         return model_class.from_backbone(backbone, **kwargs)

@@ -13,13 +13,28 @@ from torch import nn
 from . import build_pooling
 from .head import ProbeHead
 
-# (label, pooling name, pooling kwargs) of the settings the paper compares, official defaults.
+# (label, pooling name, pooling kwargs) of the settings the paper compares, official defaults (16 heads for aim and
+# jepa, the official --num_heads; each module's own default elsewhere). mhca is not in the official code.
 PAPER_SETTINGS: list[tuple[str, str, dict]] = [
     ("linear", "linear", {"features": "cls"}),
     ("ep M=32 D_o=1", "ep", {"num_queries": 32, "d_out": 1}),
     ("ep M=32 D_o=2", "ep", {"num_queries": 32, "d_out": 2}),
     ("ep M=32 D_o=4", "ep", {"num_queries": 32, "d_out": 4}),
     ("ep M=32 D_o=8", "ep", {"num_queries": 32, "d_out": 8}),
+    ("esimpool", "esimpool", {}),
+    ("cbam", "cbam", {}),
+    ("simpool", "simpool", {}),
+    ("abmilp", "abmilp", {}),
+    ("dolg", "dolg", {}),
+    ("coca", "coca", {}),
+    ("aim", "aim", {}),
+    ("cae", "cae", {}),
+    ("clip", "clip", {}),
+    ("siglip", "siglip", {}),
+    ("dinovit", "dinovit", {}),
+    ("jepa", "jepa", {}),
+    ("cait", "cait", {}),
+    ("mhca", "mhca", {}),
 ]
 
 

@@ -38,6 +38,11 @@ class EfficientProbing(Pooling):
         num_queries: number of learned queries M (official default 32).
         d_out: output reduction D_o; the pooled feature has width D / D_o (official default 1).
         value_bias: whether the value projection has a bias (the official code has none).
+
+    Attributes:
+        uniform_queries: indices of queries whose attention is replaced by the uniform distribution over the tokens
+            (empty by default). An analysis switch, not a training option: it measures what each query contributes
+            (the paper's Figure 4), see `hf_efficient_probing.hub.query_analysis`.
     """
 
     def __init__(self, hidden_size: int, num_queries: int = 32, d_out: int = 1, value_bias: bool = False):
@@ -57,11 +62,17 @@ class EfficientProbing(Pooling):
         self.scale = hidden_size**-0.5
         self.queries = nn.Parameter(torch.randn(1, num_queries, hidden_size) * 0.02)
         self.value = nn.Linear(hidden_size, self.out_features, bias=value_bias)
+        self.uniform_queries: tuple[int, ...] = ()
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, M, N]`` softmax attention of each query over the tokens."""
         logits = torch.matmul(self.queries * self.scale, tokens.transpose(1, 2))
-        return logits.softmax(dim=-1)
+        attn = logits.softmax(dim=-1)
+        if self.uniform_queries:
+            uniform = torch.zeros(self.num_queries, 1, dtype=torch.bool, device=attn.device)
+            uniform[list(self.uniform_queries)] = True
+            attn = torch.where(uniform, torch.full_like(attn, 1.0 / tokens.shape[1]), attn)
+        return attn
 
     def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
         check_tokens(tokens, self.hidden_size)

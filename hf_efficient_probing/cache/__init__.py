@@ -1,0 +1,22 @@
+"""Never run the frozen backbone twice: a token cache on disk, and many probes trained on one stream of tokens.
+
+``key`` names a cache by every input that changes its tokens; ``store`` extracts, resumes and memory-maps it;
+``streams`` hands batches of tokens (cached or live) to ``multiprobe``, which trains many probe heads at once;
+``features`` turns cached tokens into global features for k-NN.
+"""
+
+from .key import TokenCacheKey, backbone_identity, dataset_fingerprint, preprocessing_description, weights_fingerprint
+from .store import CorruptCacheError, TokenCache, TokenCacheDataset, cache_tokens_for_model, extract_tokens
+
+__all__ = [
+    "CorruptCacheError",
+    "TokenCache",
+    "TokenCacheDataset",
+    "TokenCacheKey",
+    "backbone_identity",
+    "cache_tokens_for_model",
+    "dataset_fingerprint",
+    "extract_tokens",
+    "preprocessing_description",
+    "weights_fingerprint",
+]

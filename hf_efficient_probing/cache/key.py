@@ -1,0 +1,144 @@
+"""What names a token cache: every input that changes the tokens, hashed into one fingerprint.
+
+Two extractions give the same tokens only if they run the same backbone weights, read the same layers with the same
+token selection and final-norm choice, store them in the same dtype, and see the same images after the same
+preprocessing. :class:`TokenCacheKey` records exactly these inputs; its fingerprint names the cache directory, so a
+second run with the same inputs reuses the cache and a change in any of them builds a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..backbones import TokenReader
+
+CACHE_FORMAT_VERSION = 1
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Fields of a config dict that describe where it came from, not what it computes.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "_name_or_path", "name_or_path", "dtype", "torch_dtype"}
+
+
+def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The cache's storage dtype from its name or a `torch.dtype` (float16, bfloat16 or float32)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in _DTYPES:
+        raise ValueError(f"Token caches store float16, bfloat16 or float32 tokens, got {dtype!r}.")
+    return _DTYPES[dtype]
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def backbone_identity(backbone: nn.Module, name_or_path: str | None = None, revision: str | None = None) -> str:
+    """``"<hub id>@<revision>"`` for a backbone named on the Hub, else the hash of its weights.
+
+    A local directory or an unnamed in-memory model can change without changing its name, so it is named by its
+    weights. Pin ``revision`` to a commit for a Hub id: a branch such as ``main`` can move under a cache.
+    """
+    if name_or_path and not os.path.exists(name_or_path):
+        return f"{name_or_path}@{revision or 'main'}"
+    return weights_fingerprint(backbone)
+
+
+def normalize_layers(layers, num_hidden_layers: int) -> tuple[int, ...]:
+    """Hidden-state indices as non-negative numbers (``-1`` and ``num_hidden_layers`` are the same layer)."""
+    count = num_hidden_layers + 1
+    out = []
+    for layer in layers:
+        if not -count <= layer < count:
+            raise ValueError(f"Layer {layer} out of range: hidden states go from 0 to {num_hidden_layers} (or -{count} to -1).")
+        out.append(layer % count)
+    return tuple(out)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """The fingerprint `datasets` keeps for a `datasets.Dataset`; other data sets must be named by the caller."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not fingerprint:
+        raise ValueError(
+            f"Cannot fingerprint a {type(dataset).__name__}: pass dataset_fingerprint=... (a string that changes "
+            "whenever the data changes), or use a `datasets.Dataset`, which carries its own fingerprint."
+        )
+    return fingerprint
+
+
+def preprocessing_description(image_processor=None, transform=None) -> str:
+    """A stable description of the preprocessing: the image processor's config and the eval transform's repr.
+
+    torchvision transforms print every parameter in their repr; a custom callable should define a ``__repr__`` that
+    does too, or the cache cannot see it change.
+    """
+    parts = {}
+    if image_processor is not None:
+        config = image_processor.to_dict() if hasattr(image_processor, "to_dict") else repr(image_processor)
+        parts["image_processor"] = config
+    if transform is not None:
+        parts["transform"] = repr(transform)
+    if not parts:
+        raise ValueError("Describe the preprocessing: pass the image processor and/or the eval transform.")
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class TokenCacheKey:
+    """Every input of a token extraction. ``fingerprint`` hashes them all."""
+
+    backbone: str
+    backbone_config: str
+    feature_layers: tuple[int, ...]
+    token_selection: str
+    apply_final_norm: bool
+    dtype: str
+    preprocessing: str
+    dataset: str
+    split: str
+    format_version: int = CACHE_FORMAT_VERSION
+
+    @classmethod
+    def from_reader(
+        cls,
+        backbone: nn.Module,
+        reader: TokenReader,
+        *,
+        preprocessing: str,
+        dataset: str,
+        split: str,
+        dtype: str | torch.dtype = "float16",
+        backbone_name_or_path: str | None = None,
+        backbone_revision: str | None = None,
+    ) -> TokenCacheKey:
+        config = {k: v for k, v in reader.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        compute_dtype = next(backbone.parameters()).dtype
+        return cls(
+            backbone=backbone_identity(backbone, backbone_name_or_path, backbone_revision) + f"|{compute_dtype}",
+            backbone_config=json.dumps(config, sort_keys=True, default=str),
+            feature_layers=normalize_layers(reader.feature_layers, reader.config.num_hidden_layers),
+            token_selection=reader.token_selection,
+            apply_final_norm=bool(reader.apply_final_norm),
+            dtype=str(storage_dtype(dtype)).removeprefix("torch."),
+            preprocessing=preprocessing,
+            dataset=dataset,
+            split=split,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def fingerprint(self) -> str:
+        payload = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]

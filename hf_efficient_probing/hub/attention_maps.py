@@ -1,0 +1,179 @@
+"""Attention maps of a probe: each query's (or head's) attention over the patch grid, overlaid on the image.
+
+Works for every probe that returns ``probe_attentions`` ``[B, Q, N]`` (EP and the attentive baselines); leading
+[CLS] tokens are dropped and the remaining ``N - prefix`` weights are laid out on the patch grid.
+
+    python -m hf_efficient_probing.hub.attention_maps --model user/probe --image cat.jpg --output maps.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend switch, no window, works headless
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from ..backbones import patch_grid
+from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
+from ..probes import EfficientProbing
+
+
+def attention_to_grid(attentions: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """``[..., Q, N]`` attention over tokens -> ``[..., Q, rows, columns]`` over patches (leading tokens dropped)."""
+    rows, columns = grid_size
+    num_prefix = attentions.shape[-1] - rows * columns
+    if num_prefix < 0:
+        raise ValueError(
+            f"{attentions.shape[-1]} attention weights cannot cover a {rows}x{columns} patch grid; pass the grid "
+            "of the tokens the probe read."
+        )
+    return attentions[..., num_prefix:].reshape(*attentions.shape[:-1], rows, columns)
+
+
+def attention_unit(pooling) -> str:
+    """What one attention map belongs to: an EP "query", a multi-head pooling's "head", or just a "map"."""
+    if isinstance(pooling, EfficientProbing):
+        return "query"
+    return "head" if getattr(pooling, "num_heads", None) else "map"
+
+
+@torch.no_grad()
+def count_attention_maps(model: ProbingPreTrainedModel) -> int | None:
+    """How many attention maps the probe returns per image (``None`` if its pooling has no attention), found by
+    running the pooling once on blank tokens of the backbone's native size."""
+    pooling = model.probe.pooling
+    size = model.token_reader.config.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    rows, columns = patch_grid(model.token_reader.config, torch.empty(0, 3, *size))
+    num_prefix = int(model.config.reads_cls_token)
+    tokens = torch.zeros(1, num_prefix + rows * columns, model.config.token_width, device=model.device, dtype=model.dtype)
+    was_training = pooling.training
+    attentions = pooling.eval()(tokens, num_prefix_tokens=num_prefix, grid_size=(rows, columns)).attentions
+    pooling.train(was_training)
+    return None if attentions is None else attentions.shape[1]
+
+
+def load_image_processor(name_or_path: str | None, revision: str | None = None, config=None, **hub_kwargs):
+    """The image processor saved with a probe, else the one of the backbone its ``config`` names (``None`` if
+    neither has one)."""
+    sources = [(name_or_path, revision)]
+    if config is not None:
+        sources.append((config.backbone_name_or_path, config.backbone_revision))
+    for source, source_revision in sources:
+        if not source:
+            continue
+        try:
+            return AutoImageProcessor.from_pretrained(source, revision=source_revision, **hub_kwargs)
+        except OSError:
+            continue
+    return None
+
+
+def unnormalize(pixel_values: torch.Tensor, image_processor=None) -> np.ndarray:
+    """``[3, H, W]`` model input -> ``[H, W, 3]`` image in [0, 1], undoing the processor's normalisation."""
+    image = pixel_values.detach().float().cpu()
+    mean = getattr(image_processor, "image_mean", None)
+    std = getattr(image_processor, "image_std", None)
+    if mean is not None and std is not None and getattr(image_processor, "do_normalize", True):
+        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    else:  # unknown normalisation: stretch to [0, 1] so that the image is at least visible
+        image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
+    return image.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def plot_attention_maps(
+    image: np.ndarray,
+    maps: torch.Tensor,
+    *,
+    columns: int = 8,
+    alpha: float = 0.6,
+    unit: str = "query",
+    title: str | None = None,
+):
+    """A figure with the image and one panel per map (``[Q, rows, columns]``), each upsampled to the image size."""
+    num_maps = maps.shape[0]
+    height, width = image.shape[:2]
+    upsampled = torch.nn.functional.interpolate(maps[:, None].float(), size=(height, width), mode="nearest")[:, 0]
+    columns = max(1, min(columns, num_maps + 1))
+    rows = math.ceil((num_maps + 1) / columns)
+    figure = Figure(figsize=(1.8 * columns, 1.8 * rows + (0.4 if title else 0)))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image", fontsize=8)
+    for index, (axis, attention) in enumerate(zip(axes.flat[1:], upsampled, strict=False)):
+        axis.imshow(image)
+        axis.imshow(attention.numpy(), cmap="inferno", alpha=alpha)
+        axis.set_title(f"{unit} {index}", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+@torch.no_grad()
+def probe_attention_maps(model: ProbingPreTrainedModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[B, num_labels]`` and attention maps ``[B, Q, rows, columns]`` of a probe on a batch of images."""
+    outputs = model(pixel_values=pixel_values, output_attentions=True)
+    if outputs.probe_attentions is None:
+        raise ValueError(
+            f"The {model.config.pooling_name!r} probe has no attention to draw; attention maps exist for EP and the "
+            "attentive baselines."
+        )
+    grid = patch_grid(model.token_reader.config, pixel_values)
+    return outputs.logits, attention_to_grid(outputs.probe_attentions, grid)
+
+
+def save_attention_maps(
+    model: ProbingPreTrainedModel,
+    image: Image.Image | str | os.PathLike,
+    output: str | os.PathLike,
+    image_processor=None,
+    columns: int = 8,
+) -> Path:
+    """Draw the probe's attention maps on one image and save them as a PNG. Returns the path written."""
+    if image_processor is None:
+        raise ValueError("An image processor is needed to prepare the image (e.g. the backbone's).")
+    if not isinstance(image, Image.Image):
+        image = Image.open(image)
+    pixel_values = image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
+    logits, maps = probe_attention_maps(model.eval(), pixel_values)
+    label = int(logits[0].argmax())
+    prediction = model.config.id2label.get(label, str(label))
+    figure = plot_attention_maps(
+        unnormalize(pixel_values[0], image_processor), maps[0].cpu(), columns=columns, unit=attention_unit(model.probe.pooling),
+        title=f"{model.config.pooling_name} probe, prediction: {prediction}",
+    )
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100)
+    return output
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Draw a probe's attention maps over an image as a PNG grid.")
+    parser.add_argument("--model", required=True, help="probe directory or Hub id")
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--output", default="attention_maps.png", help="PNG file to write")
+    parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
+    parser.add_argument("--columns", type=int, default=8, help="panels per row")
+    args = parser.parse_args(argv)
+    model = AutoModelForEfficientProbing.from_pretrained(args.model, revision=args.revision)
+    processor = load_image_processor(args.model, args.revision, model.config)
+    if processor is None:
+        parser.error(f"Neither {args.model} nor its backbone has an image processor (preprocessor_config.json).")
+    path = save_attention_maps(model, args.image, args.output, processor, columns=args.columns)
+    print(f"Wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

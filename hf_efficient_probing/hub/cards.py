@@ -1,0 +1,185 @@
+"""Model cards of probe repositories, rendered from ``model_cards/probe.md`` with `huggingface_hub.ModelCard`.
+
+The metadata says what the Hub needs to list and evaluate the probe: ``library_name: hf-efficient-probing`` (not
+``transformers``: the Hub's "Use this model" snippet for ``transformers`` would fail without
+``import hf_efficient_probing``, which our own snippet has), ``base_model`` (the backbone), ``datasets``, ``tags``,
+``pipeline_tag``, the backbone's ``license`` when its card states one, and a ``model-index`` with top-1/top-5.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
+
+from ..modeling_probing import ProbingPreTrainedModel
+from .attention_maps import attention_unit, count_attention_maps
+
+LIBRARY_NAME = "hf-efficient-probing"
+TEMPLATE = Path(__file__).parent / "model_cards" / "probe.md"
+POOLING_DESCRIPTIONS = {
+    "ep": "An Efficient Probing (EP) head",
+    "linear": "A linear probe",
+}
+
+
+@dataclass
+class ProbeCardInfo:
+    """What a model card says beyond the probe's config: the evaluation and the training recipe.
+
+    Attributes:
+        dataset: Hub id of the data set the probe was trained and evaluated on (e.g. ``"ILSVRC/imagenet-1k"``).
+        dataset_name: readable name of the data set (defaults to ``dataset``).
+        dataset_config: configuration of the data set, if it has several.
+        dataset_split: split the results were measured on.
+        top1: top-1 accuracy on that split, in percent.
+        top5: top-5 accuracy on that split, in percent.
+        best_epoch: the epoch whose results are reported (the paper reports the best one).
+        training: the training recipe, e.g. ``{"optimizer": "LARS", "base learning rate": 0.1, "epochs": 90}``.
+        license: licence of the probe; by default the backbone's, read from the backbone's model card.
+        model_name: name of the model in the card and its ``model-index``; defaults to the repository name.
+        tags: extra tags.
+    """
+
+    dataset: str | None = None
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str = "validation"
+    top1: float | None = None
+    top5: float | None = None
+    best_epoch: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    license: str | None = None
+    model_name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if (self.top1 is not None or self.top5 is not None) and not self.dataset:
+            raise ValueError("Results (top1/top5) need the data set they were measured on: set `dataset` to its Hub id.")
+        for name in ("top1", "top5"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                raise ValueError(f"{name} is a percentage in [0, 100], got {value}.")
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub repository id rather than a local path."""
+    return bool(name) and not os.path.exists(name) and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
+
+
+def backbone_license(name_or_path: str | None, revision: str | None = None, token: str | bool | None = None) -> str | None:
+    """The ``license`` of the backbone's model card, or ``None`` when there is no card or it states none."""
+    if not name_or_path:
+        return None
+    try:
+        if os.path.isdir(name_or_path):
+            readme = Path(name_or_path) / "README.md"
+            if not readme.is_file():
+                return None
+        else:
+            readme = hf_hub_download(name_or_path, "README.md", revision=revision, token=token)
+        return ModelCard.load(readme, ignore_metadata_errors=True).data.license
+    except Exception:  # no card, no network, gated repo: the licence is then left out of the card, not guessed
+        return None
+
+
+def _hyper_parameters(model: ProbingPreTrainedModel) -> list[tuple[str, Any]]:
+    config = model.config
+    rows = [("probe", config.pooling_name)]
+    rows += list(config.pooling_kwargs().items())
+    rows += [
+        ("feature layers", config.feature_layers),
+        ("tokens read", config.token_selection),
+        ("final norm applied", model.token_reader.apply_final_norm),
+        ("token width", config.token_width),
+        ("classes", config.num_labels),
+        ("backbone frozen", config.freeze_backbone),
+    ]
+    return rows
+
+
+def build_model_card(
+    model: ProbingPreTrainedModel,
+    repo_id: str,
+    card_info: ProbeCardInfo | dict | None = None,
+    *,
+    revision: str | None = None,
+    attention_map: str | None = None,
+    token: str | bool | None = None,
+) -> ModelCard:
+    """The model card of a probe repository.
+
+    Args:
+        model: the probe.
+        repo_id: the repository the card is for (the usage snippet loads from it).
+        card_info: evaluation and training details (a `ProbeCardInfo` or a dict of its fields).
+        revision: branch the probe is pushed to, if not ``main`` (the snippet then pins it).
+        attention_map: file name of the attention-map figure in the repository, to show in the card.
+        token: token to read the backbone's card (for its licence).
+    """
+    info = card_info if isinstance(card_info, ProbeCardInfo) else ProbeCardInfo(**(card_info or {}))
+    config = model.config
+    model_name = info.model_name or repo_id.split("/")[-1]
+    backbone = config.backbone_name_or_path
+    backbone_on_hub = is_hub_id(backbone)
+    license_ = info.license or (backbone_license(backbone, config.backbone_revision, token) if backbone else None)
+
+    eval_results, result_rows = [], []
+    for metric_name, value in (("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5)):
+        if value is None:
+            continue
+        eval_results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=info.dataset,
+                dataset_name=info.dataset_name or info.dataset,
+                dataset_config=info.dataset_config,
+                dataset_split=info.dataset_split,
+                metric_type="accuracy",
+                metric_name=metric_name,
+                metric_value=float(value),
+            )
+        )
+        result_rows.append(
+            {"dataset": info.dataset_name or info.dataset, "split": info.dataset_split, "metric": metric_name, "value": value}
+        )
+
+    pooling = config.pooling_name
+    tags = ["image-classification", "vision", "attentive-probing", f"{pooling}-probe", LIBRARY_NAME, *info.tags]
+    card_data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        pipeline_tag="image-classification",
+        license=license_,
+        base_model=backbone if backbone_on_hub else None,
+        datasets=[info.dataset] if info.dataset else None,
+        metrics=["accuracy"] if eval_results else None,
+        tags=list(dict.fromkeys(tags)),
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    num_maps = count_attention_maps(model)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id,
+        revision=revision if revision not in (None, "main") else None,
+        probe_description=POOLING_DESCRIPTIONS.get(pooling, f"A {pooling!r} attentive probe"),
+        backbone=backbone or "(backbone saved with the probe)",
+        backbone_url=f"https://huggingface.co/{backbone}" if backbone_on_hub else "#",
+        backbone_revision=config.backbone_revision,
+        dataset_name=info.dataset_name or info.dataset,
+        num_parameters=sum(p.numel() for p in model.probe.parameters()),
+        hyper_parameters=_hyper_parameters(model),
+        results=result_rows,
+        best_epoch=info.best_epoch,
+        training=list(info.training.items()),
+        has_attention=num_maps is not None,
+        num_attention_maps=num_maps,
+        attention_unit=attention_unit(model.probe.pooling),
+        attention_map=attention_map,
+    )

@@ -1,0 +1,110 @@
+"""Poolings over the 2-D patch grid: DOLG's spatial attention (official ``dolg``) and CBAM (official ``cbam``).
+
+The official modules reshape the tokens to a square ``sqrt(N) x sqrt(N)`` map, so they fail with a [CLS] token,
+with register tokens or with non-square images. These take the grid from ``grid_size`` (a square one is inferred
+when it is not given) and skip the ``num_prefix_tokens`` leading tokens, which therefore get zero attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Pooling, PoolingOutput, check_tokens
+
+
+def patch_tokens_and_grid(
+    tokens: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None, name: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The patch tokens ``[B, h * w, D]`` (prefix tokens dropped) and their ``(h, w)`` grid, row-major."""
+    patches = tokens[:, num_prefix_tokens:]
+    num_patches = patches.shape[1]
+    if grid_size is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"{name} pools over the 2-D patch grid, but {num_patches} patch tokens do not form a square grid; "
+                "pass grid_size=(height, width)."
+            )
+        grid_size = (side, side)
+    height, width = grid_size
+    if height * width != num_patches:
+        raise ValueError(
+            f"{name}: grid_size {(height, width)} does not match the {num_patches} patch tokens "
+            f"({tokens.shape[1]} tokens, {num_prefix_tokens} of them prefix tokens)."
+        )
+    return patches, (height, width)
+
+
+def _pad_prefix(attention: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """``[B, Q, N_patches] -> [B, Q, N]`` with zero attention on the prefix tokens."""
+    return F.pad(attention, (num_prefix_tokens, 0))
+
+
+class DOLGPooling(Pooling):
+    """DOLG's local branch spatial attention (Yang et al., 2021), ``SpatialAttention2d`` without ASPP::
+
+        F = BN(W_1 X + b_1);  s_n = softplus(w_2^T ReLU(F_n) + b_2);  y = mean_n s_n F_n / ||F_n||
+
+    Every convolution is 1x1, so it runs on the tokens directly (the grid only sets which tokens are patches); the
+    2-D BatchNorm's statistics are over all B x N patch tokens, as in the official module. ``attentions`` are the
+    softplus scores ``s`` (not normalised).
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = self.out_features = hidden_size
+        self.conv1 = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.BatchNorm1d(hidden_size, eps=1e-5, momentum=0.1)
+        self.conv2 = nn.Linear(hidden_size, 1)
+        for conv in (self.conv1, self.conv2):  # ResNet-style init of the official 1x1 convs (std sqrt(2 / fan_out))
+            nn.init.normal_(conv.weight, std=math.sqrt(2.0 / conv.out_features))
+
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size)
+        patches, _ = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "dolg")
+        features = self.norm(self.conv1(patches).transpose(1, 2)).transpose(1, 2)  # B, N, D
+        scores = F.softplus(self.conv2(features.relu()))  # B, N, 1
+        pooled = (scores * F.normalize(features, dim=-1)).mean(dim=1)
+        return PoolingOutput(pooled=pooled, attentions=_pad_prefix(scores.transpose(1, 2), num_prefix_tokens))
+
+
+class CBAMPooling(Pooling):
+    """CBAM (Woo et al., 2018) as a pooling, timm's ``CbamModule`` plus residual, ReLU and average pooling::
+
+        X1 = X * sigmoid(MLP(avg_n X) + MLP(max_n X))                  # channel attention, MLP D -> D/16 -> D
+        X2 = X1 * sigmoid(BN(Conv7x7([mean_c X1; max_c X1])))          # spatial attention on the (h, w) grid
+        y  = mean_n ReLU(X2 + X)
+
+    ``attentions`` ``[B, 1, N]`` is the spatial gate.
+
+    Args:
+        kernel_size: size of the spatial convolution (7 officially).
+        reduction: channel reduction of the MLP (16: 48 hidden units at D=768).
+    """
+
+    def __init__(self, hidden_size: int, kernel_size: int = 7, reduction: int = 16):
+        super().__init__()
+        self.hidden_size = self.out_features = hidden_size
+        hidden = max(1, int(hidden_size / reduction + 0.5))
+        self.channel_fc1 = nn.Linear(hidden_size, hidden, bias=False)
+        self.channel_fc2 = nn.Linear(hidden, hidden_size, bias=False)
+        self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.spatial_norm = nn.BatchNorm2d(1)
+
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size)
+        patches, (height, width) = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "cbam")
+
+        def channel_mlp(x: torch.Tensor) -> torch.Tensor:
+            return self.channel_fc2(self.channel_fc1(x).relu())
+
+        channel_gate = torch.sigmoid(channel_mlp(patches.mean(dim=1)) + channel_mlp(patches.amax(dim=1)))
+        x = patches * channel_gate.unsqueeze(1)  # B, N, D
+        summary = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=1).view(-1, 2, height, width)
+        spatial_gate = torch.sigmoid(self.spatial_norm(self.spatial_conv(summary))).flatten(1)  # B, N
+        pooled = F.relu(x * spatial_gate.unsqueeze(-1) + patches).mean(dim=1)
+        return PoolingOutput(pooled=pooled, attentions=_pad_prefix(spatial_gate.unsqueeze(1), num_prefix_tokens))

@@ -1,0 +1,114 @@
+"""k-NN evaluation of frozen features (nothing trained), as the official benchmark runs it.
+
+Each image is one global feature ([CLS] or the mean of the patch tokens, GAP), L2-normalised. A test image's k
+nearest training features (cosine similarity) vote for their class with weight ``exp(sim / T)``; the sweep over
+``k`` and ``T`` reports top-1/top-5 for every pair. :func:`knn_classify` works on feature tensors only, so features
+from a token cache feed it as well as features computed here; it walks the test set in chunks and the training bank
+in blocks, keeping a running top-k, so it never holds more than ``test_chunk x train_block`` similarities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones import TokenReader
+
+DEFAULT_KS = (5, 10, 20, 50, 100, 200)
+DEFAULT_TEMPERATURES = (0.07,)
+
+
+@torch.no_grad()
+def nearest_neighbors(
+    train_features: torch.Tensor, test_features: torch.Tensor, k: int, train_block: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(similarities, indices)`` ``[M, k]`` of the ``k`` most similar rows of ``train_features`` for each row of
+    ``test_features`` (both already normalised), best first, computed block by block over the training bank."""
+    k = min(k, train_features.shape[0])
+    best_sim = test_features.new_empty(test_features.shape[0], 0)
+    best_idx = torch.empty(test_features.shape[0], 0, dtype=torch.long, device=test_features.device)
+    for start in range(0, train_features.shape[0], train_block):
+        block = train_features[start : start + train_block]
+        sim, idx = (test_features @ block.T).topk(min(k, block.shape[0]), dim=1)
+        best_sim, order = torch.cat([best_sim, sim], dim=1).topk(min(k, best_sim.shape[1] + sim.shape[1]), dim=1)
+        best_idx = torch.cat([best_idx, idx + start], dim=1).gather(1, order)
+    return best_sim, best_idx
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    test_chunk: int = 256,
+    train_block: int = 65536,
+) -> list[dict]:
+    """Weighted k-NN accuracy for every ``(k, T)``: a list of ``{"k", "temperature", "top1", "top5"}`` (fractions).
+
+    Args:
+        train_features: ``[N, D]`` features of the training images (normalised here).
+        train_labels: ``[N]`` class indices.
+        test_features, test_labels: ``[M, D]`` and ``[M]``.
+        num_classes: number of classes (default: the largest label + 1).
+        ks: numbers of neighbours; values above ``N`` use all ``N``.
+        temperatures: vote temperatures ``T`` in ``exp(sim / T)``.
+        test_chunk, train_block: memory bounds: at most ``test_chunk x train_block`` similarities at a time.
+    """
+    if train_features.shape[0] == 0 or test_features.shape[0] == 0:
+        raise ValueError("k-NN needs at least one training and one test feature.")
+    train_features = F.normalize(train_features.float(), dim=1)
+    test_features = F.normalize(test_features.float(), dim=1)
+    train_labels, test_labels = train_labels.long(), test_labels.long()
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    top = min(5, num_classes)
+    k_max = max(ks)
+    correct = {(k, t): [0, 0] for k in ks for t in temperatures}
+    for start in range(0, test_features.shape[0], test_chunk):
+        queries, truth = test_features[start : start + test_chunk], test_labels[start : start + test_chunk]
+        sims, idx = nearest_neighbors(train_features, queries, k_max, train_block)
+        neighbor_labels = train_labels[idx]
+        for k in ks:
+            for temperature in temperatures:
+                votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
+                votes.scatter_add_(1, neighbor_labels[:, :k], (sims[:, :k] / temperature).exp())
+                ranked = votes.topk(top, dim=1).indices
+                correct[k, temperature][0] += int((ranked[:, 0] == truth).sum())
+                correct[k, temperature][1] += int((ranked == truth[:, None]).any(dim=1).sum())
+    total = test_features.shape[0]
+    return [
+        {"k": k, "temperature": t, "top1": hits[0] / total, "top5": hits[1] / total} for (k, t), hits in correct.items()
+    ]
+
+
+def best_knn_result(results: Iterable[dict]) -> dict:
+    """The ``(k, T)`` with the best top-1 accuracy (the first one on ties)."""
+    return max(results, key=lambda result: result["top1"])
+
+
+@torch.no_grad()
+def extract_global_features(
+    backbone: torch.nn.Module,
+    batches: Iterable[dict],
+    features: str = "cls",
+    feature_layers: Sequence[int] = (-1,),
+    apply_final_norm: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features [N, D], labels [N])`` of the images in ``batches`` (dicts with ``pixel_values`` and ``labels``):
+    the [CLS] token (``"cls"``) or the mean of the patch tokens (``"gap"``) of the frozen backbone."""
+    if features not in ("cls", "gap"):
+        raise ValueError(f"k-NN features must be 'cls' or 'gap', got {features!r}.")
+    reader = TokenReader(backbone.config, list(feature_layers), "all" if features == "cls" else "patch", apply_final_norm)
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    collected, labels = [], []
+    for batch in batches:
+        tokens = reader(backbone, batch["pixel_values"].to(device)).tokens
+        collected.append((tokens[:, 0] if features == "cls" else tokens.mean(dim=1)).float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(collected), torch.cat(labels)

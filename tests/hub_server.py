@@ -1,0 +1,316 @@
+"""A tiny Hugging Face Hub-compatible HTTP server on loopback, for testing uploads and downloads without network.
+
+It answers the endpoints the real ``huggingface_hub`` and ``transformers`` clients call to create a repository,
+validate a model card, commit files (inline, base64 in the NDJSON body: ``preupload`` answers ``"regular"`` so no
+LFS or Xet transfer is ever started), create a branch, read repository info and file trees, and download files
+(``resolve`` with ``X-Repo-Commit`` and ``ETag``). Every commit is a snapshot of the whole repository stored under a
+temporary directory, so earlier revisions stay readable by their commit hash.
+
+Only what the clients need is modelled: one user, any token accepted, private repositories hidden from requests
+without a token. The server listens on 127.0.0.1 only, reads exactly ``Content-Length`` bytes per request and times
+out idle connections, so a misbehaving client cannot hang a test.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+LOOPBACK = "127.0.0.1"
+USER = "tester"
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+def git_blob_sha(content: bytes) -> str:
+    """The object id git (and the Hub) gives a regular file."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+@dataclass
+class Repo:
+    private: bool
+    branches: dict[str, str] = field(default_factory=dict)  # branch -> commit sha
+    commits: dict[str, dict[str, str]] = field(default_factory=dict)  # commit sha -> {path: blob sha}
+
+
+class HubState:
+    """Repositories and their commits; file contents live on disk as blobs named by their git sha."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.blobs = root / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.repos: dict[str, Repo] = {}
+        self.lock = threading.Lock()
+
+    def create(self, repo_id: str, private: bool) -> bool:
+        with self.lock:
+            if repo_id in self.repos:
+                return False
+            empty = hashlib.sha1(f"init {repo_id}".encode()).hexdigest()
+            self.repos[repo_id] = Repo(private=private, branches={"main": empty}, commits={empty: {}})
+            return True
+
+    def resolve(self, repo: Repo, revision: str) -> str | None:
+        """Commit sha of a branch name or of a (full) commit sha."""
+        if revision in repo.branches:
+            return repo.branches[revision]
+        return revision if revision in repo.commits else None
+
+    def commit(self, repo: Repo, branch: str, added: dict[str, bytes], deleted: list[str], message: str) -> str:
+        with self.lock:
+            parent = repo.branches[branch]
+            files = dict(repo.commits[parent])
+            for path in deleted:
+                files.pop(path, None)
+            for path, content in added.items():
+                sha = git_blob_sha(content)
+                (self.blobs / sha).write_bytes(content)
+                files[path] = sha
+            listing = json.dumps(sorted(files.items())).encode()
+            commit = hashlib.sha1(parent.encode() + message.encode() + listing).hexdigest()
+            repo.commits[commit] = files
+            repo.branches[branch] = commit
+            return commit
+
+    def read(self, blob: str) -> bytes:
+        return (self.blobs / blob).read_bytes()
+
+
+class HubRequestHandler(BaseHTTPRequestHandler):
+    server: LocalHubServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds an idle keep-alive connection may hold a thread
+
+    def log_message(self, format, *args):  # keep test output quiet
+        pass
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Plumbing
+
+    @property
+    def state(self) -> HubState:
+        return self.server.state
+
+    def body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise ValueError(f"request body of {length} bytes is over the test server's limit")
+        return self.rfile.read(length) if length else b""
+
+    def send(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None, head=False):
+        data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def error(self, status: int, code: str, message: str, head=False):
+        self.send(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message}, head=head)
+
+    def authorized(self) -> bool:
+        return self.headers.get("Authorization", "").startswith("Bearer ")
+
+    def find_repo(self, repo_id: str, head=False) -> Repo | None:
+        repo = self.state.repos.get(repo_id)
+        if repo is None or (repo.private and not self.authorized()):
+            self.error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}", head=head)
+            return None
+        return repo
+
+    def find_commit(self, repo: Repo, revision: str, head=False) -> str | None:
+        commit = self.state.resolve(repo, revision)
+        if commit is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+        return commit
+
+    def segments(self) -> list[str]:
+        return [unquote(part) for part in urlsplit(self.path).path.strip("/").split("/")]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Routes
+
+    def do_GET(self):
+        self.route_read(head=False)
+
+    def do_HEAD(self):
+        self.route_read(head=True)
+
+    def route_read(self, head: bool):
+        parts = self.segments()
+        if parts[:2] == ["api", "whoami-v2"]:
+            return self.send(200, {"type": "user", "name": USER, "auth": {}}, head=head)
+        if len(parts) >= 4 and parts[:2] == ["api", "models"]:
+            repo_id, rest = f"{parts[2]}/{parts[3]}", parts[4:]
+            if not rest:
+                return self.model_info(repo_id, "main", head)
+            if rest[0] == "revision" and len(rest) >= 2:
+                return self.model_info(repo_id, "/".join(rest[1:]), head)
+            if rest[0] == "tree" and len(rest) >= 2:
+                return self.tree(repo_id, rest[1], "/".join(rest[2:]), head)
+        if len(parts) >= 5 and parts[2] == "resolve":
+            return self.resolve_file(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), head)
+        self.error(404, "NotFound", f"{self.command} {self.path} is not served by the test Hub", head=head)
+
+    def do_POST(self):
+        parts, body = self.segments(), self.body()
+        if parts == ["api", "repos", "create"]:
+            return self.create_repo(json.loads(body))
+        if parts == ["api", "validate-yaml"]:
+            return self.send(200, validate_metadata(json.loads(body)["content"]))
+        if len(parts) >= 6 and parts[:2] == ["api", "models"]:
+            repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
+            repo = self.find_repo(repo_id)
+            if repo is None:
+                return
+            if action == "preupload":
+                files = json.loads(body)["files"]
+                listing = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
+                return self.send(200, {"files": listing, "commitOid": repo.branches.get(revision)})
+            if action == "commit":
+                return self.commit(repo_id, repo, revision, body)
+            if action == "branch":
+                return self.create_branch(repo, revision, json.loads(body) if body else {})
+        self.error(404, "NotFound", f"POST {self.path} is not served by the test Hub")
+
+    def create_repo(self, request: dict):
+        if request.get("type", "model") not in (None, "model"):
+            return self.error(400, "BadRequest", "the test Hub serves model repositories only")
+        repo_id = f"{request.get('organization') or USER}/{request['name']}"
+        # huggingface_hub 2.x sends "visibility"; older clients send "private".
+        private = request.get("visibility") == "private" or bool(request.get("private"))
+        if not self.state.create(repo_id, private):
+            return self.error(409, "RepoExists", "You already created this model repo")
+        self.send(200, {"url": f"{self.server.endpoint}/{repo_id}", "name": repo_id})
+
+    def create_branch(self, repo: Repo, branch: str, request: dict):
+        if branch in repo.branches:
+            return self.error(409, "BranchExists", f"Reference already exists: refs/heads/{branch}")
+        start = self.find_commit(repo, request.get("startingPoint") or "main")
+        if start is not None:
+            repo.branches[branch] = start
+            self.send(200, {})
+
+    def commit(self, repo_id: str, repo: Repo, branch: str, body: bytes):
+        if branch not in repo.branches:
+            return self.error(404, "RevisionNotFound", f"Invalid rev id: {branch}")
+        added, deleted, message = {}, [], ""
+        for line in body.decode().splitlines()[:100_000]:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            value = item["value"]
+            if item["key"] == "header":
+                message = value.get("summary", "")
+            elif item["key"] == "file":
+                if value.get("encoding") != "base64":
+                    return self.error(400, "BadRequest", "the test Hub takes inline base64 files only")
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "deletedFile":
+                deleted.append(value["path"])
+            else:
+                return self.error(400, "BadRequest", f"the test Hub does not take {item['key']!r} operations")
+        commit = self.state.commit(repo, branch, added, deleted, message)
+        url = f"{self.server.endpoint}/{repo_id}/commit/{commit}"
+        self.send(200, {"commitUrl": url, "commitOid": commit, "commitMessage": message, "pullRequestUrl": None})
+
+    def model_info(self, repo_id: str, revision: str, head: bool):
+        repo = self.find_repo(repo_id, head)
+        commit = repo and self.find_commit(repo, revision, head)
+        if commit is None:
+            return
+        files = repo.commits[commit]
+        info = {
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": commit,
+            "private": repo.private,
+            "siblings": [{"rfilename": path} for path in sorted(files)],
+        }
+        self.send(200, info, head=head)
+
+    def tree(self, repo_id: str, revision: str, folder: str, head: bool):
+        repo = self.find_repo(repo_id, head)
+        commit = repo and self.find_commit(repo, revision, head)
+        if commit is None:
+            return
+        prefix = f"{folder.rstrip('/')}/" if folder else ""
+        entries = [
+            {"type": "file", "path": path, "oid": blob, "size": (self.state.blobs / blob).stat().st_size}
+            for path, blob in sorted(repo.commits[commit].items())
+            if path.startswith(prefix)
+        ]
+        self.send(200, entries, head=head)
+
+    def resolve_file(self, repo_id: str, revision: str, path: str, head: bool):
+        repo = self.find_repo(repo_id, head)
+        commit = repo and self.find_commit(repo, revision, head)
+        if commit is None:
+            return
+        blob = repo.commits[commit].get(path)
+        if blob is None:
+            return self.error(404, "EntryNotFound", f"{path} does not exist at {revision}", head=head)
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{blob}"'}
+        self.send(200, headers=headers, raw=self.state.read(blob), head=head)
+
+
+def validate_metadata(content: str) -> dict:
+    """A local stand-in for the Hub's card-metadata check: the YAML must be a mapping and any ``model-index`` must
+    be shaped as the Hub reads it (a named model with results of a task type, a dataset and typed metrics)."""
+    try:
+        metadata = yaml.safe_load(content)
+    except yaml.YAMLError as error:
+        return {"errors": [{"message": f"invalid YAML: {error}"}], "warnings": []}
+    if not isinstance(metadata, dict):
+        return {"errors": [{"message": "metadata must be a YAML mapping"}], "warnings": []}
+    errors = []
+    for entry in metadata.get("model-index") or []:
+        if not entry.get("name"):
+            errors.append("model-index entries need a name")
+        for result in entry.get("results", []):
+            if not result.get("task", {}).get("type"):
+                errors.append("model-index results need task.type")
+            if not {"name", "type"} <= set(result.get("dataset", {})):
+                errors.append("model-index results need dataset.name and dataset.type")
+            for metric in result.get("metrics", []):
+                if "type" not in metric or not isinstance(metric.get("value"), (int, float)):
+                    errors.append("model-index metrics need a type and a numeric value")
+    for key in ("tags", "datasets"):
+        if key in metadata and not isinstance(metadata[key], list):
+            errors.append(f"{key} must be a list")
+    return {"errors": [{"message": message} for message in errors], "warnings": []}
+
+
+class LocalHubServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path):
+        super().__init__((LOOPBACK, 0), HubRequestHandler)  # port 0: a free port chosen by the OS
+        self.state = HubState(root)
+        host, port = self.server_address[:2]
+        assert host == LOOPBACK, f"the test Hub must listen on loopback only, got {host}"
+        self.endpoint = f"http://{host}:{port}"
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+        self.thread.join(timeout=10)
+        shutil.rmtree(self.state.root, ignore_errors=True)
