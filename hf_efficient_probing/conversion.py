@@ -12,6 +12,7 @@ probe directory ready for ``from_pretrained`` and ``push_to_hub``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -29,15 +30,56 @@ class OfficialPooling:
     Attributes:
         pooling: name of the library pooling (see ``probes.POOLINGS``).
         pooling_kwargs: the library pooling's kwargs from the official command-line arguments.
-        key_map: official pooling key (after the ``0.`` prefix) -> library pooling key; keys not listed keep their
-            name.
+        key_map: official pooling key (after the ``0.`` prefix) -> library pooling key. An entry ending in ``.``
+            renames every key under that prefix; keys not listed keep their name.
         hidden_size_key: official pooling key whose last dimension is the token width (to infer it).
+        dropped_keys: official keys the library recomputes instead of storing (fixed, non-trained tensors).
+        kwargs_from_weights: library kwargs read off the official state dict (e.g. a grid size fixed at training).
     """
 
     pooling: str
     pooling_kwargs: Callable[[dict], dict]
     key_map: dict[str, str]
     hidden_size_key: str | None = None
+    dropped_keys: tuple[str, ...] = ()
+    kwargs_from_weights: Callable[[dict], dict] = lambda state_dict: {}
+
+    def library_key(self, official_key: str) -> str:
+        if official_key in self.key_map:
+            return self.key_map[official_key]
+        for prefix, target in self.key_map.items():
+            if prefix.endswith(".") and official_key.startswith(prefix):
+                return target + official_key[len(prefix) :]
+        return official_key
+
+
+def _num_heads(default: int) -> Callable[[dict], dict]:
+    """The official ``--num_heads`` (default 16), for the poolings it applies to (aim, jepa)."""
+    return lambda args: {"num_heads": int(args.get("num_heads", default))}
+
+
+def _abmilp_kwargs(args: dict) -> dict:
+    cond = args.get("abmilp_cond")
+    return {
+        "self_attention": args.get("abmilp_sa", "both"),
+        "activation": args.get("abmilp_act", "tanh"),
+        "depth": int(args.get("abmilp_depth", 2)),
+        "cond": None if cond in (None, "none", "None") else cond,
+        "content": args.get("abmilp_content", "all"),
+    }
+
+
+def _clip_grid(state_dict: dict) -> dict:
+    """The official clip position embedding is learned for a fixed square grid (14, or 16 for CAPI)."""
+    rows = state_dict.get("pos_embed")
+    if rows is None:
+        return {}
+    side = math.isqrt(rows.shape[0] - 1)
+    return {} if side == 14 else {"native_grid": side}
+
+
+def _no_kwargs(args: dict) -> dict:
+    return {}
 
 
 OFFICIAL_POOLINGS: dict[str, OfficialPooling] = {
@@ -50,7 +92,104 @@ OFFICIAL_POOLINGS: dict[str, OfficialPooling] = {
     # Linear probes: the official head has no pooling module ("cls" = [CLS] token, "pos" = mean of patch tokens).
     "cls": OfficialPooling("linear", lambda args: {"features": "cls"}, {}),
     "pos": OfficialPooling("linear", lambda args: {"features": "gap"}, {}),
+    "abmilp": OfficialPooling(
+        "abmilp", _abmilp_kwargs, {"self_attn.": "self_attention.", "attention_predictor.": "scorer."},
+        dropped_keys=("pos_embed",),
+    ),
+    "simpool": OfficialPooling(
+        "simpool", _no_kwargs, {"norm_patches.": "norm.", "wq.weight": "q_proj.weight", "wk.weight": "k_proj.weight"}
+    ),
+    "esimpool": OfficialPooling("esimpool", _no_kwargs, {"norm_patches.": "norm."}),
+    "clip": OfficialPooling(
+        "clip", _no_kwargs, {"pos_embed": "position_embedding", "proj.": "out_proj."}, kwargs_from_weights=_clip_grid
+    ),
+    "siglip": OfficialPooling("siglip", _no_kwargs, {"q.": "q_proj.", "kv.": "kv_proj.", "proj.": "out_proj."}),
+    "aim": OfficialPooling(
+        "aim",
+        _num_heads(16),
+        {"cls_token": "query", "k.weight": "k_proj.weight", "v.weight": "v_proj.weight", "bn.": "token_norm."},
+    ),
+    "coca": OfficialPooling(
+        "coca",
+        _no_kwargs,
+        {
+            "img_queries": "queries",
+            "norm.gamma": "query_norm_weight",
+            "norm.beta": "query_norm_bias",
+            "to_q.": "q_proj.",
+            "to_kv.": "kv_proj.",
+            "to_out.": "out_proj.",
+        },
+    ),
+    "cait": OfficialPooling(
+        "cait",
+        _no_kwargs,
+        {
+            "blocks_token_only.0.gamma_1": "attn_scale",
+            "blocks_token_only.0.gamma_2": "mlp_scale",
+            "blocks_token_only.0.norm1.": "attn_norm.",
+            "blocks_token_only.0.attn.q.": "q_proj.",
+            "blocks_token_only.0.attn.k.": "k_proj.",
+            "blocks_token_only.0.attn.v.": "v_proj.",
+            "blocks_token_only.0.attn.proj.": "out_proj.",
+            "blocks_token_only.0.norm2.": "mlp_norm.",
+            "blocks_token_only.0.mlp.": "mlp.",
+            "norm.": "final_norm.",
+        },
+    ),
+    "dinovit": OfficialPooling(
+        "dinovit",
+        _no_kwargs,
+        {
+            "dino_block.norm1.": "attn_norm.",
+            "dino_block.attn.qkv.": "qkv.",
+            "dino_block.attn.proj.": "out_proj.",
+            "dino_block.norm2.": "mlp_norm.",
+            "dino_block.mlp.": "mlp.",
+        },
+    ),
+    "jepa": OfficialPooling(
+        "jepa",
+        _num_heads(16),
+        {
+            "query_tokens": "query",
+            "cross_attention_block.norm1.": "token_norm.",
+            "cross_attention_block.xattn.q.": "q_proj.",
+            "cross_attention_block.xattn.kv.": "kv_proj.",
+            "cross_attention_block.xattn.proj.": "out_proj.",
+            "cross_attention_block.norm2.": "mlp_norm.",
+            "cross_attention_block.mlp.": "mlp.",
+        },
+    ),
+    "dolg": OfficialPooling("dolg", _no_kwargs, {"bn.": "norm."}),
+    "cae": OfficialPooling(
+        "cae",
+        _no_kwargs,
+        {
+            "query_token": "query",
+            "norm1_q.": "query_norm.",
+            "norm1_k.": "key_norm.",
+            "norm1_v.": "value_norm.",
+            "norm2_cross.": "unused_norm.",
+            "cross_attn.q.": "q_proj.",
+            "cross_attn.k.": "k_proj.",
+            "cross_attn.v.": "v_proj.",
+            "cross_attn.proj.": "out_proj.",
+        },
+    ),
+    "cbam": OfficialPooling(
+        "cbam",
+        _no_kwargs,
+        {
+            "channel.fc1.": "channel_fc1.",
+            "channel.fc2.": "channel_fc2.",
+            "spatial.conv.conv.": "spatial_conv.",
+            "spatial.conv.bn.": "spatial_norm.",
+        },
+    ),
 }
+
+OFFICIAL_ARGS = ("ep_queries", "d_out", "num_heads", "abmilp_sa", "abmilp_act", "abmilp_depth", "abmilp_cond", "abmilp_content")
 
 _NO_POOLING = {name for name, spec in OFFICIAL_POOLINGS.items() if spec.pooling == "linear"}
 
@@ -88,6 +227,13 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return dict(state_dict)
 
 
+def _from_conv1x1(value: torch.Tensor, expected: torch.Tensor | None) -> torch.Tensor:
+    """Official 1x1 convolution weights ``[out, in, 1, 1]`` are linear weights ``[out, in]`` here."""
+    if expected is not None and value.ndim == 4 and value.shape[2:] == (1, 1) and value.shape[:2] == expected.shape:
+        return value.reshape(expected.shape)
+    return value
+
+
 def load_official_head(
     state_dict_or_path: dict | str | os.PathLike,
     pooling: str | None = None,
@@ -114,7 +260,7 @@ def load_official_head(
         state_dict, meta = read_official_checkpoint(state_dict_or_path)
     else:
         state_dict, meta = _split_checkpoint(state_dict_or_path)
-    args = {**{k: v for k, v in meta.items() if k in ("ep_queries", "d_out")}, **official_args}
+    args = {**{k: v for k, v in meta.items() if k in OFFICIAL_ARGS}, **official_args}
     pooling = pooling or meta.get("cls_features")
     if pooling is None:
         raise ValueError("Name the official pooling: load_official_head(..., pooling='ep').")
@@ -140,7 +286,10 @@ def load_official_head(
             raise ValueError("Cannot infer hidden_size from the state dict; pass hidden_size=.")
         hidden_size = source.shape[-1] // (2 if spec.pooling_kwargs(args).get("features") == "cls+gap" else 1)
 
-    head = ProbeHead(build_pooling(spec.pooling, hidden_size, **spec.pooling_kwargs(args)), num_labels)
+    pooling_state = {key[2:]: value for key, value in state_dict.items() if key.startswith("0.")}
+    pooling_kwargs = {**spec.pooling_kwargs(args), **spec.kwargs_from_weights(pooling_state)}
+    head = ProbeHead(build_pooling(spec.pooling, hidden_size, **pooling_kwargs), num_labels)
+    expected = head.state_dict()
     converted = {}
     for key, value in state_dict.items():
         index, _, rest = key.partition(".")
@@ -149,10 +298,12 @@ def load_official_head(
         elif index == classifier_index:
             converted[f"classifier.{rest}"] = value
         elif index == "0" and pooling not in _NO_POOLING:
-            converted[f"pooling.{spec.key_map.get(rest, rest)}"] = value
+            if rest in spec.dropped_keys:
+                continue
+            key = f"pooling.{spec.library_key(rest)}"
+            converted[key] = _from_conv1x1(value, expected.get(key))
         else:
             raise ValueError(f"Unexpected key {key!r} for an official {pooling!r} head.")
-    expected = head.state_dict()
     problems = sorted(set(expected) ^ set(converted)) + [
         f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
         for k, v in converted.items()
@@ -161,7 +312,7 @@ def load_official_head(
     if problems:
         raise ValueError(
             f"The state dict does not match an official {pooling!r} head with hidden_size={hidden_size}, "
-            f"num_labels={num_labels} and {spec.pooling_kwargs(args)}: {problems}. Check the official arguments."
+            f"num_labels={num_labels} and {pooling_kwargs}: {problems}. Check the official arguments."
         )
     head.load_state_dict(converted)
     return head.eval()
@@ -183,7 +334,11 @@ def convert_to_probe_directory(
     pooling = pooling or meta.get("cls_features")
     head = load_official_head({"state_dict": state_dict, "meta": meta}, pooling=pooling, **official_args)
     spec = OFFICIAL_POOLINGS[(pooling or "").removesuffix("_all")]
-    probe_kwargs = dict(spec.pooling_kwargs({**meta, **official_args}))
+    args = {**{k: v for k, v in meta.items() if k in OFFICIAL_ARGS}, **official_args}
+    pooling_state = {k[2:]: v for k, v in _strip_prefix(state_dict).items() if k.startswith("0.")}
+    probe_kwargs = {**spec.pooling_kwargs(args), **spec.kwargs_from_weights(pooling_state)}
+    if spec.pooling not in ("ep", "linear"):  # the baselines' hyper-parameters live in AttentiveProbingConfig
+        probe_kwargs = {"pooler_kwargs": probe_kwargs}
     if pooling and pooling.endswith("_all"):
         probe_kwargs["token_selection"] = "all"
     model = AutoModelForEfficientProbing.from_backbone(
@@ -207,8 +362,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pooling", default=None, help="official --cls_features value (default: from meta)")
     parser.add_argument("--ep-queries", type=int, default=None)
     parser.add_argument("--d-out", type=int, default=None)
+    parser.add_argument("--num-heads", type=int, default=None, help="official --num_heads (aim, jepa; default 16)")
+    parser.add_argument("--abmilp-sa", default=None, choices=["none", "map", "both"])
+    parser.add_argument("--abmilp-act", default=None, choices=["tanh", "relu"])
+    parser.add_argument("--abmilp-depth", type=int, default=None)
+    parser.add_argument("--abmilp-cond", default=None, choices=["none", "pe"])
+    parser.add_argument("--abmilp-content", default=None, choices=["all", "patch"])
     args = parser.parse_args(argv)
-    official_args = {k: v for k, v in {"ep_queries": args.ep_queries, "d_out": args.d_out}.items() if v is not None}
+    official_args = {name: getattr(args, name) for name in OFFICIAL_ARGS if getattr(args, name) is not None}
     model = convert_to_probe_directory(
         args.checkpoint, args.backbone, args.output, args.pooling, args.backbone_revision, **official_args
     )

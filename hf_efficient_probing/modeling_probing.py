@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -223,7 +226,20 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 )
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX)}
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        # Write everything to a staging folder first and move each file into place only once all are written, so
+        # that a full disk or a killed process never leaves a half-written checkpoint over the previous one.
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        for leftover in save_directory.glob(".saving-*"):  # from a save that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".saving-") as staging:
+            super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
+            written = sorted(os.listdir(staging), key=lambda name: name == "config.json")  # config last
+            for stale in save_directory.glob("model*.safetensors*"):
+                if stale.name not in written:
+                    stale.unlink()
+            for name in written:
+                os.replace(os.path.join(staging, name), save_directory / name)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, backbone=None, **kwargs):
@@ -246,6 +262,18 @@ class ProbingPreTrainedModel(PreTrainedModel):
         model = cls(config, backbone=backbone)
         model.load_probe_state_dict(load_file(weights))
         return model.eval()
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload probe", private: bool | None = None, **kwargs):
+        """Publish a probe repository: probe-only ``model.safetensors``, ``config.json`` naming the backbone, the
+        backbone's image processor, a model card and (with ``example_image=``) an attention-map figure.
+
+        Takes the arguments of `hf_efficient_probing.hub.push_probe_to_hub` (``token``, ``revision``, ``card_info``,
+        ``example_image``, ``image_processor``, ...) instead of `transformers`' own, whose card would say
+        ``library_name: transformers`` and omit the results.
+        """
+        from .hub import push_probe_to_hub  # the hub layer builds on the models: import it only when publishing
+
+        return push_probe_to_hub(self, repo_id, commit_message=commit_message, private=private, **kwargs)
 
 
 def _resolve_weights(name_or_path, hub_kwargs: dict) -> str | None:

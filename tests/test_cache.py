@@ -223,7 +223,7 @@ def test_views_select_layers_and_drop_cls(tmp_path):
     swapped = cache.dataset(feature_layers=[2, 1])
     expected = TokenReader(backbone.config, [2, 1], token_selection="all")(backbone, images).tokens
     torch.testing.assert_close(torch.stack([swapped[0]["tokens"], swapped[1]["tokens"]]), expected)
-    with pytest.raises(ValueError, match="stores layers"):
+    with pytest.raises(ValueError, match="hold layers"):
         cache.dataset(feature_layers=[0])
 
 

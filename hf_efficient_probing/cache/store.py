@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import TokenReader
 from .key import TokenCacheKey, normalize_layers, storage_dtype
+from .layout import TokenLayout
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
@@ -161,6 +162,11 @@ class TokenCache:
         return tuple(self.manifest["grid_size"])
 
     @property
+    def layout(self) -> TokenLayout:
+        num_hidden_layers = json.loads(self.key["backbone_config"])["num_hidden_layers"]
+        return TokenLayout(self.feature_layers, self.hidden_size, self.num_prefix_tokens, num_hidden_layers)
+
+    @property
     def num_labels_seen(self) -> int:
         return self.manifest["max_label"] + 1
 
@@ -199,7 +205,7 @@ def check_shard(directory: Path, shard: ShardRecord) -> None:
 # Extraction
 
 
-def _collate_images(image_key: str, label_key: str):
+def collate_images(image_key: str, label_key: str):
     def collate(rows):
         pixel_values = torch.stack([torch.as_tensor(row[image_key]) for row in rows])
         labels = torch.tensor([int(row[label_key]) for row in rows], dtype=torch.int64)
@@ -285,7 +291,7 @@ def extract_tokens(
         backbone_mode = backbone.training
         backbone.eval()
         done = sum(record["rows"] for record in trusted)
-        collate = _collate_images(image_key, label_key)
+        collate = collate_images(image_key, label_key)
         bar = tqdm(total=num_rows, initial=done, unit="img", desc="Caching tokens", disable=not progress)
         try:
             for index, start in enumerate(range(0, num_rows, shard_size)):
@@ -375,8 +381,10 @@ class TokenCacheDataset(Dataset):
     def __init__(self, cache: TokenCache | str | os.PathLike, feature_layers=None, token_selection: str | None = None):
         self.cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
         self.starts = [shard.start for shard in self.cache.shards]
-        self.channel_index = layer_channel_index(self.cache, feature_layers)
-        self.drop_cls = cache_token_slice(self.cache, token_selection)
+        layout = self.cache.layout
+        self.channels = None if feature_layers is None else layout.view_index(feature_layers)
+        self.reads_cls_token = bool(layout.num_prefix_tokens) if token_selection is None else token_selection == "all"
+        layout.check_view(self.reads_cls_token)
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
         labels = []
@@ -405,40 +413,8 @@ class TokenCacheDataset(Dataset):
 
     def tokens(self, row: int) -> torch.Tensor:
         shard, offset = self._locate(row)
-        tokens = self._shard(shard).get_slice("tokens")[offset : offset + 1][0]
-        if self.drop_cls:
-            tokens = tokens[1:]
-        if self.channel_index is not None:
-            tokens = tokens.index_select(-1, self.channel_index)
-        return tokens
+        tokens = self._shard(shard).get_slice("tokens")[offset : offset + 1]
+        return self.cache.layout.view(tokens, self.channels, self.reads_cls_token)[0]
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {"tokens": self.tokens(row), "labels": self.labels[row]}
-
-
-def layer_channel_index(cache: TokenCache, feature_layers) -> torch.Tensor | None:
-    """Channel indices selecting ``feature_layers`` (in that order) from the cache's stored layers; ``None`` for all."""
-    if feature_layers is None:
-        return None
-    num_layers = json.loads(cache.key["backbone_config"]).get("num_hidden_layers")
-    wanted = normalize_layers(feature_layers, num_layers)
-    stored = cache.feature_layers
-    if wanted == stored:
-        return None
-    missing = [layer for layer in wanted if layer not in stored]
-    if missing:
-        raise ValueError(f"The cache stores layers {list(stored)}, not {missing}: extract a cache with those layers.")
-    width = cache.hidden_size
-    return torch.cat([torch.arange(width) + stored.index(layer) * width for layer in wanted])
-
-
-def cache_token_slice(cache: TokenCache, token_selection: str | None) -> bool:
-    """Whether reading ``token_selection`` from this cache drops its leading [CLS] token."""
-    if token_selection is None or token_selection == cache.key["token_selection"]:
-        return False
-    if token_selection == "patch":
-        return True
-    raise ValueError(
-        f"The cache stores {cache.key['token_selection']!r} tokens; {token_selection!r} needs the [CLS] token: "
-        "extract the cache with token_selection='all'."
-    )

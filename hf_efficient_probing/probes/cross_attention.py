@@ -186,7 +186,8 @@ class MAPPooling(Pooling):
         _check_heads(hidden_size, num_heads, "siglip")
         self.hidden_size, self.num_heads, self.out_features = hidden_size, num_heads, hidden_size
         self.latent = nn.Parameter(torch.empty(1, 1, hidden_size))
-        nn.init.trunc_normal_(self.latent, std=hidden_size**-0.5, a=-2.0, b=2.0)  # timm's trunc_normal_tf_
+        with torch.no_grad():  # timm's trunc_normal_tf_: truncated at two standard deviations, then scaled
+            nn.init.trunc_normal_(self.latent, a=-2.0, b=2.0).mul_(hidden_size**-0.5)
         self.q_proj = nn.Linear(hidden_size, hidden_size)
         self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)

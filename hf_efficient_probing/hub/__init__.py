@@ -1,0 +1,21 @@
+"""Publishing probes on the Hugging Face Hub: model cards, push, attention maps and the per-query analysis.
+
+Builds on the models (``hub -> modeling_probing``), never the other way round; ``ProbingPreTrainedModel.push_to_hub``
+imports this package only when called.
+"""
+
+from .attention_maps import attention_to_grid, plot_attention_maps, probe_attention_maps, save_attention_maps
+from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card
+from .push import push_probe_to_hub, save_probe_repository
+
+__all__ = [
+    "LIBRARY_NAME",
+    "ProbeCardInfo",
+    "attention_to_grid",
+    "build_model_card",
+    "plot_attention_maps",
+    "probe_attention_maps",
+    "push_probe_to_hub",
+    "save_attention_maps",
+    "save_probe_repository",
+]

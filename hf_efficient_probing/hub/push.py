@@ -1,0 +1,138 @@
+"""Publishing a probe repository on the Hub.
+
+A probe repository holds what a user needs to run the probe in one line: ``config.json`` (the probe and the
+backbone's id and revision), ``model.safetensors`` (the probe only, a few MB), ``preprocessor_config.json`` (the
+backbone's image processor, so that ``pipeline("image-classification", model=repo)`` works), ``README.md`` (the
+model card) and, when an example image is given and the probe attends, ``attention_maps.png``.
+
+Uploads go through `huggingface_hub.HfApi` (``create_repo`` then one ``upload_folder`` commit), so the token comes
+from the usual places (``token=``, ``HF_TOKEN``, ``hf auth login``) and ``HF_ENDPOINT`` is honoured.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, HfApi
+from PIL import Image
+
+from ..modeling_probing import ProbingPreTrainedModel
+from .attention_maps import count_attention_maps, load_image_processor, save_attention_maps
+from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card
+
+ATTENTION_MAPS_FILE = "attention_maps.png"
+
+
+def _check_names_backbone(model: ProbingPreTrainedModel) -> None:
+    if not model.config.backbone_name_or_path:
+        raise ValueError(
+            "A probe repository names its backbone instead of holding it, but config.backbone_name_or_path is not "
+            "set. Build the probe with `from_backbone('<hub id>')` or set the config field to the backbone's Hub id."
+        )
+
+
+def save_probe_repository(
+    model: ProbingPreTrainedModel,
+    save_directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    card_info: ProbeCardInfo | dict | None = None,
+    example_image: Image.Image | str | os.PathLike | None = None,
+    image_processor=None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Write the files of a probe repository to ``save_directory`` (what `push_probe_to_hub` uploads).
+
+    Args:
+        model: the probe (its config must name the backbone: the weights saved are the probe's only).
+        save_directory: folder to write into.
+        repo_id: repository the card's usage snippet loads from.
+        card_info: evaluation and training details for the model card.
+        example_image: an image to draw the probe's attention maps on, for the card.
+        image_processor: the processor of the backbone; by default loaded from the backbone the config names.
+        revision: branch the files are meant for (pinned in the card's snippet when not ``main``).
+        token: token to read the backbone's processor and card.
+    """
+    save_directory = Path(save_directory)
+    config = model.config
+    _check_names_backbone(model)
+    model.save_pretrained(save_directory, save_backbone=False)
+    if image_processor is None:
+        image_processor = load_image_processor(None, config=config, token=token)
+    if image_processor is None:
+        warnings.warn(
+            f"No image processor found for the backbone {config.backbone_name_or_path!r}: the repository will lack "
+            "preprocessor_config.json, so `pipeline(...)` needs `image_processor=` given explicitly. Pass "
+            "`image_processor=` to include one.",
+            UserWarning,
+            stacklevel=2,
+        )
+    else:
+        image_processor.save_pretrained(save_directory)
+    attention_map = None
+    if example_image is not None and image_processor is not None and count_attention_maps(model) is not None:
+        save_attention_maps(model, example_image, save_directory / ATTENTION_MAPS_FILE, image_processor)
+        attention_map = ATTENTION_MAPS_FILE
+    card = build_model_card(model, repo_id, card_info, revision=revision, attention_map=attention_map, token=token)
+    card.save(save_directory / "README.md")
+    return save_directory
+
+
+def push_probe_to_hub(
+    model: ProbingPreTrainedModel,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    card_info: ProbeCardInfo | dict | None = None,
+    example_image: Image.Image | str | os.PathLike | None = None,
+    image_processor=None,
+    commit_message: str = "Upload probe",
+    commit_description: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """Create (if needed) the Hub repository ``repo_id`` and upload a probe repository to it in one commit.
+
+    Args:
+        model: the probe; its backbone is named by id and revision, not uploaded.
+        repo_id: ``"user/name"`` (or ``"name"`` for the token's user).
+        private: create the repository as private (ignored when it already exists).
+        token: Hub token; by default the one `huggingface_hub` finds (``HF_TOKEN``, ``hf auth login``).
+        revision: branch to push to (created from ``main`` if missing); ``main`` by default.
+        card_info, example_image, image_processor: see `save_probe_repository`.
+        commit_message, commit_description, create_pr: passed to `HfApi.upload_folder`.
+
+    Returns:
+        The `huggingface_hub.CommitInfo` of the commit (``.commit_url``, ``.oid``, ``.repo_url``).
+    """
+    from .. import __version__
+
+    _check_names_backbone(model)  # before anything is created on the Hub
+    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save_probe_repository(
+            model,
+            folder,
+            repo_id,
+            card_info=card_info,
+            example_image=example_image,
+            image_processor=image_processor,
+            revision=revision,
+            token=token,
+        )
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )

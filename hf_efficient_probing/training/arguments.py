@@ -1,0 +1,124 @@
+"""Command-line arguments of the probing script, as dataclasses for `HfArgumentParser`.
+
+``ProbingTrainingArguments`` is `TrainingArguments` with the paper's recipe as its defaults (90 epochs, LARS,
+base lr 0.1 scaled by batch / 256, 10 warm-up epochs then cosine, evaluation and a checkpoint every epoch, the best
+epoch kept); every `TrainingArguments` option still works and overrides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .images import EVAL_RESIZE_RATIO
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Backbone: Hub id or local path. Leave unset for the embedded offline default backbone."},
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Backbone revision (branch, tag or commit)."})
+    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor, if not the backbone's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache directory for Hub downloads."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private or gated backbones/data sets."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A benchmark name (imagenet-1k, cifar-100, ...), a Hub id, a save_to_disk directory, or an image "
+            "folder with train/ and validation/ class sub-folders. Leave unset for the embedded offline data set."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub data set configuration."})
+    image_column_name: str | None = field(default=None, metadata={"help": "Image column (found when unset)."})
+    label_column_name: str | None = field(default=None, metadata={"help": "Label column (found when unset)."})
+    train_split: str | None = field(default=None, metadata={"help": "Training split (default: train)."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Evaluation split (default: validation, then val, then test)."}
+    )
+    val_fraction_of_train: float | None = field(
+        default=None, metadata={"help": "Hold out this stratified fraction of train as the validation split."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
+    shots_per_class: int | None = field(
+        default=None, metadata={"help": "Low-shot: train on this many images per class (stratified, seeded)."}
+    )
+    train_fraction: float | None = field(
+        default=None, metadata={"help": "Low-shot: train on this fraction of every class (stratified, seeded)."}
+    )
+    subset_seed: int = field(default=0, metadata={"help": "Seed of the low-shot subset and of held-out splits."})
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Lower scale bound of RandomResizedCrop."})
+    eval_resize_ratio: float = field(
+        default=EVAL_RESIZE_RATIO, metadata={"help": "Evaluation resize of the shorter side, relative to the crop."}
+    )
+    skip_unreadable_images: bool = field(
+        default=False,
+        metadata={"help": "Scan the data set and leave out images that cannot be decoded (counted in the summary)."},
+    )
+
+
+@dataclass
+class ProbeArguments:
+    probe: str = field(default="ep", metadata={"help": "Probe kind: a name of PROBE_CONFIGS (ep, linear, ...)."})
+    num_queries: int | None = field(default=None, metadata={"help": "EP: number of queries M (default 32)."})
+    d_out: int | None = field(default=None, metadata={"help": "EP: output reduction D_o (default 1)."})
+    linear_features: str | None = field(default=None, metadata={"help": "Linear probe: cls, gap or cls+gap."})
+    token_selection: str | None = field(default=None, metadata={"help": "patch (default) or all ([CLS] + patches)."})
+    feature_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={"help": "Hidden states read (0 = embeddings, -1 = last block); several are concatenated."},
+    )
+    layerwise: bool = field(
+        default=False, metadata={"help": "Probe each of --feature_layers in its own run (output_dir/layer_<i>)."}
+    )
+    probe_config_json: str | None = field(
+        default=None, metadata={"help": 'Other probe config fields as JSON, e.g. \'{"num_heads": 16}\'.'}
+    )
+    lora_rank: int = field(default=0, metadata={"help": "Train LoRA adapters of this rank on the backbone (needs peft)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Backbone modules that get LoRA adapters."}
+    )
+    knn_eval: bool = field(default=False, metadata={"help": "Also run the k-NN evaluation of the frozen backbone."})
+    knn_features: str = field(default="cls", metadata={"help": "k-NN features: cls or gap."})
+    knn_k: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200], metadata={"help": "k values swept."})
+    knn_temperatures: list[float] = field(default_factory=lambda: [0.07], metadata={"help": "Vote temperatures swept."})
+
+
+@dataclass
+class ProbingTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's recipe as the defaults, plus the recipe's own settings."""
+
+    output_dir: str | None = field(default="probing-output", metadata={"help": "Where the probe and results go."})
+    num_train_epochs: float = field(default=90.0, metadata={"help": "Training epochs (the paper: 90)."})
+    per_device_train_batch_size: int = field(default=256, metadata={"help": "Batch size per device (paper: 4096 total)."})
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate every epoch (best-epoch selection)."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch (for resume)."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "Log every epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best and the last)."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the probe of the best epoch."})
+    metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Metric of the best epoch."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column for the transforms."})
+    optimizer: str = field(
+        default="lars",
+        metadata={"help": "lars (the paper's), sgd, adamw, or trainer (TrainingArguments' optim and scheduler)."},
+    )
+    base_learning_rate: float | None = field(
+        default=0.1,
+        metadata={"help": "lr = base_learning_rate * effective batch / 256. Unset to use --learning_rate as is."},
+    )
+    warmup_epochs: float = field(default=10.0, metadata={"help": "Linear warm-up epochs before the cosine decay."})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate, relative to the peak."})
+    momentum: float = field(default=0.9, metadata={"help": "Momentum of LARS and SGD."})
+    lars_trust_coefficient: float = field(default=0.001, metadata={"help": "LARS trust coefficient."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (off when unset)."}
+    )
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest improvement that counts."})
