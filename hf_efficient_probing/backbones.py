@@ -126,7 +126,8 @@ def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
 
 def load_backbone(name_or_path: str, revision: str | None = None, **hub_kwargs) -> PreTrainedModel:
     """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower)."""
-    config = prepare_backbone_config(AutoConfig.from_pretrained(name_or_path, revision=revision, **hub_kwargs))
+    config_kwargs = {key: value for key, value in hub_kwargs.items() if key != "dtype"}  # a config field otherwise
+    config = prepare_backbone_config(AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs))
     return AutoModel.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
 
 

@@ -233,6 +233,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
         for leftover in save_directory.glob(".saving-*"):  # from a save that was killed
             shutil.rmtree(leftover, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=save_directory, prefix=".saving-") as staging:
+            # transformers renames keys to legacy on-disk names by regex for some backbone families (``k_proj`` ->
+            # ``attention.key``, ...), which would corrupt probe keys: ours are saved as they are.
+            kwargs.setdefault("save_original_format", False)
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
             written = sorted(os.listdir(staging), key=lambda name: name == "config.json")  # config last
             for stale in save_directory.glob("model*.safetensors*"):

@@ -192,9 +192,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo_id = f"{request.get('organization') or USER}/{request['name']}"
         # huggingface_hub 2.x sends "visibility"; older clients send "private".
         private = request.get("visibility") == "private" or bool(request.get("private"))
-        if not self.state.create(repo_id, private):
-            return self.error(409, "RepoExists", "You already created this model repo")
-        self.send(200, {"url": f"{self.server.endpoint}/{repo_id}", "name": repo_id})
+        url = f"{self.server.endpoint}/{repo_id}"
+        if not self.state.create(repo_id, private):  # the Hub names the existing repo in its 409 answer too
+            message = "You already created this model repo"
+            return self.send(409, {"error": message, "url": url}, {"X-Error-Code": "RepoExists", "X-Error-Message": message})
+        self.send(200, {"url": url, "name": repo_id})
 
     def create_branch(self, repo: Repo, branch: str, request: dict):
         if branch in repo.branches:

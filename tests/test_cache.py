@@ -31,6 +31,15 @@ from hf_efficient_probing.cache.store import MANIFEST_NAME, exclusive_lock
 NUM_ROWS = 10
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors run fastest on one thread, above all on a shared, loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Images(torch.utils.data.Dataset):
     """Fixed random images whose label is their index, so duplicated or missing rows show in the labels."""
 

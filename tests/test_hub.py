@@ -4,9 +4,10 @@ Hub-compatible server of ``hub_server.py`` (no network, no mocked upload or down
 How the clients are pointed at the server, in process: ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``
 and ``HF_HUB_CACHE`` into ``huggingface_hub.constants`` when it is first imported (conftest.py has already imported it
 offline by then), so the ``local_hub`` fixture patches those module attributes (``ENDPOINT``,
-``HUGGINGFACE_CO_URL_TEMPLATE``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``), which every client call reads at call time, and
-drops ``transformers``' shared ``HfApi`` (``transformers.utils.hub._hf_api``, which keeps the endpoint it was made
-with) so that it is rebuilt against the server. Checked with huggingface_hub 2.4 and transformers 5.24. The same
+``HUGGINGFACE_CO_URL_TEMPLATE``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``), which every client call reads at call time.
+Two ``HfApi`` objects keep the endpoint they were made with and are handled too: ``huggingface_hub.hf_api.api``, behind
+the module-level functions (``upload_file``, ``model_info``, ... and ``ModelCard.push_to_hub``), gets its ``endpoint``
+patched, and ``transformers``' shared one (``transformers.utils.hub._hf_api``) is dropped so that it is rebuilt. Checked with huggingface_hub 2.4 and transformers 5.24. The same
 variables are set in the environment for subprocesses. Offline mode is lifted inside these tests only: the server is
 on 127.0.0.1.
 """
@@ -15,21 +16,26 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
+from pathlib import Path
 
+import huggingface_hub.hf_api
 import pytest
 import torch
 import transformers.utils.hub
+from conftest import tiny_backbone
+from hub_server import LocalHubServer
 from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
-from hub_server import LocalHubServer
 from PIL import Image
 from safetensors import safe_open
 from transformers import ViTImageProcessor, pipeline
 
-from conftest import tiny_backbone
 from hf_efficient_probing import AutoModelForEfficientProbing, ViTForEfficientProbing
-from hf_efficient_probing.hub import ProbeCardInfo, build_model_card, push_probe_to_hub
+from hf_efficient_probing.hub import ProbeCardInfo, build_model_card, push_probe_to_hub, push_training_run
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 BACKBONE = "tester/tiny-vit"
 CARD_INFO = ProbeCardInfo(
@@ -54,6 +60,7 @@ def local_hub(tmp_path, monkeypatch):
             "HF_HUB_CACHE": str(cache),
         }.items():
             monkeypatch.setattr(constants, name, value)
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.endpoint)
         monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
         for name, value in {
             "HF_ENDPOINT": server.endpoint,
@@ -207,6 +214,33 @@ def test_revisions_of_probe_and_backbone_are_respected(local_hub):
         assert torch.equal(loaded(pixel_values=images()).logits, model(pixel_values=images()).logits)
     card = ModelCard.load(hf_hub_download("tester/branch-probe", "README.md", revision="v1"))
     assert 'from_pretrained("tester/branch-probe", revision="v1")' in card.text
+
+
+def test_training_run_is_published_with_its_results(local_hub, tmp_path):
+    push_backbone()
+    output_dir = tmp_path / "run"
+    model = trained_probe()
+    model.save_pretrained(output_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
+    summary = {"dataset": "tester/tiny-shapes", "eval_accuracy": 0.625, "eval_top5_accuracy": 1.0, "best_epoch": 3,
+               "optimizer": "lars", "peak_learning_rate": 0.05, "effective_batch_size": 8, "epochs": 4, "seed": 0}
+    (output_dir / "run_summary.json").write_text(json.dumps(summary))
+    push_training_run(output_dir, "tester/run-probe", example_image=example_image(), private=True)
+    data = ModelCard.load("tester/run-probe").data
+    assert [r.metric_value for r in data.eval_results] == [62.5, 100.0]
+    assert data.datasets == ["tester/tiny-shapes"]
+    assert "attention_maps.png" in HfApi().list_repo_files("tester/run-probe")
+    assert local_hub.state.repos["tester/run-probe"].private
+
+
+def test_examples_attach_publish_and_classify(local_hub, tmp_path):
+    push_backbone()
+    example_image().save(tmp_path / "image.png")
+    attach = runpy.run_path(str(EXAMPLES / "attach_probe.py"))["main"]
+    attach(["--backbone", BACKBONE, "--num_labels", "3", "--image", str(tmp_path / "image.png"), "--push", "tester/ex"])
+    classify = runpy.run_path(str(EXAMPLES / "classify_with_hub_probe.py"))["main"]
+    predictions = classify(["--model", "tester/ex", "--image", str(tmp_path / "image.png"), "--maps", str(tmp_path / "m.png")])
+    assert len(predictions) == 3 and (tmp_path / "m.png").is_file()
 
 
 def test_results_need_their_dataset():

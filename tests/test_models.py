@@ -235,3 +235,16 @@ def test_loading_reports_no_missing_or_unexpected_keys(saved_backbone, tmp_path,
     with caplog.at_level("WARNING"):
         hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe")
     assert "missing" not in caplog.text.lower() and "unexpected" not in caplog.text.lower()
+
+
+@pytest.mark.parametrize("model_type", ["vit_msn", "data2vec-vision", "aimv2_vision_model"])
+def test_families_outside_the_table_use_the_generic_row(model_type, images):
+    from conftest import TINY
+    from transformers import AutoModel
+
+    assert model_type not in FAMILIES
+    backbone = AutoModel.from_config(AutoConfig.for_model(model_type, **TINY)).eval()
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4).eval()
+    assert type(model) is hep.VisionModelForEfficientProbing
+    output = model(pixel_values=images, output_attentions=True)
+    assert output.logits.shape == (4, 3) and output.probe_attentions.shape == (4, 4, 16)

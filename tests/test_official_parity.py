@@ -27,11 +27,31 @@ pytestmark = pytest.mark.skipif(
 )
 HIDDEN, CLASSES = 96, 5
 OFFICIAL_ARGS = dict(
-    num_heads=16, ep_queries=32, d_out=1, abmilp_sa="both", abmilp_act="tanh", abmilp_depth=2, abmilp_cond=None,
+    num_heads=16,
+    ep_queries=32,
+    d_out=1,
+    abmilp_sa="both",
+    abmilp_act="tanh",
+    abmilp_depth=2,
+    abmilp_cond=None,
     abmilp_content="all",
 )
-NAMES = ["ep", "abmilp", "simpool", "esimpool", "clip", "siglip", "aim", "coca", "cait", "dinovit", "jepa", "dolg",
-         "cae", "cbam"]
+NAMES = [
+    "ep",
+    "abmilp",
+    "simpool",
+    "esimpool",
+    "clip",
+    "siglip",
+    "aim",
+    "coca",
+    "cait",
+    "dinovit",
+    "jepa",
+    "dolg",
+    "cae",
+    "cbam",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +76,9 @@ def build_official_head(probe_heads, name: str, num_patches: int, **args):
     encoder = nn.Module()
     encoder.head = nn.Linear(HIDDEN, CLASSES)
     encoder.patch_embed = types.SimpleNamespace(num_patches=num_patches)
-    namespace = types.SimpleNamespace(**{**OFFICIAL_ARGS, **args}, cls_features=name, model="vit_base_patch16",
-                                      nb_classes=CLASSES)
+    namespace = types.SimpleNamespace(
+        **{**OFFICIAL_ARGS, **args}, cls_features=name, model="vit_base_patch16", nb_classes=CLASSES
+    )
     probe_heads.build_probe_head(encoder, namespace)
     return encoder.head
 
@@ -76,15 +97,27 @@ def test_official_head_logits(probe_heads, name):
     tokens = torch.randn(3, 196, HIDDEN)
     with torch.no_grad():
         expected = head(tokens)
-    ours = load_official_head({"head." + k: v for k, v in head.state_dict().items()}, pooling=name,
-                              hidden_size=HIDDEN, num_labels=CLASSES, **OFFICIAL_ARGS)
+    ours = load_official_head(
+        {"head." + k: v for k, v in head.state_dict().items()},
+        pooling=name,
+        hidden_size=HIDDEN,
+        num_labels=CLASSES,
+        **OFFICIAL_ARGS,
+    )
     with torch.no_grad():
         logits = ours(tokens).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("args", [dict(abmilp_sa="none", abmilp_depth=1), dict(abmilp_sa="map", abmilp_act="relu"),
-                                  dict(abmilp_cond="pe", abmilp_content="patch")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(abmilp_sa="none", abmilp_depth=1),
+        dict(abmilp_sa="map", abmilp_act="relu"),
+        dict(abmilp_cond="pe", abmilp_content="patch"),
+        dict(abmilp_cond="pe", abmilp_content="all"),
+    ],
+)
 def test_official_abmilp_variants(probe_heads, args):
     torch.manual_seed(0)
     head = build_official_head(probe_heads, "abmilp", num_patches=16, **args).eval()

@@ -13,6 +13,7 @@ its forward pass from its own RNG state, swapped in around its step.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -23,11 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..backbones import build_backbone
 from ..configuration_probing import ProbingConfig
 from ..modeling_probing import probe_class_for
 from ..probes.counting import count_trainable_parameters
 from .key import normalize_layers
-from .streams import epoch_order
+from .layout import TokenLayout
+from .streams import LiveTokens, epoch_order
 
 OptimizerFactory = Callable[[list[nn.Parameter], float, float], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -75,7 +78,15 @@ def stream_requirements(specs: Sequence[ProbeSpec]) -> tuple[list[int], str]:
 class _Probe:
     """A probing model in training, with its own optimizer, schedule, RNG state, view of the tokens and best epoch."""
 
-    def __init__(self, spec: ProbeSpec, backbone: nn.Module, layout, optimizer: OptimizerFactory, steps: int, scheduler: SchedulerFactory):
+    def __init__(
+        self,
+        spec: ProbeSpec,
+        backbone: nn.Module,
+        layout: TokenLayout,
+        optimizer: OptimizerFactory,
+        steps: int,
+        scheduler: SchedulerFactory,
+    ):
         self.spec = spec
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
@@ -100,7 +111,7 @@ class _Probe:
             self.rng_state = torch.get_rng_state()
             torch.set_rng_state(outer)
 
-    def step(self, tokens: torch.Tensor, labels: torch.Tensor, layout) -> float:
+    def step(self, tokens: torch.Tensor, labels: torch.Tensor, layout: TokenLayout) -> float:
         self.model.train()
         with self.own_rng():
             loss = self.model(tokens=layout.view(tokens, self.channels, self.reads_cls_token), labels=labels).loss
@@ -111,11 +122,17 @@ class _Probe:
         return loss.item()
 
 
+def weightless_backbone(config) -> nn.Module:
+    """The backbone's modules on the meta device: no memory, for probes that only ever read cached tokens."""
+    with torch.device("meta"):
+        return build_backbone(copy.deepcopy(config))
+
+
 def train_probes(
     specs: Sequence[ProbeSpec],
-    backbone: nn.Module,
-    train,
-    eval=None,
+    backbone: nn.Module | None,
+    train_stream,
+    eval_stream=None,
     *,
     epochs: int,
     batch_size: int = 64,
@@ -128,11 +145,12 @@ def train_probes(
     """Train every probe of ``specs`` on one stream of tokens; keep and save each one's best epoch.
 
     Args:
-        backbone: the frozen backbone the probes belong to (shared, never copied; with a cached stream it only
-            gives the probes their config and their saved checkpoints their backbone).
-        train, eval: token streams, :class:`~.streams.CachedTokens` or :class:`~.streams.LiveTokens`, holding every
+        backbone: the frozen backbone the probes belong to (shared, never copied). With a cached stream it is never
+            run, and ``None`` puts a weightless stand-in in its place; the probes are then saved probe-only, so
+            their configs must name the backbone (``backbone_name_or_path``).
+        train_stream, eval_stream: token streams, :class:`~.streams.CachedTokens` or :class:`~.streams.LiveTokens`, holding every
             layer (and the [CLS] token if any probe reads it) that the probes need (:func:`stream_requirements`).
-            ``eval`` defaults to ``train``.
+            ``eval_stream`` defaults to ``train_stream``.
         optimizer, scheduler: ``optimizer(params, learning_rate, weight_decay)`` and ``scheduler(optimizer,
             total_steps)`` build each probe's own (AdamW with cosine decay by default; pass LARS for the paper's
             recipe). The scheduler steps once per batch.
@@ -144,18 +162,28 @@ def train_probes(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"Probe names must be unique (they name the saved directories), got {names}.")
-    eval = eval if eval is not None else train
-    steps = epochs * -(-len(train) // batch_size)
-    probes = [_Probe(spec, backbone, train.layout, optimizer, steps, scheduler) for spec in specs]
+    eval_stream = eval_stream if eval_stream is not None else train_stream
+    if backbone is None:
+        if any(isinstance(stream, LiveTokens) for stream in (train_stream, eval_stream)):
+            raise ValueError("A live token stream runs the backbone: pass it as backbone=.")
+        unnamed = [spec.name for spec in specs if not spec.config.backbone_name_or_path]
+        if output_dir is not None and unnamed:
+            raise ValueError(
+                f"Probes {unnamed} name no backbone (backbone_name_or_path), so their checkpoints would need the "
+                "backbone's weights: pass backbone=, or set backbone_name_or_path in their configs."
+            )
+        backbone = weightless_backbone(specs[0].config.backbone_config)
+    steps = epochs * -(-len(train_stream) // batch_size)
+    probes = [_Probe(spec, backbone, train_stream.layout, optimizer, steps, scheduler) for spec in specs]
     for epoch in range(epochs):
         losses = [0.0] * len(probes)
         batches = 0
-        for tokens, labels in train.batches(epoch_order(len(train), epoch, data_seed), batch_size):
+        for tokens, labels in train_stream.batches(epoch_order(len(train_stream), epoch, data_seed), batch_size):
             for index, probe in enumerate(probes):
-                losses[index] += probe.step(tokens, labels, train.layout)
+                losses[index] += probe.step(tokens, labels, train_stream.layout)
             batches += 1
-        top1 = evaluate_probes(probes, eval, eval_batch_size or batch_size)
-        for probe, loss, accuracy in zip(probes, losses, top1):
+        top1 = evaluate_probes(probes, eval_stream, eval_batch_size or batch_size)
+        for probe, loss, accuracy in zip(probes, losses, top1, strict=True):
             probe.result.history.append({"epoch": epoch, "train_loss": loss / max(batches, 1), "top1": accuracy})
             if accuracy > probe.result.best_top1:
                 probe.result.best_top1, probe.result.best_epoch = accuracy, epoch

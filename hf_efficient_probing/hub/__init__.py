@@ -4,18 +4,27 @@ Builds on the models (``hub -> modeling_probing``), never the other way round; `
 imports this package only when called.
 """
 
-from .attention_maps import attention_to_grid, plot_attention_maps, probe_attention_maps, save_attention_maps
-from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card
-from .push import push_probe_to_hub, save_probe_repository
+from .attention_maps import (
+    attention_to_grid,
+    load_image_processor,
+    plot_attention_maps,
+    probe_attention_maps,
+    save_attention_maps,
+)
+from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
+from .push import push_probe_to_hub, push_training_run, save_probe_repository
 
 __all__ = [
     "LIBRARY_NAME",
     "ProbeCardInfo",
     "attention_to_grid",
     "build_model_card",
+    "card_info_from_summary",
+    "load_image_processor",
     "plot_attention_maps",
     "probe_attention_maps",
     "push_probe_to_hub",
+    "push_training_run",
     "save_attention_maps",
     "save_probe_repository",
 ]

@@ -65,6 +65,30 @@ class ProbeCardInfo:
                 raise ValueError(f"{name} is a percentage in [0, 100], got {value}.")
 
 
+def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
+    """Card details from a training run's ``run_summary.json`` (accuracies there are fractions, here percent)."""
+
+    def percent(key):
+        value = summary.get(key)
+        return None if value is None or value != value else round(100 * value, 2)  # NaN: not measured
+
+    recipe = {
+        "optimizer": summary.get("optimizer"),
+        "peak learning rate": summary.get("peak_learning_rate"),
+        "effective batch size": summary.get("effective_batch_size"),
+        "epochs": summary.get("epochs"),
+        "seed": summary.get("seed"),
+    }
+    fields = {
+        "dataset": summary.get("dataset"),
+        "top1": percent("eval_accuracy"),
+        "top5": percent("eval_top5_accuracy"),
+        "best_epoch": summary.get("best_epoch"),
+        "training": {name: value for name, value in recipe.items() if value is not None},
+    }
+    return ProbeCardInfo(**{**fields, **overrides})
+
+
 def is_hub_id(name: str | None) -> bool:
     """Whether ``name`` reads as a Hub repository id rather than a local path."""
     return bool(name) and not os.path.exists(name) and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
@@ -172,6 +196,7 @@ def build_model_card(
         backbone=backbone or "(backbone saved with the probe)",
         backbone_url=f"https://huggingface.co/{backbone}" if backbone_on_hub else "#",
         backbone_revision=config.backbone_revision,
+        probe_only=config.freeze_backbone,
         dataset_name=info.dataset_name or info.dataset,
         num_parameters=sum(p.numel() for p in model.probe.parameters()),
         hyper_parameters=_hyper_parameters(model),

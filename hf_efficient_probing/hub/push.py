@@ -11,6 +11,7 @@ from the usual places (``token=``, ``HF_TOKEN``, ``hf auth login``) and ``HF_END
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -21,9 +22,10 @@ from PIL import Image
 
 from ..modeling_probing import ProbingPreTrainedModel
 from .attention_maps import count_attention_maps, load_image_processor, save_attention_maps
-from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card
+from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
 ATTENTION_MAPS_FILE = "attention_maps.png"
+RUN_SUMMARY_FILE = "run_summary.json"
 
 
 def _check_names_backbone(model: ProbingPreTrainedModel) -> None:
@@ -60,7 +62,7 @@ def save_probe_repository(
     save_directory = Path(save_directory)
     config = model.config
     _check_names_backbone(model)
-    model.save_pretrained(save_directory, save_backbone=False)
+    model.save_pretrained(save_directory)  # probe only, unless the backbone was fine-tuned (then it is saved too)
     if image_processor is None:
         image_processor = load_image_processor(None, config=config, token=token)
     if image_processor is None:
@@ -136,3 +138,38 @@ def push_probe_to_hub(
             commit_description=commit_description,
             create_pr=create_pr,
         )
+
+
+def push_training_run(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    example_image: Image.Image | str | os.PathLike | None = None,
+    card_info: dict | None = None,
+    **push_kwargs,
+) -> CommitInfo:
+    """Publish the probe a training run saved in ``output_dir``, with the run's results and recipe in its card.
+
+    Args:
+        output_dir: the run's output folder (``config.json``, ``model.safetensors``, ``run_summary.json`` and the
+            image processor, as ``train_probe`` writes them).
+        repo_id: the Hub repository.
+        example_image: an image for the attention-map figure.
+        card_info: fields of `ProbeCardInfo` that override those read from the run summary.
+        **push_kwargs: ``private``, ``token``, ``revision``, ``commit_message`` of `push_probe_to_hub`.
+    """
+    from ..modeling_probing import AutoModelForEfficientProbing
+
+    output_dir = Path(output_dir)
+    summary_path = output_dir / RUN_SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    model = AutoModelForEfficientProbing.from_pretrained(output_dir)
+    image_processor = load_image_processor(str(output_dir), config=model.config)
+    return push_probe_to_hub(
+        model,
+        repo_id,
+        card_info=card_info_from_summary(summary, **(card_info or {})),
+        example_image=example_image,
+        image_processor=image_processor,
+        **push_kwargs,
+    )

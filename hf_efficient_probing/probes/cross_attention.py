@@ -153,7 +153,12 @@ class CoCaPooling(Pooling):
 
     def __init__(self, hidden_size: int, num_heads: int = 8, head_dim: int = 64, num_queries: int = 196):
         super().__init__()
-        self.hidden_size, self.num_heads, self.head_dim, self.out_features = hidden_size, num_heads, head_dim, hidden_size
+        self.hidden_size, self.num_heads, self.head_dim, self.out_features = (
+            hidden_size,
+            num_heads,
+            head_dim,
+            hidden_size,
+        )
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_size))
         self.query_norm_weight = nn.Parameter(torch.ones(hidden_size))
         self.register_buffer("query_norm_bias", torch.zeros(hidden_size))
@@ -166,9 +171,7 @@ class CoCaPooling(Pooling):
         query = F.layer_norm(self.queries[:1], (self.hidden_size,), self.query_norm_weight, self.query_norm_bias)
         queries = self.q_proj(query).view(self.num_heads, self.head_dim)
         key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
-        out, attn = folded_cross_attention(
-            queries, key_weight, tokens, value_weight, None, tokens, self.head_dim**-0.5
-        )
+        out, attn = folded_cross_attention(queries, key_weight, tokens, value_weight, None, tokens, self.head_dim**-0.5)
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 
 
@@ -199,7 +202,9 @@ class MAPPooling(Pooling):
         queries = self.q_proj(self.latent).view(self.num_heads, head_dim)
         key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
         value_bias = self.kv_proj.bias.chunk(2)[1]
-        out, attn = folded_cross_attention(queries, key_weight, tokens, value_weight, value_bias, tokens, head_dim**-0.5)
+        out, attn = folded_cross_attention(
+            queries, key_weight, tokens, value_weight, value_bias, tokens, head_dim**-0.5
+        )
         pooled = self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(pooled), attentions=attn)
 
@@ -243,7 +248,9 @@ class JEPAPooling(Pooling):
         queries = self.q_proj(self.query).view(self.num_heads, head_dim)
         key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
         value_bias = self.kv_proj.bias.chunk(2)[1]
-        out, attn = folded_cross_attention(queries, key_weight, normed, value_weight, value_bias, normed, head_dim**-0.5)
+        out, attn = folded_cross_attention(
+            queries, key_weight, normed, value_weight, value_bias, normed, head_dim**-0.5
+        )
         pooled = self.query.view(1, -1) + self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(self.mlp_norm(pooled)), attentions=attn)
 
@@ -281,8 +288,13 @@ class CAEPooling(Pooling):
         # LN_k(X) = X_s * g_k + b_k: the gain folds into the key weight, the shift is constant over tokens.
         key_weight = self.k_proj.weight * self.key_norm.weight
         out, attn = folded_cross_attention(
-            queries, key_weight, standardised, self.v_proj.weight * self.value_norm.weight,
-            self.v_proj.weight @ self.value_norm.bias, standardised, head_dim**-0.5,
+            queries,
+            key_weight,
+            standardised,
+            self.v_proj.weight * self.value_norm.weight,
+            self.v_proj.weight @ self.value_norm.bias,
+            standardised,
+            head_dim**-0.5,
         )
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 

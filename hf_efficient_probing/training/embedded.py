@@ -22,12 +22,12 @@ IMAGE_SIZE = 40  # drawn size; the backbone reads 32 x 32 crops
 
 
 def _draw(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    background = rng.integers(0, 256, 3)
-    noise = rng.normal(0, 18, (size, size, 3))
+    background = rng.integers(0, 96, 3)
+    noise = rng.normal(0, 12, (size, size, 3))
     canvas = np.clip(background + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    colour = tuple(int(c) for c in (background + rng.integers(90, 166, 3)) % 256)
+    colour = tuple(int(c) for c in rng.integers(144, 256, 3))
     extent = int(rng.integers(size // 3, size * 3 // 4))
     x0, y0 = (int(v) for v in rng.integers(0, size - extent, 2))
     box = (x0, y0, x0 + extent, y0 + extent)

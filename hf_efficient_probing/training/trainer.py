@@ -79,6 +79,17 @@ class ProbingTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Checkpoints keep the in-memory parameter names (the Trainer reloads them with a non-strict
+        ``load_state_dict``, which would silently skip renamed backbone/LoRA keys) and no pickled arguments."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(
+            output_dir, state_dict=state_dict, save_original_format=False
+        )
+
     def get_train_dataloader(self):
         drop_last = self.args.dataloader_drop_last
         self.args.dataloader_drop_last = True  # training only: evaluation must see every image

@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""Benchmarks of the token cache, many probes per backbone pass, and EP's aggregate-first order.
+
+    python benchmarks/run.py            # ViT-B/16-sized backbone (random weights) at 224 px, all four benchmarks
+    python benchmarks/run.py --quick    # a tiny backbone: a smoke check of every code path (seconds)
+
+Every figure is a ratio of two runs measured side by side in the same process, so the machine's speed cancels out.
+Data sets are small (a few dozen images): the ratios depend on how often the backbone runs, not on how many images
+there are. With F the backbone's cost per image and P a probe's training cost per image (P << F):
+
+- cache:      E epochs live cost E (F + P); from the cache F + E P (one extraction, then E cheap epochs): up to E x.
+- multiprobe: K probes in separate live runs cost K (F + P); in one pass F + K P: up to K x.
+- ep_order:   the naive order projects N tokens (N D^2 / D_o per image), EP's order M aggregates (M D^2 / (M D_o)):
+              what remains is the attention, 2 M N D, so the gain is about (N D / D_o) / (2 M N) at these sizes.
+- memory:     training from the cache keeps only a batch in anonymous memory; the shards are memory-mapped, so
+              the peak should not grow with the number of cached rows beyond the pages of the mapped files.
+
+The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from naive_ep import NaiveOrderEP  # noqa: E402
+from transformers import PrinterCallback, Trainer, TrainingArguments, ViTConfig  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import hf_efficient_probing as hep  # noqa: E402
+from hf_efficient_probing.backbones import build_backbone  # noqa: E402
+from hf_efficient_probing.cache import cache_tokens_for_model  # noqa: E402
+from hf_efficient_probing.cache.multiprobe import ProbeSpec, stream_requirements, train_probes  # noqa: E402
+from hf_efficient_probing.cache.streams import LiveTokens  # noqa: E402
+from hf_efficient_probing.probes import EfficientProbing  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Sizes:
+    backbone: dict
+    image_size: int
+    cache_images: int
+    cache_epochs: int
+    multi_images: int
+    eval_images: int
+    ep_batch: int
+    ep_tokens: int
+    ep_width: int
+    ep_queries: int
+    memory_rows: tuple[int, int]
+    batch_size: int = 16
+    num_labels: int = 10
+
+
+FULL = Sizes(
+    backbone=dict(),  # ViTConfig defaults: ViT-B/16 at 224 px (86M parameters, 12 blocks of width 768)
+    image_size=224,
+    cache_images=32,
+    cache_epochs=10,
+    multi_images=32,
+    eval_images=8,
+    ep_batch=64,
+    ep_tokens=196,
+    ep_width=768,
+    ep_queries=32,
+    memory_rows=(128, 512),
+)
+QUICK = Sizes(
+    backbone=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8),
+    image_size=32,
+    cache_images=16,
+    cache_epochs=3,
+    multi_images=16,
+    eval_images=4,
+    ep_batch=8,
+    ep_tokens=16,
+    ep_width=64,
+    ep_queries=8,
+    memory_rows=(16, 64),
+    batch_size=8,
+)
+
+
+class Images(torch.utils.data.Dataset):
+    """Random images and labels: what the backbone sees does not change its cost."""
+
+    def __init__(self, count: int, size: int, num_labels: int, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(count, 3, size, size, generator=generator)
+        self.labels = torch.randint(num_labels, (count,), generator=generator)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.images[index], "labels": int(self.labels[index])}
+
+
+def timed(function) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def trainer_fit(model, dataset, sizes: Sizes, epochs: int, output_dir: str) -> None:
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=sizes.batch_size,
+        num_train_epochs=epochs,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+
+
+def new_probe(backbone, sizes: Sizes, seed: int = 0):
+    torch.manual_seed(seed)
+    return hep.VisionModelForEfficientProbing.from_backbone(backbone, num_labels=sizes.num_labels, num_queries=sizes.ep_queries)
+
+
+def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
+    """E epochs of EP through the HF Trainer: on live images vs. extraction + training on the cached tokens."""
+    data = Images(sizes.cache_images, sizes.image_size, sizes.num_labels)
+    live_s, _ = timed(lambda: trainer_fit(new_probe(backbone, sizes), data, sizes, sizes.cache_epochs, str(workdir / "live")))
+    model = new_probe(backbone, sizes)
+    extract_s, cache = timed(
+        lambda: cache_tokens_for_model(
+            model, data, workdir / "cache", preprocessing="random tensors", split="train",
+            dataset_fingerprint=f"bench-{sizes.cache_images}", progress=False,
+        )
+    )
+    train_s, _ = timed(lambda: trainer_fit(model, cache.dataset(), sizes, sizes.cache_epochs, str(workdir / "cached")))
+    cached_s = extract_s + train_s
+    return {
+        "images": sizes.cache_images,
+        "epochs": sizes.cache_epochs,
+        "live_s": live_s,
+        "extract_s": extract_s,
+        "cached_train_s": train_s,
+        "cached_total_s": cached_s,
+        "ratio": live_s / cached_s,
+    }
+
+
+def sweep_specs(config: ViTConfig, sizes: Sizes) -> list[ProbeSpec]:
+    """Eight probes of a Figure-2-style sweep: EP with several M and D_o, learning rates, layers, linear probes."""
+    width, last, middle = config.hidden_size, config.num_hidden_layers, max(config.num_hidden_layers // 2, 1)
+    labels = sizes.num_labels
+
+    def ep(name, lr, num_queries, d_out=1, layers=(last,)):
+        num_queries = min(num_queries, width // d_out)
+        return ProbeSpec(name, hep.EfficientProbingConfig(backbone_config=config, num_labels=labels, num_queries=num_queries, d_out=d_out, feature_layers=list(layers)), lr)
+
+    def linear(name, lr, features, layers=(last,)):
+        return ProbeSpec(name, hep.LinearProbingConfig(backbone_config=config, num_labels=labels, features=features, feature_layers=list(layers)), lr)
+
+    return [
+        ep("ep-m32", 1e-3, 32),
+        ep("ep-m32-lr1e-2", 1e-2, 32),
+        ep("ep-m16-do2", 1e-3, 16, d_out=2),
+        ep("ep-m64", 1e-3, 64),
+        ep("ep-m8-do4", 1e-3, 8, d_out=4),
+        ep(f"ep-m32-layer{middle}", 1e-3, 32, layers=(middle,)),
+        linear("linear-cls", 1e-2, "cls"),
+        linear(f"linear-gap-layer{middle}", 1e-2, "gap", layers=(middle,)),
+    ]
+
+
+def live_stream(backbone, data, specs) -> LiveTokens:
+    layers, selection = stream_requirements(specs)
+    return LiveTokens(backbone, data, layers, selection)
+
+
+def bench_multiprobe(backbone, sizes: Sizes) -> dict:
+    """K probes trained for one epoch on one live backbone pass per batch vs. K separate live runs."""
+    specs = sweep_specs(backbone.config, sizes)
+    train = Images(sizes.multi_images, sizes.image_size, sizes.num_labels, seed=1)
+    evaluation = Images(sizes.eval_images, sizes.image_size, sizes.num_labels, seed=2)
+
+    def one_pass():
+        return train_probes(specs, backbone, live_stream(backbone, train, specs), live_stream(backbone, evaluation, specs), epochs=1, batch_size=sizes.batch_size)
+
+    def separate():
+        return [
+            train_probes([spec], backbone, live_stream(backbone, train, [spec]), live_stream(backbone, evaluation, [spec]), epochs=1, batch_size=sizes.batch_size)[0]
+            for spec in specs
+        ]
+
+    one_pass_s, together = timed(one_pass)
+    separate_s, alone = timed(separate)
+    return {
+        "probes": len(specs),
+        "images": sizes.multi_images,
+        "eval_images": sizes.eval_images,
+        "one_pass_s": one_pass_s,
+        "separate_s": separate_s,
+        "ratio": separate_s / one_pass_s,
+        "same_top1": [a.best_top1 for a in together] == [b.best_top1 for b in alone],
+        "table": [{"probe": r.name, "params": r.parameters, "top1": r.best_top1} for r in together],
+    }
+
+
+def bench_ep_order(sizes: Sizes, repeats: int = 7) -> dict:
+    """EP forward + backward on cached tokens (no gradient into them): aggregate-first vs. project-every-token."""
+    torch.manual_seed(0)
+    ep = EfficientProbing(sizes.ep_width, num_queries=sizes.ep_queries)
+    naive = NaiveOrderEP(ep)
+    tokens = torch.randn(sizes.ep_batch, sizes.ep_tokens, sizes.ep_width)
+    torch.testing.assert_close(ep(tokens).pooled, naive(tokens), rtol=1e-4, atol=1e-5)
+
+    def step(forward):
+        forward(tokens).square().mean().backward()
+        ep.zero_grad(set_to_none=True)
+
+    times = {"aggregate_first": [], "naive": []}
+    for _ in range(repeats):  # interleaved, so that a burst of load on the machine hits both
+        times["aggregate_first"].append(timed(lambda: step(lambda x: ep(x).pooled))[0])
+        times["naive"].append(timed(lambda: step(naive))[0])
+    fast, slow = statistics.median(times["aggregate_first"]), statistics.median(times["naive"])
+    return {
+        "batch": sizes.ep_batch,
+        "N": sizes.ep_tokens,
+        "D": sizes.ep_width,
+        "M": sizes.ep_queries,
+        "aggregate_first_ms": 1e3 * fast,
+        "naive_ms": 1e3 * slow,
+        "ratio": slow / fast,
+    }
+
+
+def bench_memory(sizes: Sizes, workdir: Path) -> dict:
+    """Peak memory of one epoch from a cache of n rows and of 4n rows, each in a fresh process.
+
+    The tokens come from a one-block backbone of the full width and grid (its tokens cost the same disk and memory as
+    ViT-B's, and it extracts 12x faster)."""
+    config = ViTConfig(**{**sizes.backbone, "num_hidden_layers": 1})
+    torch.manual_seed(0)
+    model = hep.VisionModelForEfficientProbing(
+        hep.EfficientProbingConfig(backbone_config=config, num_labels=sizes.num_labels, num_queries=sizes.ep_queries)
+    )
+    rows = {}
+    for count in sizes.memory_rows:
+        data = Images(count, sizes.image_size, sizes.num_labels, seed=3)
+        cache = cache_tokens_for_model(
+            model, data, workdir / "memory", preprocessing="random tensors", split="train",
+            dataset_fingerprint=f"memory-{count}", batch_size=32, progress=False,
+        )
+        output = subprocess.run(
+            [sys.executable, str(HERE / "memory_probe.py"), str(cache.directory)], capture_output=True, text=True, check=True
+        )
+        measured = json.loads(output.stdout.strip().splitlines()[-1])
+        measured["cache_mib"] = sum(shard.bytes for shard in cache.shards) / 2**20
+        rows[count] = measured
+    small, large = (rows[count] for count in sizes.memory_rows)
+    mib = 1 / 1024
+    return {
+        "rows": list(sizes.memory_rows),
+        "cache_mib": [small["cache_mib"], large["cache_mib"]],
+        "peak_anon_mib": [small["peak_anon_kib"] * mib, large["peak_anon_kib"] * mib],
+        "peak_rss_mib": [small["peak_rss_kib"] * mib, large["peak_rss_kib"] * mib],
+        "anon_growth_mib": (large["peak_anon_kib"] - small["peak_anon_kib"]) * mib,
+        "data_growth_mib": large["cache_mib"] - small["cache_mib"],
+    }
+
+
+def markdown(results: dict, sizes: Sizes, machine: str) -> str:
+    c, m, e, mem = results["cache"], results["multiprobe"], results["ep_order"], results["memory"]
+    lines = [
+        f"Machine: {machine}. Backbone: ViT, width {e['D'] if sizes is FULL else sizes.backbone.get('hidden_size')}, "
+        f"{sizes.image_size} px, random weights.",
+        "",
+        "| benchmark | baseline | with this library | ratio |",
+        "|---|---:|---:|---:|",
+        f"| {c['epochs']} epochs of EP (Trainer), {c['images']} images: live vs. cache (extraction included) "
+        f"| {c['live_s']:.1f} s | {c['cached_total_s']:.1f} s ({c['extract_s']:.1f} s extraction) | {c['ratio']:.1f}x |",
+        f"| {m['probes']} probes, 1 epoch, {m['images']} + {m['eval_images']} images: separate live runs vs. one pass "
+        f"| {m['separate_s']:.1f} s | {m['one_pass_s']:.1f} s | {m['ratio']:.1f}x |",
+        f"| EP forward+backward, B={e['batch']}, N={e['N']}, M={e['M']}, D={e['D']}: naive order vs. aggregate-first "
+        f"| {e['naive_ms']:.1f} ms | {e['aggregate_first_ms']:.1f} ms | {e['ratio']:.1f}x |",
+        f"| peak memory, 1 epoch from the cache, {mem['rows'][0]} vs. {mem['rows'][1]} rows "
+        f"({mem['cache_mib'][0]:.0f} vs. {mem['cache_mib'][1]:.0f} MiB of shards) "
+        f"| anon {mem['peak_anon_mib'][0]:.0f} MiB, RSS {mem['peak_rss_mib'][0]:.0f} MiB "
+        f"| anon {mem['peak_anon_mib'][1]:.0f} MiB, RSS {mem['peak_rss_mib'][1]:.0f} MiB "
+        f"| +{mem['anon_growth_mib']:.0f} MiB anon for +{mem['data_growth_mib']:.0f} MiB data |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check of every benchmark")
+    parser.add_argument("--output_dir", help="also write results.json and results.md here")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    hf_logging.set_verbosity_error()
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
+    print(machine, flush=True)
+
+    config = ViTConfig(**sizes.backbone)
+    torch.manual_seed(0)
+    backbone = build_backbone(config).eval()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        results["cache"] = bench_cache(backbone, sizes, workdir)
+        print(f"cache: {json.dumps(results['cache'])}", flush=True)
+        results["multiprobe"] = bench_multiprobe(backbone, sizes)
+        print(f"multiprobe: {json.dumps({k: v for k, v in results['multiprobe'].items() if k != 'table'})}", flush=True)
+        results["ep_order"] = bench_ep_order(sizes)
+        print(f"ep_order: {json.dumps(results['ep_order'])}", flush=True)
+        results["memory"] = bench_memory(sizes, workdir)
+        print(f"memory: {json.dumps(results['memory'])}", flush=True)
+    machine += f", {os.getloadavg()[0]:.1f} at the end"
+    table = markdown(results, sizes, machine)
+    print()
+    print(table)
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "results.md").write_text(table + "\n")
+    print(
+        f"ratios: cache={results['cache']['ratio']:.1f}x multiprobe={results['multiprobe']['ratio']:.1f}x "
+        f"ep_order={results['ep_order']['ratio']:.1f}x"
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()

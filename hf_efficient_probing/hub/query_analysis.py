@@ -1,0 +1,209 @@
+"""What each EP query contributes (the paper's Figure 4): its attention entropy and the accuracy lost without it.
+
+For every query j, over a labelled evaluation set:
+
+* **entropy**: the mean over images of ``H(a_j) = -sum_n a_jn log a_jn`` (nats), where ``a_j`` is the query's
+  attention over the tokens the probe reads; low entropy = a focused query, ``log N`` = uniform attention;
+* **accuracy drop**: top-1 accuracy of the probe minus its accuracy when ``a_j`` alone is replaced by the uniform
+  distribution ``1/N`` (the query then contributes the mean token through its value block).
+
+The backbone runs once per batch; the probe runs ``M + 1`` times on the same tokens.
+
+    python -m hf_efficient_probing.hub.query_analysis --model user/probe --data_dir val_images/ --output_dir analysis/
+
+Works for probes whose pooling has the ``uniform_queries`` switch (EP); the labels of the data set must be the
+probe's class indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
+from .attention_maps import load_image_processor
+
+
+@dataclass
+class QueryContribution:
+    query: int
+    entropy: float
+    accuracy: float
+    accuracy_drop: float
+
+
+@dataclass
+class QueryAnalysis:
+    """Top-1 accuracy (%) of the probe as trained, each query's contribution, and the number of tokens it reads
+    (``log(num_tokens)`` is the entropy of uniform attention)."""
+
+    accuracy: float
+    queries: list[QueryContribution]
+    num_tokens: int
+
+
+@contextlib.contextmanager
+def uniform_attention(pooling: torch.nn.Module, queries: Iterable[int]) -> Iterator[None]:
+    """Within the block, the given queries of ``pooling`` attend uniformly over the tokens."""
+    if not hasattr(pooling, "uniform_queries"):
+        raise ValueError(
+            f"{type(pooling).__name__} has no `uniform_queries` switch; the per-query analysis is defined for EP."
+        )
+    previous = pooling.uniform_queries
+    pooling.uniform_queries = tuple(queries)
+    try:
+        yield
+    finally:
+        pooling.uniform_queries = previous
+
+
+def attention_entropy(attentions: torch.Tensor) -> torch.Tensor:
+    """``[B, Q, N]`` attention -> ``[B, Q]`` entropy in nats (0 log 0 taken as 0)."""
+    return -(attentions * attentions.clamp_min(torch.finfo(attentions.dtype).tiny).log()).sum(-1)
+
+
+@torch.no_grad()
+def query_contributions(
+    model: ProbingPreTrainedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> QueryAnalysis:
+    """Accuracy of the probe and each query's entropy and accuracy drop over the labelled ``batches``.
+
+    Args:
+        model: an EP probe.
+        batches: ``(pixel_values [B, 3, H, W], labels [B])`` pairs.
+    """
+    model.eval()
+    pooling = model.probe.pooling
+    num_queries = getattr(pooling, "num_queries", None)
+    if num_queries is None or not hasattr(pooling, "uniform_queries"):
+        raise ValueError(f"The {model.config.pooling_name!r} probe has no queries to analyse; use an EP probe.")
+    correct = torch.zeros(num_queries + 1, dtype=torch.long)  # [0]: the probe as trained; [j + 1]: query j uniform
+    entropy = torch.zeros(num_queries, dtype=torch.float64)
+    seen = 0
+    for pixel_values, labels in batches:
+        read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
+        tokens = read.tokens.to(model.probe.classifier.weight.dtype)
+        labels = labels.to(model.device)
+        head = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size)
+        correct[0] += int((head.logits.argmax(-1) == labels).sum())
+        entropy += attention_entropy(head.attentions.double()).sum(0).cpu()
+        for query in range(num_queries):
+            with uniform_attention(pooling, [query]):
+                logits = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size).logits
+            correct[query + 1] += int((logits.argmax(-1) == labels).sum())
+        seen += len(labels)
+        num_tokens = tokens.shape[1]
+    if seen == 0:
+        raise ValueError("The evaluation set is empty.")
+    accuracy = 100.0 * correct.double() / seen
+    rows = [
+        QueryContribution(
+            query=query,
+            entropy=float(entropy[query] / seen),
+            accuracy=float(accuracy[query + 1]),
+            accuracy_drop=float(accuracy[0] - accuracy[query + 1]),
+        )
+        for query in range(num_queries)
+    ]
+    return QueryAnalysis(accuracy=float(accuracy[0]), queries=rows, num_tokens=num_tokens)
+
+
+def contribution_table(analysis: QueryAnalysis) -> str:
+    """A Markdown table, queries sorted by accuracy drop (largest first)."""
+    lines = [
+        f"Top-1 accuracy of the probe: {analysis.accuracy:.2f} % ({analysis.num_tokens} tokens per image; uniform "
+        f"attention has entropy {torch.tensor(float(analysis.num_tokens)).log():.3f})",
+        "",
+        "| query | entropy (nats) | top-1 with uniform attention (%) | accuracy drop (points) |",
+        "|---|---|---|---|",
+    ]
+    for row in sorted(analysis.queries, key=lambda r: -r.accuracy_drop):
+        lines.append(f"| {row.query} | {row.entropy:.3f} | {row.accuracy:.2f} | {row.accuracy_drop:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def contribution_plot(analysis: QueryAnalysis) -> Figure:
+    """Scatter plot of accuracy drop against attention entropy, one labelled point per query."""
+    rows = analysis.queries
+    figure = Figure(figsize=(5, 4))
+    axis = figure.subplots()
+    axis.scatter([r.entropy for r in rows], [r.accuracy_drop for r in rows])
+    for row in rows:
+        axis.annotate(str(row.query), (row.entropy, row.accuracy_drop), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.axvline(float(torch.tensor(float(analysis.num_tokens)).log()), linestyle="--", color="gray", label="uniform (log N)")
+    axis.legend(fontsize=8)
+    axis.set_xlabel("attention entropy (nats)")
+    axis.set_ylabel("top-1 drop with uniform attention (points)")
+    axis.set_title("Contribution of each query")
+    figure.tight_layout()
+    return figure
+
+
+def write_analysis(analysis: QueryAnalysis, output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``query_analysis.csv``, ``query_analysis.md`` and ``query_analysis.png`` to ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: output_dir / f"query_analysis.{kind}" for kind in ("csv", "md", "png")}
+    with open(paths["csv"], "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["query", "entropy", "accuracy", "accuracy_drop"])
+        writer.writerows([r.query, r.entropy, r.accuracy, r.accuracy_drop] for r in analysis.queries)
+    paths["md"].write_text(contribution_table(analysis))
+    contribution_plot(analysis).savefig(paths["png"], dpi=120)
+    return paths
+
+
+def _image_batches(dataset, image_processor, batch_size: int, image_column: str, label_column: str):
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        images = [image.convert("RGB") for image in batch[image_column]]
+        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        yield pixel_values, torch.as_tensor(batch[label_column])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description="Per-query attention entropy and accuracy drop of an EP probe.")
+    parser.add_argument("--model", required=True, help="probe directory or Hub id")
+    parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_dir", help="an image folder (one sub-folder per class, in the probe's label order)")
+    source.add_argument("--dataset", help="a data set on the Hub, with the probe's labels")
+    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--output_dir", default="query_analysis")
+    args = parser.parse_args(argv)
+
+    from datasets import load_dataset
+
+    if args.data_dir:
+        dataset = load_dataset("imagefolder", data_dir=args.data_dir, split="train")
+    else:
+        dataset = load_dataset(args.dataset, args.dataset_config, split=args.split)
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    model = AutoModelForEfficientProbing.from_pretrained(args.model, revision=args.revision)
+    processor = load_image_processor(args.model, args.revision, model.config)
+    if processor is None:
+        parser.error(f"Neither {args.model} nor its backbone has an image processor (preprocessor_config.json).")
+    batches = _image_batches(dataset, processor, args.batch_size, args.image_column, args.label_column)
+    analysis = query_contributions(model, batches)
+    paths = write_analysis(analysis, args.output_dir)
+    print(contribution_table(analysis))
+    print("Wrote " + ", ".join(str(path) for path in paths.values()))
+    return paths
+
+
+if __name__ == "__main__":
+    main()
