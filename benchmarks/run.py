@@ -68,9 +68,9 @@ class Sizes:
 FULL = Sizes(
     backbone=dict(),  # ViTConfig defaults: ViT-B/16 at 224 px (86M parameters, 12 blocks of width 768)
     image_size=224,
-    cache_images=32,
+    cache_images=16,
     cache_epochs=10,
-    multi_images=32,
+    multi_images=16,
     eval_images=8,
     ep_batch=64,
     ep_tokens=196,

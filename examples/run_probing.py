@@ -26,6 +26,7 @@ from hf_efficient_probing.training import (
     run_embedded_default,
     run_probing,
 )
+from hf_efficient_probing.training.run import load_data
 
 
 def main(argv=None):
@@ -34,7 +35,9 @@ def main(argv=None):
     if not argv or argv == ["--embedded_default"]:
         accuracies = run_embedded_default()
         for probe, metrics in accuracies.items():
-            print(f"{probe}: top-1 {100 * metrics['eval_accuracy']:.2f}%  top-5 {100 * metrics['eval_top5_accuracy']:.2f}%")
+            print(
+                f"{probe}: top-1 {100 * metrics['eval_accuracy']:.2f}%  top-5 {100 * metrics['eval_top5_accuracy']:.2f}%"
+            )
         return accuracies
     parser = HfArgumentParser((ModelArguments, DataArguments, ProbeArguments, ProbingTrainingArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -47,8 +50,13 @@ def main(argv=None):
         print(json.dumps(results, indent=2, default=str))
         if push_to_hub:  # --push_to_hub [--hub_model_id user/name] [--hub_private_repo] [--hub_token ...]
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+            dataset, image_column, *_ = load_data(data_args)  # one validation image for the attention-map figure
             commit = push_training_run(
-                training_args.output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token
+                training_args.output_dir,
+                repo_id,
+                example_image=dataset["validation"][0][image_column],
+                private=training_args.hub_private_repo,
+                token=training_args.hub_token,
             )
             print(f"Pushed the probe to {commit.repo_url}")
     return results

@@ -38,6 +38,7 @@ _BASE_CONFIG_KWARGS = {
     "transformers_version",
     "architectures",
     "model_type",
+    "use_cache",  # set by the Trainer on the model config during training
 }
 
 

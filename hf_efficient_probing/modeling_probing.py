@@ -253,7 +253,10 @@ class ProbingPreTrainedModel(PreTrainedModel):
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         weights = _resolve_weights(pretrained_model_name_or_path, hub_kwargs)
         if weights is None or (backbone is None and _holds_backbone(weights)):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            if model.config.freeze_backbone:  # loading re-creates the parameters, trainable again
+                model.backbone.requires_grad_(False)
+            return model
         if backbone is None:
             if not config.backbone_name_or_path:
                 raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -170,7 +171,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if parts == ["api", "repos", "create"]:
             return self.create_repo(json.loads(body))
         if parts == ["api", "validate-yaml"]:
-            return self.send(200, validate_metadata(json.loads(body)["content"]))
+            report = validate_metadata(json.loads(body)["content"])
+            return self.send(400 if report["errors"] else 200, report)
         if len(parts) >= 6 and parts[:2] == ["api", "models"]:
             repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
             repo = self.find_repo(repo_id)
@@ -270,10 +272,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
 
 def validate_metadata(content: str) -> dict:
-    """A local stand-in for the Hub's card-metadata check: the YAML must be a mapping and any ``model-index`` must
-    be shaped as the Hub reads it (a named model with results of a task type, a dataset and typed metrics)."""
+    """A local stand-in for the Hub's check of a README's metadata (its ``---`` front matter): the YAML must be a
+    mapping and any ``model-index`` must be shaped as the Hub reads it (a named model with results of a task type, a
+    dataset and typed numeric metrics)."""
+    front_matter = re.match(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", content, flags=re.S)
+    if front_matter is None:
+        return {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]}
     try:
-        metadata = yaml.safe_load(content)
+        metadata = yaml.safe_load(front_matter.group(1))
     except yaml.YAMLError as error:
         return {"errors": [{"message": f"invalid YAML: {error}"}], "warnings": []}
     if not isinstance(metadata, dict):

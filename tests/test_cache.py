@@ -236,6 +236,16 @@ def test_views_select_layers_and_drop_cls(tmp_path):
         cache.dataset(feature_layers=[0])
 
 
+def test_rows_are_views_of_the_mapped_shards_and_load_in_workers(tmp_path):
+    cache = extract(tmp_path)
+    dataset = TokenCacheDataset(cache)
+    row = dataset[4]["tokens"]
+    assert row.untyped_storage().nbytes() == cache.shards[1].bytes, "a view of the shard file, not a copy"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=1)
+    tokens = torch.cat([batch["tokens"] for batch in loader])
+    torch.testing.assert_close(tokens, all_rows(cache)[0])
+
+
 def test_shards_are_plain_safetensors(tmp_path):
     cache = extract(tmp_path)
     with safe_open(str(cache.directory / cache.shards[0].file), framework="pt") as shard:

@@ -33,7 +33,13 @@ from safetensors import safe_open
 from transformers import ViTImageProcessor, pipeline
 
 from hf_efficient_probing import AutoModelForEfficientProbing, ViTForEfficientProbing
-from hf_efficient_probing.hub import ProbeCardInfo, build_model_card, push_probe_to_hub, push_training_run
+from hf_efficient_probing.hub import (
+    ProbeCardInfo,
+    build_model_card,
+    push_probe_to_hub,
+    push_training_run,
+    save_probe_repository,
+)
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -173,6 +179,16 @@ def test_card_passes_metadata_validation_and_round_trips(local_hub):
     assert [r.metric_value for r in reparsed.data.eval_results] == [CARD_INFO.top1, CARD_INFO.top5]
 
 
+def test_malformed_metadata_fails_validation(local_hub):
+    """The client posts a README's metadata for validation before committing it; the server must refuse a broken
+    model-index (so that `test_card_passes_metadata_validation_and_round_trips` means something)."""
+    api = HfApi()
+    api.create_repo("tester/broken")
+    text = "---\nmodel-index:\n- name: probe\n  results:\n  - task: {}\n    metrics: []\n---\n# card\n"
+    with pytest.raises(ValueError, match="task.type"):
+        api.upload_file(path_or_fileobj=text.encode(), path_in_repo="README.md", repo_id="tester/broken")
+
+
 def test_card_snippets_run_as_written(local_hub, tmp_path, monkeypatch):
     push_backbone()
     model = trained_probe()
@@ -199,7 +215,7 @@ def test_pipeline_classifies_with_a_hub_probe(local_hub):
     assert top["score"] == pytest.approx(float(expected.max()), abs=1e-6)
 
 
-def test_revisions_of_probe_and_backbone_are_respected(local_hub):
+def test_revisions_of_probe_and_backbone_are_respected(local_hub, tmp_path):
     push_backbone(revision_seed=7)
     model = trained_probe(revision="other")
     assert model.config.backbone_revision == "other"
@@ -207,7 +223,10 @@ def test_revisions_of_probe_and_backbone_are_respected(local_hub):
     assert "model.safetensors" not in HfApi().list_repo_files("tester/branch-probe")  # main stays empty
 
     shutil.rmtree(local_hub.cache)
-    loaded = AutoModelForEfficientProbing.from_pretrained("tester/branch-probe", revision="v1")
+    cache_dir = tmp_path / "own-cache"
+    loaded = AutoModelForEfficientProbing.from_pretrained("tester/branch-probe", revision="v1", cache_dir=cache_dir)
+    assert {p.name for p in cache_dir.glob("models--*")} == {"models--tester--branch-probe", "models--tester--tiny-vit"}
+    assert not local_hub.cache.exists(), "cache_dir was not used for the probe or its backbone"
     expected_backbone = tiny_backbone("vit", seed=7).state_dict()
     assert all(torch.equal(value, expected_backbone[key]) for key, value in loaded.backbone.state_dict().items())
     with torch.no_grad():
@@ -233,6 +252,28 @@ def test_training_run_is_published_with_its_results(local_hub, tmp_path):
     assert local_hub.state.repos["tester/run-probe"].private
 
 
+def test_training_script_pushes_with_the_run_results(local_hub, tmp_path):
+    push_backbone()
+    for split in ("train", "validation"):
+        for label in ("a", "b"):
+            folder = tmp_path / "shapes" / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                example_image().rotate(30 * index + 90 * (label == "b")).save(folder / f"{index}.png")
+    run_probing = runpy.run_path(str(EXAMPLES / "run_probing.py"))["main"]
+    run_probing(
+        ["--model_name_or_path", BACKBONE, "--dataset_name", str(tmp_path / "shapes"), "--output_dir", str(tmp_path / "out"),
+         "--probe", "ep", "--num_queries", "4", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
+         "--push_to_hub", "--hub_model_id", "tester/trained", "--hub_private_repo", "true"]
+    )
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    data = ModelCard.load("tester/trained").data
+    assert data.eval_results[0].metric_value == pytest.approx(100 * summary["eval_accuracy"], abs=0.01)
+    assert data.eval_results[0].dataset_type == "shapes" and data.datasets is None  # a local folder is no Hub data set
+    assert "attention_maps.png" in HfApi().list_repo_files("tester/trained")
+    assert local_hub.state.repos["tester/trained"].private
+
+
 def test_examples_attach_publish_and_classify(local_hub, tmp_path):
     push_backbone()
     example_image().save(tmp_path / "image.png")
@@ -255,3 +296,12 @@ def test_probe_repository_must_name_its_backbone(tmp_path):
     assert model.config.backbone_name_or_path is None
     with pytest.raises(ValueError, match="backbone_name_or_path"):
         push_probe_to_hub(model, "tester/nameless")
+
+
+def test_local_backbone_without_processor_or_card(tmp_path, saved_backbone):
+    model = AutoModelForEfficientProbing.from_backbone(saved_backbone("vit"), probe="ep", num_queries=4, num_labels=3)
+    with pytest.warns(UserWarning, match="preprocessor_config.json"):
+        save_probe_repository(model, tmp_path / "repo", "user/local-probe", example_image=example_image())
+    assert {p.name for p in (tmp_path / "repo").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    data = ModelCard.load(tmp_path / "repo" / "README.md").data
+    assert data.base_model is None and data.license is None  # a local path is no Hub model; no card, no licence

@@ -248,3 +248,17 @@ def test_families_outside_the_table_use_the_generic_row(model_type, images):
     assert type(model) is hep.VisionModelForEfficientProbing
     output = model(pixel_values=images, output_attentions=True)
     assert output.logits.shape == (4, 3) and output.probe_attentions.shape == (4, 4, 16)
+
+
+def test_larger_images_interpolate_position_embeddings(family):
+    model = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone(family), num_labels=3, num_queries=4).eval()
+    output = model(pixel_values=torch.randn(2, 3, 48, 40), output_attentions=True)
+    assert output.probe_attentions.shape == (2, 4, 6 * 5)
+    assert torch.isfinite(output.logits).all()
+
+
+def test_loading_a_probe_onto_another_family_fails_clearly(saved_backbone, tmp_path):
+    model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3, num_queries=4)
+    model.save_pretrained(tmp_path / "probe")
+    with pytest.raises(ValueError, match="'vit' backbone with model_type='vit'.*'dinov2'"):
+        hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe", backbone=tiny_backbone("dinov2"))

@@ -369,12 +369,35 @@ def cache_tokens_for_model(
 # ----------------------------------------------------------------------------------------------------------------
 # Reading
 
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def map_safetensors_tensor(path: Path, name: str) -> torch.Tensor:
+    """Tensor ``name`` of a safetensors file as a read-only-in-spirit view of the file mapped into memory.
+
+    ``safe_open(...).get_slice`` copies each slice into fresh memory; for one row at a time that is an allocation
+    per row. Mapping the file (copy-on-write, so writes never reach it) and viewing the tensor's bytes in place
+    makes a row a view, and a batch one copy. The header is parsed as the format defines it: an 8-byte little-endian
+    length, a JSON header, then the data at the header's offsets.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        if not 0 < header_length <= size - 8:
+            raise CorruptCacheError(f"{path} is not a safetensors file (header length {header_length}).")
+        entry = json.loads(file.read(header_length))[name]
+    dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+    begin, end = (8 + header_length + offset for offset in entry["data_offsets"])
+    file_bytes = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+    return file_bytes[begin:end].view(dtype).view(entry["shape"])
+
 
 class TokenCacheDataset(Dataset):
     """Rows of a token cache as ``{"tokens": [N, C], "labels": int}``, read through memory maps.
 
-    Only the labels live in RAM; each row's tokens are sliced from its mapped shard when asked for, in the storage
-    dtype (the probing model casts them to its own). ``feature_layers`` and ``token_selection`` pick a view of the
+    Only the labels live in RAM. A row's tokens are a view of its shard's mapped pages, in the storage dtype (the
+    probing model casts them to its own): nothing is copied until the collator stacks a batch, and the kernel pages
+    the file in and out as needed. ``feature_layers`` and ``token_selection`` pick a view of the
     cache: a subset of the stored layers (in the order given), and ``"patch"`` to drop a stored [CLS] token.
     """
 
@@ -385,22 +408,27 @@ class TokenCacheDataset(Dataset):
         self.channels = None if feature_layers is None else layout.view_index(feature_layers)
         self.reads_cls_token = bool(layout.num_prefix_tokens) if token_selection is None else token_selection == "all"
         layout.check_view(self.reads_cls_token)
-        self._handles: dict[int, object] = {}
+        self._maps: dict[int, torch.Tensor] = {}
         self._pid = os.getpid()
         labels = []
-        for index in range(len(self.cache.shards)):
-            labels.append(self._shard(index).get_tensor("labels"))
+        for shard in self.cache.shards:
+            with safe_open(str(self.cache.directory / shard.file), framework="pt") as handle:
+                labels.append(handle.get_tensor("labels"))
         self.labels = torch.cat(labels)
 
     def __len__(self) -> int:
         return self.cache.num_rows
 
-    def _shard(self, index: int):
+    def _shard_tokens(self, index: int) -> torch.Tensor:
+        """``[rows, N, C]`` tokens of shard ``index``: a view of the file's pages, mapped once per process."""
         if self._pid != os.getpid():  # a DataLoader worker: mappings are per process
-            self._handles, self._pid = {}, os.getpid()
-        if index not in self._handles:
-            self._handles[index] = safe_open(str(self.cache.directory / self.cache.shards[index].file), framework="pt")
-        return self._handles[index]
+            self._maps, self._pid = {}, os.getpid()
+        if index not in self._maps:
+            self._maps[index] = map_safetensors_tensor(self.cache.directory / self.cache.shards[index].file, "tokens")
+        return self._maps[index]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": {}}  # workers map the files themselves
 
     def _locate(self, row: int) -> tuple[int, int]:
         if not 0 <= row < len(self):
@@ -413,7 +441,7 @@ class TokenCacheDataset(Dataset):
 
     def tokens(self, row: int) -> torch.Tensor:
         shard, offset = self._locate(row)
-        tokens = self._shard(shard).get_slice("tokens")[offset : offset + 1]
+        tokens = self._shard_tokens(shard)[offset : offset + 1]
         return self.cache.layout.view(tokens, self.channels, self.reads_cls_token)[0]
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:

@@ -135,12 +135,11 @@ def save_attention_maps(
     model: ProbingPreTrainedModel,
     image: Image.Image | str | os.PathLike,
     output: str | os.PathLike,
-    image_processor=None,
+    image_processor,
     columns: int = 8,
 ) -> Path:
-    """Draw the probe's attention maps on one image and save them as a PNG. Returns the path written."""
-    if image_processor is None:
-        raise ValueError("An image processor is needed to prepare the image (e.g. the backbone's).")
+    """Draw the probe's attention maps on one image, prepared by ``image_processor`` (the backbone's), and save them
+    as a PNG. Returns the path written."""
     if not isinstance(image, Image.Image):
         image = Image.open(image)
     pixel_values = image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]

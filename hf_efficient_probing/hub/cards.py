@@ -83,7 +83,7 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         "dataset": summary.get("dataset"),
         "top1": percent("eval_accuracy"),
         "top5": percent("eval_top5_accuracy"),
-        "best_epoch": summary.get("best_epoch"),
+        "best_epoch": None if summary.get("best_epoch") is None else int(summary["best_epoch"]),
         "training": {name: value for name, value in recipe.items() if value is not None},
     }
     return ProbeCardInfo(**{**fields, **overrides})
@@ -151,6 +151,10 @@ def build_model_card(
     backbone_on_hub = is_hub_id(backbone)
     license_ = info.license or (backbone_license(backbone, config.backbone_revision, token) if backbone else None)
 
+    # A data set read from a local folder is named by the folder in the results, and not listed as a Hub data set.
+    dataset_on_hub = is_hub_id(info.dataset)
+    dataset_type = info.dataset if dataset_on_hub or not info.dataset else Path(info.dataset).name
+    dataset_name = info.dataset_name or dataset_type
     eval_results, result_rows = [], []
     for metric_name, value in (("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5)):
         if value is None:
@@ -159,8 +163,8 @@ def build_model_card(
             EvalResult(
                 task_type="image-classification",
                 task_name="Image Classification",
-                dataset_type=info.dataset,
-                dataset_name=info.dataset_name or info.dataset,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
                 dataset_config=info.dataset_config,
                 dataset_split=info.dataset_split,
                 metric_type="accuracy",
@@ -169,7 +173,7 @@ def build_model_card(
             )
         )
         result_rows.append(
-            {"dataset": info.dataset_name or info.dataset, "split": info.dataset_split, "metric": metric_name, "value": value}
+            {"dataset": dataset_name, "split": info.dataset_split, "metric": metric_name, "value": value}
         )
 
     pooling = config.pooling_name
@@ -179,7 +183,7 @@ def build_model_card(
         pipeline_tag="image-classification",
         license=license_,
         base_model=backbone if backbone_on_hub else None,
-        datasets=[info.dataset] if info.dataset else None,
+        datasets=[info.dataset] if dataset_on_hub else None,
         metrics=["accuracy"] if eval_results else None,
         tags=list(dict.fromkeys(tags)),
         model_name=model_name,
@@ -197,7 +201,7 @@ def build_model_card(
         backbone_url=f"https://huggingface.co/{backbone}" if backbone_on_hub else "#",
         backbone_revision=config.backbone_revision,
         probe_only=config.freeze_backbone,
-        dataset_name=info.dataset_name or info.dataset,
+        dataset_name=dataset_name,
         num_parameters=sum(p.numel() for p in model.probe.parameters()),
         hyper_parameters=_hyper_parameters(model),
         results=result_rows,

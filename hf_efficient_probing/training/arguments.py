@@ -61,6 +61,16 @@ class DataArguments:
         default=False,
         metadata={"help": "Scan the data set and leave out images that cannot be decoded (counted in the summary)."},
     )
+    use_token_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the frozen backbone once per image and train from its cached tokens (the eval preprocessing "
+            "for both splits: no augmentation). Reused while backbone, layers, preprocessing and data are unchanged."
+        },
+    )
+    token_cache_dir: str = field(
+        default="token-cache", metadata={"help": "Where token caches live, one sub-directory per fingerprint."}
+    )
 
 
 @dataclass
@@ -78,9 +88,11 @@ class ProbeArguments:
         default=False, metadata={"help": "Probe each of --feature_layers in its own run (output_dir/layer_<i>)."}
     )
     probe_config_json: str | None = field(
-        default=None, metadata={"help": 'Other probe config fields as JSON, e.g. \'{"num_heads": 16}\'.'}
+        default=None, metadata={"help": "Other probe config fields as JSON, e.g. '{\"num_heads\": 16}'."}
     )
-    lora_rank: int = field(default=0, metadata={"help": "Train LoRA adapters of this rank on the backbone (needs peft)."})
+    lora_rank: int = field(
+        default=0, metadata={"help": "Train LoRA adapters of this rank on the backbone (needs peft)."}
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Backbone modules that get LoRA adapters."}
@@ -97,7 +109,9 @@ class ProbingTrainingArguments(TrainingArguments):
 
     output_dir: str | None = field(default="probing-output", metadata={"help": "Where the probe and results go."})
     num_train_epochs: float = field(default=90.0, metadata={"help": "Training epochs (the paper: 90)."})
-    per_device_train_batch_size: int = field(default=256, metadata={"help": "Batch size per device (paper: 4096 total)."})
+    per_device_train_batch_size: int = field(
+        default=256, metadata={"help": "Batch size per device (paper: 4096 total)."}
+    )
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
     eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate every epoch (best-epoch selection)."})
     save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch (for resume)."})
@@ -122,3 +136,7 @@ class ProbingTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Stop after this many evaluations without improvement (off when unset)."}
     )
     early_stopping_threshold: float = field(default=0.0, metadata={"help": "Smallest improvement that counts."})
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Keep the checkpoint-* folders (pickled optimizer/RNG state) after a finished run."},
+    )

@@ -47,7 +47,9 @@ class BenchmarkSpec:
 # overridden from the command line (`--dataset_name`, `--image_column_name`, ...).
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "imagenet-1k": BenchmarkSpec("ILSVRC/imagenet-1k", eval_split="validation"),
-    "places365": BenchmarkSpec("haideraltahan/wds_places365", image_column="jpg", label_column="cls", eval_split="validation"),
+    "places365": BenchmarkSpec(
+        "haideraltahan/wds_places365", image_column="jpg", label_column="cls", eval_split="validation"
+    ),
     "cifar-100": BenchmarkSpec("uoft-cs/cifar100", image_column="img", label_column="fine_label"),
     "food-101": BenchmarkSpec("ethz/food101", eval_split="validation"),
     "stanford-cars": BenchmarkSpec("tanganke/stanford_cars"),
@@ -96,7 +98,9 @@ def load_image_dataset(
     raw = _load(name_or_path, config_name, cache_dir, token)
     train_split = train_split or TRAIN
     if train_split not in raw:
-        raise DataError(f"{name_or_path!r} has no split {train_split!r}; its splits are {sorted(raw)}. Pass --train_split.")
+        raise DataError(
+            f"{name_or_path!r} has no split {train_split!r}; its splits are {sorted(raw)}. Pass --train_split."
+        )
     if val_fraction_of_train is None:
         eval_split = eval_split or next((s for s in (VALIDATION, "val", "test") if s in raw and s != train_split), None)
         if eval_split is None:
@@ -105,14 +109,18 @@ def load_image_dataset(
                 "--val_fraction_of_train 0.1 to hold out a stratified part of the training split."
             )
         if eval_split not in raw:
-            raise DataError(f"{name_or_path!r} has no split {eval_split!r}; its splits are {sorted(raw)}. Pass --eval_split.")
+            raise DataError(
+                f"{name_or_path!r} has no split {eval_split!r}; its splits are {sorted(raw)}. Pass --eval_split."
+            )
     train = raw[train_split]
     image_column = image_column or detect_image_column(train)
     label_column = label_column or detect_label_column(train)
     for column in (image_column, label_column):
         if column not in train.column_names:
             flag = "--image_column_name" if column == image_column else "--label_column_name"
-            raise DataError(f"Split {train_split!r} has no column {column!r}; its columns are {train.column_names}. Pass {flag}.")
+            raise DataError(
+                f"Split {train_split!r} has no column {column!r}; its columns are {train.column_names}. Pass {flag}."
+            )
     if val_fraction_of_train is not None:
         train, validation = stratified_split(train, label_column, val_fraction_of_train, split_seed)
     else:
@@ -261,7 +269,11 @@ def low_shot_indices(
 
 
 def low_shot_subset(
-    dataset: datasets.Dataset, label_column: str, shots_per_class: int | None = None, fraction: float | None = None, seed: int = 0
+    dataset: datasets.Dataset,
+    label_column: str,
+    shots_per_class: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
 ) -> datasets.Dataset:
     """The stratified low-shot subset of a training split (see :func:`low_shot_indices`)."""
     return dataset.select(low_shot_indices(_labels(dataset, label_column, TRAIN), shots_per_class, fraction, seed))
@@ -285,7 +297,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     source data set, and so that the Trainer has no columns to drop (no ``remove_unused_columns`` trap).
     """
 
-    def __init__(self, dataset: datasets.Dataset, image_column: str, label_column: str, transform: Callable, split: str = ""):
+    def __init__(
+        self, dataset: datasets.Dataset, image_column: str, label_column: str, transform: Callable, split: str = ""
+    ):
         self.dataset = dataset
         self.image_column = image_column
         self.label_column = label_column

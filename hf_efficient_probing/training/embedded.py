@@ -80,7 +80,9 @@ def embedded_dataset(
     return DatasetDict(splits)
 
 
-def embedded_backbone(seed: int = 0, hidden_size: int = 64, num_layers: int = 4, image_size: int = 32, patch_size: int = 4):
+def embedded_backbone(
+    seed: int = 0, hidden_size: int = 64, num_layers: int = 4, image_size: int = 32, patch_size: int = 4
+):
     """``(backbone, image_processor)``: a small ViT with random weights drawn from ``seed``, and its processor."""
     config = ViTConfig(
         hidden_size=hidden_size,

@@ -39,7 +39,9 @@ def _grey_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     """Map a high-bit-depth grey array to 0-255: 16-bit by its full range, float by [0, 1] (or its own range)."""
     array = array.astype(np.float64)
     if mode == "F":
-        low, high = (0.0, 1.0) if array.size == 0 or (array.min() >= 0 and array.max() <= 1) else (array.min(), array.max())
+        low, high = (
+            (0.0, 1.0) if array.size == 0 or (array.min() >= 0 and array.max() <= 1) else (array.min(), array.max())
+        )
     else:  # 16-bit PNG/TIFF data (PIL opens it as "I;16" or "I")
         low, high = 0.0, 65535.0 if array.size and array.max() > 255 else 255.0
     scaled = (array - low) / max(high - low, 1e-12) * 255.0

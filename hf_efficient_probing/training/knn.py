@@ -77,9 +77,10 @@ def knn_classify(
             for temperature in temperatures:
                 votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)
                 votes.scatter_add_(1, neighbor_labels[:, :k], (sims[:, :k] / temperature).exp())
-                ranked = votes.topk(top, dim=1).indices
-                correct[k, temperature][0] += int((ranked[:, 0] == truth).sum())
-                correct[k, temperature][1] += int((ranked == truth[:, None]).any(dim=1).sum())
+                scores, ranked = votes.topk(top, dim=1)
+                hits = (ranked == truth[:, None]) & (scores > 0)  # a class no neighbour voted for is no prediction
+                correct[k, temperature][0] += int(hits[:, 0].sum())
+                correct[k, temperature][1] += int(hits.any(dim=1).sum())
     total = test_features.shape[0]
     return [
         {"k": k, "temperature": t, "top1": hits[0] / total, "top5": hits[1] / total} for (k, t), hits in correct.items()
@@ -103,7 +104,9 @@ def extract_global_features(
     the [CLS] token (``"cls"``) or the mean of the patch tokens (``"gap"``) of the frozen backbone."""
     if features not in ("cls", "gap"):
         raise ValueError(f"k-NN features must be 'cls' or 'gap', got {features!r}.")
-    reader = TokenReader(backbone.config, list(feature_layers), "all" if features == "cls" else "patch", apply_final_norm)
+    reader = TokenReader(
+        backbone.config, list(feature_layers), "all" if features == "cls" else "patch", apply_final_norm
+    )
     backbone.eval()
     device = next(backbone.parameters()).device
     collected, labels = [], []

@@ -7,7 +7,13 @@ and the backbone is saved with the probe, so ``from_pretrained`` restores both w
 from __future__ import annotations
 
 
-def add_lora(model, rank: int, alpha: int = 16, target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"), dropout: float = 0.0):
+def add_lora(
+    model,
+    rank: int,
+    alpha: int = 16,
+    target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
+    dropout: float = 0.0,
+):
     """Wrap ``model.backbone`` with LoRA adapters of ``rank`` on ``target_modules``; only they and the probe train."""
     try:
         from peft import LoraConfig, get_peft_model
@@ -20,7 +26,9 @@ def add_lora(model, rank: int, alpha: int = 16, target_modules: list[str] | tupl
             f"The backbone has no modules named {missing} for LoRA. Linear layers it has include "
             f"{sorted(n for n in names if 'proj' in n or 'fc' in n or n in ('query', 'key', 'value', 'dense'))}."
         )
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, bias="none")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, bias="none"
+    )
     model.backbone = get_peft_model(model.backbone, config)
     model.config.freeze_backbone = False  # gradients must flow through the backbone to reach the adapters
     return model

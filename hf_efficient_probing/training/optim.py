@@ -29,7 +29,14 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: the LARS trust coefficient (0.001).
     """
 
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 0.001):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
             raise ValueError(
                 f"Invalid LARS settings lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "

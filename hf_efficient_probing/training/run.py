@@ -11,6 +11,7 @@ import os
 from transformers import AutoImageProcessor, set_seed
 
 from ..backbones import load_backbone
+from ..cache import cache_tokens_for_model, dataset_fingerprint, preprocessing_description
 from ..modeling_probing import PROBE_CONFIGS, AutoModelForEfficientProbing
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import (
@@ -67,7 +68,9 @@ def load_data(data_args: DataArguments, seed: int = 0):
         )
         info.update(shots_per_class=data_args.shots_per_class, train_fraction=data_args.train_fraction)
     if data_args.max_eval_samples is not None:
-        dataset[VALIDATION] = dataset[VALIDATION].select(range(min(data_args.max_eval_samples, len(dataset[VALIDATION]))))
+        dataset[VALIDATION] = dataset[VALIDATION].select(
+            range(min(data_args.max_eval_samples, len(dataset[VALIDATION])))
+        )
     labels = class_names(dataset, label_column)
     check_dataset(dataset, label_column, len(labels))
     info.update(train_samples=len(dataset[TRAIN]), eval_samples=len(dataset[VALIDATION]))
@@ -127,7 +130,9 @@ def run_probing(
     config_kwargs = probe_config_kwargs(probe_args)
     label_maps = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
-    layer_runs = [[layer] for layer in probe_args.feature_layers] if probe_args.layerwise else [probe_args.feature_layers]
+    layer_runs = (
+        [[layer] for layer in probe_args.feature_layers] if probe_args.layerwise else [probe_args.feature_layers]
+    )
     results = {}
     for layers in layer_runs:
         args = training_args
@@ -147,27 +152,67 @@ def run_probing(
         )
         if probe_args.lora_rank:
             add_lora(model, probe_args.lora_rank, probe_args.lora_alpha, probe_args.lora_target_modules)
-        result = train_probe(model, args, train_set, eval_set, image_processor=processor, run_info=info)
+        run_sets = (train_set, eval_set)
+        if data_args.use_token_cache:
+            with args.main_process_first(desc="token cache"):
+                run_sets = token_cache_sets(
+                    model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args
+                )
+        result = train_probe(model, args, *run_sets, image_processor=processor, run_info=info)
         results[f"layer_{layers[0]}" if probe_args.layerwise else "probe"] = result.metrics
     if probe_args.layerwise and training_args.process_index == 0:
         with open(os.path.join(training_args.output_dir, "layerwise_results.json"), "w") as handle:
             json.dump(results, handle, indent=2)
     if probe_args.knn_eval:
-        results["knn"] = run_knn(backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels))
+        results["knn"] = run_knn(
+            backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels)
+        )
     return results if probe_args.layerwise or probe_args.knn_eval else results["probe"]
 
 
-def run_knn(backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, num_labels) -> dict:
+def token_cache_sets(model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args):
+    """Train and eval sets of cached tokens for ``model``: the backbone runs once per image, with the eval transform
+    on both splits (the cache trades augmentation for speed). All of ``--feature_layers`` are cached together, so the
+    runs of ``--layerwise`` share one cache and each reads its own layer."""
+    if probe_args.lora_rank:
+        raise ValueError("--use_token_cache caches a frozen backbone's tokens; it cannot train LoRA (--lora_rank).")
+    sets = []
+    for split in (TRAIN, VALIDATION):
+        images = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
+        cache = cache_tokens_for_model(
+            model,
+            images,
+            data_args.token_cache_dir,
+            preprocessing=preprocessing_description(processor, eval_transform),
+            split=split,
+            dataset_fingerprint=dataset_fingerprint(dataset[split]),
+            feature_layers=probe_args.feature_layers,
+        )
+        sets.append(cache.dataset(feature_layers=model.config.feature_layers))
+    return sets
+
+
+def run_knn(
+    backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, num_labels
+) -> dict:
     """k-NN of the frozen backbone's global features (train images with the evaluation transform, as officially)."""
     import torch
 
     features = {}
     for split in (TRAIN, VALIDATION):
         items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
-        loader = torch.utils.data.DataLoader(items, batch_size=training_args.per_device_eval_batch_size, collate_fn=probing_collator)
-        features[split] = extract_global_features(backbone, loader, probe_args.knn_features, probe_args.feature_layers[-1:])
+        loader = torch.utils.data.DataLoader(
+            items, batch_size=training_args.per_device_eval_batch_size, collate_fn=probing_collator
+        )
+        features[split] = extract_global_features(
+            backbone, loader, probe_args.knn_features, probe_args.feature_layers[-1:]
+        )
     sweep = knn_classify(
-        *features[TRAIN], *features[VALIDATION], num_classes=num_labels, ks=probe_args.knn_k, temperatures=probe_args.knn_temperatures
+        *features[TRAIN],
+        *features[VALIDATION],
+        num_classes=num_labels,
+        ks=probe_args.knn_k,
+        temperatures=probe_args.knn_temperatures,
     )
     result = {"features": probe_args.knn_features, "sweep": sweep, "best": best_knn_result(sweep)}
     if training_args.process_index == 0:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -132,6 +133,13 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return os.path.join(output_dir, steps[-1][1]) if steps else None
 
 
+def remove_checkpoints(output_dir: str) -> None:
+    """Delete the ``checkpoint-*`` folders of a finished run: they only serve resuming, and hold pickles."""
+    for name in os.listdir(output_dir):
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
 @dataclass
 class ProbingResult:
     """What a probing run produced: final evaluation metrics of the best epoch, and the run summary."""
@@ -204,6 +212,8 @@ def train_probe(
         if image_processor is not None:
             image_processor.save_pretrained(args.output_dir)
         write_summary(summary, args.output_dir)
+        if not getattr(args, "keep_checkpoints", True):
+            remove_checkpoints(args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return ProbingResult(metrics={**train_metrics, **eval_metrics}, summary=summary, trainer=trainer)
 
@@ -269,7 +279,11 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict, run
         "eval_accuracy": eval_metrics.get("eval_accuracy"),
         "eval_top5_accuracy": eval_metrics.get(f"eval_top{TOP_K}_accuracy"),
         "per_epoch": [
-            {"epoch": e["epoch"], "eval_accuracy": e["eval_accuracy"], "eval_top5_accuracy": e.get("eval_top5_accuracy")}
+            {
+                "epoch": e["epoch"],
+                "eval_accuracy": e["eval_accuracy"],
+                "eval_top5_accuracy": e.get("eval_top5_accuracy"),
+            }
             for e in history
         ],
         "runtime_s": round(runtime_s, 2),
@@ -296,7 +310,10 @@ def summary_markdown(summary: dict) -> str:
         ("Probe", f"{summary['probe']} {summary['probe_config']}"),
         ("Layers read", summary["feature_layers"]),
         ("Trainable parameters", f"{summary['trainable_parameters']:,}"),
-        ("Optimizer", f"{summary['optimizer']}, peak lr {summary['peak_learning_rate']:.4g}, batch {summary['effective_batch_size']}"),
+        (
+            "Optimizer",
+            f"{summary['optimizer']}, peak lr {summary['peak_learning_rate']:.4g}, batch {summary['effective_batch_size']}",
+        ),
         ("Epochs", f"{summary['epochs_run']:g} of {summary['epochs']:g} ({summary['optimizer_steps']} steps)"),
         ("Best epoch", summary["best_epoch"]),
         ("Top-1 accuracy (%)", _percent(summary["eval_accuracy"])),
@@ -307,5 +324,11 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_EXTRA_ROWS = ("dataset", "train_samples", "eval_samples", "skipped_unreadable_images", "shots_per_class", "train_fraction")
-
+_EXTRA_ROWS = (
+    "dataset",
+    "train_samples",
+    "eval_samples",
+    "skipped_unreadable_images",
+    "shots_per_class",
+    "train_fraction",
+)

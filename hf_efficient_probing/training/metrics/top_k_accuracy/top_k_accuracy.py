@@ -48,6 +48,6 @@ class TopKAccuracy(evaluate.Metric):
         if len(references) == 0:
             raise ValueError("No examples to score: the evaluation split is empty.")
         ranked = [np.asarray(row, dtype=np.int64)[:k] for row in predictions]
-        top1 = np.array([row.size > 0 and row[0] == ref for row, ref in zip(ranked, references)])
-        topk = np.array([ref in row for row, ref in zip(ranked, references)])
+        top1 = np.array([row.size > 0 and row[0] == ref for row, ref in zip(ranked, references, strict=True)])
+        topk = np.array([ref in row for row, ref in zip(ranked, references, strict=True)])
         return {"accuracy": float(top1.mean()), f"top{k}_accuracy": float(topk.mean())}

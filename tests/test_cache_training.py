@@ -1,0 +1,36 @@
+"""`run_probing --use_token_cache`: the same Trainer path on cached tokens, the cache reused by the next run."""
+
+from __future__ import annotations
+
+import torch
+from test_cache import single_thread  # noqa: F401
+
+import hf_efficient_probing as hep
+from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
+from hf_efficient_probing.training.run import embedded_training_arguments, run_probing
+
+
+def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
+    cache_dir = tmp_path / "tokens"
+    data_args = DataArguments(shots_per_class=2, max_eval_samples=8, use_token_cache=True, token_cache_dir=str(cache_dir))
+    probe_args = ProbeArguments(probe="ep", num_queries=4)
+
+    def run(name):
+        args = embedded_training_arguments(str(tmp_path / name), num_train_epochs=2, per_device_train_batch_size=8, warmup_epochs=0)
+        return run_probing(ModelArguments(), data_args, probe_args, args)
+
+    metrics = run("first")
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    caches = sorted(path for path in cache_dir.iterdir())
+    assert len(caches) == 2, "one cache per split"
+    stamps = {path: (path / "manifest.json").stat().st_mtime_ns for path in caches}
+    run("second")
+    assert sorted(cache_dir.iterdir()) == caches
+    assert {path: (path / "manifest.json").stat().st_mtime_ns for path in caches} == stamps, "reused, not rebuilt"
+
+    model = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "first")
+    validation = next(TokenCache(path) for path in caches if TokenCache(path).key["split"] == "validation").dataset()
+    tokens = torch.stack([validation[i]["tokens"] for i in range(len(validation))])
+    with torch.no_grad():
+        assert model(tokens=tokens).logits.shape == (len(validation), 8)
