@@ -2,6 +2,7 @@
 """Train a probe on a frozen vision backbone and report its top-1/top-5 accuracy (the paper's recipe by default).
 
     python examples/run_probing.py                      # offline default: EP and linear probe, a few minutes on CPU
+    python examples/run_probing.py --embedded_default synthetic   # the same on generated data, nothing to install
     python examples/run_probing.py --model_name_or_path facebook/vit-mae-base --probe ep --num_queries 32 \
         --dataset_name cifar-100 --output_dir out/
     accelerate launch --num_processes 8 examples/run_probing.py ...   # several GPUs or processes
@@ -32,11 +33,12 @@ from hf_efficient_probing.training.run import load_data
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not argv or argv == ["--embedded_default"]:
-        accuracies = run_embedded_default()
+    if not argv or (argv[0] == "--embedded_default" and len(argv) <= 2):  # [real | synthetic]
+        accuracies = run_embedded_default(kind=argv[1] if len(argv) == 2 else "real")
         for probe, metrics in accuracies.items():
             print(
                 f"{probe}: top-1 {100 * metrics['eval_accuracy']:.2f}%  top-5 {100 * metrics['eval_top5_accuracy']:.2f}%"
+                f"  ({metrics['probe_parameters']:,} trained parameters)"
             )
         return accuracies
     parser = HfArgumentParser((ModelArguments, DataArguments, ProbeArguments, ProbingTrainingArguments))

@@ -203,6 +203,17 @@ def test_truncated_shard_is_detected_and_extracted_again(tmp_path):
     assert not [p for p in cache.directory.iterdir() if ".tmp-" in p.name]
 
 
+def test_all_shards_present_but_not_marked_complete_needs_no_extraction(tmp_path):
+    cache = extract(tmp_path)
+    manifest = json.loads((cache.directory / MANIFEST_NAME).read_text())
+    (cache.directory / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": False}))
+    backbone = tiny_backbone("vit")
+    seen = count_backbone_rows(backbone)
+    reader = TokenReader(backbone.config, [1, 2], token_selection="all")
+    again = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, shard_size=3, progress=False)
+    assert seen == [] and again.num_rows == NUM_ROWS
+
+
 def test_altered_shard_fails_verification(tmp_path):
     cache = extract(tmp_path)
     shard = cache.directory / cache.shards[0].file

@@ -100,6 +100,15 @@ def test_script_trains_saves_best_probe_and_results(probe, backbone_dir, image_f
     assert _evaluate(reloaded, image_folder) == pytest.approx(results["eval_accuracy"])
 
 
+def test_early_stopping_on_a_plateau(backbone_dir, image_folder, tmp_path):
+    output = tmp_path / "out"
+    # no epoch can improve accuracy by more than 1.0: with patience 1 the run stops after its second evaluation
+    _load_script().main(_args(backbone_dir, image_folder, output, "--probe", "linear", "--num_train_epochs", "5",
+                              "--early_stopping_patience", "1", "--early_stopping_threshold", "1.0"))  # fmt: skip
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert len(summary["per_epoch"]) == 2 and summary["best_epoch"] == 1.0
+
+
 def test_layerwise_low_shot_and_knn(backbone_dir, image_folder, tmp_path):
     output = tmp_path / "out"
     argv = _args(backbone_dir, image_folder, output, "--probe", "linear", "--feature_layers", "1", "2", "--layerwise",
@@ -137,7 +146,7 @@ def test_embedded_default_is_deterministic(tmp_path):
     from hf_efficient_probing.training import run_embedded_default
 
     def run(name):
-        results = run_embedded_default(str(tmp_path / name), num_train_epochs=1)
+        results = run_embedded_default(str(tmp_path / name), kind="synthetic", num_train_epochs=1)
         return {
             probe: {k: v for k, v in m.items() if "runtime" not in k and "per_second" not in k}
             for probe, m in results.items()

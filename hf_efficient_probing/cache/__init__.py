@@ -1,8 +1,9 @@
 """Never run the frozen backbone twice: a token cache on disk, and many probes trained on one stream of tokens.
 
 ``key`` names a cache by every input that changes its tokens; ``store`` extracts, resumes and memory-maps it;
-``streams`` hands batches of tokens (cached or live) to ``multiprobe``, which trains many probe heads at once;
-``features`` turns cached tokens into global features for k-NN.
+``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view; ``streams`` hands
+batches of tokens (cached or live) to ``multiprobe``, which trains many probes at once; ``features`` turns cached
+tokens into global features for k-NN. Nothing here imports ``training`` or ``hub``.
 """
 
 from .key import TokenCacheKey, backbone_identity, dataset_fingerprint, preprocessing_description, weights_fingerprint

@@ -25,8 +25,9 @@ class TokenLayout:
     num_prefix_tokens: int
     num_hidden_layers: int
 
-    def view_index(self, feature_layers: Sequence[int]) -> torch.Tensor | None:
-        """Channel indices of ``feature_layers`` in this layout (``None``: all of them, as stored)."""
+    def view_index(self, feature_layers: Sequence[int]) -> slice | torch.Tensor | None:
+        """Channels of ``feature_layers`` in this layout: ``None`` for all of them as stored, a ``slice`` when they
+        are one contiguous run in order (a view, no copy), else an index tensor."""
         wanted = normalize_layers(feature_layers, self.num_hidden_layers)
         if wanted == self.feature_layers:
             return None
@@ -36,7 +37,10 @@ class TokenLayout:
                 f"The tokens hold layers {list(self.feature_layers)}, not {missing}: read (or cache) those layers too."
             )
         width = self.hidden_size
-        return torch.cat([torch.arange(width) + self.feature_layers.index(layer) * width for layer in wanted])
+        positions = [self.feature_layers.index(layer) for layer in wanted]
+        if positions == list(range(positions[0], positions[0] + len(positions))):
+            return slice(positions[0] * width, (positions[-1] + 1) * width)
+        return torch.cat([torch.arange(width) + position * width for position in positions])
 
     def check_view(self, reads_cls_token: bool) -> None:
         if reads_cls_token and not self.num_prefix_tokens:
@@ -45,9 +49,11 @@ class TokenLayout:
                 "cache) with token_selection='all'."
             )
 
-    def view(self, tokens: torch.Tensor, channels: torch.Tensor | None, reads_cls_token: bool) -> torch.Tensor:
+    def view(self, tokens: torch.Tensor, channels: slice | torch.Tensor | None, reads_cls_token: bool) -> torch.Tensor:
         """A probe's tokens ``[B, N, C]``: its channels, and the [CLS] token only if it reads one."""
         self.check_view(reads_cls_token)
         if self.num_prefix_tokens and not reads_cls_token:
             tokens = tokens[:, 1:]
-        return tokens if channels is None else tokens.index_select(-1, channels)
+        if channels is None:
+            return tokens
+        return tokens[..., channels] if isinstance(channels, slice) else tokens.index_select(-1, channels)

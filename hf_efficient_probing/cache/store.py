@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import TokenReader
 from .key import TokenCacheKey, normalize_layers, storage_dtype
+from .key import dataset_fingerprint as fingerprint_of_dataset
 from .layout import TokenLayout
 
 MANIFEST_NAME = "manifest.json"
@@ -166,10 +167,6 @@ class TokenCache:
         num_hidden_layers = json.loads(self.key["backbone_config"])["num_hidden_layers"]
         return TokenLayout(self.feature_layers, self.hidden_size, self.num_prefix_tokens, num_hidden_layers)
 
-    @property
-    def num_labels_seen(self) -> int:
-        return self.manifest["max_label"] + 1
-
     def verify(self) -> None:
         """Re-hash every shard; raise :class:`CorruptCacheError` on the first that differs from the manifest."""
         for shard in self.shards:
@@ -293,6 +290,7 @@ def extract_tokens(
         done = sum(record["rows"] for record in trusted)
         collate = collate_images(image_key, label_key)
         bar = tqdm(total=num_rows, initial=done, unit="img", desc="Caching tokens", disable=not progress)
+        device = next(backbone.parameters()).device
         try:
             for index, start in enumerate(range(0, num_rows, shard_size)):
                 if index < len(trusted):
@@ -301,12 +299,17 @@ def extract_tokens(
                 loader = DataLoader(Subset(dataset, rows), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
                 token_batches, label_batches = [], []
                 for pixel_values, labels in loader:
-                    device = next(backbone.parameters()).device
                     read = reader(backbone, pixel_values.to(device))
                     token_batches.append(read.tokens.to("cpu", dtype))
                     label_batches.append(labels)
                     bar.update(len(labels))
                 tokens, labels = torch.cat(token_batches), torch.cat(label_batches)
+                if manifest.get("token_shape", list(tokens.shape[1:])) != list(tokens.shape[1:]):
+                    raise ValueError(
+                        f"Rows {start}-{rows[-1]} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
+                        f"{manifest['token_shape']}: every image must reach the backbone at the same size (use the "
+                        "deterministic eval transform, which resizes and crops)."
+                    )
                 data = save_safetensors({"tokens": tokens.contiguous(), "labels": labels})
                 name = SHARD_PATTERN.format(index)
                 atomic_write_bytes(directory / name, data)
@@ -317,9 +320,11 @@ def extract_tokens(
                     num_prefix_tokens=read.num_prefix_tokens,
                     grid_size=list(read.grid_size),
                     token_shape=list(tokens.shape[1:]),
-                    max_label=max(int(labels.max()), manifest.get("max_label", -1)),
                 )
                 manifest["complete"] = start + len(rows) == num_rows
+                atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+            if not manifest["complete"]:  # every shard was already there, only the flag was not
+                manifest["complete"] = True
                 atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
         finally:
             bar.close()
@@ -342,8 +347,6 @@ def cache_tokens_for_model(
 ) -> TokenCache:
     """:func:`extract_tokens` for a probing model: its backbone, its token reader (or other layers/tokens of the same
     backbone) and the backbone id/revision its config names."""
-    from .key import dataset_fingerprint as fingerprint_of
-
     config = model.config
     reader = model.token_reader
     if feature_layers is not None or token_selection is not None:
@@ -357,7 +360,7 @@ def cache_tokens_for_model(
         model.backbone,
         reader,
         preprocessing=preprocessing,
-        dataset=dataset_fingerprint or fingerprint_of(dataset),
+        dataset=dataset_fingerprint or fingerprint_of_dataset(dataset),
         split=split,
         dtype=dtype,
         backbone_name_or_path=config.backbone_name_or_path,

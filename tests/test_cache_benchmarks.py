@@ -1,0 +1,25 @@
+"""`benchmarks/run.py --quick` runs every benchmark end to end (tiny sizes; no timing is checked)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_print_the_ratios_line():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratios: cache=[\d.]+x multiprobe=[\d.]+x ep_order=[\d.]+x", last), last
+    assert "| peak memory" in result.stdout
