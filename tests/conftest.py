@@ -53,3 +53,16 @@ def saved_backbone(tmp_path):
 def images() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(4, 3, 32, 32)
+
+
+@pytest.fixture
+def transformers_logs(caplog):
+    """`caplog` that also receives the warnings of `transformers` (its logger does not propagate by default)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            yield caplog
+    finally:
+        hf_logging.disable_propagation()

@@ -229,12 +229,12 @@ def test_auto_registration_without_remote_code(saved_backbone, tmp_path):
     assert "auto_map" not in config.to_dict()
 
 
-def test_loading_reports_no_missing_or_unexpected_keys(saved_backbone, tmp_path, caplog):
+@pytest.mark.parametrize("save_backbone", [False, True])
+def test_loading_reports_no_missing_or_unexpected_keys(save_backbone, saved_backbone, tmp_path, transformers_logs):
     model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3, num_queries=4)
-    model.save_pretrained(tmp_path / "probe")
-    with caplog.at_level("WARNING"):
-        hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe")
-    assert "missing" not in caplog.text.lower() and "unexpected" not in caplog.text.lower()
+    model.save_pretrained(tmp_path / "probe", save_backbone=save_backbone)
+    hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe")
+    assert "missing" not in transformers_logs.text.lower() and "unexpected" not in transformers_logs.text.lower()
 
 
 @pytest.mark.parametrize("model_type", ["vit_msn", "data2vec-vision", "aimv2_vision_model"])

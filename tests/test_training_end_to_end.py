@@ -207,3 +207,8 @@ def test_sigkill_mid_training_resumes_to_the_same_step_count(backbone_dir, image
     assert state["best_model_checkpoint"] and (output / "model.safetensors").exists()
     summary = json.loads((output / "run_summary.json").read_text())
     assert len(summary["per_epoch"]) == 6 and summary["best_epoch"] is not None
+
+
+def test_best_probe_reload_reports_no_missing_backbone_keys(backbone_dir, image_folder, tmp_path, transformers_logs):
+    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "out", "--probe", "linear"))
+    assert "missing keys" not in transformers_logs.text

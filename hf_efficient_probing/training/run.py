@@ -286,20 +286,20 @@ def run_embedded_default(
         model = AutoModelForEfficientProbing.from_backbone(
             backbone, probe=probe, num_labels=len(labels), feature_layers=EMBEDDED_FEATURE_LAYERS[kind], **label_maps
         )
-        for split in (TRAIN, VALIDATION):
-            if split not in caches:  # [CLS] + patch tokens: every probe reads a view of them
-                images = ImageClassificationDataset(dataset[split], "image", "label", eval_transform, split)
-                caches[split] = cache_tokens_for_model(
+        if not caches:  # [CLS] + patch tokens, once: every probe reads a view of them
+            caches = {
+                split: cache_tokens_for_model(
                     model,
-                    images,
+                    ImageClassificationDataset(dataset[split], "image", "label", eval_transform, split),
                     os.path.join(output_dir, "token_cache"),
                     preprocessing=preprocessing_description(processor, eval_transform),
                     split=split,
                     dataset_fingerprint=dataset_fingerprint(dataset[split]),
                     token_selection="all",
                     batch_size=args.per_device_eval_batch_size,
-                    progress=False,
                 )
+                for split in (TRAIN, VALIDATION)
+            }
         token_sets = [
             caches[split].dataset(
                 feature_layers=model.config.feature_layers, token_selection=model.config.token_selection

@@ -91,6 +91,11 @@ class ProbingTrainer(Trainer):
             output_dir, state_dict=state_dict, save_original_format=False
         )
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Probe-only checkpoints hold no backbone weights by design: report only the probe keys that are missing."""
+        missing = [key for key in load_result.missing_keys if not key.startswith("backbone.")]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def get_train_dataloader(self):
         drop_last = self.args.dataloader_drop_last
         self.args.dataloader_drop_last = True  # training only: evaluation must see every image
