@@ -113,6 +113,10 @@ def test_stream_without_a_needed_layer_fails_clearly(setup):
         train_probes(specs[1:2], backbone, live, epochs=1)
     with pytest.raises(ValueError, match="unique"):
         train_probes([specs[0], specs[0]], backbone, live, epochs=1)
+    normed = ProbeSpec("normed", copy.deepcopy(specs[0].config))
+    normed.config.apply_final_norm = True
+    with pytest.raises(ValueError, match="apply_final_norm"):
+        train_probes([specs[0], normed], backbone, live, epochs=1)
 
 
 def test_cached_training_needs_no_backbone_weights(setup, saved_backbone, tmp_path):

@@ -162,6 +162,12 @@ def train_probes(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"Probe names must be unique (they name the saved directories), got {names}.")
+    norms = {spec.config.apply_final_norm for spec in specs}
+    if len(norms) > 1:
+        raise ValueError(
+            f"The probes disagree on apply_final_norm ({sorted(norms, key=str)}), but one stream holds tokens either "
+            "before or after the final norm: train each group in its own run (and stream)."
+        )
     eval_stream = eval_stream if eval_stream is not None else train_stream
     if backbone is None:
         if any(isinstance(stream, LiveTokens) for stream in (train_stream, eval_stream)):
