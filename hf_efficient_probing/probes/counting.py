@@ -1,6 +1,6 @@
 """Trainable-parameter accounting of probe heads, as the paper reports it (pooling + classifier).
 
-``python -m hf_efficient_probing.probes.counting`` prints the table for ViT-B (D=768, 1000 classes).
+``python -m hf_efficient_probing.probes`` prints the table for ViT-B (D=768, 1000 classes).
 """
 
 from __future__ import annotations
