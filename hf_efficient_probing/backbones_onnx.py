@@ -164,17 +164,3 @@ def convert_onnx_dinov2(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
-    state_dict = dinov2_state_dict_from_onnx(onnx.load(str(onnx_path)), prefix)
-    model = Dinov2Model(dinov2_config_from_state_dict(state_dict, num_attention_heads, layer_norm_eps))
-    model.load_state_dict(state_dict, strict=True)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        os.replace(staging, output_dir)
-    except OSError:
-        if not (output_dir / "config.json").is_file():  # not a concurrent conversion that finished first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
