@@ -131,6 +131,18 @@ def load_backbone(name_or_path: str, revision: str | None = None, **hub_kwargs) 
     return AutoModel.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
 
 
+def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolder: str, **hub_kwargs) -> nn.Module:
+    """``backbone`` with the `peft` adapter saved in ``name_or_path/subfolder`` (kept unmerged, so that saving the
+    probe again saves the adapter again)."""
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ImportError(
+            f"{name_or_path} holds a backbone adapter ({subfolder}/) trained with peft: pip install peft."
+        ) from error
+    return PeftModel.from_pretrained(backbone, str(name_or_path), subfolder=subfolder, **hub_kwargs)
+
+
 @dataclass
 class Tokens:
     """Tokens a probe reads: ``tokens`` ``[B, N, D]`` of which the first ``num_prefix_tokens`` are [CLS]."""

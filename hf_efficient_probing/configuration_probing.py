@@ -54,6 +54,9 @@ class ProbingConfig(PreTrainedConfig):
             backbone when it is loaded; without it the backbone must be saved with the probe.
         backbone_revision (`str`, *optional*):
             Revision (branch, tag or commit) of `backbone_name_or_path`.
+        backbone_adapter (`str`, *optional*):
+            Sub-folder of the probe's checkpoint holding a `peft` adapter (e.g. LoRA) trained on the backbone with the
+            probe; set when saving. Loading applies it to the named backbone, so the checkpoint stays probe-sized.
         feature_layers (`list[int]`, *optional*, defaults to `[-1]`):
             Which hidden states the probe reads, indexed like `hidden_states`: 0 is the embedding output, `i` the
             output of block `i`, -1 the last block. Several layers are concatenated along the channel axis.
@@ -77,6 +80,7 @@ class ProbingConfig(PreTrainedConfig):
     backbone_config: dict | PreTrainedConfig | None = None
     backbone_name_or_path: str | None = None
     backbone_revision: str | None = None
+    backbone_adapter: str | None = None
     feature_layers: list[int] | tuple[int, ...] = (-1,)
     token_selection: str = "patch"
     apply_final_norm: bool | None = None

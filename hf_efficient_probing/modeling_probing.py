@@ -26,7 +26,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file
 
-from .backbones import TokenReader, build_backbone, load_backbone, vision_config
+from .backbones import TokenReader, build_backbone, load_backbone, load_backbone_adapter, vision_config
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
 from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
 
@@ -35,6 +35,7 @@ BACKBONE_PREFIX = "backbone."
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+BACKBONE_ADAPTER_DIR = "backbone_adapter"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
 
@@ -215,6 +216,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
         Args:
             save_backbone: also save the backbone's weights. By default only the probe is saved when the config names
                 the backbone (``backbone_name_or_path``); a backbone that is named nowhere is saved with the probe.
+                A frozen backbone carrying a `peft` adapter (LoRA) has the adapter saved in ``backbone_adapter/``.
         """
         if save_backbone is None:
             save_backbone = not self.config.backbone_name_or_path or not self.config.freeze_backbone
@@ -226,6 +228,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 )
             state_dict = state_dict if state_dict is not None else self.state_dict()
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX)}
+        # A `peft` adapter trained on the backbone (LoRA) is saved beside the probe, in peft's own format.
+        adapter = not save_backbone and hasattr(self.backbone, "peft_config")
+        self.config.backbone_adapter = BACKBONE_ADAPTER_DIR if adapter else None
         # Write everything to a staging folder first and move each file into place only once all are written, so
         # that a full disk or a killed process never leaves a half-written checkpoint over the previous one.
         save_directory = Path(save_directory)
@@ -237,11 +242,15 @@ class ProbingPreTrainedModel(PreTrainedModel):
             # ``attention.key``, ...), which would corrupt probe keys: ours are saved as they are.
             kwargs.setdefault("save_original_format", False)
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
+            if adapter:
+                self.backbone.save_pretrained(os.path.join(staging, BACKBONE_ADAPTER_DIR))
             written = sorted(os.listdir(staging), key=lambda name: name == "config.json")  # config last
-            for stale in save_directory.glob("model*.safetensors*"):
-                if stale.name not in written:
-                    stale.unlink()
+            for stale in [*save_directory.glob("model*.safetensors*"), save_directory / BACKBONE_ADAPTER_DIR]:
+                if stale.name not in written and stale.exists():
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
             for name in written:
+                if (save_directory / name).is_dir():
+                    shutil.rmtree(save_directory / name)
                 os.replace(os.path.join(staging, name), save_directory / name)
 
     @classmethod
@@ -265,6 +274,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 )
             backbone_kwargs = {key: kwargs[key] for key in _BACKBONE_HUB_KWARGS if key in kwargs}
             backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
+        if config.backbone_adapter:
+            adapter_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
+            backbone = load_backbone_adapter(backbone, pretrained_model_name_or_path, config.backbone_adapter, **adapter_kwargs)
         model = cls(config, backbone=backbone)
         model.load_probe_state_dict(load_file(weights))
         return model.eval()

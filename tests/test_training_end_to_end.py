@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import ViTImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
@@ -128,17 +129,21 @@ def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_p
     argv = _args(backbone_dir, image_folder, output, "--probe", "ep", "--num_queries", "4", "--lora_rank", "2",
                  "--num_train_epochs", "1")  # fmt: skip
     results = _load_script().main(argv)
-    assert (output / "lora_adapter" / "adapter_model.safetensors").exists()
+    assert (output / "backbone_adapter" / "adapter_model.safetensors").exists()
+    with safe_open(output / "model.safetensors", "pt") as checkpoint:  # the probe only: the adapter is beside it
+        assert all(key.startswith("probe.") for key in checkpoint.keys())
     reloaded = AutoModelForEfficientProbing.from_pretrained(str(output))
-    original = AutoModelForEfficientProbing.from_backbone(backbone_dir, probe="ep", num_labels=3, num_queries=4)
-    moved = [
-        name
-        for name, value in reloaded.backbone.state_dict().items()
-        if not torch.equal(value, original.backbone.state_dict()[name])
-    ]
-    assert moved and all("q_proj" in name or "v_proj" in name for name in moved)  # the merged LoRA updates
+    assert reloaded.config.backbone_adapter == "backbone_adapter"
     assert not any(p.requires_grad for p in reloaded.backbone.parameters())
     assert _evaluate(reloaded, image_folder) == pytest.approx(results["eval_accuracy"])
+    reloaded.save_pretrained(tmp_path / "again")  # e.g. to publish it: the adapter goes along
+    again = AutoModelForEfficientProbing.from_pretrained(str(tmp_path / "again"))
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(again(pixel_values=images).logits, reloaded(pixel_values=images).logits)
+    original = AutoModelForEfficientProbing.from_backbone(backbone_dir, probe="ep", num_labels=3, num_queries=4)
+    merged = reloaded.backbone.merge_and_unload().state_dict()
+    moved = [name for name, value in merged.items() if not torch.equal(value, original.backbone.state_dict()[name])]
+    assert moved and all("q_proj" in name or "v_proj" in name for name in moved)  # the trained LoRA updates
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """LoRA adapters on the backbone, trained together with the probe through `peft` (the paper's PEFT setting).
 
-The backbone stays frozen except for the adapters. At the end the adapters are merged into the backbone's weights
-and the backbone is saved with the probe, so ``from_pretrained`` restores both with no `peft` at load time.
+The backbone stays frozen except for the adapters. At the end the adapter is saved beside the probe (peft's format,
+in ``backbone_adapter/``); ``from_pretrained`` of the saved probe applies it to the backbone the config names.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def has_lora(model) -> bool:
     return hasattr(model.backbone, "peft_config")
 
 
-def merge_lora(model):
-    """Fold the adapters into the backbone's weights and freeze it again: a plain probe model from then on."""
-    model.backbone = model.backbone.merge_and_unload()
+def freeze_lora(model):
+    """Freeze the backbone again, adapter included, once training is over: the model is then saved probe-sized,
+    with the adapter beside the probe."""
     model.config.freeze_backbone = True
     model.backbone.requires_grad_(False)
     model.backbone.eval()

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..probes.counting import count_trainable_parameters
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
-from .lora import has_lora, merge_lora
+from .lora import freeze_lora, has_lora
 from .metrics import TOP_K_ACCURACY_PATH
 from .optim import build_optimizer, scaled_learning_rate, warmup_cosine_schedule
 
@@ -234,14 +234,11 @@ def _check_batch_fits(train_dataset, args) -> None:
 
 
 def save_probe(model, output_dir: str) -> None:
-    """Save the final probe. A LoRA-tuned backbone is merged into its weights and saved with the probe, so that
-    ``from_pretrained`` restores both; its adapter is also kept, alone, in ``output_dir/lora_adapter``."""
+    """Save the final probe. A LoRA-tuned backbone is frozen again first: the adapter is then saved beside the probe
+    (``backbone_adapter/``, peft's format) and ``from_pretrained`` applies it to the backbone the config names."""
     if has_lora(model):
-        model.backbone.save_pretrained(os.path.join(output_dir, "lora_adapter"))
-        merge_lora(model)
-        model.save_pretrained(output_dir, save_backbone=True)
-    else:
-        model.save_pretrained(output_dir)
+        freeze_lora(model)
+    model.save_pretrained(output_dir)
 
 
 def best_epoch(log_history: list[dict], metric: str = "eval_accuracy") -> dict | None:
