@@ -124,6 +124,17 @@ def test_layerwise_low_shot_and_knn(backbone_dir, image_folder, tmp_path):
     assert {(r["k"], r["temperature"]) for r in knn["sweep"]} == {(1, 0.07), (3, 0.07)}
 
 
+def test_knn_reads_the_token_cache(backbone_dir, image_folder, tmp_path):
+    knn_args = ("--probe", "linear", "--num_train_epochs", "1", "--knn_eval", "--knn_features", "gap")
+    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "live", *knn_args))
+    cache = tmp_path / "cache"
+    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "cached", *knn_args, "--use_token_cache",
+                              "--token_cache_dir", str(cache)))  # fmt: skip
+    live, cached = (json.loads((tmp_path / run / "knn_results.json").read_text()) for run in ("live", "cached"))
+    assert [r["top1"] for r in cached["sweep"]] == pytest.approx([r["top1"] for r in live["sweep"]])
+    assert len(list(cache.glob("*/manifest.json"))) == 4  # train/validation tokens of the probe ([CLS]) and of k-NN (GAP)
+
+
 def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_path):
     output = tmp_path / "out"
     argv = _args(backbone_dir, image_folder, output, "--probe", "ep", "--num_queries", "4", "--lora_rank", "2",

@@ -12,6 +12,7 @@ from transformers import AutoImageProcessor, set_seed
 
 from ..backbones import load_backbone
 from ..cache import cache_tokens_for_model, dataset_fingerprint, preprocessing_description
+from ..cache.features import global_features
 from ..modeling_probing import PROBE_CONFIGS, AutoModelForEfficientProbing
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import (
@@ -166,8 +167,9 @@ def run_probing(
             json.dump(results, handle, indent=2)
     if probe_args.knn_eval:
         results["knn"] = run_knn(
-            backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels)
-        )
+            backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels),
+            token_cache=(data_args, processor) if data_args.use_token_cache else None,
+        )  # fmt: skip
     return results if probe_args.layerwise or probe_args.knn_eval else results["probe"]
 
 
@@ -194,14 +196,30 @@ def token_cache_sets(model, dataset, image_column, label_column, eval_transform,
 
 
 def run_knn(
-    backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, num_labels
-) -> dict:
-    """k-NN of the frozen backbone's global features (train images with the evaluation transform, as officially)."""
+    backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, num_labels,
+    token_cache=None,
+) -> dict:  # fmt: skip
+    """k-NN of the frozen backbone's global features (train images with the evaluation transform, as officially).
+    With ``token_cache=(data_args, image_processor)`` the features are read from the token cache, which is filled
+    first if this backbone, layer and split were never cached."""
     import torch
 
     features = {}
     for split in (TRAIN, VALIDATION):
         items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
+        if token_cache is not None:
+            data_args, processor = token_cache
+            reader = AutoModelForEfficientProbing.from_backbone(
+                backbone, probe="linear", features=probe_args.knn_features, num_labels=num_labels,
+                feature_layers=probe_args.feature_layers[-1:],
+            )  # fmt: skip
+            cache = cache_tokens_for_model(
+                reader, items, data_args.token_cache_dir, split=split,
+                preprocessing=preprocessing_description(processor, eval_transform),
+                dataset_fingerprint=dataset_fingerprint(dataset[split]), feature_layers=probe_args.feature_layers[-1:],
+            )  # fmt: skip
+            features[split] = global_features(cache, probe_args.knn_features)
+            continue
         loader = torch.utils.data.DataLoader(
             items, batch_size=training_args.per_device_eval_batch_size, collate_fn=probing_collator
         )
