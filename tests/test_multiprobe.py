@@ -119,6 +119,17 @@ def test_stream_without_a_needed_layer_fails_clearly(setup):
         train_probes([specs[0], normed], backbone, live, epochs=1)
 
 
+def test_stream_with_the_other_final_norm_fails_clearly(setup):
+    backbone, specs, cached, _ = setup
+    normed = ProbeSpec("normed", copy.deepcopy(specs[0].config))
+    normed.config.apply_final_norm = True  # the ViT family reads pre-norm tokens by default, as the cache holds
+    with pytest.raises(ValueError, match="after the backbone's final norm, but the CachedTokens stream holds them before"):
+        train_probes([normed], backbone, cached, epochs=1)
+    live_normed = LiveTokens(backbone, LabelledImages(), [2], "patch", apply_final_norm=True)
+    with pytest.raises(ValueError, match="before the backbone's final norm, but the LiveTokens stream holds them after"):
+        train_probes(specs[:1], backbone, live_normed, epochs=1)
+
+
 def test_cached_training_needs_no_backbone_weights(setup, saved_backbone, tmp_path):
     backbone, specs, cached, live = setup
     with_backbone = run(specs, backbone, cached)

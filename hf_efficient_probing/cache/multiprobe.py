@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
+from ..backbones import backbone_family, build_backbone, vision_config
 from ..configuration_probing import ProbingConfig
 from ..modeling_probing import probe_class_for
 from ..probes.counting import count_trainable_parameters
 from .key import normalize_layers
 from .layout import TokenLayout
-from .streams import LiveTokens, epoch_order
+from .streams import CachedTokens, LiveTokens, epoch_order
 
 OptimizerFactory = Callable[[list[nn.Parameter], float, float], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
@@ -63,6 +63,19 @@ def adamw(params, learning_rate: float, weight_decay: float) -> torch.optim.Opti
 
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+
+
+def _final_norm(config: ProbingConfig) -> bool:
+    """Whether a probe reads tokens after the final norm (``apply_final_norm=None`` means the family's default)."""
+    if config.apply_final_norm is not None:
+        return config.apply_final_norm
+    return backbone_family(vision_config(config.backbone_config)).apply_final_norm
+
+
+def _stream_final_norm(stream) -> bool:
+    if isinstance(stream, CachedTokens):
+        return bool(stream.dataset.cache.key["apply_final_norm"])
+    return bool(stream.reader.apply_final_norm)
 
 
 def stream_requirements(specs: Sequence[ProbeSpec]) -> tuple[list[int], str]:
@@ -162,13 +175,20 @@ def train_probes(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"Probe names must be unique (they name the saved directories), got {names}.")
-    norms = {spec.config.apply_final_norm for spec in specs}
+    norms = {_final_norm(spec.config) for spec in specs}
     if len(norms) > 1:
         raise ValueError(
             f"The probes disagree on apply_final_norm ({sorted(norms, key=str)}), but one stream holds tokens either "
             "before or after the final norm: train each group in its own run (and stream)."
         )
     eval_stream = eval_stream if eval_stream is not None else train_stream
+    for stream in (train_stream, eval_stream):
+        if _stream_final_norm(stream) not in norms:
+            raise ValueError(
+                f"The probes read tokens {'after' if norms == {True} else 'before'} the backbone's final norm, but "
+                f"the {type(stream).__name__} stream holds them {'after' if _stream_final_norm(stream) else 'before'} "
+                "it: build the stream (or extract the cache) with the probes' apply_final_norm."
+            )
     if backbone is None:
         if any(isinstance(stream, LiveTokens) for stream in (train_stream, eval_stream)):
             raise ValueError("A live token stream runs the backbone: pass it as backbone=.")
