@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from hf_efficient_probing.cache import cache_tokens_for_model, dataset_fingerprint, preprocessing_description
 from hf_efficient_probing.cache.features import global_features
 from hf_efficient_probing.cache.multiprobe import ProbeSpec, adamw, results_table, stream_requirements, train_probes
 from hf_efficient_probing.cache.streams import CachedTokens, LiveTokens
@@ -30,7 +29,7 @@ from hf_efficient_probing.training.data import TRAIN, VALIDATION, ImageClassific
 from hf_efficient_probing.training.images import build_transforms
 from hf_efficient_probing.training.knn import best_knn_result, knn_classify
 from hf_efficient_probing.training.optim import LARS
-from hf_efficient_probing.training.run import load_backbone_and_processor, load_data
+from hf_efficient_probing.training.run import cached_split, load_backbone_and_processor, load_data
 
 
 def sweep_specs(backbone, args, num_labels: int, label_maps: dict) -> list[ProbeSpec]:
@@ -101,19 +100,11 @@ def main(argv=None):
         reader_model = AutoModelForEfficientProbing.from_config(specs[0].config, backbone=backbone)
         streams = [
             CachedTokens(
-                cache_tokens_for_model(
-                    reader_model,
-                    images[split],
-                    args.token_cache_dir,
-                    preprocessing=preprocessing_description(processor, eval_transform),
-                    split=split,
-                    dataset_fingerprint=dataset_fingerprint(dataset[split]),
-                    feature_layers=layers,
-                    token_selection=selection,
-                )
+                cached_split(reader_model, dataset, split, image_column, label_column, eval_transform, processor,
+                             args.token_cache_dir, layers, token_selection=selection)
             )
             for split in (TRAIN, VALIDATION)
-        ]
+        ]  # fmt: skip
     else:
         streams = [LiveTokens(backbone, images[split], layers, selection) for split in (TRAIN, VALIDATION)]
     optimizer = lars if args.optimizer == "lars" else adamw

@@ -510,12 +510,15 @@ PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
 
 def probe_class_for(config: ProbingConfig) -> type[ProbingPreTrainedModel]:
     """The named head for the config's probe kind and backbone family, else the generic head of that kind."""
-    if config.model_type not in GENERIC_PROBE_CLASSES:
+    return _probe_class(config.model_type, vision_config(config.backbone_config).model_type)
+
+
+def _probe_class(probe_model_type: str, family: str) -> type[ProbingPreTrainedModel]:
+    if probe_model_type not in GENERIC_PROBE_CLASSES:
         raise ValueError(
-            f"{config.model_type!r} is not a probe of hf-efficient-probing; known kinds: {sorted(GENERIC_PROBE_CLASSES)}."
+            f"{probe_model_type!r} is not a probe of hf-efficient-probing; known kinds: {sorted(GENERIC_PROBE_CLASSES)}."
         )
-    family = vision_config(config.backbone_config).model_type
-    return NAMED_PROBE_CLASSES.get((config.model_type, family), GENERIC_PROBE_CLASSES[config.model_type])
+    return NAMED_PROBE_CLASSES.get((probe_model_type, family), GENERIC_PROBE_CLASSES[probe_model_type])
 
 
 class AutoModelForEfficientProbing:
@@ -552,6 +555,5 @@ class AutoModelForEfficientProbing:
         probe_config = PROBE_CONFIGS[probe]
         if probe_config is AttentiveProbingConfig:
             kwargs["pooler_type"] = probe
-        family = vision_config(backbone.config).model_type
-        model_class = NAMED_PROBE_CLASSES.get((probe_config.model_type, family), GENERIC_PROBE_CLASSES[probe_config.model_type])
+        model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)
         return model_class.from_backbone(backbone, **kwargs)

@@ -59,6 +59,16 @@ def folded_cross_attention(
     return out.reshape(out.shape[0], num_heads * head_dim), attn
 
 
+def fused_kv_cross_attention(
+    queries: torch.Tensor, kv_proj: nn.Linear, tokens: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`folded_cross_attention` with one ``Linear`` producing keys then values (``kv_proj``, bias optional); the
+    key bias is dropped since it shifts every logit of a query by the same amount."""
+    key_weight, value_weight = kv_proj.weight.chunk(2, dim=0)
+    value_bias = kv_proj.bias.chunk(2)[1] if kv_proj.bias is not None else None
+    return folded_cross_attention(queries, key_weight, tokens, value_weight, value_bias, tokens, scale)
+
+
 def _check_heads(hidden_size: int, num_heads: int, name: str) -> None:
     if num_heads < 1 or hidden_size % num_heads:
         raise ValueError(f"{name} needs hidden_size divisible by num_heads; got {hidden_size} and {num_heads}.")
@@ -170,8 +180,7 @@ class CoCaPooling(Pooling):
         check_tokens(tokens, self.hidden_size)
         query = F.layer_norm(self.queries[:1], (self.hidden_size,), self.query_norm_weight, self.query_norm_bias)
         queries = self.q_proj(query).view(self.num_heads, self.head_dim)
-        key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
-        out, attn = folded_cross_attention(queries, key_weight, tokens, value_weight, None, tokens, self.head_dim**-0.5)
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, self.head_dim**-0.5)
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 
 
@@ -200,11 +209,7 @@ class MAPPooling(Pooling):
         check_tokens(tokens, self.hidden_size)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.latent).view(self.num_heads, head_dim)
-        key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
-        value_bias = self.kv_proj.bias.chunk(2)[1]
-        out, attn = folded_cross_attention(
-            queries, key_weight, tokens, value_weight, value_bias, tokens, head_dim**-0.5
-        )
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, head_dim**-0.5)
         pooled = self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(pooled), attentions=attn)
 
@@ -246,11 +251,7 @@ class JEPAPooling(Pooling):
         normed = self.token_norm(tokens)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.query).view(self.num_heads, head_dim)
-        key_weight, value_weight = self.kv_proj.weight.chunk(2, dim=0)
-        value_bias = self.kv_proj.bias.chunk(2)[1]
-        out, attn = folded_cross_attention(
-            queries, key_weight, normed, value_weight, value_bias, normed, head_dim**-0.5
-        )
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, normed, head_dim**-0.5)
         pooled = self.query.view(1, -1) + self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(self.mlp_norm(pooled)), attentions=attn)
 

@@ -179,20 +179,31 @@ def token_cache_sets(model, dataset, image_column, label_column, eval_transform,
     runs of ``--layerwise`` share one cache and each reads its own layer."""
     if probe_args.lora_rank:
         raise ValueError("--use_token_cache caches a frozen backbone's tokens; it cannot train LoRA (--lora_rank).")
-    sets = []
-    for split in (TRAIN, VALIDATION):
-        images = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
-        cache = cache_tokens_for_model(
-            model,
-            images,
-            data_args.token_cache_dir,
-            preprocessing=preprocessing_description(processor, eval_transform),
-            split=split,
-            dataset_fingerprint=dataset_fingerprint(dataset[split]),
-            feature_layers=probe_args.feature_layers,
-        )
-        sets.append(cache.dataset(feature_layers=model.config.feature_layers))
-    return sets
+    caches = (
+        cached_split(model, dataset, split, image_column, label_column, eval_transform, processor,
+                     data_args.token_cache_dir, probe_args.feature_layers)
+        for split in (TRAIN, VALIDATION)
+    )  # fmt: skip
+    return [cache.dataset(feature_layers=model.config.feature_layers) for cache in caches]
+
+
+def cached_split(
+    model, dataset, split, image_column, label_column, eval_transform, processor, cache_dir, feature_layers=None,
+    **extract_kwargs,
+):  # fmt: skip
+    """The token cache of one split for ``model``'s token reader (the eval transform on its images), extracted first
+    if it does not exist yet. ``extract_kwargs`` go to `cache_tokens_for_model` (``token_selection``, ...)."""
+    images = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
+    return cache_tokens_for_model(
+        model,
+        images,
+        cache_dir,
+        preprocessing=preprocessing_description(processor, eval_transform),
+        split=split,
+        dataset_fingerprint=dataset_fingerprint(dataset[split]),
+        feature_layers=feature_layers,
+        **extract_kwargs,
+    )
 
 
 def run_knn(
@@ -205,27 +216,23 @@ def run_knn(
     import torch
 
     features = {}
+    layers = probe_args.feature_layers[-1:]
+    if token_cache is not None:
+        data_args, processor = token_cache
+        reader = AutoModelForEfficientProbing.from_backbone(
+            backbone, probe="linear", features=probe_args.knn_features, num_labels=num_labels, feature_layers=layers
+        )
     for split in (TRAIN, VALIDATION):
-        items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
         if token_cache is not None:
-            data_args, processor = token_cache
-            reader = AutoModelForEfficientProbing.from_backbone(
-                backbone, probe="linear", features=probe_args.knn_features, num_labels=num_labels,
-                feature_layers=probe_args.feature_layers[-1:],
-            )  # fmt: skip
-            cache = cache_tokens_for_model(
-                reader, items, data_args.token_cache_dir, split=split,
-                preprocessing=preprocessing_description(processor, eval_transform),
-                dataset_fingerprint=dataset_fingerprint(dataset[split]), feature_layers=probe_args.feature_layers[-1:],
-            )  # fmt: skip
+            cache = cached_split(reader, dataset, split, image_column, label_column, eval_transform, processor,
+                                 data_args.token_cache_dir, layers)  # fmt: skip
             features[split] = global_features(cache, probe_args.knn_features)
             continue
+        items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
         loader = torch.utils.data.DataLoader(
             items, batch_size=training_args.per_device_eval_batch_size, collate_fn=probing_collator
         )
-        features[split] = extract_global_features(
-            backbone, loader, probe_args.knn_features, probe_args.feature_layers[-1:]
-        )
+        features[split] = extract_global_features(backbone, loader, probe_args.knn_features, layers)
     sweep = knn_classify(
         *features[TRAIN],
         *features[VALIDATION],
@@ -306,18 +313,11 @@ def run_embedded_default(
         )
         if not caches:  # [CLS] + patch tokens, once: every probe reads a view of them
             caches = {
-                split: cache_tokens_for_model(
-                    model,
-                    ImageClassificationDataset(dataset[split], "image", "label", eval_transform, split),
-                    os.path.join(output_dir, "token_cache"),
-                    preprocessing=preprocessing_description(processor, eval_transform),
-                    split=split,
-                    dataset_fingerprint=dataset_fingerprint(dataset[split]),
-                    token_selection="all",
-                    batch_size=args.per_device_eval_batch_size,
-                )
+                split: cached_split(model, dataset, split, "image", "label", eval_transform, processor,
+                                    os.path.join(output_dir, "token_cache"), token_selection="all",
+                                    batch_size=args.per_device_eval_batch_size)
                 for split in (TRAIN, VALIDATION)
-            }
+            }  # fmt: skip
         token_sets = [
             caches[split].dataset(
                 feature_layers=model.config.feature_layers, token_selection=model.config.token_selection
