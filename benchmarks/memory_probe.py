@@ -51,7 +51,16 @@ def main(cache_dir: str) -> None:
     train_probes([spec], None, stream, epochs=1, batch_size=32)
     sampler.running = False
     sampler.join()
-    print(json.dumps({"rows": len(stream), "baseline_anon_kib": baseline, "peak_anon_kib": sampler.peak, "peak_rss_kib": status_kib("VmHWM")}))
+    print(
+        json.dumps(
+            {
+                "rows": len(stream),
+                "baseline_anon_kib": baseline,
+                "peak_anon_kib": sampler.peak,
+                "peak_rss_kib": status_kib("VmHWM"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ FULL = Sizes(
     memory_rows=(128, 512),
 )
 QUICK = Sizes(
-    backbone=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8),
+    backbone=dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8
+    ),
     image_size=32,
     cache_images=16,
     cache_epochs=3,
@@ -147,7 +149,9 @@ def trainer_fit(model, dataset, sizes: Sizes, epochs: int, output_dir: str) -> N
 
 def new_probe(backbone, sizes: Sizes, seed: int = 0):
     torch.manual_seed(seed)
-    return hep.VisionModelForEfficientProbing.from_backbone(backbone, num_labels=sizes.num_labels, num_queries=sizes.ep_queries)
+    return hep.VisionModelForEfficientProbing.from_backbone(
+        backbone, num_labels=sizes.num_labels, num_queries=sizes.ep_queries
+    )
 
 
 def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
@@ -166,16 +170,26 @@ def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
         model = new_probe(backbone, sizes)
         extract_s, cache = timed(
             lambda: cache_tokens_for_model(
-                model, data, workdir / f"cache-{run}", preprocessing="random tensors", split="train",
-                dataset_fingerprint=f"bench-{sizes.cache_images}", batch_size=sizes.batch_size, progress=False,
+                model,
+                data,
+                workdir / f"cache-{run}",
+                preprocessing="random tensors",
+                split="train",
+                dataset_fingerprint=f"bench-{sizes.cache_images}",
+                batch_size=sizes.batch_size,
+                progress=False,
             )
         )
         with one_thread():  # the probe's matrices are small: a second thread costs more than it gives
-            train_s, _ = timed(lambda: trainer_fit(model, cache.dataset(), sizes, sizes.cache_epochs, str(workdir / "cached")))
+            train_s, _ = timed(
+                lambda: trainer_fit(model, cache.dataset(), sizes, sizes.cache_epochs, str(workdir / "cached"))
+            )
         return extract_s, train_s
 
     first = cached(0)
-    live_s, _ = timed(lambda: trainer_fit(new_probe(backbone, sizes), data, sizes, sizes.cache_epochs, str(workdir / "live")))
+    live_s, _ = timed(
+        lambda: trainer_fit(new_probe(backbone, sizes), data, sizes, sizes.cache_epochs, str(workdir / "live"))
+    )
     second = cached(1)
     extract_s, train_s = ((a + b) / 2 for a, b in zip(first, second, strict=True))
     return {
@@ -196,10 +210,26 @@ def sweep_specs(config: ViTConfig, sizes: Sizes) -> list[ProbeSpec]:
 
     def ep(name, lr, num_queries, d_out=1, layers=(last,)):
         num_queries = min(num_queries, width // d_out)
-        return ProbeSpec(name, hep.EfficientProbingConfig(backbone_config=config, num_labels=labels, num_queries=num_queries, d_out=d_out, feature_layers=list(layers)), lr)
+        return ProbeSpec(
+            name,
+            hep.EfficientProbingConfig(
+                backbone_config=config,
+                num_labels=labels,
+                num_queries=num_queries,
+                d_out=d_out,
+                feature_layers=list(layers),
+            ),
+            lr,
+        )
 
     def linear(name, lr, features, layers=(last,)):
-        return ProbeSpec(name, hep.LinearProbingConfig(backbone_config=config, num_labels=labels, features=features, feature_layers=list(layers)), lr)
+        return ProbeSpec(
+            name,
+            hep.LinearProbingConfig(
+                backbone_config=config, num_labels=labels, features=features, feature_layers=list(layers)
+            ),
+            lr,
+        )
 
     return [
         ep("ep-m32", 1e-3, 32),
@@ -225,11 +255,25 @@ def bench_multiprobe(backbone, sizes: Sizes) -> dict:
     evaluation = Images(sizes.eval_images, sizes.image_size, sizes.num_labels, seed=2)
 
     def one_pass():
-        return train_probes(specs, backbone, live_stream(backbone, train, specs), live_stream(backbone, evaluation, specs), epochs=1, batch_size=sizes.batch_size)
+        return train_probes(
+            specs,
+            backbone,
+            live_stream(backbone, train, specs),
+            live_stream(backbone, evaluation, specs),
+            epochs=1,
+            batch_size=sizes.batch_size,
+        )
 
     def separate():
         return [
-            train_probes([spec], backbone, live_stream(backbone, train, [spec]), live_stream(backbone, evaluation, [spec]), epochs=1, batch_size=sizes.batch_size)[0]
+            train_probes(
+                [spec],
+                backbone,
+                live_stream(backbone, train, [spec]),
+                live_stream(backbone, evaluation, [spec]),
+                epochs=1,
+                batch_size=sizes.batch_size,
+            )[0]
             for spec in specs
         ]
 
@@ -295,11 +339,20 @@ def bench_memory(sizes: Sizes, workdir: Path) -> dict:
     for count in sizes.memory_rows:
         data = Images(count, sizes.image_size, sizes.num_labels, seed=3)
         cache = cache_tokens_for_model(
-            model, data, workdir / "memory", preprocessing="random tensors", split="train",
-            dataset_fingerprint=f"memory-{count}", batch_size=32, progress=False,
+            model,
+            data,
+            workdir / "memory",
+            preprocessing="random tensors",
+            split="train",
+            dataset_fingerprint=f"memory-{count}",
+            batch_size=32,
+            progress=False,
         )
         output = subprocess.run(
-            [sys.executable, str(HERE / "memory_probe.py"), str(cache.directory)], capture_output=True, text=True, check=True
+            [sys.executable, str(HERE / "memory_probe.py"), str(cache.directory)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         measured = json.loads(output.stdout.strip().splitlines()[-1])
         measured["cache_mib"] = sum(shard.bytes for shard in cache.shards) / 2**20

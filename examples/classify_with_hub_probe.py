@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Load a ready-made probe from the Hub (it fetches its backbone), classify an image and draw its attention maps.
 
-    python examples/classify_with_hub_probe.py --model user/vit-mae-base-ep-imagenet --image cat.jpg --maps maps.png
+python examples/classify_with_hub_probe.py --model user/vit-mae-base-ep-imagenet --image cat.jpg --maps maps.png
 """
 
 import argparse

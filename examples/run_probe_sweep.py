@@ -109,15 +109,25 @@ def main(argv=None):
         streams = [LiveTokens(backbone, images[split], layers, selection) for split in (TRAIN, VALIDATION)]
     optimizer = lars if args.optimizer == "lars" else adamw
     results = train_probes(
-        specs, backbone, *streams, epochs=args.epochs, batch_size=args.batch_size, data_seed=args.seed,
-        optimizer=optimizer, output_dir=args.output_dir,
+        specs,
+        backbone,
+        *streams,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        data_seed=args.seed,
+        optimizer=optimizer,
+        output_dir=args.output_dir,
     )
     table = results_table(results)
     if args.use_token_cache:
         for features in args.knn_features:
-            train, test = (global_features(stream.dataset.cache, features, feature_layers=layers[-1:]) for stream in streams)
+            train, test = (
+                global_features(stream.dataset.cache, features, feature_layers=layers[-1:]) for stream in streams
+            )
             best = best_knn_result(knn_classify(*train, *test, num_classes=len(labels)))
-            table += f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | {100 * best['top1']:.2f} | - |"
+            table += (
+                f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | {100 * best['top1']:.2f} | - |"
+            )
     (Path(args.output_dir) / "results.md").write_text(table + "\n")
     print(table)
     return results

@@ -61,9 +61,7 @@ FAMILIES: dict[str, BackboneFamily] = {
     family.model_type: family
     for family in [
         BackboneFamily("vit"),
-        BackboneFamily(
-            "vit_mae", config_overrides={"mask_ratio": 0.0}, forward_kwargs=_identity_patch_order
-        ),
+        BackboneFamily("vit_mae", config_overrides={"mask_ratio": 0.0}, forward_kwargs=_identity_patch_order),
         BackboneFamily("deit", extra_prefix_tokens=lambda config: 1),
         BackboneFamily("beit"),
         BackboneFamily("ijepa", has_cls_token=False),
@@ -82,9 +80,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             interpolates_pos_encoding=False,
         ),
         BackboneFamily("clip_vision_model", final_norm="post_layernorm", apply_final_norm=True),
-        BackboneFamily(
-            "siglip_vision_model", has_cls_token=False, final_norm="post_layernorm", apply_final_norm=True
-        ),
+        BackboneFamily("siglip_vision_model", has_cls_token=False, final_norm="post_layernorm", apply_final_norm=True),
     ]
 }
 
@@ -198,7 +194,9 @@ class TokenReader:
 
         num_patches = grid[0] * grid[1]
         num_prefix = tokens.shape[1] - num_patches
-        if num_prefix < 0 or (self.config.model_type in FAMILIES and num_prefix != self.family.num_prefix_tokens(self.config)):
+        if num_prefix < 0 or (
+            self.config.model_type in FAMILIES and num_prefix != self.family.num_prefix_tokens(self.config)
+        ):
             raise ValueError(
                 f"{self.config.model_type!r} returned {tokens.shape[1]} tokens for a {grid[0]}x{grid[1]} patch "
                 f"grid; expected {self.family.num_prefix_tokens(self.config)} leading tokens before the patches."

@@ -93,7 +93,9 @@ OFFICIAL_POOLINGS: dict[str, OfficialPooling] = {
     "cls": OfficialPooling("linear", lambda args: {"features": "cls"}, {}),
     "pos": OfficialPooling("linear", lambda args: {"features": "gap"}, {}),
     "abmilp": OfficialPooling(
-        "abmilp", _abmilp_kwargs, {"self_attn.": "self_attention.", "attention_predictor.": "scorer."},
+        "abmilp",
+        _abmilp_kwargs,
+        {"self_attn.": "self_attention.", "attention_predictor.": "scorer."},
         dropped_keys=("pos_embed",),
     ),
     "simpool": OfficialPooling(
@@ -189,7 +191,16 @@ OFFICIAL_POOLINGS: dict[str, OfficialPooling] = {
     ),
 }
 
-OFFICIAL_ARGS = ("ep_queries", "d_out", "num_heads", "abmilp_sa", "abmilp_act", "abmilp_depth", "abmilp_cond", "abmilp_content")
+OFFICIAL_ARGS = (
+    "ep_queries",
+    "d_out",
+    "num_heads",
+    "abmilp_sa",
+    "abmilp_act",
+    "abmilp_depth",
+    "abmilp_cond",
+    "abmilp_content",
+)
 
 _NO_POOLING = {name for name, spec in OFFICIAL_POOLINGS.items() if spec.pooling == "linear"}
 

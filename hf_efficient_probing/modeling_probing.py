@@ -183,7 +183,10 @@ class ProbingPreTrainedModel(PreTrainedModel):
         else:
             name = getattr(backbone, "name_or_path", None) or None
         config = cls.config_class(
-            backbone_config=copy.deepcopy(backbone.config), backbone_name_or_path=name, backbone_revision=revision, **config_kwargs
+            backbone_config=copy.deepcopy(backbone.config),
+            backbone_name_or_path=name,
+            backbone_revision=revision,
+            **config_kwargs,
         )
         return cls(config, backbone=backbone)
 
@@ -276,7 +279,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
             backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
         if config.backbone_adapter:
             adapter_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
-            backbone = load_backbone_adapter(backbone, pretrained_model_name_or_path, config.backbone_adapter, **adapter_kwargs)
+            backbone = load_backbone_adapter(
+                backbone, pretrained_model_name_or_path, config.backbone_adapter, **adapter_kwargs
+            )
         model = cls(config, backbone=backbone)
         model.load_probe_state_dict(load_file(weights))
         return model.eval()
@@ -543,7 +548,9 @@ class AutoModelForEfficientProbing:
         if config is None:
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        return probe_class_for(config).from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        return probe_class_for(config).from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config, **kwargs
+        )
 
     @classmethod
     def from_backbone(cls, backbone, probe: str = "ep", **kwargs) -> ProbingPreTrainedModel:

@@ -14,7 +14,9 @@ from transformers import AutoConfig  # noqa: E402
 
 from hf_efficient_probing.backbones import FAMILIES, build_backbone  # noqa: E402
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+)
 FAMILY_EXTRAS = {
     "dinov2_with_registers": {"num_register_tokens": 2},
     "dinov3_vit": {"num_register_tokens": 2},

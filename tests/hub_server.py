@@ -180,7 +180,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return
             if action == "preupload":
                 files = json.loads(body)["files"]
-                listing = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
+                listing = [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                ]
                 return self.send(200, {"files": listing, "commitOid": repo.branches.get(revision)})
             if action == "commit":
                 return self.commit(repo_id, repo, revision, body)
@@ -197,7 +199,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         url = f"{self.server.endpoint}/{repo_id}"
         if not self.state.create(repo_id, private):  # the Hub names the existing repo in its 409 answer too
             message = "You already created this model repo"
-            return self.send(409, {"error": message, "url": url}, {"X-Error-Code": "RepoExists", "X-Error-Message": message})
+            return self.send(
+                409, {"error": message, "url": url}, {"X-Error-Code": "RepoExists", "X-Error-Message": message}
+            )
         self.send(200, {"url": url, "name": repo_id})
 
     def create_branch(self, repo: Repo, branch: str, request: dict):

@@ -23,8 +23,9 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(saved_backbone, tmp_p
     probe = tmp_path / "probe"
     model.save_pretrained(probe)
     before = {path.name: path.read_bytes() for path in probe.iterdir()}
-    result = subprocess.run([sys.executable, "-c", SAVE_WITH_A_FILE_SIZE_LIMIT, str(probe)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SAVE_WITH_A_FILE_SIZE_LIMIT, str(probe)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0 and "File too large" in result.stderr
     after = {path.name: path.read_bytes() for path in probe.iterdir() if not path.name.startswith(".saving-")}
     assert after == before

@@ -104,7 +104,14 @@ def test_attention_maps_command(tmp_path, saved_backbone):
     model.save_pretrained(tmp_path / "probe")
     random_image().save(tmp_path / "image.png")
     output = attention_maps.main(
-        ["--model", str(tmp_path / "probe"), "--image", str(tmp_path / "image.png"), "--output", str(tmp_path / "o.png")]
+        [
+            "--model",
+            str(tmp_path / "probe"),
+            "--image",
+            str(tmp_path / "image.png"),
+            "--output",
+            str(tmp_path / "o.png"),
+        ]
     )
     assert output == tmp_path / "o.png" and is_png(output)
 
@@ -138,7 +145,9 @@ def manual_logits(model, tokens, uniform_query=None):
     if uniform_query is not None:
         attention[:, uniform_query] = 1 / tokens.shape[1]
     blocks = pooling.value.weight.view(pooling.num_queries, -1, tokens.shape[-1])
-    pooled = torch.cat([torch.einsum("bn,bnd->bd", attention[:, j], tokens) @ blocks[j].T for j in range(pooling.num_queries)], dim=-1)
+    pooled = torch.cat(
+        [torch.einsum("bn,bnd->bd", attention[:, j], tokens) @ blocks[j].T for j in range(pooling.num_queries)], dim=-1
+    )
     return model.probe.classifier(model.probe.norm(pooled))
 
 
@@ -150,7 +159,10 @@ def test_query_contributions_match_the_formula():
             model(pixel_values=torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed)))
     model.eval()
     generator = torch.Generator().manual_seed(5)
-    batches = [(torch.randn(6, 3, 32, 32, generator=generator), torch.randint(0, 3, (6,), generator=generator)) for _ in range(2)]
+    batches = [
+        (torch.randn(6, 3, 32, 32, generator=generator), torch.randint(0, 3, (6,), generator=generator))
+        for _ in range(2)
+    ]
     analysis = query_contributions(model, batches)
 
     with torch.no_grad():
@@ -186,8 +198,16 @@ def test_query_analysis_command(tmp_path, saved_backbone):
         for index in range(3):
             random_image(seed=index + 10 * (label == "b")).save(tmp_path / "data" / label / f"{index}.png")
     paths = query_analysis.main(
-        ["--model", str(tmp_path / "probe"), "--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-         "--batch_size", "4"]
+        [
+            "--model",
+            str(tmp_path / "probe"),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--batch_size",
+            "4",
+        ]
     )
     with open(paths["csv"]) as file:
         rows = list(csv.DictReader(file))

@@ -78,7 +78,9 @@ def all_rows(cache: TokenCache) -> tuple[torch.Tensor, torch.Tensor]:
 
 def count_backbone_rows(backbone) -> list[int]:
     seen = []
-    backbone.register_forward_hook(lambda module, args, kwargs, output: seen.append(kwargs["pixel_values"].shape[0]), with_kwargs=True)
+    backbone.register_forward_hook(
+        lambda module, args, kwargs, output: seen.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
     return seen
 
 
@@ -172,7 +174,9 @@ def test_resume_after_sigkill_has_no_duplicated_or_missing_rows(tmp_path):
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    resumed = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), killed_root, batch_size=2, shard_size=3, progress=False)
+    resumed = extract_tokens(
+        backbone, reader, Images(), make_key(backbone, reader), killed_root, batch_size=2, shard_size=3, progress=False
+    )
     assert resumed.directory == directory
     assert sum(seen) == NUM_ROWS - done, "the complete shards are not extracted again"
     tokens, labels = all_rows(resumed)
@@ -197,7 +201,9 @@ def test_truncated_shard_is_detected_and_extracted_again(tmp_path):
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    rebuilt = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3, progress=False)
+    rebuilt = extract_tokens(
+        backbone, reader, Images(), make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3, progress=False
+    )
     assert sum(seen) == NUM_ROWS - 3, "everything from the bad shard on is re-extracted, the shard before it is kept"
     assert all_rows(rebuilt)[1].tolist() == list(range(NUM_ROWS))
     assert not [p for p in cache.directory.iterdir() if ".tmp-" in p.name]
@@ -210,7 +216,9 @@ def test_all_shards_present_but_not_marked_complete_needs_no_extraction(tmp_path
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    again = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, shard_size=3, progress=False)
+    again = extract_tokens(
+        backbone, reader, Images(), make_key(backbone, reader), tmp_path, shard_size=3, progress=False
+    )
     assert seen == [] and again.num_rows == NUM_ROWS
 
 
@@ -271,12 +279,24 @@ def test_probe_trained_on_cached_tokens_gives_the_same_logits_on_images(tmp_path
     backbone_path = saved_backbone("vit")
     model = hep.ViTForEfficientProbing.from_backbone(backbone_path, num_labels=NUM_ROWS, num_queries=4)
     cache = cache_tokens_for_model(
-        model, Images(), tmp_path / "cache", preprocessing="none", split="train", dataset_fingerprint="images-v1",
-        dtype="float32", progress=False,
+        model,
+        Images(),
+        tmp_path / "cache",
+        preprocessing="none",
+        split="train",
+        dataset_fingerprint="images-v1",
+        dtype="float32",
+        progress=False,
     )
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.1,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
     )
     before = model.probe.classifier.weight.clone()
     Trainer(model=model, args=args, train_dataset=cache.dataset()).train()

@@ -30,7 +30,6 @@ def test_knn_on_cached_features_equals_knn_on_live_features(tmp_path, features):
 
 def test_cls_features_need_a_cache_with_the_cls_token(tmp_path):
 
-
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [-1])
     cache = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, progress=False)

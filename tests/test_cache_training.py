@@ -13,11 +13,15 @@ from hf_efficient_probing.training.run import embedded_training_arguments, run_p
 
 def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
     cache_dir = tmp_path / "tokens"
-    data_args = DataArguments(shots_per_class=2, max_eval_samples=8, use_token_cache=True, token_cache_dir=str(cache_dir))
+    data_args = DataArguments(
+        shots_per_class=2, max_eval_samples=8, use_token_cache=True, token_cache_dir=str(cache_dir)
+    )
     probe_args = ProbeArguments(probe="ep", num_queries=4)
 
     def run(name):
-        args = embedded_training_arguments(str(tmp_path / name), num_train_epochs=2, per_device_train_batch_size=8, warmup_epochs=0)
+        args = embedded_training_arguments(
+            str(tmp_path / name), num_train_epochs=2, per_device_train_batch_size=8, warmup_epochs=0
+        )
         return run_probing(ModelArguments(), data_args, probe_args, args)
 
     metrics = run("first")

@@ -40,8 +40,9 @@ def test_impossible_ep_settings_fail_at_construction(kwargs, message):
 
 
 def test_feature_layers_widen_the_tokens_and_are_validated_against_the_width():
-    config = hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=64,
-                                        feature_layers=[1, 2])
+    config = hep.EfficientProbingConfig(
+        backbone_config=tiny_backbone_config("vit"), num_queries=64, feature_layers=[1, 2]
+    )
     assert config.token_width == 64
     with pytest.raises(StrictDataclassError, match="token width \\(32\\)"):
         hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=64)
@@ -55,9 +56,15 @@ def test_unknown_probe_kind():
 
 
 def test_json_round_trip(tmp_path):
-    config = hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("dinov2"), num_queries=8, d_out=2,
-                                        backbone_name_or_path="facebook/dinov2-small", backbone_revision="v1",
-                                        num_labels=3, feature_layers=[1, -1])
+    config = hep.EfficientProbingConfig(
+        backbone_config=tiny_backbone_config("dinov2"),
+        num_queries=8,
+        d_out=2,
+        backbone_name_or_path="facebook/dinov2-small",
+        backbone_revision="v1",
+        num_labels=3,
+        feature_layers=[1, -1],
+    )
     config.save_pretrained(tmp_path)
     loaded = hep.EfficientProbingConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
@@ -78,11 +85,29 @@ def test_fields_from_a_newer_version_warn(tmp_path):
 
 
 FIELD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 100), st.floats(allow_nan=True), st.text(max_size=8),
-    st.lists(st.integers(-5, 5), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 100),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-5, 5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
-FIELDS = ["num_queries", "d_out", "value_bias", "feature_layers", "token_selection", "apply_final_norm",
-          "freeze_backbone", "batch_norm_eps", "backbone_config", "num_labels", "id2label", "features", "whatever"]
+FIELDS = [
+    "num_queries",
+    "d_out",
+    "value_bias",
+    "feature_layers",
+    "token_selection",
+    "apply_final_norm",
+    "freeze_backbone",
+    "batch_norm_eps",
+    "backbone_config",
+    "num_labels",
+    "id2label",
+    "features",
+    "whatever",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -41,8 +41,14 @@ def test_ep_head_matches_official_logits(prefix):
     state_dict = official_ep_state_dict()
     tokens = torch.randn(5, 49, 64)
     head = load_official_head(
-        {prefix + k: v for k, v in state_dict.items()}, pooling="ep", hidden_size=64, num_labels=10,
-        ep_queries=8, d_out=2, num_heads=16, abmilp_sa="both",  # official args that do not apply are ignored
+        {prefix + k: v for k, v in state_dict.items()},
+        pooling="ep",
+        hidden_size=64,
+        num_labels=10,
+        ep_queries=8,
+        d_out=2,
+        num_heads=16,
+        abmilp_sa="both",  # official args that do not apply are ignored
     )
     assert isinstance(head, ProbeHead) and not head.training
     torch.testing.assert_close(head(tokens).logits, official_ep_logits(state_dict, tokens), rtol=1e-5, atol=1e-5)
@@ -75,7 +81,9 @@ def test_linear_head_matches_official_logits():
 
 def test_wrong_official_arguments_are_explained():
     with pytest.raises(ValueError, match="Check the official arguments"):
-        load_official_head(official_ep_state_dict(queries=8, d_out=2), pooling="ep", hidden_size=64, ep_queries=8, d_out=1)
+        load_official_head(
+            official_ep_state_dict(queries=8, d_out=2), pooling="ep", hidden_size=64, ep_queries=8, d_out=1
+        )
     with pytest.raises(ValueError, match="num_labels=7"):
         load_official_head(official_ep_state_dict(), pooling="ep", num_labels=7, ep_queries=8, d_out=2)
     with pytest.raises(ValueError, match="Unknown official pooling"):
@@ -99,11 +107,14 @@ def test_files_that_need_unpickling_code_are_refused(tmp_path, capsys):
 def test_conversion_command_writes_a_loadable_probe(tmp_path, saved_backbone):
     backbone = saved_backbone("vit")
     state_dict = official_ep_state_dict(dim=32, queries=4, d_out=1, classes=3)
-    torch.save({"state_dict": state_dict, "meta": {"cls_features": "ep", "ep_queries": 4, "d_out": 1}},
-               tmp_path / "ep_head.pth")
+    torch.save(
+        {"state_dict": state_dict, "meta": {"cls_features": "ep", "ep_queries": 4, "d_out": 1}},
+        tmp_path / "ep_head.pth",
+    )
     main([str(tmp_path / "ep_head.pth"), "--backbone", backbone, "--output", str(tmp_path / "probe")])
     model = AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe")
     images = torch.randn(2, 3, 32, 32)
     tokens = model.token_reader(model.backbone, images).tokens
-    torch.testing.assert_close(model(pixel_values=images).logits, official_ep_logits(state_dict, tokens),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model(pixel_values=images).logits, official_ep_logits(state_dict, tokens), rtol=1e-5, atol=1e-5
+    )

@@ -15,7 +15,7 @@ def naive_ep(tokens, queries, value_weight, value_bias=None):
     if value_bias is not None:
         values = values + value_bias
     group = values.shape[-1] // num_queries
-    outputs = [attn[:, j] .unsqueeze(1) @ values[..., j * group : (j + 1) * group] for j in range(num_queries)]
+    outputs = [attn[:, j].unsqueeze(1) @ values[..., j * group : (j + 1) * group] for j in range(num_queries)]
     return torch.cat(outputs, dim=-1).squeeze(1), attn
 
 

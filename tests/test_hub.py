@@ -138,7 +138,9 @@ def test_round_trip_push_clear_cache_load(local_hub):
         keys = list(checkpoint.keys())
     assert keys and all(key.startswith("probe.") for key in keys)
     backbone_weights = hf_hub_download(BACKBONE, "model.safetensors")
-    assert local_hub.cache.joinpath(weights).stat().st_size * 5 < local_hub.cache.joinpath(backbone_weights).stat().st_size
+    assert (
+        local_hub.cache.joinpath(weights).stat().st_size * 5 < local_hub.cache.joinpath(backbone_weights).stat().st_size
+    )
     config = json.loads(open(hf_hub_download(repo, "config.json")).read())
     assert config["backbone_name_or_path"] == BACKBONE
 
@@ -241,8 +243,17 @@ def test_training_run_is_published_with_its_results(local_hub, tmp_path):
     model = trained_probe()
     model.save_pretrained(output_dir)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(output_dir)
-    summary = {"dataset": "tester/tiny-shapes", "eval_accuracy": 0.625, "eval_top5_accuracy": 1.0, "best_epoch": 3,
-               "optimizer": "lars", "peak_learning_rate": 0.05, "effective_batch_size": 8, "epochs": 4, "seed": 0}
+    summary = {
+        "dataset": "tester/tiny-shapes",
+        "eval_accuracy": 0.625,
+        "eval_top5_accuracy": 1.0,
+        "best_epoch": 3,
+        "optimizer": "lars",
+        "peak_learning_rate": 0.05,
+        "effective_batch_size": 8,
+        "epochs": 4,
+        "seed": 0,
+    }
     (output_dir / "run_summary.json").write_text(json.dumps(summary))
     push_training_run(output_dir, "tester/run-probe", example_image=example_image(), private=True)
     data = ModelCard.load("tester/run-probe").data
@@ -262,9 +273,27 @@ def test_training_script_pushes_with_the_run_results(local_hub, tmp_path):
                 example_image().rotate(30 * index + 90 * (label == "b")).save(folder / f"{index}.png")
     run_probing = runpy.run_path(str(EXAMPLES / "run_probing.py"))["main"]
     run_probing(
-        ["--model_name_or_path", BACKBONE, "--dataset_name", str(tmp_path / "shapes"), "--output_dir", str(tmp_path / "out"),
-         "--probe", "ep", "--num_queries", "4", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-         "--push_to_hub", "--hub_model_id", "tester/trained", "--hub_private_repo", "true"]
+        [
+            "--model_name_or_path",
+            BACKBONE,
+            "--dataset_name",
+            str(tmp_path / "shapes"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--probe",
+            "ep",
+            "--num_queries",
+            "4",
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--push_to_hub",
+            "--hub_model_id",
+            "tester/trained",
+            "--hub_private_repo",
+            "true",
+        ]
     )
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     data = ModelCard.load("tester/trained").data
@@ -280,7 +309,9 @@ def test_examples_attach_publish_and_classify(local_hub, tmp_path):
     attach = runpy.run_path(str(EXAMPLES / "attach_probe.py"))["main"]
     attach(["--backbone", BACKBONE, "--num_labels", "3", "--image", str(tmp_path / "image.png"), "--push", "tester/ex"])
     classify = runpy.run_path(str(EXAMPLES / "classify_with_hub_probe.py"))["main"]
-    predictions = classify(["--model", "tester/ex", "--image", str(tmp_path / "image.png"), "--maps", str(tmp_path / "m.png")])
+    predictions = classify(
+        ["--model", "tester/ex", "--image", str(tmp_path / "image.png"), "--maps", str(tmp_path / "m.png")]
+    )
     assert len(predictions) == 3 and (tmp_path / "m.png").is_file()
 
 

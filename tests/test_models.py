@@ -79,8 +79,21 @@ def test_vit_mae_reads_every_patch_in_order_deterministically(images):
 def _vit_with_weights_of(mae_backbone):
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(**{k: getattr(mae_backbone.config, k) for k in ("hidden_size", "num_hidden_layers",
-        "num_attention_heads", "intermediate_size", "image_size", "patch_size", "layer_norm_eps", "qkv_bias")})
+    config = ViTConfig(
+        **{
+            k: getattr(mae_backbone.config, k)
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "image_size",
+                "patch_size",
+                "layer_norm_eps",
+                "qkv_bias",
+            )
+        }
+    )
     vit = ViTModel(config, add_pooling_layer=False).eval()
     mae_state = mae_backbone.state_dict()
     vit_state = vit.state_dict()
@@ -166,8 +179,9 @@ def test_full_round_trip(saved_backbone, tmp_path, images):
 
 
 def test_unnamed_backbone_is_saved_with_the_probe(tmp_path, images):
-    model = hep.ViTForEfficientProbing(hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"),
-                                                                   num_queries=4, num_labels=3)).eval()
+    model = hep.ViTForEfficientProbing(
+        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4, num_labels=3)
+    ).eval()
     model.save_pretrained(tmp_path / "p")
     loaded = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "p").eval()
     assert torch.equal(loaded(pixel_values=images).logits, model(pixel_values=images).logits)

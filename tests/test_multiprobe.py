@@ -22,14 +22,20 @@ def sweep(backbone) -> list[ProbeSpec]:
     """Probes that differ in kind, queries, d_out, layers, tokens read, learning rate and seed."""
     config = backbone.config
     return [
-        ProbeSpec("ep-m4", hep.EfficientProbingConfig(backbone_config=config, num_labels=4, num_queries=4), 1e-2, seed=1),
+        ProbeSpec(
+            "ep-m4", hep.EfficientProbingConfig(backbone_config=config, num_labels=4, num_queries=4), 1e-2, seed=1
+        ),
         ProbeSpec(
             "ep-m8-do2-l1",
-            hep.EfficientProbingConfig(backbone_config=config, num_labels=4, num_queries=8, d_out=2, feature_layers=[1]),
+            hep.EfficientProbingConfig(
+                backbone_config=config, num_labels=4, num_queries=8, d_out=2, feature_layers=[1]
+            ),
             3e-2,
             seed=2,
         ),
-        ProbeSpec("linear-cls", hep.LinearProbingConfig(backbone_config=config, num_labels=4, features="cls"), 1e-1, seed=3),
+        ProbeSpec(
+            "linear-cls", hep.LinearProbingConfig(backbone_config=config, num_labels=4, features="cls"), 1e-1, seed=3
+        ),
         ProbeSpec(
             "ep-m2-two-layers",
             hep.EfficientProbingConfig(backbone_config=config, num_labels=4, num_queries=2, feature_layers=[1, 2]),
@@ -123,10 +129,14 @@ def test_stream_with_the_other_final_norm_fails_clearly(setup):
     backbone, specs, cached, _ = setup
     normed = ProbeSpec("normed", copy.deepcopy(specs[0].config))
     normed.config.apply_final_norm = True  # the ViT family reads pre-norm tokens by default, as the cache holds
-    with pytest.raises(ValueError, match="after the backbone's final norm, but the CachedTokens stream holds them before"):
+    with pytest.raises(
+        ValueError, match="after the backbone's final norm, but the CachedTokens stream holds them before"
+    ):
         train_probes([normed], backbone, cached, epochs=1)
     live_normed = LiveTokens(backbone, LabelledImages(), [2], "patch", apply_final_norm=True)
-    with pytest.raises(ValueError, match="before the backbone's final norm, but the LiveTokens stream holds them after"):
+    with pytest.raises(
+        ValueError, match="before the backbone's final norm, but the LiveTokens stream holds them after"
+    ):
         train_probes(specs[:1], backbone, live_normed, epochs=1)
 
 

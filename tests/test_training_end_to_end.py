@@ -132,7 +132,9 @@ def test_knn_reads_the_token_cache(backbone_dir, image_folder, tmp_path):
                               "--token_cache_dir", str(cache)))  # fmt: skip
     live, cached = (json.loads((tmp_path / run / "knn_results.json").read_text()) for run in ("live", "cached"))
     assert [r["top1"] for r in cached["sweep"]] == pytest.approx([r["top1"] for r in live["sweep"]])
-    assert len(list(cache.glob("*/manifest.json"))) == 4  # train/validation tokens of the probe ([CLS]) and of k-NN (GAP)
+    assert (
+        len(list(cache.glob("*/manifest.json"))) == 4
+    )  # train/validation tokens of the probe ([CLS]) and of k-NN (GAP)
 
 
 def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_path):

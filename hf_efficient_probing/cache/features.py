@@ -29,7 +29,9 @@ def global_features(
     """
     if features not in GLOBAL_FEATURES:
         raise ValueError(f"k-NN features must be one of {GLOBAL_FEATURES}, got {features!r}.")
-    dataset = TokenCacheDataset(cache, feature_layers=feature_layers, token_selection="all" if features == "cls" else "patch")
+    dataset = TokenCacheDataset(
+        cache, feature_layers=feature_layers, token_selection="all" if features == "cls" else "patch"
+    )
     rows = []
     for batch in DataLoader(dataset, batch_size=batch_size):
         tokens = batch["tokens"].float()

@@ -21,7 +21,14 @@ from ..backbones import TokenReader
 CACHE_FORMAT_VERSION = 1
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Fields of a config dict that describe where it came from, not what it computes.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "_name_or_path", "name_or_path", "dtype", "torch_dtype"}
+_VOLATILE_CONFIG_KEYS = {
+    "transformers_version",
+    "architectures",
+    "_name_or_path",
+    "name_or_path",
+    "dtype",
+    "torch_dtype",
+}
 
 
 def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -60,7 +67,9 @@ def normalize_layers(layers, num_hidden_layers: int) -> tuple[int, ...]:
     out = []
     for layer in layers:
         if not -count <= layer < count:
-            raise ValueError(f"Layer {layer} out of range: hidden states go from 0 to {num_hidden_layers} (or -{count} to -1).")
+            raise ValueError(
+                f"Layer {layer} out of range: hidden states go from 0 to {num_hidden_layers} (or -{count} to -1)."
+            )
         out.append(layer % count)
     return tuple(out)
 

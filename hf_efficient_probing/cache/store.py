@@ -296,7 +296,9 @@ def extract_tokens(
                 if index < len(trusted):
                     continue
                 rows = range(start, min(start + shard_size, num_rows))
-                loader = DataLoader(Subset(dataset, rows), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+                loader = DataLoader(
+                    Subset(dataset, rows), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+                )
                 token_batches, label_batches = [], []
                 for pixel_values, labels in loader:
                     read = reader(backbone, pixel_values.to(device))

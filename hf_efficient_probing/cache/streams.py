@@ -62,7 +62,10 @@ class LiveTokens:
         self.reader = TokenReader(backbone.config, feature_layers, token_selection, apply_final_norm)
         num_layers = self.reader.config.num_hidden_layers
         self.layout = TokenLayout(
-            normalize_layers(feature_layers, num_layers), self.reader.config.hidden_size, int(token_selection == "all"), num_layers
+            normalize_layers(feature_layers, num_layers),
+            self.reader.config.hidden_size,
+            int(token_selection == "all"),
+            num_layers,
         )
         self.num_workers = num_workers
         self.collate = collate_images(image_key, label_key)
@@ -78,4 +81,3 @@ class LiveTokens:
         device = next(self.backbone.parameters()).device
         for pixel_values, labels in loader:
             yield self.reader(self.backbone, pixel_values.to(device)).tokens, labels
-

@@ -52,7 +52,9 @@ def count_attention_maps(model: ProbingPreTrainedModel) -> int | None:
     size = (size, size) if isinstance(size, int) else tuple(size)
     rows, columns = patch_grid(model.token_reader.config, torch.empty(0, 3, *size))
     num_prefix = int(model.config.reads_cls_token)
-    tokens = torch.zeros(1, num_prefix + rows * columns, model.config.token_width, device=model.device, dtype=model.dtype)
+    tokens = torch.zeros(
+        1, num_prefix + rows * columns, model.config.token_width, device=model.device, dtype=model.dtype
+    )
     was_training = pooling.training
     attentions = pooling.eval()(tokens, num_prefix_tokens=num_prefix, grid_size=(rows, columns)).attentions
     pooling.train(was_training)
@@ -119,7 +121,9 @@ def plot_attention_maps(
 
 
 @torch.no_grad()
-def probe_attention_maps(model: ProbingPreTrainedModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_attention_maps(
+    model: ProbingPreTrainedModel, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, num_labels]`` and attention maps ``[B, Q, rows, columns]`` of a probe on a batch of images."""
     outputs = model(pixel_values=pixel_values, output_attentions=True)
     if outputs.probe_attentions is None:
@@ -148,7 +152,10 @@ def save_attention_maps(
     label = int(logits[0].argmax())
     prediction = model.config.id2label.get(label, str(label))
     figure = plot_attention_maps(
-        unnormalize(pixel_values[0], image_processor), maps[0].cpu(), columns=columns, unit=attention_unit(model.probe.pooling),
+        unnormalize(pixel_values[0], image_processor),
+        maps[0].cpu(),
+        columns=columns,
+        unit=attention_unit(model.probe.pooling),
         title=f"{model.config.pooling_name} probe, prediction: {prediction}",
     )
     output = Path(output)

@@ -58,7 +58,9 @@ class ProbeCardInfo:
 
     def __post_init__(self):
         if (self.top1 is not None or self.top5 is not None) and not self.dataset:
-            raise ValueError("Results (top1/top5) need the data set they were measured on: set `dataset` to its Hub id.")
+            raise ValueError(
+                "Results (top1/top5) need the data set they were measured on: set `dataset` to its Hub id."
+            )
         for name in ("top1", "top5"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 100:
@@ -94,7 +96,9 @@ def is_hub_id(name: str | None) -> bool:
     return bool(name) and not os.path.exists(name) and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
 
 
-def backbone_license(name_or_path: str | None, revision: str | None = None, token: str | bool | None = None) -> str | None:
+def backbone_license(
+    name_or_path: str | None, revision: str | None = None, token: str | bool | None = None
+) -> str | None:
     """The ``license`` of the backbone's model card, or ``None`` when there is no card or it states none."""
     if not name_or_path:
         return None

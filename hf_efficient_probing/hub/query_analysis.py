@@ -137,8 +137,12 @@ def contribution_plot(analysis: QueryAnalysis) -> Figure:
     axis = figure.subplots()
     axis.scatter([r.entropy for r in rows], [r.accuracy_drop for r in rows])
     for row in rows:
-        axis.annotate(str(row.query), (row.entropy, row.accuracy_drop), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axis.axvline(float(torch.tensor(float(analysis.num_tokens)).log()), linestyle="--", color="gray", label="uniform (log N)")
+        axis.annotate(
+            str(row.query), (row.entropy, row.accuracy_drop), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    axis.axvline(
+        float(torch.tensor(float(analysis.num_tokens)).log()), linestyle="--", color="gray", label="uniform (log N)"
+    )
     axis.legend(fontsize=8)
     axis.set_xlabel("attention entropy (nats)")
     axis.set_ylabel("top-1 drop with uniform attention (points)")
