@@ -26,7 +26,7 @@ from hf_efficient_probing.cache import (
     extract_tokens,
     weights_fingerprint,
 )
-from hf_efficient_probing.cache.store import MANIFEST_NAME, exclusive_lock
+from hf_efficient_probing.cache.store import MANIFEST_NAME, RANK_RECORDS_PATTERN, exclusive_lock
 
 NUM_ROWS = 10
 
@@ -153,8 +153,8 @@ def test_resume_after_sigkill_has_no_duplicated_or_missing_rows(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            manifests = list(killed_root.glob(f"*/{MANIFEST_NAME}"))
-            if manifests and len(json.loads(manifests[0].read_text())["shards"]) >= 2:
+            records = list(killed_root.glob(f"*/{RANK_RECORDS_PATTERN.format(0)}"))
+            if records and len(json.loads(records[0].read_text())["shards"]) >= 2:
                 break
             assert child.poll() is None, "the extraction ended before it could be killed"
             time.sleep(0.05)
@@ -164,13 +164,12 @@ def test_resume_after_sigkill_has_no_duplicated_or_missing_rows(tmp_path):
     finally:
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    directory = manifests[0].parent
-    manifest = json.loads(manifests[0].read_text())
-    assert not manifest["complete"]
-    with pytest.raises(RuntimeError, match="incomplete"):
+    directory = records[0].parent
+    assert not (directory / MANIFEST_NAME).exists()
+    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
         TokenCache(directory)
 
-    done = sum(shard["rows"] for shard in manifest["shards"])
+    done = sum(shard["rows"] for shard in json.loads(records[0].read_text())["shards"])
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
@@ -204,7 +203,7 @@ def test_truncated_shard_is_detected_and_extracted_again(tmp_path):
     rebuilt = extract_tokens(
         backbone, reader, Images(), make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3, progress=False
     )
-    assert sum(seen) == NUM_ROWS - 3, "everything from the bad shard on is re-extracted, the shard before it is kept"
+    assert sum(seen) == 3, "only the bad shard is extracted again, every shard that verifies is kept"
     assert all_rows(rebuilt)[1].tolist() == list(range(NUM_ROWS))
     assert not [p for p in cache.directory.iterdir() if ".tmp-" in p.name]
 

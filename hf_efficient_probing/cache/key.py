@@ -1,8 +1,8 @@
 """What names a token cache: every input that changes the tokens, hashed into one fingerprint.
 
-Two extractions give the same tokens only if they run the same backbone weights, read the same layers with the same
-token selection and final-norm choice, store them in the same dtype, and see the same images after the same
-preprocessing. :class:`TokenCacheKey` records exactly these inputs; its fingerprint names the cache directory, so a
+Two extractions give the same tokens only if they run the same backbone weights at the same compute precision, read
+the same layers with the same token selection and final-norm choice, store them in the same dtype, and see the same
+images after the same preprocessing. :class:`TokenCacheKey` records exactly these inputs; its fingerprint names the cache directory, so a
 second run with the same inputs reuses the cache and a change in any of them builds a new one.
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..backbones import TokenReader
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the compute precision is part of the key
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Fields of a config dict that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = {
@@ -38,6 +38,33 @@ def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"Token caches store float16, bfloat16 or float32 tokens, got {dtype!r}.")
     return _DTYPES[dtype]
+
+
+def bfloat16_is_native(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bfloat16 matrix products in hardware: any CUDA GPU with bf16, or a CPU whose oneDNN
+    reports bf16 support (AVX512-BF16 or AMX). Elsewhere bf16 autocast is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def resolve_compute_dtype(compute_dtype: str, device: torch.device | str) -> str:
+    """``"bfloat16"`` or ``"float32"``: the precision the frozen backbone runs at on ``device``.
+
+    ``"auto"`` is bfloat16 autocast where the hardware has it (CUDA, CPUs with AVX512-BF16/AMX) and float32
+    elsewhere; ``"float32"`` runs the backbone as loaded (no autocast).
+    """
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"The backbone's compute dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}.")
+    if compute_dtype == "auto":
+        return "bfloat16" if bfloat16_is_native(device) else "float32"
+    return compute_dtype
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -112,6 +139,7 @@ class TokenCacheKey:
     token_selection: str
     apply_final_norm: bool
     dtype: str
+    compute_dtype: str
     preprocessing: str
     dataset: str
     split: str
@@ -127,18 +155,21 @@ class TokenCacheKey:
         dataset: str,
         split: str,
         dtype: str | torch.dtype = "float16",
+        compute_dtype: str = "auto",
         backbone_name_or_path: str | None = None,
         backbone_revision: str | None = None,
     ) -> TokenCacheKey:
+        """``compute_dtype`` is resolved on the backbone's device (``"auto"`` becomes bfloat16 or float32)."""
         config = {k: v for k, v in reader.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-        compute_dtype = next(backbone.parameters()).dtype
+        parameter = next(backbone.parameters())
         return cls(
-            backbone=backbone_identity(backbone, backbone_name_or_path, backbone_revision) + f"|{compute_dtype}",
+            backbone=backbone_identity(backbone, backbone_name_or_path, backbone_revision) + f"|{parameter.dtype}",
             backbone_config=json.dumps(config, sort_keys=True, default=str),
             feature_layers=normalize_layers(reader.feature_layers, reader.config.num_hidden_layers),
             token_selection=reader.token_selection,
             apply_final_norm=bool(reader.apply_final_norm),
             dtype=str(storage_dtype(dtype)).removeprefix("torch."),
+            compute_dtype=resolve_compute_dtype(compute_dtype, parameter.device),
             preprocessing=preprocessing,
             dataset=dataset,
             split=split,

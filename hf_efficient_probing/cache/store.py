@@ -21,29 +21,35 @@ evaluations do.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..backbones import TokenReader
 from .key import TokenCacheKey, normalize_layers, storage_dtype
 from .key import dataset_fingerprint as fingerprint_of_dataset
 from .layout import TokenLayout
+from .location import default_cache_root
 
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".lock"
+LOCK_PATTERN = ".lock-rank{:03d}"
+RANK_RECORDS_PATTERN = "shards-rank{:03d}.json"  # the shards one rank has written, until the manifest lists them all
+RANK_RECORDS_GLOB = "shards-rank*.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
 
 
@@ -84,17 +90,20 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
 
 
 @contextmanager
-def exclusive_lock(directory: Path) -> Iterator[None]:
-    """One extraction per cache directory at a time; a second one fails at once instead of interleaving shards."""
-    with open(directory / LOCK_NAME, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"Another process is extracting into {directory}; wait for it to finish.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def exclusive_lock(directory: Path, rank: int = 0) -> Iterator[None]:
+    """One extraction per cache directory and rank at a time: a second one fails at once instead of interleaving
+    shards. ``filelock`` works on every platform (the POSIX-only ``fcntl`` did not)."""
+    lock = filelock.FileLock(directory / LOCK_PATTERN.format(rank))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RuntimeError(
+            f"Another process is extracting into {directory} as rank {rank}; wait for it to finish."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,144 +220,343 @@ def collate_images(image_key: str, label_key: str):
     return collate
 
 
-def _trusted_prefix(directory: Path, manifest: dict) -> list[dict]:
-    """The listed shards that verify (size and hash), up to the first that does not."""
-    trusted = []
-    for record in manifest.get("shards", []):
+def process_slot() -> tuple[int, int]:
+    """``(rank, world size)`` of this process among those extracting together.
+
+    Under ``accelerate launch``/``torchrun`` (``WORLD_SIZE`` > 1) accelerate's ``PartialState`` joins, or reuses,
+    the process group, so a caller simply calls the extraction on every rank; a plain process is ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def _wait_for_everyone(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def default_num_workers(device: torch.device) -> int:
+    """DataLoader workers for decoding and transforms: this process's share of the cores it may run on.
+
+    On a GPU the workers keep the device fed; on a CPU the backbone's own threads need the cores, so one worker
+    overlaps decoding with compute and more would only take cores from the matrix products."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if device.type == "cpu":
+        return 1 if share > 1 else 0
+    return min(8, share)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _listed_records(directory: Path, key_dict: dict, num_rows: int) -> dict[int, dict]:
+    """Every shard some rank (or an earlier manifest) lists for this key, by shard index."""
+    records = {}
+    shard_size = None
+    for path in [directory / MANIFEST_NAME, *sorted(directory.glob(RANK_RECORDS_GLOB))]:
+        listing = _read_json(path)
+        if listing.get("key") != key_dict or listing.get("num_rows") != num_rows:
+            continue  # another extraction's leftovers under this name
+        shard_size = shard_size or listing["shard_size"]
+        if listing["shard_size"] != shard_size:
+            continue
+        for record in listing.get("shards", []):
+            records[record["start"] // listing["shard_size"]] = {**record, "shard_size": listing["shard_size"]}
+    return records
+
+
+def _remove_files_of_shard(directory: Path, index: int) -> None:
+    name = SHARD_PATTERN.format(index)
+    (directory / name).unlink(missing_ok=True)
+    for leftover in directory.glob(f".{name}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def check_free_space(directory: Path, needed_bytes: int) -> None:
+    """Stop before extracting when the cache will not fit on its disk."""
+    free = shutil.disk_usage(directory).free
+    if needed_bytes > free:
+        raise OSError(
+            f"The token cache needs {needed_bytes / 1e9:.2f} GB more, but {directory} has {free / 1e9:.2f} GB free. "
+            "Free disk space, choose another --token_cache_dir (or HF_PROBING_TOKEN_CACHE), store float16 instead of "
+            "float32, or cache fewer layers (python -m hf_efficient_probing.cache.plan estimates each choice)."
+        )
+
+
+class ShardWriter:
+    """Writes one rank's shards in a background thread while the next batches compute.
+
+    A shard becomes durable exactly as before: written to a temporary file, fsynced, renamed into place, and only then
+    listed in this rank's record file (itself replaced atomically). At most one shard waits to be written, so memory
+    holds at most two shards' tokens."""
+
+    def __init__(self, directory: Path, rank: int, listing: dict):
+        self.directory, self.path, self.listing = directory, directory / RANK_RECORDS_PATTERN.format(rank), listing
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-cache-writer")
+        self.pending = None
+        self.save_listing()
+
+    def save_listing(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.listing, indent=1).encode())
+
+    def submit(self, index: int, start: int, tokens: torch.Tensor, labels: torch.Tensor, layout: dict) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self._write, index, start, tokens, labels, layout)
+
+    def _write(self, index: int, start: int, tokens: torch.Tensor, labels: torch.Tensor, layout: dict) -> None:
+        data = save_safetensors({"tokens": tokens.contiguous(), "labels": labels})
+        name = SHARD_PATTERN.format(index)
+        atomic_write_bytes(self.directory / name, data)
+        record = ShardRecord(name, start, len(labels), len(data), hashlib.sha256(data).hexdigest())
+        self.listing["shards"].append(record.__dict__)
+        self.listing.update(layout)
+        self.save_listing()
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # re-raises a failed write here, in the extracting thread
+            self.pending = None
+
+    def close(self) -> None:
         try:
-            check_shard(directory, ShardRecord(**record))
-        except CorruptCacheError:
-            break
-        trusted.append(record)
-    return trusted
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
-def _remove_untrusted_files(directory: Path, trusted: list[dict]) -> None:
-    """Delete temporary files and shards the manifest does not vouch for (a write a kill interrupted)."""
-    keep = {record["file"] for record in trusted}
-    for path in directory.iterdir():
-        interrupted_write = path.name.startswith(".") and ".tmp-" in path.name
-        if interrupted_write or (path.suffix == ".safetensors" and path.name not in keep):
-            path.unlink(missing_ok=True)
-
-
-@torch.no_grad()
 def extract_tokens(
     backbone: nn.Module,
     reader: TokenReader,
     dataset: Dataset,
     key: TokenCacheKey,
-    cache_root: str | os.PathLike,
+    cache_root: str | os.PathLike | None = None,
     *,
     batch_size: int = 32,
     shard_size: int = 256,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     image_key: str = "pixel_values",
     label_key: str = "labels",
     progress: bool = True,
+    poll_seconds: float = 0.5,
 ) -> TokenCache:
     """Run the frozen backbone once over ``dataset`` and store its tokens in ``<cache_root>/<key.fingerprint>``.
 
-    A complete cache with the same key is reused as is. An incomplete one (an earlier run was killed) resumes after
-    its last shard that verifies; anything after it is deleted and extracted again. ``dataset`` yields dicts with
-    ``image_key`` (a preprocessed ``[3, H, W]`` tensor) and ``label_key`` (an int), in a fixed order.
+    Call it on every process of a distributed run (``accelerate launch``, several nodes on a shared file system):
+    rank ``r`` of ``W`` extracts shards ``r, r + W, ...`` into the same directory and lists them in its own record
+    file; once every shard is listed, the main process verifies the sizes and writes the one manifest, and every
+    rank returns the same complete cache. A complete cache with the same key is reused as is. After a kill, each
+    rank keeps the shards that verify (size and SHA-256), deletes the rest and extracts them again, whichever
+    number of processes the rerun has. The backbone runs under ``torch.inference_mode`` and, when
+    ``key.compute_dtype`` is bfloat16, under bfloat16 autocast. ``dataset`` yields dicts with ``image_key`` (a
+    preprocessed ``[3, H, W]`` tensor) and ``label_key`` (an int), in a fixed order.
+
+    The returned cache carries ``extraction_report``: ``images`` extracted by this run (all ranks), ``seconds``,
+    ``images_per_second`` (all ranks together), ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
 
     Args:
         backbone: the frozen backbone (run in eval mode, without gradients).
         reader: the :class:`~hf_efficient_probing.backbones.TokenReader` deciding layers, tokens and final norm.
-        key: the cache key (:meth:`TokenCacheKey.from_reader`); its layers and dtype are what is stored.
+        key: the cache key (:meth:`TokenCacheKey.from_reader`); its layers and dtypes are what is computed and stored.
+        cache_root: where caches live; by default :func:`~hf_efficient_probing.cache.listing.default_cache_root`.
         shard_size: rows per shard: the unit of resumption, and of what a kill can cost.
+        num_workers: DataLoader workers decoding and transforming images (default: from the available cores).
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}.")
     if tuple(normalize_layers(reader.feature_layers, reader.config.num_hidden_layers)) != tuple(key.feature_layers):
         raise ValueError(f"The reader reads layers {reader.feature_layers}, the key says {list(key.feature_layers)}.")
-    directory = Path(cache_root) / key.fingerprint
+    directory = Path(cache_root if cache_root is not None else default_cache_root()) / key.fingerprint
     manifest_path = directory / MANIFEST_NAME
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()).get("complete"):
-        return TokenCache(directory)
-
-    directory.mkdir(parents=True, exist_ok=True)
+    key_dict = json.loads(json.dumps(key.to_dict()))  # as the manifest stores it (tuples become lists)
     num_rows = len(dataset)
+    rank, world_size = process_slot()
+    report = {"compute_dtype": key.compute_dtype, "storage_dtype": key.dtype, "processes": world_size}
+    if _complete_manifest(manifest_path, key_dict):
+        reused = {"images": 0, "seconds": 0.0, "images_per_second": None, "reused": True}
+        return _with_report(TokenCache(directory), {**report, **reused})
     if num_rows == 0:
         raise ValueError("Cannot cache an empty data set split.")
-    dtype = storage_dtype(key.dtype)
-    with exclusive_lock(directory):
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        key_dict = json.loads(json.dumps(key.to_dict()))  # as the manifest stores it (tuples become lists)
-        if manifest and (manifest.get("key") != key_dict or manifest.get("num_rows") != num_rows):
-            manifest = {}  # another extraction's leftovers under this name: start over
-        if manifest.get("shard_size", shard_size) != shard_size:
-            shard_size = manifest["shard_size"]  # resume with the layout already on disk
-        trusted = _trusted_prefix(directory, manifest)
-        _remove_untrusted_files(directory, trusted)
-        manifest = {**manifest, "key": key_dict, "num_rows": num_rows, "shard_size": shard_size}
-        manifest.update(shards=trusted, complete=False)
 
-        backbone_mode = backbone.training
-        backbone.eval()
-        done = sum(record["rows"] for record in trusted)
-        collate = collate_images(image_key, label_key)
-        bar = tqdm(total=num_rows, initial=done, unit="img", desc="Caching tokens", disable=not progress)
-        device = next(backbone.parameters()).device
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = storage_dtype(key.dtype)
+    device = next(backbone.parameters()).device
+    started = time.perf_counter()
+    with exclusive_lock(directory, rank):
+        listed = _listed_records(directory, key_dict, num_rows)
+        shard_size = next(iter(listed.values()))["shard_size"] if listed else shard_size  # the layout on disk
+        num_shards = -(-num_rows // shard_size)
+        mine = range(rank, num_shards, world_size)
+        trusted = {index: listed[index] for index in mine if index in listed and _verifies(directory, listed[index])}
+        todo = [index for index in mine if index not in trusted]
+        for index in todo:
+            _remove_files_of_shard(directory, index)
+        layout = {k: v for k, v in next(iter(trusted.values()), {}).items() if k in _LAYOUT_FIELDS}
+        listing = {"key": key_dict, "num_rows": num_rows, "shard_size": shard_size, **layout}
+        listing["shards"] = [ShardRecord(**_shard_fields(trusted[i])).__dict__ for i in sorted(trusted)]
+        writer = ShardWriter(directory, rank, listing)
+        missing_rows = sum(min(shard_size, num_rows - i * shard_size) for i in range(num_shards) if i not in listed)
+        _wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
         try:
-            for index, start in enumerate(range(0, num_rows, shard_size)):
-                if index < len(trusted):
+            extracted = _extract_shards(
+                backbone, reader, dataset, todo, shard_size, num_rows, writer, dtype, key.compute_dtype, device,
+                batch_size=batch_size,
+                num_workers=default_num_workers(device) if num_workers is None else num_workers,
+                collate=collate_images(image_key, label_key),
+                missing_rows=missing_rows,
+                progress=progress and rank == 0,
+            )  # fmt: skip
+        finally:
+            writer.close()
+        seconds = time.perf_counter() - started
+        writer.listing["run"] = {"images": extracted, "seconds": seconds}
+        writer.save_listing()
+        if rank == 0:
+            _merge_manifest(directory, key_dict, num_rows, shard_size, num_shards, world_size, poll_seconds)
+    while not _complete_manifest(manifest_path, key_dict):
+        time.sleep(poll_seconds)  # the main process merges once every rank has listed its shards
+    cache = TokenCache(directory)
+    return _with_report(cache, {**report, **cache.manifest["extraction"], "reused": False})
+
+
+_LAYOUT_FIELDS = ("hidden_size", "num_prefix_tokens", "grid_size", "token_shape")
+
+
+def _shard_fields(record: dict) -> dict:
+    return {name: record[name] for name in ("file", "start", "rows", "bytes", "sha256")}
+
+
+def _verifies(directory: Path, record: dict) -> bool:
+    try:
+        check_shard(directory, ShardRecord(**_shard_fields(record)))
+    except CorruptCacheError:
+        return False
+    return True
+
+
+def _complete_manifest(manifest_path: Path, key_dict: dict) -> bool:
+    manifest = _read_json(manifest_path)
+    return bool(manifest.get("complete")) and manifest.get("key") == key_dict
+
+
+def _with_report(cache: TokenCache, report: dict) -> TokenCache:
+    cache.extraction_report = report
+    return cache
+
+
+def _extract_shards(
+    backbone, reader, dataset, shards, shard_size, num_rows, writer, dtype, compute_dtype, device, *, batch_size,
+    num_workers, collate, missing_rows, progress,
+) -> int:  # fmt: skip
+    """Extract ``shards`` (indices) with one DataLoader over all their rows; returns the rows extracted."""
+    bounds = {index: range(index * shard_size, min((index + 1) * shard_size, num_rows)) for index in shards}
+    batches = [list(rows[i : i + batch_size]) for rows in bounds.values() for i in range(0, len(rows), batch_size)]
+    if not batches:
+        return 0
+    cuda = device.type == "cuda"
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate, pin_memory=cuda)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
+    backbone_mode = backbone.training
+    backbone.eval()
+    bar = tqdm(total=sum(map(len, bounds.values())), unit="img", desc="Caching tokens", disable=not progress)
+    order = iter(bounds.items())
+    index, rows = next(order)
+    token_batches, label_batches, filled = [], [], 0
+    token_shape, token_shape_on_disk = None, writer.listing.get("token_shape")
+    try:
+        with torch.inference_mode(), autocast:
+            for pixel_values, labels in loader:
+                read = reader(backbone, pixel_values.to(device, non_blocking=cuda))
+                token_batches.append(read.tokens.to("cpu", dtype))
+                label_batches.append(labels)
+                filled += len(labels)
+                bar.update(len(labels))
+                if filled < len(rows):
                     continue
-                rows = range(start, min(start + shard_size, num_rows))
-                loader = DataLoader(
-                    Subset(dataset, rows), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
-                )
-                token_batches, label_batches = [], []
-                for pixel_values, labels in loader:
-                    read = reader(backbone, pixel_values.to(device))
-                    token_batches.append(read.tokens.to("cpu", dtype))
-                    label_batches.append(labels)
-                    bar.update(len(labels))
-                tokens, labels = torch.cat(token_batches), torch.cat(label_batches)
-                if manifest.get("token_shape", list(tokens.shape[1:])) != list(tokens.shape[1:]):
+                tokens = torch.cat(token_batches)
+                if token_shape is None:  # the first shard of this run: will the rest fit?
+                    check_free_space(writer.directory, missing_rows * tokens[0].numel() * tokens.element_size())
+                    token_shape = token_shape_on_disk or list(tokens.shape[1:])
+                if list(tokens.shape[1:]) != token_shape:
                     raise ValueError(
-                        f"Rows {start}-{rows[-1]} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
-                        f"{manifest['token_shape']}: every image must reach the backbone at the same size (use the "
+                        f"Rows {rows[0]}-{rows[-1]} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
+                        f"{token_shape}: every image must reach the backbone at the same size (use the "
                         "deterministic eval transform, which resizes and crops)."
                     )
-                data = save_safetensors({"tokens": tokens.contiguous(), "labels": labels})
-                name = SHARD_PATTERN.format(index)
-                atomic_write_bytes(directory / name, data)
-                record = ShardRecord(name, start, len(rows), len(data), hashlib.sha256(data).hexdigest())
-                manifest["shards"].append(record.__dict__)
-                manifest.update(
+                layout = dict(
                     hidden_size=reader.config.hidden_size,
                     num_prefix_tokens=read.num_prefix_tokens,
                     grid_size=list(read.grid_size),
                     token_shape=list(tokens.shape[1:]),
                 )
-                manifest["complete"] = start + len(rows) == num_rows
-                atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-            if not manifest["complete"]:  # every shard was already there, only the flag was not
-                manifest["complete"] = True
-                atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-        finally:
-            bar.close()
-            backbone.train(backbone_mode)
-    return TokenCache(directory)
+                writer.submit(index, rows[0], tokens, torch.cat(label_batches), layout)
+                token_batches, label_batches, filled = [], [], 0
+                index, rows = next(order, (None, None))
+    finally:
+        bar.close()
+        backbone.train(backbone_mode)
+    return sum(map(len, bounds.values()))
+
+
+def _merge_manifest(directory, key_dict, num_rows, shard_size, num_shards, world_size, poll_seconds) -> None:
+    """The main process: wait until every shard is listed, check the files, write the one manifest."""
+    while True:
+        listed = _listed_records(directory, key_dict, num_rows)
+        if len(listed) == num_shards:
+            break
+        if world_size == 1:
+            raise RuntimeError(f"Shards {sorted(set(range(num_shards)) - set(listed))} were not written.")
+        time.sleep(poll_seconds)
+    runs = [_read_json(directory / RANK_RECORDS_PATTERN.format(rank)).get("run", {}) for rank in range(world_size)]
+    images = sum(run.get("images", 0) for run in runs)
+    seconds = max(run.get("seconds", 0.0) for run in runs)
+    records = [_shard_fields(listed[index]) for index in range(num_shards)]
+    for record in records:
+        check_shard_size(directory, ShardRecord(**record))
+    layout = next(
+        {k: listing[k] for k in _LAYOUT_FIELDS}
+        for listing in map(_read_json, [directory / MANIFEST_NAME, *directory.glob(RANK_RECORDS_GLOB)])
+        if all(k in listing for k in _LAYOUT_FIELDS) and listing.get("key") == key_dict
+    )
+    manifest = {
+        "key": key_dict, "num_rows": num_rows, "shard_size": shard_size, **layout, "shards": records,
+        "complete": True,
+        "extraction": {"images": images, "seconds": round(seconds, 3),
+                       "images_per_second": round(images / seconds, 2) if seconds and images else None},
+    }  # fmt: skip
+    atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    keep = {record["file"] for record in records} | {MANIFEST_NAME}
+    for path in directory.iterdir():
+        leftover = path.match(RANK_RECORDS_GLOB) or (path.name.startswith(".") and ".tmp-" in path.name)
+        if leftover or (path.suffix == ".safetensors" and path.name not in keep):
+            path.unlink(missing_ok=True)
 
 
 def cache_tokens_for_model(
     model,
     dataset: Dataset,
-    cache_root: str | os.PathLike,
+    cache_root: str | os.PathLike | None = None,
     *,
     preprocessing: str,
     split: str,
     dataset_fingerprint: str | None = None,
     dtype: str | torch.dtype = "float16",
+    compute_dtype: str = "auto",
     feature_layers=None,
     token_selection: str | None = None,
     **kwargs,
 ) -> TokenCache:
     """:func:`extract_tokens` for a probing model: its backbone, its token reader (or other layers/tokens of the same
-    backbone) and the backbone id/revision its config names."""
+    backbone) and the backbone id/revision its config names. Call it on every process of a distributed run."""
     config = model.config
     reader = model.token_reader
     if feature_layers is not None or token_selection is not None:
@@ -365,6 +573,7 @@ def cache_tokens_for_model(
         dataset=dataset_fingerprint or fingerprint_of_dataset(dataset),
         split=split,
         dtype=dtype,
+        compute_dtype=compute_dtype,
         backbone_name_or_path=config.backbone_name_or_path,
         backbone_revision=config.backbone_revision,
     )
