@@ -77,7 +77,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="probe initialisation and batch order")
     parser.add_argument("--use_token_cache", action="store_true", help="extract the tokens once, train from disk")
-    parser.add_argument("--token_cache_dir", default="token-cache")
+    parser.add_argument("--token_cache_dir", default=None, help="default: $HF_HOME/hf_efficient_probing/token-cache")
     parser.add_argument("--knn_features", nargs="*", default=[], help="with the cache: k-NN of cls and/or gap features")
     args = parser.parse_args(argv)
 

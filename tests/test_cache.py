@@ -61,13 +61,16 @@ def make_key(backbone, reader, **overrides) -> TokenCacheKey:
     return TokenCacheKey.from_reader(backbone, reader, **{**settings, **overrides})
 
 
-def extract(cache_root, delay: float = 0.0, shard_size: int = 3, **key_overrides) -> TokenCache:
-    """The extraction the tests (and the killed subprocess) run: layers 1 and 2 of a tiny ViT, [CLS] + patches."""
+def extract(
+    cache_root, delay: float = 0.0, shard_size: int = 3, num_rows: int = NUM_ROWS, **key_overrides
+) -> TokenCache:
+    """The extraction the tests (and the killed subprocesses) run: layers 1 and 2 of a tiny ViT, [CLS] + patches."""
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [1, -1], token_selection="all")
     key = make_key(backbone, reader, **key_overrides)
+    images = Images(num_rows, delay=delay)
     return extract_tokens(
-        backbone, reader, Images(delay=delay), key, cache_root, batch_size=2, shard_size=shard_size, progress=False
+        backbone, reader, images, key, cache_root, batch_size=2, shard_size=shard_size, progress=False
     )
 
 

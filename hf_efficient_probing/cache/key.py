@@ -156,10 +156,12 @@ class TokenCacheKey:
         split: str,
         dtype: str | torch.dtype = "float16",
         compute_dtype: str = "auto",
+        device: torch.device | str | None = None,
         backbone_name_or_path: str | None = None,
         backbone_revision: str | None = None,
     ) -> TokenCacheKey:
-        """``compute_dtype`` is resolved on the backbone's device (``"auto"`` becomes bfloat16 or float32)."""
+        """``compute_dtype`` is resolved on ``device`` (where the extraction runs; the backbone's by default):
+        ``"auto"`` becomes bfloat16 or float32."""
         config = {k: v for k, v in reader.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
         parameter = next(backbone.parameters())
         return cls(
@@ -169,7 +171,7 @@ class TokenCacheKey:
             token_selection=reader.token_selection,
             apply_final_norm=bool(reader.apply_final_norm),
             dtype=str(storage_dtype(dtype)).removeprefix("torch."),
-            compute_dtype=resolve_compute_dtype(compute_dtype, parameter.device),
+            compute_dtype=resolve_compute_dtype(compute_dtype, device if device is not None else parameter.device),
             preprocessing=preprocessing,
             dataset=dataset,
             split=split,

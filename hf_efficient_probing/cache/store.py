@@ -230,7 +230,7 @@ def process_slot() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes
     return 0, 1
 
@@ -347,6 +347,7 @@ def extract_tokens(
     image_key: str = "pixel_values",
     label_key: str = "labels",
     progress: bool = True,
+    device: torch.device | str | None = None,
     poll_seconds: float = 0.5,
 ) -> TokenCache:
     """Run the frozen backbone once over ``dataset`` and store its tokens in ``<cache_root>/<key.fingerprint>``.
@@ -370,6 +371,8 @@ def extract_tokens(
         cache_root: where caches live; by default :func:`~hf_efficient_probing.cache.listing.default_cache_root`.
         shard_size: rows per shard: the unit of resumption, and of what a kill can cost.
         num_workers: DataLoader workers decoding and transforming images (default: from the available cores).
+        device: where the backbone runs (its own device by default); it is moved there for the extraction and back
+            after it, so a model built on the CPU extracts on this rank's GPU.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}.")
@@ -389,11 +392,15 @@ def extract_tokens(
 
     directory.mkdir(parents=True, exist_ok=True)
     dtype = storage_dtype(key.dtype)
-    device = next(backbone.parameters()).device
+    home = next(backbone.parameters()).device
+    device = torch.device(device) if device is not None else home
     started = time.perf_counter()
     with exclusive_lock(directory, rank):
         listed = _listed_records(directory, key_dict, num_rows)
-        shard_size = next(iter(listed.values()))["shard_size"] if listed else shard_size  # the layout on disk
+        if listed:
+            shard_size = next(iter(listed.values()))["shard_size"]  # resume with the layout on disk
+        else:
+            shard_size = min(shard_size, -(-num_rows // world_size))  # a shard for every rank, even on small data
         num_shards = -(-num_rows // shard_size)
         mine = range(rank, num_shards, world_size)
         trusted = {index: listed[index] for index in mine if index in listed and _verifies(directory, listed[index])}
@@ -407,6 +414,7 @@ def extract_tokens(
         missing_rows = sum(min(shard_size, num_rows - i * shard_size) for i in range(num_shards) if i not in listed)
         _wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
         try:
+            backbone.to(device)
             extracted = _extract_shards(
                 backbone, reader, dataset, todo, shard_size, num_rows, writer, dtype, key.compute_dtype, device,
                 batch_size=batch_size,
@@ -417,6 +425,7 @@ def extract_tokens(
             )  # fmt: skip
         finally:
             writer.close()
+            backbone.to(home)
         seconds = time.perf_counter() - started
         writer.listing["run"] = {"images": extracted, "seconds": seconds}
         writer.save_listing()
@@ -508,17 +517,19 @@ def _extract_shards(
 
 
 def _merge_manifest(directory, key_dict, num_rows, shard_size, num_shards, world_size, poll_seconds) -> None:
-    """The main process: wait until every shard is listed, check the files, write the one manifest."""
+    """The main process: wait until every rank has finished, check that every shard is listed and on disk, write the
+    one manifest and remove the ranks' record files."""
     while True:
-        listed = _listed_records(directory, key_dict, num_rows)
-        if len(listed) == num_shards:
+        listings = [_read_json(directory / RANK_RECORDS_PATTERN.format(rank)) for rank in range(world_size)]
+        if all("run" in listing for listing in listings):
             break
-        if world_size == 1:
-            raise RuntimeError(f"Shards {sorted(set(range(num_shards)) - set(listed))} were not written.")
         time.sleep(poll_seconds)
-    runs = [_read_json(directory / RANK_RECORDS_PATTERN.format(rank)).get("run", {}) for rank in range(world_size)]
-    images = sum(run.get("images", 0) for run in runs)
-    seconds = max(run.get("seconds", 0.0) for run in runs)
+    listed = _listed_records(directory, key_dict, num_rows)
+    if len(listed) != num_shards:
+        raise RuntimeError(f"Shards {sorted(set(range(num_shards)) - set(listed))} were not written; run it again.")
+    runs = [listing["run"] for listing in listings]
+    images = sum(run["images"] for run in runs)
+    seconds = max(run["seconds"] for run in runs)
     records = [_shard_fields(listed[index]) for index in range(num_shards)]
     for record in records:
         check_shard_size(directory, ShardRecord(**record))
@@ -531,7 +542,8 @@ def _merge_manifest(directory, key_dict, num_rows, shard_size, num_shards, world
         "key": key_dict, "num_rows": num_rows, "shard_size": shard_size, **layout, "shards": records,
         "complete": True,
         "extraction": {"images": images, "seconds": round(seconds, 3),
-                       "images_per_second": round(images / seconds, 2) if seconds and images else None},
+                       "images_per_second": round(images / seconds, 2) if seconds and images else None,
+                       "images_per_process": [run["images"] for run in runs]},
     }  # fmt: skip
     atomic_write_bytes(directory / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
     keep = {record["file"] for record in records} | {MANIFEST_NAME}
@@ -553,6 +565,7 @@ def cache_tokens_for_model(
     compute_dtype: str = "auto",
     feature_layers=None,
     token_selection: str | None = None,
+    device: torch.device | str | None = None,
     **kwargs,
 ) -> TokenCache:
     """:func:`extract_tokens` for a probing model: its backbone, its token reader (or other layers/tokens of the same
@@ -574,10 +587,11 @@ def cache_tokens_for_model(
         split=split,
         dtype=dtype,
         compute_dtype=compute_dtype,
+        device=device,
         backbone_name_or_path=config.backbone_name_or_path,
         backbone_revision=config.backbone_revision,
     )
-    return extract_tokens(model.backbone, reader, dataset, key, cache_root, **kwargs)
+    return extract_tokens(model.backbone, reader, dataset, key, cache_root, device=device, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -68,8 +68,19 @@ class DataArguments:
             "for both splits: no augmentation). Reused while backbone, layers, preprocessing and data are unchanged."
         },
     )
-    token_cache_dir: str = field(
-        default="token-cache", metadata={"help": "Where token caches live, one sub-directory per fingerprint."}
+    token_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where token caches live, one sub-directory per fingerprint (default: $HF_PROBING_TOKEN_CACHE, "
+            "else $HF_HOME/hf_efficient_probing/token-cache)."
+        },
+    )
+    backbone_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the frozen backbone when it fills the token cache: auto (bfloat16 autocast on CUDA "
+            "and CPUs with bf16 support, else float32), bfloat16 or float32."
+        },
     )
 
 

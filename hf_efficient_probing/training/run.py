@@ -155,12 +155,22 @@ def run_probing(
         if probe_args.lora_rank:
             add_lora(model, probe_args.lora_rank, probe_args.lora_alpha, probe_args.lora_target_modules)
         run_sets = (train_set, eval_set)
-        if data_args.use_token_cache:
-            with args.main_process_first(desc="token cache"):
-                run_sets = token_cache_sets(
-                    model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args
-                )
-        result = train_probe(model, args, *run_sets, image_processor=processor, run_info=info)
+        run_info = info
+        if data_args.use_token_cache:  # every process extracts its own slice of the cache
+            caches = token_cache_sets(
+                model,
+                dataset,
+                image_column,
+                label_column,
+                eval_transform,
+                processor,
+                data_args,
+                probe_args,
+                args.device,
+            )
+            run_sets = [cache.dataset(feature_layers=model.config.feature_layers) for cache in caches]
+            run_info = {**info, "token_cache": combined_extraction_report(caches)}
+        result = train_probe(model, args, *run_sets, image_processor=processor, run_info=run_info)
         results[f"layer_{layers[0]}" if probe_args.layerwise else "probe"] = result.metrics
     if probe_args.layerwise and training_args.process_index == 0:
         with open(os.path.join(training_args.output_dir, "layerwise_results.json"), "w") as handle:
@@ -173,18 +183,34 @@ def run_probing(
     return results if probe_args.layerwise or probe_args.knn_eval else results["probe"]
 
 
-def token_cache_sets(model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args):
-    """Train and eval sets of cached tokens for ``model``: the backbone runs once per image, with the eval transform
-    on both splits (the cache trades augmentation for speed). All of ``--feature_layers`` are cached together, so the
-    runs of ``--layerwise`` share one cache and each reads its own layer."""
+def token_cache_sets(
+    model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args, device=None
+):
+    """Train and eval token caches for ``model``: the backbone runs once per image, with the eval transform on both
+    splits (the cache trades augmentation for speed). All of ``--feature_layers`` are cached together, so the runs of
+    ``--layerwise`` share one cache and each reads its own layer."""
     if probe_args.lora_rank:
         raise ValueError("--use_token_cache caches a frozen backbone's tokens; it cannot train LoRA (--lora_rank).")
     caches = (
         cached_split(model, dataset, split, image_column, label_column, eval_transform, processor,
-                     data_args.token_cache_dir, probe_args.feature_layers)
+                     data_args.token_cache_dir, probe_args.feature_layers, compute_dtype=data_args.backbone_dtype,
+                     device=device)
         for split in (TRAIN, VALIDATION)
     )  # fmt: skip
-    return [cache.dataset(feature_layers=model.config.feature_layers) for cache in caches]
+    return list(caches)
+
+
+def combined_extraction_report(caches) -> dict:
+    """One ``token_cache`` entry for the run summary from the caches' extraction reports (train and eval)."""
+    reports = [cache.extraction_report for cache in caches]
+    images, seconds = sum(r["images"] for r in reports), sum(r["seconds"] for r in reports)
+    return {
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 2) if images and seconds else None,
+        **{name: reports[0][name] for name in ("compute_dtype", "storage_dtype", "processes")},
+        "reused": all(r["reused"] for r in reports),
+    }
 
 
 def cached_split(
@@ -225,7 +251,8 @@ def run_knn(
     for split in (TRAIN, VALIDATION):
         if token_cache is not None:
             cache = cached_split(reader, dataset, split, image_column, label_column, eval_transform, processor,
-                                 data_args.token_cache_dir, layers)  # fmt: skip
+                                 data_args.token_cache_dir, layers, compute_dtype=data_args.backbone_dtype,
+                                 device=training_args.device)  # fmt: skip
             features[split] = global_features(cache, probe_args.knn_features)
             continue
         items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)

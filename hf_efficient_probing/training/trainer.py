@@ -322,8 +322,21 @@ def summary_markdown(summary: dict) -> str:
         ("Top-5 accuracy (%)", _percent(summary["eval_top5_accuracy"])),
     ]
     rows += [(key.replace("_", " ").capitalize(), value) for key, value in summary.items() if key in _EXTRA_ROWS]
+    if "token_cache" in summary:
+        rows.append(("Token cache", token_cache_markdown(summary["token_cache"])))
     lines = ["# Probing run", "", "| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines) + "\n"
+
+
+def token_cache_markdown(report: dict) -> str:
+    """How the run got its tokens: an existing cache, or this run's extraction and its speed."""
+    dtypes = f"computed in {report['compute_dtype']}, stored in {report['storage_dtype']}"
+    if report["reused"]:
+        return f"reused an existing cache ({dtypes})"
+    return (
+        f"{report['images']} images extracted in {report['seconds']:.1f} s ({report['images_per_second']} images/s "
+        f"on {report['processes']} process(es), {dtypes})"
+    )
 
 
 _EXTRA_ROWS = (
