@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from test_cache import single_thread  # noqa: F401
 
@@ -26,10 +28,16 @@ def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
 
     metrics = run("first")
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    report = json.loads((tmp_path / "first" / "run_summary.json").read_text())["token_cache"]
+    assert report["images"] == 2 * 8 + 8 and not report["reused"] and report["processes"] == 1
+    assert report["compute_dtype"] in ("float32", "bfloat16") and report["storage_dtype"] == "float16"
+    assert f"{report['images']} images extracted" in (tmp_path / "first" / "run_summary.md").read_text()
     caches = sorted(path for path in cache_dir.iterdir())
     assert len(caches) == 2, "one cache per split"
     stamps = {path: (path / "manifest.json").stat().st_mtime_ns for path in caches}
     run("second")
+    assert json.loads((tmp_path / "second" / "run_summary.json").read_text())["token_cache"]["reused"]
+    assert "reused an existing cache" in (tmp_path / "second" / "run_summary.md").read_text()
     assert sorted(cache_dir.iterdir()) == caches
     assert {path: (path / "manifest.json").stat().st_mtime_ns for path in caches} == stamps, "reused, not rebuilt"
 

@@ -1,0 +1,106 @@
+"""Compute precision in the key, the free-space check, where caches live, listing/deleting them, and the plan."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import tiny_backbone
+from test_cache import Images, all_rows, extract, make_key, single_thread  # noqa: F401
+
+import hf_efficient_probing.cache.key as cache_key
+import hf_efficient_probing.cache.location as location
+import hf_efficient_probing.cache.store as store
+from hf_efficient_probing.backbones import TokenReader
+from hf_efficient_probing.cache import listing, plan
+from hf_efficient_probing.cache.location import CACHE_ENV, default_cache_root
+
+
+def test_compute_dtype_names_another_cache(monkeypatch):
+    backbone = tiny_backbone("vit")
+    reader = TokenReader(backbone.config, [-1])
+    fp32 = make_key(backbone, reader, compute_dtype="float32")
+    bf16 = make_key(backbone, reader, compute_dtype="bfloat16")
+    assert fp32.fingerprint != bf16.fingerprint
+    monkeypatch.setattr(cache_key, "bfloat16_is_native", lambda device: True)
+    assert make_key(backbone, reader, compute_dtype="auto").fingerprint == bf16.fingerprint
+    monkeypatch.setattr(cache_key, "bfloat16_is_native", lambda device: False)
+    assert make_key(backbone, reader, compute_dtype="auto").fingerprint == fp32.fingerprint
+    with pytest.raises(ValueError, match="compute dtype must be one of"):
+        make_key(backbone, reader, compute_dtype="float64")
+
+
+def test_bfloat16_extraction_runs_the_backbone_under_autocast(tmp_path):
+    fp32_tokens, _ = all_rows(extract(tmp_path, compute_dtype="float32"))
+    bf16 = extract(tmp_path, compute_dtype="bfloat16")
+    assert bf16.extraction_report["compute_dtype"] == "bfloat16"
+    bf16_tokens, _ = all_rows(bf16)
+    assert not torch.equal(bf16_tokens, fp32_tokens), "bfloat16 autocast changes the low bits"
+    torch.testing.assert_close(bf16_tokens, fp32_tokens, atol=0.1, rtol=0.05)
+
+
+def test_extraction_stops_before_writing_when_the_cache_will_not_fit(tmp_path, monkeypatch):
+    free = {"bytes": 10_000}
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free["bytes"]}))
+    # 10 rows x 17 tokens x 64 channels x 4 bytes = 43,520 bytes of tokens
+    with pytest.raises(OSError, match=r"needs 0\.00 GB more.*python -m hf_efficient_probing\.cache\.plan"):
+        extract(tmp_path)
+    assert not list(tmp_path.glob("*/*.safetensors")), "nothing is written"
+    free["bytes"] = 50_000
+    assert extract(tmp_path).num_rows == 10
+
+
+def test_default_cache_root_is_under_hf_home_or_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setattr(location.constants, "HF_HOME", str(tmp_path / "hf"))
+    assert default_cache_root() == tmp_path / "hf" / "hf_efficient_probing" / "token-cache"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "elsewhere"))
+    backbone = tiny_backbone("vit")
+    reader = TokenReader(backbone.config, [-1])
+    cache = store.extract_tokens(backbone, reader, Images(), make_key(backbone, reader), progress=False)
+    assert cache.directory.parent == tmp_path / "elsewhere"
+
+
+def test_listing_shows_each_cache_and_deletes_on_request(tmp_path, capsys):
+    first, second = extract(tmp_path, split="train"), extract(tmp_path, split="validation")
+    (tmp_path / "interrupted").mkdir()
+    (tmp_path / "interrupted" / "shard-00000.safetensors").write_bytes(b"x" * 10)
+    caches = {cache.fingerprint: cache for cache in listing.scan_caches(tmp_path)}
+    assert set(caches) == {first.directory.name, second.directory.name, "interrupted"}
+    size = sum(path.stat().st_size for path in first.directory.iterdir())
+    assert caches[first.directory.name].size_bytes == size
+    assert caches[first.directory.name].complete and not caches["interrupted"].complete
+    assert (caches[second.directory.name].split, caches[second.directory.name].rows) == ("validation", 10)
+
+    assert listing.main(["--cache_dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith(first.directory.name))
+    assert re.search(r"complete\s+10\s+train\s+1,2\s+float32\s+float32", row)
+    assert "3 cache(s)" in table
+
+    with pytest.raises(SystemExit):
+        listing.main(["--cache_dir", str(tmp_path), "delete", "zzz"])  # names no cache
+    assert listing.main(["--cache_dir", str(tmp_path), "delete", first.directory.name[:8]]) == 0
+    assert not first.directory.exists() and second.directory.exists()
+
+
+def test_plan_counts_images_tokens_and_bytes(saved_backbone, tmp_path, capsys):
+    from PIL import Image
+
+    for split, count in (("train", 3), ("validation", 2)):
+        (tmp_path / "images" / split / "a").mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / "images" / split / "a" / f"{i}.png")
+    argv = ["--model_name_or_path", saved_backbone("vit"), "--dataset_name", str(tmp_path / "images"),
+            "--feature_layers", "1", "2", "--batch_size", "2", "--measure_batches", "1", "--backbone_dtype", "float32",
+            "--num_processes", "2"]  # fmt: skip
+    assert plan.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Images: 5 (train 3, validation 2)" in out
+    assert "Tokens per image: 17 (16 patches + 1 [CLS]), 32 channels per layer" in out
+    # 5 images x 17 tokens x 32 channels x 2 layers: x 2 bytes and x 4 bytes
+    assert re.search(r"requested \[1, 2\]\s+10\.9 KB\s+21\.8 KB", out)
+    assert re.search(r"all 3 hidden states\s+16\.3 KB\s+32\.6 KB", out)
+    assert re.search(r"Measured here: [\d.]+ images/s per process \(float32 compute", out)
+    assert "on 2 process(es)" in out
