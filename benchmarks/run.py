@@ -17,7 +17,8 @@ there are. With F the backbone's cost per image and P a probe's training cost pe
 
 On a CPU shared with other jobs, small matrix products lose time to thread hand-offs, so the cached side of
 ``cache`` trains on one thread (it extracts on all of them) and ``ep_order`` runs both orders on one thread; the
-backbone always gets every thread. The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x``.
+backbone always gets every thread. ``extraction`` (benchmarks/extraction.py) measures the extraction's own speed.
+The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=...``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from extraction import bench_extraction, markdown_rows, ratios_line  # noqa: E402
 from naive_ep import NaiveOrderEP  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainingArguments, ViTConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -416,8 +418,10 @@ def main(argv=None) -> dict:
         print(f"multiprobe: {json.dumps({k: v for k, v in results['multiprobe'].items() if k != 'table'})}", flush=True)
         results["memory"] = bench_memory(sizes, workdir)
         print(f"memory: {json.dumps(results['memory'])}", flush=True)
+        results["extraction"] = bench_extraction(args.quick, workdir)
+        print(f"extraction: {json.dumps(results['extraction'])}", flush=True)
     machine += f", {os.getloadavg()[0]:.1f} at the end"
-    table = markdown(results, sizes, machine)
+    table = "\n".join([markdown(results, sizes, machine), *markdown_rows(results["extraction"])])
     print()
     print(table)
     if args.output_dir:
@@ -427,7 +431,7 @@ def main(argv=None) -> dict:
         (out / "results.md").write_text(table + "\n")
     print(
         f"ratios: cache={results['cache']['ratio']:.1f}x multiprobe={results['multiprobe']['ratio']:.1f}x "
-        f"ep_order={results['ep_order']['ratio']:.1f}x"
+        f"ep_order={results['ep_order']['ratio']:.1f}x {ratios_line(results['extraction'])}"
     )
     return results
 

@@ -32,12 +32,13 @@ def test_compute_dtype_names_another_cache(monkeypatch):
 
 
 def test_bfloat16_extraction_runs_the_backbone_under_autocast(tmp_path):
-    fp32_tokens, _ = all_rows(extract(tmp_path, compute_dtype="float32"))
-    bf16 = extract(tmp_path, compute_dtype="bfloat16")
+    fp32_tokens, _ = all_rows(extract(tmp_path, compute_dtype="float32", dtype="float16"))
+    bf16 = extract(tmp_path, compute_dtype="bfloat16", dtype="float16")  # stored in another dtype than computed
     assert bf16.extraction_report["compute_dtype"] == "bfloat16"
     bf16_tokens, _ = all_rows(bf16)
+    assert bf16_tokens.dtype == torch.float16
     assert not torch.equal(bf16_tokens, fp32_tokens), "bfloat16 autocast changes the low bits"
-    torch.testing.assert_close(bf16_tokens, fp32_tokens, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(bf16_tokens.float(), fp32_tokens.float(), atol=0.1, rtol=0.05)
 
 
 def test_extraction_stops_before_writing_when_the_cache_will_not_fit(tmp_path, monkeypatch):

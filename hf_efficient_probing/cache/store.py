@@ -482,9 +482,10 @@ def _extract_shards(
     token_batches, label_batches, filled = [], [], 0
     token_shape, token_shape_on_disk = None, writer.listing.get("token_shape")
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             for pixel_values, labels in loader:
-                read = reader(backbone, pixel_values.to(device, non_blocking=cuda))
+                with autocast:  # the backbone only: concatenating stored tokens must not be autocast
+                    read = reader(backbone, pixel_values.to(device, non_blocking=cuda))
                 token_batches.append(read.tokens.to("cpu", dtype))
                 label_batches.append(labels)
                 filled += len(labels)
