@@ -105,3 +105,9 @@ def test_plan_counts_images_tokens_and_bytes(saved_backbone, tmp_path, capsys):
     assert re.search(r"all 3 hidden states\s+16\.3 KB\s+32\.6 KB", out)
     assert re.search(r"Measured here: [\d.]+ images/s per process \(float32 compute", out)
     assert "on 2 process(es)" in out
+
+    assert plan.main([*argv, "--num_images", "1000000000"]) == 0  # an ImageNet-sized plan: the time shows in hours
+    out = capsys.readouterr().out
+    speed = float(re.search(r"Measured here: ([\d.]+) images/s", out).group(1))
+    hours = float(re.search(r"Predicted extraction time: ([\d.]+) h on 2 process", out).group(1))
+    assert hours == pytest.approx(1e9 / (2 * speed) / 3600, rel=0.06)
