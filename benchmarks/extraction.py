@@ -152,11 +152,11 @@ def markdown_rows(results: dict) -> list[str]:
     r = results
     what = f"{r['images']} images at {r['image_size']} px"
     bf16 = "n/a (no bf16 on this CPU)" if r["bf16_vs_fp32"] is None else f"{r['bf16_vs_fp32']:.2f}x"
+    bf16_speed = "n/a" if r["extract_bf16"] is None else f"{r['extract_bf16']:.1f} img/s"
     rows = [
         f"| extraction vs. bare backbone forward (fp32), {what} | {r['forward_fp32']:.1f} img/s "
         f"| {r['extract_fp32']:.1f} img/s | {r['extraction_vs_forward']:.2f}x |",
-        f"| extraction bf16 vs. fp32, {what} | {r['extract_fp32']:.1f} img/s "
-        f"| {r['extract_bf16'] or 0:.1f} img/s | {bf16} |",
+        f"| extraction bf16 vs. fp32, {what} | {r['extract_fp32']:.1f} img/s | {bf16_speed} | {bf16} |",
         f"| extraction, 2 processes x 1 thread vs. 1 process x 1 thread, {what} | {r['one_process_one_thread']:.1f} img/s "
         f"| {r['two_processes_one_thread']:.1f} img/s | {r['two_vs_one_process']:.2f}x |",
     ]
