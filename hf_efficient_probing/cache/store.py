@@ -368,7 +368,7 @@ def extract_tokens(
         backbone: the frozen backbone (run in eval mode, without gradients).
         reader: the :class:`~hf_efficient_probing.backbones.TokenReader` deciding layers, tokens and final norm.
         key: the cache key (:meth:`TokenCacheKey.from_reader`); its layers and dtypes are what is computed and stored.
-        cache_root: where caches live; by default :func:`~hf_efficient_probing.cache.listing.default_cache_root`.
+        cache_root: where caches live; by default :func:`~hf_efficient_probing.cache.location.default_cache_root`.
         shard_size: rows per shard: the unit of resumption, and of what a kill can cost.
         num_workers: DataLoader workers decoding and transforming images (default: from the available cores).
         device: where the backbone runs (its own device by default); it is moved there for the extraction and back
@@ -487,15 +487,15 @@ def _extract_shards(
                 with autocast:  # the backbone only: concatenating stored tokens must not be autocast
                     read = reader(backbone, pixel_values.to(device, non_blocking=cuda))
                 token_batches.append(read.tokens.to("cpu", dtype))
+                if token_shape is None:  # the first batch of this run: will the rest fit?
+                    check_free_space(writer.directory, missing_rows * token_batches[0][0].nbytes)
+                    token_shape = token_shape_on_disk or list(read.tokens.shape[1:])
                 label_batches.append(labels)
                 filled += len(labels)
                 bar.update(len(labels))
                 if filled < len(rows):
                     continue
                 tokens = torch.cat(token_batches)
-                if token_shape is None:  # the first shard of this run: will the rest fit?
-                    check_free_space(writer.directory, missing_rows * tokens[0].numel() * tokens.element_size())
-                    token_shape = token_shape_on_disk or list(tokens.shape[1:])
                 if list(tokens.shape[1:]) != token_shape:
                     raise ValueError(
                         f"Rows {rows[0]}-{rows[-1]} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
