@@ -111,3 +111,12 @@ def test_plan_counts_images_tokens_and_bytes(saved_backbone, tmp_path, capsys):
     speed = float(re.search(r"Measured here: ([\d.]+) images/s", out).group(1))
     hours = float(re.search(r"Predicted extraction time: ([\d.]+) h on 2 process", out).group(1))
     assert hours == pytest.approx(1e9 / (2 * speed) / 3600, rel=0.06)
+
+
+@pytest.mark.parametrize("model_type", ["vit", "dinov2"])
+def test_backbones_extract_with_sdpa_attention(saved_backbone, model_type):
+    """The fast path: transformers 5 picks SDPA for the families that have it, built or loaded."""
+    from hf_efficient_probing.backbones import load_backbone
+
+    assert tiny_backbone(model_type).config._attn_implementation == "sdpa"
+    assert load_backbone(saved_backbone(model_type)).config._attn_implementation == "sdpa"
