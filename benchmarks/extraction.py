@@ -115,7 +115,7 @@ def rank_task(task: dict) -> None:
 
 def bench_extraction(quick: bool, workdir: Path) -> dict:
     backbone_kwargs = TINY if quick else VIT_B16
-    size, count, batch_size = (32, 64, 16) if quick else (224, 64, 16)
+    size, count, batch_size = (32, 32, 8) if quick else (224, 64, 16)
     backbone = make_backbone(backbone_kwargs)
     images = Images(count, size)
     results = {"images": count, "image_size": size}

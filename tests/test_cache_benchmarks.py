@@ -24,5 +24,9 @@ def test_quick_benchmarks_run_and_print_the_ratios_line():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"ratios: cache=[\d.]+x multiprobe=[\d.]+x ep_order=[\d.]+x", last), last
-    assert "| peak memory" in result.stdout
+    assert re.fullmatch(
+        r"ratios: cache=[\d.]+x multiprobe=[\d.]+x ep_order=[\d.]+x "
+        r"extraction_vs_forward=[\d.]+x bf16_vs_fp32=(?:[\d.]+x|n/a) two_processes=[\d.]+x",
+        last,
+    ), last
+    assert "| peak memory" in result.stdout and "| extraction, 2 processes" in result.stdout
