@@ -3,7 +3,9 @@
 ``key`` names a cache by every input that changes its tokens; ``store`` extracts, resumes and memory-maps it;
 ``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view; ``streams`` hands
 batches of tokens (cached or live) to ``multiprobe``, which trains many probes at once; ``features`` turns cached
-tokens into global features for k-NN. Nothing here imports ``training`` or ``hub``.
+tokens into global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them
+(``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs. Nothing here imports
+``training`` or ``hub``.
 """
 
 from .key import TokenCacheKey, backbone_identity, dataset_fingerprint, preprocessing_description, weights_fingerprint
