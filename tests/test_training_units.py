@@ -263,3 +263,21 @@ def test_nearest_neighbors_blockwise_equals_full():
     full_sims, full_idx = (test @ train.T).topk(7, dim=1)
     torch.testing.assert_close(sims, full_sims)
     assert torch.equal(idx, full_idx)
+
+
+def test_knn_k_and_temperature_each_change_the_vote():
+    """One test image (class 0) whose nearest neighbour is class 0 (cosine 0.9) and next two are class 1 (0.8):
+    with k=1 class 0 wins; with k=3, exp(0.9/T) > 2 exp(0.8/T) holds for T=0.07 (class 0) but not for T=1 (class 1)."""
+
+    def unit(cosine):  # a 2-D unit vector at this cosine with [1, 0]
+        return [cosine, math.sqrt(1 - cosine**2)]
+
+    train = torch.tensor([unit(0.9), unit(0.8), [0.8, -0.6], [-1.0, 0.0]])
+    train_labels = torch.tensor([0, 1, 1, 2])
+    results = knn_classify(
+        train, train_labels, torch.tensor([[1.0, 0.0]]), torch.tensor([0]), ks=(1, 3), temperatures=(0.07, 1.0)
+    )
+    top1 = {(r["k"], r["temperature"]): r["top1"] for r in results}
+    assert top1 == {(1, 0.07): 1.0, (1, 1.0): 1.0, (3, 0.07): 1.0, (3, 1.0): 0.0}
+    top5 = {(r["k"], r["temperature"]): r["top5"] for r in results}
+    assert top5 == {(1, 0.07): 1.0, (1, 1.0): 1.0, (3, 0.07): 1.0, (3, 1.0): 1.0}
