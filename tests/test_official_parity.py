@@ -8,6 +8,7 @@ state dict is loaded with :func:`load_official_head`; both heads must give the s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -21,7 +22,11 @@ from torch import nn
 from hf_efficient_probing.conversion import load_official_head
 
 OFFICIAL_REPO = os.environ.get("EP_OFFICIAL_REPO")
-SHIMS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "ref_param_counts.py"
+SHIMS = Path(
+    os.environ.get(
+        "EP_OFFICIAL_SHIMS", Path(__file__).resolve().parents[2] / "shared" / "tools" / "ref_param_counts.py"
+    )
+)
 pytestmark = pytest.mark.skipif(
     not OFFICIAL_REPO or not SHIMS.exists(), reason="set EP_OFFICIAL_REPO to an extracted official repository"
 )
@@ -54,27 +59,35 @@ NAMES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def probe_heads():
+@contextlib.contextmanager
+def official_modules(repo: str):
+    """Import the official ``probe_heads`` from an extracted repository, with the shims of ``ref_param_counts.py``."""
     spec = importlib.util.spec_from_file_location("ref_param_counts", SHIMS)
     tools = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tools)
     tools.install_shims_if_missing()
     real_tensor = torch.tensor
     tools.redirect_cuda_tensor_allocations(torch)
-    sys.path.insert(0, OFFICIAL_REPO)
+    sys.path.insert(0, repo)
     try:
         import probe_heads
 
         yield probe_heads
     finally:
         torch.tensor = real_tensor
-        sys.path.remove(OFFICIAL_REPO)
+        sys.path.remove(repo)
 
 
-def build_official_head(probe_heads, name: str, num_patches: int, **args):
+@pytest.fixture(scope="module")
+def probe_heads():
+    with official_modules(OFFICIAL_REPO) as modules:
+        yield modules
+
+
+def build_official_head(probe_heads, name: str, num_patches: int, hidden: int = HIDDEN, **args):
+    """The official head of a pooling, built as ``main_linprobe`` builds it (``build_probe_head`` on a stub encoder)."""
     encoder = nn.Module()
-    encoder.head = nn.Linear(HIDDEN, CLASSES)
+    encoder.head = nn.Linear(hidden, CLASSES)
     encoder.patch_embed = types.SimpleNamespace(num_patches=num_patches)
     namespace = types.SimpleNamespace(
         **{**OFFICIAL_ARGS, **args}, cls_features=name, model="vit_base_patch16", nb_classes=CLASSES
@@ -83,17 +96,23 @@ def build_official_head(probe_heads, name: str, num_patches: int, **args):
     return encoder.head
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_official_head_logits(probe_heads, name):
-    torch.manual_seed(0)
-    head = build_official_head(probe_heads, name, num_patches=196)
-    with torch.no_grad():  # move every tensor off its init (zero queries, unit LayerScale, fresh BN statistics)
+def randomize_(head: nn.Module) -> nn.Module:
+    """Move every tensor off its init (zero queries, unit LayerScale, fresh BatchNorm statistics), in place; fixed
+    tensors (the frozen sin-cos position embedding of ABMIL) keep their values."""
+    fixed = {name for name, parameter in head.named_parameters() if not parameter.requires_grad}
+    with torch.no_grad():
         for key, tensor in head.state_dict().items():
-            if tensor.is_floating_point() and not key.endswith("norm.beta"):
+            if tensor.is_floating_point() and not key.endswith("norm.beta") and key not in fixed:
                 tensor.add_(torch.randn_like(tensor) * 0.1)
                 if "running_var" in key:
                     tensor.abs_().add_(0.5)
-    head.eval()
+    return head
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_official_head_logits(probe_heads, name):
+    torch.manual_seed(0)
+    head = randomize_(build_official_head(probe_heads, name, num_patches=196)).eval()
     tokens = torch.randn(3, 196, HIDDEN)
     with torch.no_grad():
         expected = head(tokens)
