@@ -12,6 +12,7 @@ then the probe.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import cached_file
+from transformers.utils import cached_file, logging
 
 from .backbones import TokenReader, build_backbone, load_backbone, load_backbone_adapter, vision_config
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
@@ -38,6 +39,47 @@ PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 BACKBONE_ADAPTER_DIR = "backbone_adapter"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
+logger = logging.get_logger(__name__)
+STAGING_PREFIX = ".saving-"
+STAGED_FILES = ".staged.json"  # written last into a staging folder: its files are complete, they can be moved
+
+
+def _mark_staging_complete(staging: Path) -> None:
+    names = sorted(name for name in os.listdir(staging))
+    (staging / f"{STAGED_FILES}.tmp").write_text(json.dumps(names))
+    os.replace(staging / f"{STAGED_FILES}.tmp", staging / STAGED_FILES)  # atomic: the list is whole or absent
+
+
+def _commit_staging(staging: Path, save_directory: Path) -> None:
+    """Move a complete staging folder's files into ``save_directory`` (``config.json`` last), replacing the
+    previous checkpoint's files and deleting its stale shards, then remove the folder. Running it again after a
+    kill part-way finishes the same moves: the list of files to move is the one written when staging ended."""
+    names = json.loads((staging / STAGED_FILES).read_text())
+    for stale in [*save_directory.glob("model*.safetensors*"), save_directory / BACKBONE_ADAPTER_DIR]:
+        if stale.name not in names and stale.exists():
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for name in sorted(names, key=lambda name: name == "config.json"):
+        if not (staging / name).exists():  # moved before a kill
+            continue
+        if (save_directory / name).is_dir():
+            shutil.rmtree(save_directory / name)
+        os.replace(staging / name, save_directory / name)
+    shutil.rmtree(staging)
+
+
+def finish_interrupted_save(save_directory: str | os.PathLike) -> None:
+    """Make a local checkpoint directory whole after a save that was killed: a save killed while moving its files
+    into place is finished (its files were all written), one killed while writing them is discarded (the previous
+    checkpoint is untouched). A directory without such leftovers, or a Hub id, is left as it is."""
+    save_directory = Path(save_directory)
+    if not save_directory.is_dir():
+        return
+    for staging in sorted(save_directory.glob(f"{STAGING_PREFIX}*")):
+        if (staging / STAGED_FILES).is_file():
+            logger.warning("Finishing the save to %s that was interrupted while moving its files.", save_directory)
+            _commit_staging(staging, save_directory)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
@@ -234,32 +276,30 @@ class ProbingPreTrainedModel(PreTrainedModel):
         # A `peft` adapter trained on the backbone (LoRA) is saved beside the probe, in peft's own format.
         adapter = not save_backbone and hasattr(self.backbone, "peft_config")
         self.config.backbone_adapter = BACKBONE_ADAPTER_DIR if adapter else None
-        # Write everything to a staging folder first and move each file into place only once all are written, so
+        # Write everything to a staging folder first and move the files into place only once all are written, so
         # that a full disk or a killed process never leaves a half-written checkpoint over the previous one.
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
-        for leftover in save_directory.glob(".saving-*"):  # from a save that was killed
-            shutil.rmtree(leftover, ignore_errors=True)
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".saving-") as staging:
+        finish_interrupted_save(save_directory)
+        staging = Path(tempfile.mkdtemp(dir=save_directory, prefix=STAGING_PREFIX))
+        try:
             # transformers renames keys to legacy on-disk names by regex for some backbone families (``k_proj`` ->
             # ``attention.key``, ...), which would corrupt probe keys: ours are saved as they are.
             kwargs.setdefault("save_original_format", False)
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
             if adapter:
-                self.backbone.save_pretrained(os.path.join(staging, BACKBONE_ADAPTER_DIR))
-            written = sorted(os.listdir(staging), key=lambda name: name == "config.json")  # config last
-            for stale in [*save_directory.glob("model*.safetensors*"), save_directory / BACKBONE_ADAPTER_DIR]:
-                if stale.name not in written and stale.exists():
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-            for name in written:
-                if (save_directory / name).is_dir():
-                    shutil.rmtree(save_directory / name)
-                os.replace(os.path.join(staging, name), save_directory / name)
+                self.backbone.save_pretrained(staging / BACKBONE_ADAPTER_DIR)
+            _mark_staging_complete(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _commit_staging(staging, save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, backbone=None, **kwargs):
         """Load a probe. A probe-only checkpoint re-attaches the backbone its config names (or ``backbone``, a loaded
         model); a full checkpoint loads as any `transformers` model."""
+        finish_interrupted_save(pretrained_model_name_or_path)
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
@@ -544,6 +584,7 @@ class AutoModelForEfficientProbing:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> ProbingPreTrainedModel:
+        finish_interrupted_save(pretrained_model_name_or_path)
         config = kwargs.pop("config", None)
         if config is None:
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}

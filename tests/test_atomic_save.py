@@ -1,5 +1,8 @@
 """A save that fails part-way (a full disk, here a real file-size limit in a real subprocess) keeps the old probe."""
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -39,3 +42,74 @@ def test_saving_again_replaces_stale_shards(saved_backbone, tmp_path):
     (tmp_path / "probe" / "model.safetensors.index.json").write_text("{}")
     model.save_pretrained(tmp_path / "probe")
     assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def _snapshot(directory) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def _save_killed_at(model, directory, call: int) -> int:
+    """Save ``model`` in a forked process that SIGKILLs itself just before its ``call``-th file-system step
+    (``os.replace``/``os.unlink``/``os.rmdir``, 1-based; 0: never). Returns the number of steps when not killed."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: count the steps, die at the chosen one
+        os.close(read)
+        steps = 0
+
+        def step(real):
+            def counted(*args, **kwargs):
+                nonlocal steps
+                steps += 1
+                if steps == call:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            return counted
+
+        os.replace, os.unlink, os.rmdir = step(os.replace), step(os.unlink), step(os.rmdir)
+        try:
+            model.save_pretrained(directory)
+            os.write(write, str(steps).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        steps = pipe.read()
+    if call:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"step {call} was never reached"
+    return int(steps or 0)
+
+
+def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_checkpoint(saved_backbone, tmp_path):
+    """Old: a full checkpoint in shards; new: a probe-only one with other labels. Killed before each of the save's
+    file-system steps (staging, marking it complete, deleting the old shards, every move, cleaning up), the
+    directory then loads as exactly the old or exactly the new checkpoint, and keeps no staging folder."""
+    backbone = saved_backbone("vit")
+    torch.manual_seed(0)
+    old = hep.ViTForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4)
+    new = hep.ViTForEfficientProbing.from_backbone(backbone, num_labels=5, num_queries=4)
+    reference = tmp_path / "reference"
+    old.save_pretrained(reference / "old", save_backbone=True, max_shard_size="40KB")
+    expected = {"old": _snapshot(reference / "old")}
+    assert len([name for name in expected["old"] if name.startswith("model-")]) > 1  # really sharded
+    shutil.copytree(reference / "old", reference / "new")
+    steps = _save_killed_at(new, reference / "new", call=0)
+    expected["new"] = _snapshot(reference / "new")
+    assert set(expected["new"]) == {"config.json", "model.safetensors"}
+    assert steps >= 2 + len(expected["old"]), "every old file is deleted or replaced, one step each"
+    outcomes = []
+    for call in range(1, steps + 1):
+        probe = tmp_path / f"killed-at-{call}"
+        shutil.copytree(reference / "old", probe)
+        _save_killed_at(new, probe, call)
+        reloaded = hep.AutoModelForEfficientProbing.from_pretrained(probe)
+        outcome = next((name for name, files in expected.items() if _snapshot(probe) == files), None)
+        assert outcome, f"killed at step {call}: a mix of old and new files {sorted(_snapshot(probe))}"
+        source = old if outcome == "old" else new
+        assert torch.equal(reloaded.probe.classifier.weight, source.probe.classifier.weight)
+        outcomes.append(outcome)
+        new.save_pretrained(probe)  # the next save
+        assert not list(probe.glob(".saving-*")) and _snapshot(probe) == expected["new"]
+    assert outcomes[0] == "old" and outcomes[-1] == "new"  # both phases were hit
