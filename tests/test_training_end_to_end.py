@@ -182,20 +182,94 @@ def _env():
     return env
 
 
+# The example script, with every evaluation sample numbered: the number rides with its label through the
+# Trainer's gathering across processes (label + 1000 x index), and each process writes down the indices it received
+# for each evaluation, and the k-NN features it used.
+INDEXED_RUN = """
+import json, os, runpy, sys
+import numpy as np, torch
+from transformers import Trainer
+from transformers.trainer_utils import EvalPrediction
+from hf_efficient_probing.training import run, trainer as probing_trainer
+report, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+seen = {"evaluations": [], "knn": None}
+
+class Numbered(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, index):
+        return {**self.items[index], "sample_index": index}
+
+def collate(examples, real=probing_trainer.probing_collator):
+    batch = real(examples)
+    if "sample_index" in examples[0]:
+        batch["sample_index"] = torch.tensor([example["sample_index"] for example in examples])
+    return batch
+
+def prediction_step(self, model, inputs, *args, real=Trainer.prediction_step, **kwargs):
+    index = inputs.pop("sample_index")
+    loss, logits, labels = real(self, model, inputs, *args, **kwargs)
+    return loss, logits, labels + 1000 * index.to(labels.device)
+
+def build_compute_metrics(real=probing_trainer.build_compute_metrics):
+    compute = real()
+    def numbered(prediction):
+        encoded = np.asarray(prediction.label_ids)
+        seen["evaluations"].append((encoded // 1000).tolist())
+        return compute(EvalPrediction(predictions=prediction.predictions, label_ids=encoded % 1000))
+    return numbered
+
+def train_probe(model, args, train_dataset, eval_dataset, *rest, real=run.train_probe, **kwargs):
+    return real(model, args, train_dataset, Numbered(eval_dataset), *rest, **kwargs)
+
+def knn_classify(train_features, train_labels, test_features, test_labels, *args, real=run.knn_classify, **kwargs):
+    seen["knn"] = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(),
+                   "test_features": test_features.tolist()}
+    return real(train_features, train_labels, test_features, test_labels, *args, **kwargs)
+
+probing_trainer.probing_collator, Trainer.prediction_step = collate, prediction_step
+probing_trainer.build_compute_metrics, run.train_probe, run.knn_classify = build_compute_metrics, train_probe, knn_classify
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+with open(f"{report}-{os.environ.get('RANK', 0)}.json", "w") as handle:
+    json.dump(seen, handle)
+"""
+
+
 @pytest.mark.slow
-def test_two_processes_with_accelerate(backbone_dir, image_folder, tmp_path):
+@pytest.mark.parametrize("source", ["images", "token_cache"])
+def test_two_processes_gather_every_evaluation_sample_exactly_once(source, backbone_dir, image_folder, tmp_path):
+    """15 validation images over 2 processes x 6 per batch (the last batch is padded): every evaluation gathers
+    each image exactly once on each process, k-NN uses every image once, the same on both processes, whether
+    they read images or one token cache that the first process filled."""
     output = tmp_path / "out"
+    driver = tmp_path / "indexed_run.py"
+    driver.write_text(INDEXED_RUN)
+    extra = ["--probe", "linear", "--ddp_backend", "gloo", "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "4", "--knn_eval", "--knn_k", "1", "3", "--knn_features", "gap"]  # fmt: skip
+    if source == "token_cache":
+        extra += ["--use_token_cache", "--token_cache_dir", str(tmp_path / "cache")]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
-               *_args(backbone_dir, image_folder, output, "--probe", "linear", "--ddp_backend", "gloo",
-                      "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--keep_checkpoints")]  # fmt: skip
-    completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=180)
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(driver),
+               str(tmp_path / "seen"), str(SCRIPT), *_args(backbone_dir, image_folder, output, *extra)]  # fmt: skip
+    completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads((output / "all_results.json").read_text())
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 3  # 24 images / (4 per process x 2 processes)
     assert json.loads((output / "run_summary.json").read_text())["world_size"] == 2
-    # 15 validation images over 2 processes: a duplicated or dropped image would change the accuracy.
+    dataset, _, label_column = load_image_dataset(image_folder)
+    seen = [json.loads((tmp_path / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
+    for rank in seen:
+        assert len(rank["evaluations"]) == 2  # after the epoch, and the final one
+        for gathered in rank["evaluations"]:
+            assert sorted(gathered) == list(range(15)), gathered
+        assert rank["knn"]["test_labels"] == dataset["validation"][label_column]
+        assert sorted(rank["knn"]["train_labels"]) == sorted(dataset["train"][label_column])
+        assert len(rank["knn"]["test_features"]) == 15
+    assert seen[0]["knn"] == seen[1]["knn"]
+    results = json.loads((output / "all_results.json").read_text())
     reloaded = AutoModelForEfficientProbing.from_pretrained(str(output))
     assert _evaluate(reloaded, image_folder) == pytest.approx(results["eval_accuracy"])
 
