@@ -1,5 +1,7 @@
 """Weights come only from safetensors (or weights-only torch.load for official heads); bad files fail cleanly."""
 
+import json
+import pickle
 import shutil
 
 import pytest
@@ -7,9 +9,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
+from test_cache import extract, single_thread  # noqa: F401
 
 import hf_efficient_probing as hep
+from hf_efficient_probing import conversion
+from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.cache.store import MANIFEST_NAME, sha256_file
 from hf_efficient_probing.conversion import load_official_head
+from hf_efficient_probing.training import train_probe
+from hf_efficient_probing.training.run import embedded_training_arguments
 
 CLEAN_ERRORS = (ValueError, OSError, SafetensorError, RuntimeError)
 
@@ -58,3 +66,82 @@ def test_malformed_official_checkpoints_fail_cleanly(tmp_path_factory, blob):
     path.write_bytes(blob)
     with pytest.raises(ValueError):
         load_official_head(path, pooling="ep")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files with a code-running payload beside valid files, on every load path: never unpickled.
+
+
+class Payload:
+    """Unpickling this writes the sentinel file: proof that a loader ran code from the file."""
+
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return exec, (f"open({self.sentinel!r}, 'w').write('code ran')",)
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    path = tmp_path / "payload-ran"
+    pickle.loads(pickle.dumps(Payload(path)))  # the payload is live: plain unpickling runs it
+    assert path.exists()
+    path.unlink()
+    yield path
+    assert not path.exists(), "a loader unpickled a file with a payload (it ran code)"
+
+
+def plant(path, sentinel) -> None:
+    """A torch-format file (zip + pickle) whose pickle carries the payload next to real tensors."""
+    torch.save({"state_dict": {"weight": torch.zeros(2)}, "payload": Payload(sentinel)}, path)
+
+
+def test_from_pretrained_ignores_pickles_beside_the_safetensors(probe_dir, sentinel):
+    for name in ("pytorch_model.bin", "training_args.bin", "optimizer.pt", "rng_state.pth"):
+        plant(probe_dir / name, sentinel)
+    model = hep.AutoModelForEfficientProbing.from_pretrained(probe_dir)
+    assert model.probe.classifier.weight.shape == (3, 32)
+
+
+def test_official_head_and_conversion_command_refuse_a_payload(saved_backbone, tmp_path, sentinel):
+    plant(tmp_path / "ep_head.pth", sentinel)
+    with pytest.raises(ValueError, match="refuses"):
+        load_official_head(tmp_path / "ep_head.pth", pooling="ep")
+    with pytest.raises(ValueError, match="refuses"):
+        conversion.main([str(tmp_path / "ep_head.pth"), "--backbone", saved_backbone("vit"), "--output", "x"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_token_cache_refuses_a_pickled_shard_and_ignores_pickles_beside(tmp_path, sentinel):
+    cache = extract(tmp_path)
+    plant(cache.directory / "tokens.pt", sentinel)
+    shard = cache.directory / cache.shards[0].file
+    plant(shard, sentinel)  # a shard replaced by a pickle, the manifest updated to match it
+    manifest = json.loads((cache.directory / MANIFEST_NAME).read_text())
+    manifest["shards"][0].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    (cache.directory / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(SafetensorError, match="header"):  # read as safetensors only
+        TokenCache(cache.directory).dataset()[0]
+
+
+def test_resuming_refuses_pickled_trainer_state_with_a_payload(saved_backbone, tmp_path, sentinel):
+    """Trainer checkpoints hold pickles (optimizer, scheduler, RNG states): resume reads them weights-only."""
+    torch.manual_seed(0)
+    items = [{"tokens": torch.randn(17, 32), "labels": i % 3} for i in range(8)]
+    output = tmp_path / "run"
+
+    def train(epochs):
+        model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3, probe="linear")
+        args = embedded_training_arguments(
+            str(output), num_train_epochs=epochs, per_device_train_batch_size=4, warmup_epochs=0, keep_checkpoints=True
+        )
+        return train_probe(model, args, items, items)
+
+    train(1)
+    checkpoint = output / "checkpoint-2"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        assert (checkpoint / name).exists()
+        plant(checkpoint / name, sentinel)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train(2)  # resumes from checkpoint-2
