@@ -3,12 +3,14 @@
 import json
 import pickle
 import shutil
+import zipfile
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from test_cache import extract, single_thread  # noqa: F401
 
 import hf_efficient_probing as hep
@@ -40,23 +42,36 @@ def test_pickle_only_repository_is_refused(probe_dir):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_malformed_safetensors_fail_cleanly(probe_dir, tmp_path_factory, data):
+    """Truncated, header-flipped or random bytes fail with a clear error; a byte flipped inside a tensor's data is
+    a valid file, and loads with exactly the flipped value."""
     original = (probe_dir / "model.safetensors").read_bytes()
+    data_start = 8 + int.from_bytes(original[:8], "little")  # after the length prefix and the JSON header
     target = tmp_path_factory.mktemp("fuzzed")
     shutil.copy(probe_dir / "config.json", target / "config.json")
-    mode = data.draw(st.sampled_from(["truncate", "flip", "random"]))
+    mode = data.draw(st.sampled_from(["truncate", "flip header", "flip data", "random"]))
     if mode == "truncate":
         blob = original[: data.draw(st.integers(0, len(original) - 1))]
-    elif mode == "flip":
-        position = data.draw(st.integers(0, min(len(original) - 1, 300)))
-        blob = original[:position] + bytes([original[position] ^ 0xFF]) + original[position + 1 :]
+    elif mode.startswith("flip"):
+        span = (0, data_start - 1) if mode == "flip header" else (data_start, len(original) - 1)
+        position = data.draw(st.integers(*span))
+        blob = (
+            original[:position]
+            + bytes([original[position] ^ data.draw(st.integers(1, 255))])
+            + original[position + 1 :]
+        )
     else:
         blob = data.draw(st.binary(max_size=512))
     (target / "model.safetensors").write_bytes(blob)
     try:
-        hep.AutoModelForEfficientProbing.from_pretrained(target)
+        model = hep.AutoModelForEfficientProbing.from_pretrained(target)
     except CLEAN_ERRORS:
+        assert mode != "flip data", "a flipped value inside a tensor is a valid file"
         return
-    # a flipped byte inside tensor data is still a valid file: it loads, with a different value
+    assert mode.startswith("flip"), f"{mode} bytes loaded as a probe"
+    on_disk = safetensors_load(blob)
+    loaded = model.state_dict()
+    for key, value in on_disk.items():  # bit for bit (a flipped float may be NaN)
+        assert torch.equal(loaded[key].flatten().view(torch.uint8), value.flatten().view(torch.uint8)), key
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,6 +81,61 @@ def test_malformed_official_checkpoints_fail_cleanly(tmp_path_factory, blob):
     path.write_bytes(blob)
     with pytest.raises(ValueError):
         load_official_head(path, pooling="ep")
+
+
+@pytest.fixture(scope="module")
+def released_head_members(tmp_path_factory) -> list[tuple[str, bytes]]:
+    """The zip members of a valid released-format ``ep_head.pth`` (pickle + tensor storages)."""
+    torch.manual_seed(0)
+    state_dict = {"0.cls_token": torch.randn(1, 4, 32), "0.v.weight": torch.randn(32, 32)}
+    state_dict |= {
+        "1.running_mean": torch.zeros(32),
+        "1.running_var": torch.ones(32),
+        "1.num_batches_tracked": torch.tensor(0),
+    }
+    state_dict |= {"2.weight": torch.randn(3, 32), "2.bias": torch.zeros(3)}
+    path = tmp_path_factory.mktemp("released") / "ep_head.pth"
+    torch.save({"state_dict": state_dict, "meta": {"cls_features": "ep", "ep_queries": 4, "d_out": 1}}, path)
+    assert load_official_head(path).pooling.queries.shape == (1, 4, 32)
+    with zipfile.ZipFile(path) as archive:
+        return [(name, archive.read(name)) for name in archive.namelist()]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_official_checkpoints_fail_cleanly_and_run_no_code(released_head_members, tmp_path_factory, data):
+    """A structurally valid torch zip whose pickle or storages are mutated, or whose pickle carries a payload (alone
+    or in place of a tensor): a clear error or a loaded head, never another exception, never code run."""
+    folder = tmp_path_factory.mktemp("mutated")
+    sentinel = folder / "payload-ran"
+    members = dict(released_head_members)
+    pickle_name = next(name for name in members if name.endswith("data.pkl"))
+    mode = data.draw(st.sampled_from(["pickle byte", "storage byte", "payload", "payload inside", "drop member"]))
+    if mode in ("pickle byte", "storage byte"):
+        name = (
+            pickle_name if mode == "pickle byte" else data.draw(st.sampled_from(sorted(set(members) - {pickle_name})))
+        )
+        content = members[name]
+        position = data.draw(st.integers(0, len(content) - 1))
+        members[name] = (
+            content[:position] + bytes([content[position] ^ data.draw(st.integers(1, 255))]) + content[position + 1 :]
+        )
+    elif mode == "payload":
+        members[pickle_name] = pickle.dumps(Payload(sentinel), protocol=data.draw(st.integers(2, 5)))
+    elif mode == "payload inside":  # the payload's opcodes spliced in before the pickle's final STOP
+        payload = pickle.dumps(Payload(sentinel), protocol=2)[2:-1]  # without PROTO and STOP
+        members[pickle_name] = members[pickle_name][:-1] + payload + b"0" + b"."  # POP it, then STOP
+    else:
+        del members[data.draw(st.sampled_from(sorted(members)))]
+    path = folder / "ep_head.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    try:
+        load_official_head(path)
+    except ValueError:
+        pass
+    assert not sentinel.exists(), f"{mode}: unpickling ran the payload"
 
 
 # ---------------------------------------------------------------------------------------------------------------
