@@ -31,6 +31,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 from safetensors import safe_open
 from transformers import ViTImageProcessor, pipeline
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN
 
 from hf_efficient_probing import AutoModelForEfficientProbing, ViTForEfficientProbing
 from hf_efficient_probing.hub import (
@@ -168,7 +169,8 @@ def test_card_metadata_on_the_hub(local_hub):
     assert f"epoch **{CARD_INFO.best_epoch}**" in text
     assert "| optimizer | LARS |" in text
     assert f"{sum(p.numel() for p in trained_probe().probe.parameters()):,}" in text
-    assert "attention_maps.png" not in text, "no figure was made without an example image"
+    assert "attention_maps.png" in text, "without an example image the figure is drawn on the sample image"
+    assert "attention_maps.png" in HfApi().list_repo_files("tester/card-probe")
     assert not HfApi().model_info("tester/card-probe").private
 
 
@@ -330,9 +332,21 @@ def test_probe_repository_must_name_its_backbone(tmp_path):
 
 
 def test_local_backbone_without_processor_or_card(tmp_path, saved_backbone):
+    """A backbone that ships no image processor: the repository gets one built from the backbone's config (with a
+    warning saying so), the figure is drawn on the sample image, and `pipeline` runs the probe from the folder."""
     model = AutoModelForEfficientProbing.from_backbone(saved_backbone("vit"), probe="ep", num_queries=4, num_labels=3)
-    with pytest.warns(UserWarning, match="preprocessor_config.json"):
-        save_probe_repository(model, tmp_path / "repo", "user/local-probe", example_image=example_image())
-    assert {p.name for p in (tmp_path / "repo").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    with pytest.warns(UserWarning, match="has no image processor.*built from its config"):
+        save_probe_repository(model, tmp_path / "repo", "user/local-probe")
+    assert {p.name for p in (tmp_path / "repo").iterdir()} == {
+        "config.json", "model.safetensors", "README.md", "preprocessor_config.json", "attention_maps.png"
+    }  # fmt: skip
     data = ModelCard.load(tmp_path / "repo" / "README.md").data
     assert data.base_model is None and data.license is None  # a local path is no Hub model; no card, no licence
+    processor = ViTImageProcessor.from_pretrained(tmp_path / "repo")
+    assert (processor.size["height"], processor.size["width"]) == (32, 32)
+    assert tuple(processor.image_mean) == tuple(IMAGENET_DEFAULT_MEAN)
+    classifier = pipeline("image-classification", model=str(tmp_path / "repo"))
+    image = example_image()
+    with torch.no_grad():
+        expected = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    assert classifier(image, top_k=1)[0]["score"] == pytest.approx(float(expected.max()), abs=1e-6)

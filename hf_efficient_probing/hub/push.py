@@ -3,7 +3,8 @@
 A probe repository holds what a user needs to run the probe in one line: ``config.json`` (the probe and the
 backbone's id and revision), ``model.safetensors`` (the probe only, a few MB), ``preprocessor_config.json`` (the
 backbone's image processor, so that ``pipeline("image-classification", model=repo)`` works), ``README.md`` (the
-model card) and, when an example image is given and the probe attends, ``attention_maps.png``.
+model card) and, when the probe attends, ``attention_maps.png`` (drawn on the example image given, or on
+`sample_image`). A backbone without an image processor gets one built from its config.
 
 Uploads go through `huggingface_hub.HfApi` (``create_repo`` then one ``upload_folder`` commit), so the token comes
 from the usual places (``token=``, ``HF_TOKEN``, ``hf auth login``) and ``HF_ENDPOINT`` is honoured.
@@ -17,9 +18,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 from huggingface_hub import CommitInfo, HfApi
-from PIL import Image
+from PIL import Image, ImageDraw
+from transformers import ViTImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..backbones import vision_config
 from ..modeling_probing import ProbingPreTrainedModel
 from .attention_maps import count_attention_maps, load_image_processor, save_attention_maps
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
@@ -34,6 +39,29 @@ def _check_names_backbone(model: ProbingPreTrainedModel) -> None:
             "A probe repository names its backbone instead of holding it, but config.backbone_name_or_path is not "
             "set. Build the probe with `from_backbone('<hub id>')` or set the config field to the backbone's Hub id."
         )
+
+
+def image_processor_from_config(config) -> ViTImageProcessor:
+    """An image processor for a backbone that ships none: resize to the backbone's input size and normalise with
+    the ImageNet statistics (those of the paper's recipe), so that ``pipeline`` can run the published probe."""
+    size = vision_config(config.backbone_config).image_size
+    size = size if isinstance(size, int) else size[0]
+    return ViTImageProcessor(
+        size={"height": size, "width": size}, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD
+    )
+
+
+def sample_image(size: int = 224) -> Image.Image:
+    """The image the attention-map figure is drawn on when none is given: a few plain shapes on a gradient, drawn
+    here so that the package ships no image file (deterministic, so a figure changes only when the probe does)."""
+    ramp = np.linspace(40, 200, size, dtype=np.uint8)
+    image = Image.fromarray(np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                                      np.full((size, size), 120, np.uint8)], axis=-1))  # fmt: skip
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([size * 0.1, size * 0.15, size * 0.45, size * 0.5], fill=(230, 60, 50))
+    draw.rectangle([size * 0.55, size * 0.5, size * 0.9, size * 0.85], fill=(40, 90, 220))
+    draw.polygon([(size * 0.2, size * 0.9), (size * 0.35, size * 0.6), (size * 0.5, size * 0.9)], fill=(250, 220, 40))
+    return image
 
 
 def save_probe_repository(
@@ -54,8 +82,9 @@ def save_probe_repository(
         save_directory: folder to write into.
         repo_id: repository the card's usage snippet loads from.
         card_info: evaluation and training details for the model card.
-        example_image: an image to draw the probe's attention maps on, for the card.
-        image_processor: the processor of the backbone; by default loaded from the backbone the config names.
+        example_image: an image to draw the probe's attention maps on, for the card (by default `sample_image`).
+        image_processor: the processor of the backbone; by default loaded from the backbone the config names, or
+            built from its config when it has none (`image_processor_from_config`).
         revision: branch the files are meant for (pinned in the card's snippet when not ``main``).
         token: token to read the backbone's processor and card.
     """
@@ -66,18 +95,19 @@ def save_probe_repository(
     if image_processor is None:
         image_processor = load_image_processor(None, config=config, token=token)
     if image_processor is None:
+        image_processor = image_processor_from_config(config)
         warnings.warn(
-            f"No image processor found for the backbone {config.backbone_name_or_path!r}: the repository will lack "
-            "preprocessor_config.json, so `pipeline(...)` needs `image_processor=` given explicitly. Pass "
-            "`image_processor=` to include one.",
+            f"The backbone {config.backbone_name_or_path!r} has no image processor: the repository gets one built "
+            f"from its config (resize to {image_processor.size['height']} px, ImageNet mean and std). Pass "
+            "`image_processor=` if the backbone was trained with another preprocessing.",
             UserWarning,
             stacklevel=2,
         )
-    else:
-        image_processor.save_pretrained(save_directory)
+    image_processor.save_pretrained(save_directory)
     attention_map = None
-    if example_image is not None and image_processor is not None and count_attention_maps(model) is not None:
-        save_attention_maps(model, example_image, save_directory / ATTENTION_MAPS_FILE, image_processor)
+    if count_attention_maps(model) is not None:
+        figure_image = sample_image(image_processor.size["height"]) if example_image is None else example_image
+        save_attention_maps(model, figure_image, save_directory / ATTENTION_MAPS_FILE, image_processor)
         attention_map = ATTENTION_MAPS_FILE
     card = build_model_card(model, repo_id, card_info, revision=revision, attention_map=attention_map, token=token)
     card.save(save_directory / "README.md")
