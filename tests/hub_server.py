@@ -1,8 +1,9 @@
 """A tiny Hugging Face Hub-compatible HTTP server on loopback, for testing uploads and downloads without network.
 
 It answers the endpoints the real ``huggingface_hub`` and ``transformers`` clients call to create a repository,
-validate a model card, commit files (inline, base64 in the NDJSON body: ``preupload`` answers ``"regular"`` so no
-LFS or Xet transfer is ever started), create a branch, read repository info and file trees, and download files
+validate a model card, commit files (inline, base64 in the NDJSON body, for files ``preupload`` calls ``"regular"``;
+through the Git LFS batch API and a PUT for files of at least ``lfs_threshold`` bytes, which it calls ``"lfs"``: the
+client's LFS path, with Xet disabled, as the real Hub serves clients without Xet), create a branch, read repository info and file trees, and download files
 (``resolve`` with ``X-Repo-Commit`` and ``ETag``). Every commit is a snapshot of the whole repository stored under a
 temporary directory, so earlier revisions stay readable by their commit hash.
 
@@ -52,6 +53,8 @@ class HubState:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.repos: dict[str, Repo] = {}
         self.lock = threading.Lock()
+        self.lfs_objects = root / "lfs"  # uploaded LFS objects, named by their sha256, until a commit adds them
+        self.lfs_objects.mkdir(exist_ok=True)
 
     def create(self, repo_id: str, private: bool) -> bool:
         with self.lock:
@@ -168,6 +171,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         parts, body = self.segments(), self.body()
+        if len(parts) == 6 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
+            return self.lfs_batch(f"{parts[0]}/{parts[1].removesuffix('.git')}", json.loads(body))
         if parts == ["api", "repos", "create"]:
             return self.create_repo(json.loads(body))
         if parts == ["api", "validate-yaml"]:
@@ -180,15 +185,49 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return
             if action == "preupload":
                 files = json.loads(body)["files"]
-                listing = [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
-                ]
+                listing = [{"path": f["path"], "uploadMode": self.upload_mode(f), "shouldIgnore": False} for f in files]
                 return self.send(200, {"files": listing, "commitOid": repo.branches.get(revision)})
             if action == "commit":
                 return self.commit(repo_id, repo, revision, body)
             if action == "branch":
                 return self.create_branch(repo, revision, json.loads(body) if body else {})
         self.error(404, "NotFound", f"POST {self.path} is not served by the test Hub")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Git LFS: the batch API answers with a "basic" upload action (a PUT to this server), the PUT stores the object
+    # under its sha256, and a commit's "lfsFile" entry adds it to the repository.
+
+    def upload_mode(self, file: dict) -> str:
+        return "lfs" if int(file.get("size", 0)) >= self.server.lfs_threshold else "regular"
+
+    def lfs_batch(self, repo_id: str, request: dict):
+        if self.find_repo(repo_id) is None:
+            return
+        if request.get("operation") != "upload" or "basic" not in request.get("transfers", ["basic"]):
+            return self.error(400, "BadRequest", "the test Hub takes basic LFS uploads only")
+        objects = []
+        for item in request["objects"]:
+            answer = {"oid": item["oid"], "size": item["size"]}
+            if not (self.state.lfs_objects / item["oid"]).is_file():
+                answer["actions"] = {"upload": {"href": f"{self.server.endpoint}/lfs-upload/{item['oid']}"}}
+            objects.append(answer)
+        self.send(200, {"transfer": "basic", "objects": objects})
+
+    def do_PUT(self):
+        parts, body = self.segments(), self.body()
+        if len(parts) != 2 or parts[0] != "lfs-upload":
+            return self.error(404, "NotFound", f"PUT {self.path} is not served by the test Hub")
+        if hashlib.sha256(body).hexdigest() != parts[1]:
+            return self.error(400, "BadRequest", "the uploaded bytes do not match their sha256")
+        (self.state.lfs_objects / parts[1]).write_bytes(body)
+        self.server.lfs_uploads.append(parts[1])
+        self.send(200, {})
+
+    def lfs_object(self, value: dict) -> bytes | None:
+        path = self.state.lfs_objects / str(value.get("oid"))
+        if value.get("algo", "sha256") != "sha256" or not path.is_file():
+            return None
+        return path.read_bytes()
 
     def create_repo(self, request: dict):
         if request.get("type", "model") not in (None, "model"):
@@ -227,6 +266,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 if value.get("encoding") != "base64":
                     return self.error(400, "BadRequest", "the test Hub takes inline base64 files only")
                 added[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "lfsFile":
+                content = self.lfs_object(value)
+                if content is None:
+                    return self.error(400, "BadRequest", f"LFS object {value.get('oid')} was not uploaded")
+                added[value["path"]] = content
             elif item["key"] == "deletedFile":
                 deleted.append(value["path"])
             else:
@@ -309,9 +353,11 @@ def validate_metadata(content: str) -> dict:
 class LocalHubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lfs_threshold: int = 10 * 1024 * 1024):
         super().__init__((LOOPBACK, 0), HubRequestHandler)  # port 0: a free port chosen by the OS
         self.state = HubState(root)
+        self.lfs_threshold = lfs_threshold  # files of at least this many bytes go through LFS (the Hub's: 10 MiB)
+        self.lfs_uploads: list[str] = []  # sha256 of every LFS object uploaded, in order
         host, port = self.server_address[:2]
         assert host == LOOPBACK, f"the test Hub must listen on loopback only, got {host}"
         self.endpoint = f"http://{host}:{port}"

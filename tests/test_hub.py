@@ -14,6 +14,7 @@ on 127.0.0.1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import runpy
@@ -55,16 +56,20 @@ CARD_INFO = ProbeCardInfo(
 )
 
 
+LFS_THRESHOLD = 4096  # bytes: weights and figures go through LFS, configs and cards inline (as on the Hub)
+
+
 @pytest.fixture
 def local_hub(tmp_path, monkeypatch):
     """A Hub-compatible server on loopback, with every client pointed at it and a fresh cache."""
-    with LocalHubServer(tmp_path / "hub") as server:
+    with LocalHubServer(tmp_path / "hub", lfs_threshold=LFS_THRESHOLD) as server:
         cache = tmp_path / "cache"
         for name, value in {
             "ENDPOINT": server.endpoint,
             "HUGGINGFACE_CO_URL_TEMPLATE": server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
             "HF_HUB_OFFLINE": False,
             "HF_HUB_CACHE": str(cache),
+            "HF_HUB_DISABLE_XET": True,  # large files take the LFS path, which the loopback Hub serves
         }.items():
             monkeypatch.setattr(constants, name, value)
         monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.endpoint)
@@ -74,6 +79,7 @@ def local_hub(tmp_path, monkeypatch):
             "HF_HUB_OFFLINE": "0",
             "HF_HUB_CACHE": str(cache),
             "HF_TOKEN": "hf_loopback_test_token",
+            "HF_HUB_DISABLE_XET": "1",
         }.items():
             monkeypatch.setenv(name, value)
         server.cache = cache
@@ -119,7 +125,8 @@ def example_image() -> Image.Image:
     return Image.fromarray((torch.rand(40, 48, 3, generator=torch.Generator().manual_seed(3)) * 255).byte().numpy())
 
 
-def test_round_trip_push_clear_cache_load(local_hub):
+def test_round_trip_push_clear_cache_load(local_hub, tmp_path):
+    """Push (the weights through the LFS upload path), clear the cache, load from the Hub: the same probe."""
     push_backbone()
     model = trained_probe()
     model.push_to_hub("tiny-probe", private=True, card_info=CARD_INFO, example_image=example_image())
@@ -134,6 +141,10 @@ def test_round_trip_push_clear_cache_load(local_hub):
 
     files = set(HfApi().list_repo_files(repo))
     assert files == {"config.json", "model.safetensors", "README.md", "preprocessor_config.json", "attention_maps.png"}
+    local_weights = tmp_path / "probe-weights"
+    model.save_pretrained(local_weights)
+    probe_bytes = (local_weights / "model.safetensors").read_bytes()
+    assert len(probe_bytes) >= LFS_THRESHOLD and hashlib.sha256(probe_bytes).hexdigest() in local_hub.lfs_uploads
     weights = hf_hub_download(repo, "model.safetensors")
     with safe_open(weights, framework="pt") as checkpoint:
         keys = list(checkpoint.keys())
