@@ -111,6 +111,9 @@ class ProbingConfig(PreTrainedConfig):
         self.feature_layers = list(self.feature_layers)
 
     def validate_probe_settings(self):
+        eps = self.batch_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"batch_norm_eps must be a positive number (default 1e-6), got {eps!r}.")
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}.")
         if not self.feature_layers or not all(isinstance(layer, int) for layer in self.feature_layers):

@@ -45,7 +45,7 @@ STAGED_FILES = ".staged.json"  # written last into a staging folder: its files a
 
 
 def _mark_staging_complete(staging: Path) -> None:
-    names = sorted(name for name in os.listdir(staging))
+    names = sorted(os.listdir(staging))
     (staging / f"{STAGED_FILES}.tmp").write_text(json.dumps(names))
     os.replace(staging / f"{STAGED_FILES}.tmp", staging / STAGED_FILES)  # atomic: the list is whole or absent
 
@@ -67,10 +67,12 @@ def _commit_staging(staging: Path, save_directory: Path) -> None:
     shutil.rmtree(staging)
 
 
-def finish_interrupted_save(save_directory: str | os.PathLike) -> None:
+def finish_interrupted_save(save_directory: str | os.PathLike, discard_incomplete: bool = False) -> None:
     """Make a local checkpoint directory whole after a save that was killed: a save killed while moving its files
-    into place is finished (its files were all written), one killed while writing them is discarded (the previous
-    checkpoint is untouched). A directory without such leftovers, or a Hub id, is left as it is."""
+    into place is finished (its files were all written; the previous checkpoint is untouched until then). With
+    ``discard_incomplete`` (before a new save), staging folders of saves killed while writing are removed; a load
+    leaves them, as they may belong to a save still running. A directory without leftovers, or a Hub id, is left
+    as it is."""
     save_directory = Path(save_directory)
     if not save_directory.is_dir():
         return
@@ -78,7 +80,7 @@ def finish_interrupted_save(save_directory: str | os.PathLike) -> None:
         if (staging / STAGED_FILES).is_file():
             logger.warning("Finishing the save to %s that was interrupted while moving its files.", save_directory)
             _commit_staging(staging, save_directory)
-        else:
+        elif discard_incomplete:
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -280,7 +282,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
         # that a full disk or a killed process never leaves a half-written checkpoint over the previous one.
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
-        finish_interrupted_save(save_directory)
+        finish_interrupted_save(save_directory, discard_incomplete=True)
         staging = Path(tempfile.mkdtemp(dir=save_directory, prefix=STAGING_PREFIX))
         try:
             # transformers renames keys to legacy on-disk names by regex for some backbone families (``k_proj`` ->
