@@ -177,6 +177,9 @@ class EfficientProbingConfig(ProbingConfig):
     value_bias: bool = False
 
     def validate_ep_shape(self):
+        for name in ("num_queries", "d_out"):
+            if isinstance(getattr(self, name), bool):  # bool is an int to Python, not a count
+                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}.")
         width = self.token_width
         if self.num_queries < 1 or self.d_out < 1 or width % (self.d_out * self.num_queries):
             raise ValueError(
