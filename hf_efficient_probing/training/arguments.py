@@ -1,8 +1,9 @@
 """Command-line arguments of the probing script, as dataclasses for `HfArgumentParser`.
 
-``ProbingTrainingArguments`` is `TrainingArguments` with the paper's recipe as its defaults (90 epochs, LARS,
-base lr 0.1 scaled by batch / 256, 10 warm-up epochs then cosine, evaluation and a checkpoint every epoch, the best
-epoch kept); every `TrainingArguments` option still works and overrides them.
+``ProbingTrainingArguments`` is `TrainingArguments` plus the probing recipe's own settings. The recipe fields left
+unset (``None``) are filled by the protocol (`training.recipe`): the default one (AdamW, a learning-rate grid,
+epochs and batch that follow the data size) or the paper's (90 epochs, LARS, base lr 0.1 scaled by batch / 256, 10
+warm-up epochs then cosine). Every value given on the command line wins over both.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class DataArguments:
     val_fraction_of_train: float | None = field(
         default=None, metadata={"help": "Hold out this stratified fraction of train as the validation split."}
     )
+    selection_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Default protocol: the stratified, seeded fraction of train held out to choose the learning "
+            "rate, layer and epoch (the evaluation split is never read for that)."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
     shots_per_class: int | None = field(
         default=None, metadata={"help": "Low-shot: train on this many images per class (stratified, seeded)."}
@@ -53,7 +61,10 @@ class DataArguments:
         default=None, metadata={"help": "Low-shot: train on this fraction of every class (stratified, seeded)."}
     )
     subset_seed: int = field(default=0, metadata={"help": "Seed of the low-shot subset and of held-out splits."})
-    crop_scale_min: float = field(default=0.08, metadata={"help": "Lower scale bound of RandomResizedCrop."})
+    crop_scale_min: float | None = field(
+        default=None,
+        metadata={"help": "Lower scale bound of RandomResizedCrop (paper: 0.08; default protocol: from the image size)."},
+    )
     eval_resize_ratio: float = field(
         default=EVAL_RESIZE_RATIO, metadata={"help": "Evaluation resize of the shorter side, relative to the crop."}
     )
@@ -61,11 +72,12 @@ class DataArguments:
         default=False,
         metadata={"help": "Scan the data set and leave out images that cannot be decoded (counted in the summary)."},
     )
-    use_token_cache: bool = field(
-        default=False,
+    use_token_cache: bool | None = field(
+        default=None,
         metadata={
             "help": "Run the frozen backbone once per image and train from its cached tokens (the eval preprocessing "
-            "for both splits: no augmentation). Reused while backbone, layers, preprocessing and data are unchanged."
+            "for both splits: no augmentation). Reused while backbone, layers, preprocessing and data are unchanged. "
+            "Default: on for the default protocol (nothing trains in the backbone), off for --protocol paper."
         },
     )
     token_cache_dir: str | None = field(
@@ -86,17 +98,39 @@ class DataArguments:
 
 @dataclass
 class ProbeArguments:
-    probe: str = field(default="ep", metadata={"help": "Probe kind: a name of PROBE_CONFIGS (ep, linear, ...)."})
+    protocol: str = field(
+        default="default",
+        metadata={
+            "help": "default: a grid of learning rates x layers x probe kinds trained in one run, chosen on data held "
+            "out from train, the evaluation split reported once. paper: the paper's ImageNet recipe (LARS, 90 "
+            "epochs, augmentation through the live backbone, best epoch chosen on the evaluation split)."
+        },
+    )
+    probe: list[str] = field(
+        default_factory=lambda: ["ep"],
+        metadata={"help": "Probe kinds (names of PROBE_CONFIGS: ep, linear, ...); several train in the same grid."},
+    )
+    learning_rates: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: base learning rates of the grid, scaled by sqrt(batch / 256) (default: 8 "
+            "values from 3e-5 to 1e-1)."
+        },
+    )
     num_queries: int | None = field(default=None, metadata={"help": "EP: number of queries M (default 32)."})
     d_out: int | None = field(default=None, metadata={"help": "EP: output reduction D_o (default 1)."})
     linear_features: str | None = field(default=None, metadata={"help": "Linear probe: cls, gap or cls+gap."})
     token_selection: str | None = field(default=None, metadata={"help": "patch (default) or all ([CLS] + patches)."})
-    feature_layers: list[int] = field(
-        default_factory=lambda: [-1],
-        metadata={"help": "Hidden states read (0 = embeddings, -1 = last block); several are concatenated."},
+    feature_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Hidden states read (0 = embeddings, -1 = last block). Default protocol: each one is a grid "
+            "member (default: the last block and the one at 3/4 depth). Paper protocol: concatenated (default -1)."
+        },
     )
     layerwise: bool = field(
-        default=False, metadata={"help": "Probe each of --feature_layers in its own run (output_dir/layer_<i>)."}
+        default=False,
+        metadata={"help": "Paper protocol: probe each of --feature_layers in its own run (output_dir/layer_<i>)."},
     )
     probe_config_json: str | None = field(
         default=None, metadata={"help": "Other probe config fields as JSON, e.g. '{\"num_heads\": 16}'."}
@@ -116,12 +150,15 @@ class ProbeArguments:
 
 @dataclass
 class ProbingTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's recipe as the defaults, plus the recipe's own settings."""
+    """`TrainingArguments` plus the recipe's own settings; ``None`` means "as the protocol says" (`training.recipe`)."""
 
     output_dir: str | None = field(default="probing-output", metadata={"help": "Where the probe and results go."})
-    num_train_epochs: float = field(default=90.0, metadata={"help": "Training epochs (the paper: 90)."})
-    per_device_train_batch_size: int = field(
-        default=256, metadata={"help": "Batch size per device (paper: 4096 total)."}
+    num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Training epochs (paper: 90; default protocol: follows the data size)."}
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Batch size per device (paper: 256; default protocol: 128), capped by the training split."},
     )
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
     eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate every epoch (best-epoch selection)."})
@@ -131,15 +168,24 @@ class ProbingTrainingArguments(TrainingArguments):
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the probe of the best epoch."})
     metric_for_best_model: str | None = field(default="accuracy", metadata={"help": "Metric of the best epoch."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column for the transforms."})
-    optimizer: str = field(
-        default="lars",
-        metadata={"help": "lars (the paper's), sgd, adamw, or trainer (TrainingArguments' optim and scheduler)."},
+    optimizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "lars (the paper's), sgd, adamw (the default protocol's), or trainer (TrainingArguments' optim "
+            "and scheduler)."
+        },
     )
     base_learning_rate: float | None = field(
-        default=0.1,
-        metadata={"help": "lr = base_learning_rate * effective batch / 256. Unset to use --learning_rate as is."},
+        default=None,
+        metadata={"help": "Paper protocol: lr = base_learning_rate * effective batch / 256 (default 0.1)."},
     )
-    warmup_epochs: float = field(default=10.0, metadata={"help": "Linear warm-up epochs before the cosine decay."})
+    warmup_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Linear warm-up epochs before the cosine decay (paper: 10; default protocol: 5 % of the run); "
+            "never more than a fifth of the run."
+        },
+    )
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate, relative to the peak."})
     momentum: float = field(default=0.9, metadata={"help": "Momentum of LARS and SGD."})
     lars_trust_coefficient: float = field(default=0.001, metadata={"help": "LARS trust coefficient."})

@@ -79,6 +79,9 @@ def scaled_learning_rate(base_learning_rate: float, effective_batch_size: int) -
     return base_learning_rate * effective_batch_size / 256
 
 
+MAX_WARMUP_FRACTION = 0.2  # a warm-up longer than a fifth of the run leaves too little at the peak rate
+
+
 def build_optimizer(
     model: nn.Module,
     name: str,
@@ -96,6 +99,13 @@ def build_optimizer(
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     groups = [group for group in groups if group["params"]]
+    return optimizer_for_groups(groups, name, learning_rate, momentum=momentum, trust_coefficient=trust_coefficient)
+
+
+def optimizer_for_groups(
+    groups: list[dict], name: str, learning_rate: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 0.001
+) -> torch.optim.Optimizer:
+    """``"lars"``, ``"sgd"`` or ``"adamw"`` over parameter groups (a group's own ``lr`` wins over ``learning_rate``)."""
     if name == "lars":
         return LARS(groups, lr=learning_rate, momentum=momentum, trust_coefficient=trust_coefficient)
     if name == "sgd":

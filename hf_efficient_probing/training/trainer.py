@@ -26,7 +26,9 @@ from .arguments import ProbingTrainingArguments
 from .data import probing_collator
 from .lora import freeze_lora, has_lora
 from .metrics import TOP_K_ACCURACY_PATH
-from .optim import build_optimizer, scaled_learning_rate, warmup_cosine_schedule
+from .grid import ProbingGridModel
+from .optim import MAX_WARMUP_FRACTION, build_optimizer, optimizer_for_groups, scaled_learning_rate, warmup_cosine_schedule
+from .recipe import resolve_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ class ProbingTrainer(Trainer):
 
     With ``args.optimizer`` ``"lars"``, ``"sgd"`` or ``"adamw"``, the learning rate is ``base_learning_rate *
     effective batch / 256`` (or ``learning_rate`` when ``base_learning_rate`` is unset), warmed up linearly for
-    ``warmup_epochs`` and decayed by a half cosine. ``"trainer"`` leaves both to `TrainingArguments`.
-    The last incomplete training batch is dropped, as in the official code: a BatchNorm cannot train on one image.
+    ``warmup_epochs`` (never more than ``MAX_WARMUP_FRACTION`` of the run) and decayed by a half cosine.
+    ``"trainer"`` leaves both to `TrainingArguments`. A `ProbingGridModel` gets one parameter group per member, at
+    the member's own learning rate, all scheduled by the same factor. The last incomplete training batch is dropped,
+    as in the official code: a BatchNorm cannot train on one image.
     """
 
     args: ProbingTrainingArguments
@@ -57,9 +61,17 @@ class ProbingTrainer(Trainer):
     def create_optimizer(self, model=None):
         if not self._uses_recipe():
             return super().create_optimizer(model)
+        model = model if model is not None else self.model
+        if self.optimizer is None and isinstance(model, ProbingGridModel):
+            self.optimizer = optimizer_for_groups(
+                model.parameter_groups(weight_decay=self.args.weight_decay),
+                self.args.optimizer,
+                momentum=self.args.momentum,
+                trust_coefficient=self.args.lars_trust_coefficient,
+            )
         if self.optimizer is None:
             self.optimizer = build_optimizer(
-                model if model is not None else self.model,
+                model,
                 self.args.optimizer,
                 self.peak_learning_rate(),
                 weight_decay=self.args.weight_decay,
@@ -73,7 +85,8 @@ class ProbingTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             epochs = max(self.args.num_train_epochs, 1e-12)
-            warmup_steps = int(round(num_training_steps * min(self.args.warmup_epochs / epochs, 1.0)))
+            fraction = min(self.args.warmup_epochs / epochs, MAX_WARMUP_FRACTION)
+            warmup_steps = int(round(num_training_steps * fraction))
             self.lr_scheduler = warmup_cosine_schedule(
                 optimizer or self.optimizer, warmup_steps, num_training_steps, self.args.min_lr_ratio
             )
@@ -164,11 +177,13 @@ def train_probe(
     callbacks: list[TrainerCallback] | None = None,
     run_info: dict | None = None,
 ) -> ProbingResult:
-    """Train ``model``'s probe, keep the best epoch, save it to ``args.output_dir`` and write the results.
+    """Train ``model``'s probe, keep the best epoch *on* ``eval_dataset``, save it to ``args.output_dir`` and write the
+    results. This is the paper's protocol (its selection is optimistic when ``eval_dataset`` is the reported split);
+    ``training.sweep.train_grid`` chooses on a split held out from train instead.
 
     Args:
         model: a probe model of this library (its backbone frozen unless LoRA is on).
-        args: training arguments (the paper's recipe by default).
+        args: training arguments (unset recipe fields: the paper's recipe; the batch is capped by the split).
         train_dataset, eval_dataset: items ``{"pixel_values" | "tokens", "labels"}``.
         image_processor: saved with the probe, so that ``pipeline`` can use it.
         resume_from_checkpoint: a checkpoint path, ``True`` for the last one, ``False`` to start over; ``None``
@@ -180,10 +195,10 @@ def train_probe(
     (``eval_accuracy``, ``eval_top5_accuracy``, ...), ``run_summary.json`` and ``run_summary.md``.
     """
     start = time.time()
+    args = resolve_recipe(args, "paper", len(train_dataset))
     callbacks = list(callbacks or [])
     if getattr(args, "early_stopping_patience", None):
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
-    _check_batch_fits(train_dataset, args)
     trainer = ProbingTrainer(
         model=model,
         args=args,
@@ -221,16 +236,6 @@ def train_probe(
             remove_checkpoints(args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return ProbingResult(metrics={**train_metrics, **eval_metrics}, summary=summary, trainer=trainer)
-
-
-def _check_batch_fits(train_dataset, args) -> None:
-    batch = args.per_device_train_batch_size * args.world_size
-    if len(train_dataset) < batch:
-        raise ValueError(
-            f"The training split has {len(train_dataset)} images, fewer than one batch ({batch} = "
-            f"{args.per_device_train_batch_size} per device x {args.world_size} processes); incomplete batches are "
-            "dropped, so nothing would train. Lower --per_device_train_batch_size."
-        )
 
 
 def save_probe(model, output_dir: str) -> None:

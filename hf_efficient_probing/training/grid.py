@@ -1,0 +1,246 @@
+"""A grid of probes trained together in one `Trainer` run, each chosen at its best epoch on data held out from train.
+
+The backbone is by far the costly part of probing; the probes are tiny. So, like DINOv2's linear evaluation, every
+member of a grid (probe kind x layer x learning rate) reads the same batch of tokens (one cached row, or one
+backbone pass that returns every layer asked for) and takes its own view of it. Their losses are summed, but their
+parameters are disjoint, so no gradient mixes: each member gets exactly what it would get trained alone with the
+same seed. Each member has its own optimizer parameter group (its own learning rate and state, scheduled by the
+same warm-up + cosine factor) and its own metrics.
+
+During training the members are evaluated every epoch on the *selection* split (held out from train); each member's
+best epoch is snapshotted into the model's own state (``best_heads``, ``best_accuracy``, ``best_epoch``), so the
+snapshots are in every checkpoint and survive a resume. The evaluation split is read once, after training, by the
+chosen member of each probe kind at its chosen epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from transformers import TrainerCallback, set_seed
+
+from ..backbones import TokenReader
+from ..cache.key import normalize_layers
+from ..cache.layout import TokenLayout
+from ..modeling_probing import AutoModelForEfficientProbing
+from ..probes.counting import count_trainable_parameters
+
+
+@dataclass(frozen=True)
+class GridMember:
+    """One probe of a grid: its kind, the hidden state it reads (non-negative index) and its peak learning rate."""
+
+    kind: str
+    layer: int
+    learning_rate: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_layer{self.layer}_lr{self.learning_rate:.2e}"
+
+
+def grid_members(kinds: Sequence[str], layers: Sequence[int], learning_rates: Sequence[float]) -> list[GridMember]:
+    """Every (kind, layer, learning rate), in that order of nesting."""
+    return [GridMember(kind, layer, lr) for kind in kinds for layer in layers for lr in learning_rates]
+
+
+class ProbingGridModel(nn.Module):
+    """K probing models on one frozen backbone, trained as one model.
+
+    The members are normal probe models of this library that share the backbone object; only their heads are
+    registered here (with the backbone once), so a checkpoint holds every head, every best-epoch snapshot and no
+    backbone weights. ``forward(tokens | pixel_values, labels)`` returns the summed loss and ``logits`` of shape
+    ``[B, K, num_labels]``.
+    """
+
+    accepts_loss_kwargs = False  # the loss is a sum of per-member means: no token-count normalisation
+
+    def __init__(self, members: Sequence[GridMember], models: Sequence[nn.Module]):
+        super().__init__()
+        if not members or len(members) != len(models):
+            raise ValueError(f"A grid needs one model per member; got {len(members)} members, {len(models)} models.")
+        names = [member.name for member in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Grid members must differ (kind, layer or learning rate); got {names}.")
+        norms = {model.token_reader.apply_final_norm for model in models}
+        if len(norms) > 1:
+            raise ValueError(
+                "The grid's probes disagree on apply_final_norm, but they read one stream of tokens (before or after "
+                "the final norm): train each group in its own run."
+            )
+        self.members = list(members)
+        self._models = list(models)  # not registered: they all hold the backbone
+        self.backbone = models[0].backbone
+        self.heads = nn.ModuleList(model.probe for model in models)
+        self.best_heads = nn.ModuleList(copy.deepcopy(model.probe).requires_grad_(False) for model in models)
+        self.register_buffer("best_accuracy", torch.full((len(models),), -1.0))
+        self.register_buffer("best_epoch", torch.full((len(models),), -1.0))
+        config = models[0].token_reader.config
+        layers = sorted({layer for model in models for layer in normalize_layers(model.config.feature_layers,
+                                                                                  config.num_hidden_layers)})  # fmt: skip
+        reads_cls = any(model.config.reads_cls_token for model in models)
+        self.token_selection = "all" if reads_cls else "patch"
+        self.layout = TokenLayout(tuple(layers), config.hidden_size, int(reads_cls), config.num_hidden_layers)
+        self.reader = TokenReader(models[0].config.backbone_config, layers, self.token_selection, norms.pop())
+        self.views = [
+            (self.layout.view_index(model.config.feature_layers), model.config.reads_cls_token) for model in models
+        ]
+
+    @classmethod
+    def from_backbone(
+        cls, backbone, members: Sequence[GridMember], seed: int = 0, kind_kwargs: dict[str, dict] | None = None,
+        **config_kwargs,
+    ) -> ProbingGridModel:  # fmt: skip
+        """The grid's probe models on ``backbone``; every member is initialised from ``seed``, exactly as a probe built
+        alone after ``set_seed(seed)``. ``kind_kwargs[kind]`` are config fields of that kind only (``num_queries``,
+        ``features``, ...); ``config_kwargs`` go to every member (``num_labels``, ``id2label``, ...)."""
+        models = []
+        for member in members:
+            set_seed(seed)
+            models.append(
+                AutoModelForEfficientProbing.from_backbone(
+                    backbone,
+                    probe=member.kind,
+                    feature_layers=[member.layer],
+                    **(kind_kwargs or {}).get(member.kind, {}),
+                    **config_kwargs,
+                )
+            )
+        return cls(members, models)
+
+    def best_member(self, index: int) -> nn.Module:
+        """Member ``index`` as a standalone probe model (sharing the backbone) with its best epoch's weights loaded
+        into its head: call it once training is over."""
+        model = self._models[index]
+        model.probe.load_state_dict(self.best_heads[index].state_dict())
+        return model.eval()
+
+    def member_dataset(self, index: int, dataset):
+        """``dataset`` as member ``index`` reads it alone: cached grid tokens cut to its view; images unchanged."""
+        return _MemberView(dataset, self.layout, *self.views[index])
+
+    def member_config(self, index: int):
+        return self._models[index].config
+
+    def forward(self, tokens=None, pixel_values=None, labels=None, **kwargs) -> dict[str, torch.Tensor]:
+        grid_size = None
+        if tokens is None:
+            if pixel_values is None:
+                raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
+            with torch.no_grad():
+                read = self.reader(self.backbone, pixel_values)
+            tokens, grid_size = read.tokens, read.grid_size
+        logits, loss = [], None
+        for model, (channels, reads_cls) in zip(self._models, self.views, strict=True):
+            output = model(tokens=self.layout.view(tokens, channels, reads_cls), labels=labels, grid_size=grid_size)
+            logits.append(output.logits)
+            if labels is not None:
+                loss = output.loss if loss is None else loss + output.loss
+        return {"loss": loss, "logits": torch.stack(logits, dim=1)}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout or BatchNorm updates
+        self.best_heads.eval()
+        return self
+
+    def save_pretrained(self, save_directory, state_dict=None, **_) -> None:
+        """A checkpoint of the grid: heads, best-epoch snapshots and their scores (``model.safetensors``; no
+        backbone). The Trainer loads it back by parameter name when it resumes."""
+        os.makedirs(save_directory, exist_ok=True)
+        state = state_dict if state_dict is not None else self.state_dict()
+        tensors = {key: value.detach().contiguous() for key, value in state.items() if not key.startswith("backbone.")}
+        save_file(tensors, os.path.join(save_directory, "model.safetensors"), metadata={"format": "pt"})
+
+    def parameter_groups(self, learning_rates: Sequence[float] | None = None, weight_decay: float = 0.0) -> list[dict]:
+        """One optimizer group per member: its head's trainable parameters at its own learning rate."""
+        rates = learning_rates or [member.learning_rate for member in self.members]
+        return [
+            {"params": [p for p in head.parameters() if p.requires_grad], "lr": rate, "weight_decay": weight_decay}
+            for head, rate in zip(self.heads, rates, strict=True)
+        ]
+
+    def metric_names(self) -> list[str]:
+        return [member.name for member in self.members]
+
+    def estimated_training_bytes(self, batch_size: int, num_tokens: int) -> int:
+        """A rough upper estimate of training memory: per member, weights, gradients, two AdamW moments and the
+        snapshot (5 float32 copies), and activations of about ``ACTIVATION_COPIES`` float32 copies of its view of
+        the batch; plus the batch itself."""
+        params = sum(count_trainable_parameters(head) for head in self.heads)
+        width = self.layout.hidden_size
+        views = sum(width * (len(model.config.feature_layers)) for model in self._models)
+        batch = batch_size * num_tokens * width * len(self.layout.feature_layers) * 4
+        return 5 * 4 * params + batch_size * num_tokens * views * 4 * ACTIVATION_COPIES + batch
+
+
+ACTIVATION_COPIES = 6
+
+
+class _MemberView(torch.utils.data.Dataset):
+    def __init__(self, dataset, layout: TokenLayout, channels, reads_cls_token: bool):
+        self.dataset, self.layout, self.channels, self.reads_cls_token = dataset, layout, channels, reads_cls_token
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        if "tokens" not in item:
+            return item
+        tokens = self.layout.view(item["tokens"][None], self.channels, self.reads_cls_token)[0]
+        return {**item, "tokens": tokens}
+
+
+class GridSelection(TrainerCallback):
+    """After every evaluation on the selection split: snapshot each member whose selection accuracy improved (the
+    earliest epoch wins ties)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not isinstance(model, ProbingGridModel) or not metrics:
+            return
+        with torch.no_grad():
+            for index, name in enumerate(model.metric_names()):
+                accuracy = metrics.get(f"eval_{name}_accuracy")
+                if accuracy is None or math.isnan(accuracy) or accuracy <= model.best_accuracy[index].item():
+                    continue
+                model.best_heads[index].load_state_dict(model.heads[index].state_dict())
+                model.best_accuracy[index] = accuracy
+                model.best_epoch[index] = state.epoch
+
+
+def chosen_members(grid: ProbingGridModel) -> dict[str, int]:
+    """Per probe kind, the index of the member with the best selection accuracy (the first one on ties: the lowest
+    layer order and learning rate as the grid lists them)."""
+    chosen: dict[str, int] = {}
+    for index, member in enumerate(grid.members):
+        best = chosen.get(member.kind)
+        if best is None or grid.best_accuracy[index] > grid.best_accuracy[best]:
+            chosen[member.kind] = index
+    return chosen
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: the accelerator's free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_grid_fits(grid: ProbingGridModel, batch_size: int, num_tokens: int, device: torch.device) -> None:
+    """Fail before training when the grid would not fit in memory, with the estimate and what to change."""
+    needed, free = grid.estimated_training_bytes(batch_size, num_tokens), available_memory_bytes(device)
+    if needed > free:
+        raise MemoryError(
+            f"The grid of {len(grid.members)} probes needs about {needed / 2**30:.1f} GiB to train at batch {batch_size} "
+            f"({num_tokens} tokens per image), more than the {free / 2**30:.1f} GiB free on {device}. Lower "
+            "--per_device_train_batch_size, or train fewer members: fewer --learning_rates, --feature_layers or "
+            "--probe kinds."
+        )
