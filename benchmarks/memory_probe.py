@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 
+import torch
 from transformers import ViTConfig
 
 import hf_efficient_probing as hep
-from hf_efficient_probing.cache import TokenCache
-from hf_efficient_probing.cache.multiprobe import ProbeSpec, train_probes
-from hf_efficient_probing.cache.streams import CachedTokens
+from hf_efficient_probing.backbones import build_backbone
+from hf_efficient_probing.cache import TokenCache, TokenCacheDataset
 
 
 def status_kib(field: str) -> int:
@@ -42,19 +42,26 @@ class PeakAnon(threading.Thread):
 
 def main(cache_dir: str) -> None:
     cache = TokenCache(cache_dir)
-    stream = CachedTokens(cache)
+    rows = TokenCacheDataset(cache)
     config = ViTConfig(**json.loads(cache.key["backbone_config"]))
-    spec = ProbeSpec("ep", hep.EfficientProbingConfig(backbone_config=config, num_labels=10, num_queries=32), 1e-3)
+    with torch.device("meta"):  # the cached tokens replace the backbone: its weights need no memory
+        backbone = build_backbone(config)
+    probe_config = hep.EfficientProbingConfig(backbone_config=config, num_labels=10, num_queries=32)
+    model = hep.VisionModelForEfficientProbing(probe_config, backbone=backbone).train()
+    optimizer = torch.optim.AdamW([p for p in model.probe.parameters() if p.requires_grad], lr=1e-3)
     baseline = status_kib("RssAnon")
     sampler = PeakAnon()
     sampler.start()
-    train_probes([spec], None, stream, epochs=1, batch_size=32)
+    for batch in torch.utils.data.DataLoader(rows, batch_size=32, shuffle=True):
+        model(tokens=batch["tokens"], labels=batch["labels"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
     sampler.running = False
     sampler.join()
     print(
         json.dumps(
             {
-                "rows": len(stream),
+                "rows": len(rows),
                 "baseline_anon_kib": baseline,
                 "peak_anon_kib": sampler.peak,
                 "peak_rss_kib": status_kib("VmHWM"),

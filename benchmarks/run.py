@@ -9,7 +9,10 @@ Data sets are small (a few dozen images): the ratios depend on how often the bac
 there are. With F the backbone's cost per image and P a probe's training cost per image (P << F):
 
 - cache:      E epochs live cost E (F + P); from the cache F + E P (one extraction, then E cheap epochs): up to E x.
-- multiprobe: K probes in separate live runs cost K (F + P); in one pass F + K P: up to K x.
+- multiprobe: K probes in separate live runs cost K (F + P); in one grid (one pass) F + K P: up to K x.
+- lr_grid:    the default protocol's K=8 learning-rate grid from the cache in one Trainer run vs. 8 separate runs
+              (each pays the Trainer's start, data loading and evaluations: up to K x) and vs. one single-probe run
+              (the grid adds K - 1 probes' P to the shared costs: the target is at most 2x).
 - ep_order:   the naive order projects N tokens (N D^2 / D_o per image), EP's order M aggregates (M D^2 / (M D_o)):
               what remains is the attention, 2 M N D, so the gain is about (N D / D_o) / (2 M N) at these sizes.
 - memory:     training from the cache keeps only a batch in anonymous memory; the shards are memory-mapped, so
@@ -18,7 +21,7 @@ there are. With F the backbone's cost per image and P a probe's training cost pe
 On a CPU shared with other jobs, small matrix products lose time to thread hand-offs, so the cached side of
 ``cache`` trains on one thread (it extracts on all of them) and ``ep_order`` runs both orders on one thread; the
 backbone always gets every thread. ``extraction`` (benchmarks/extraction.py) measures the extraction's own speed.
-The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=...``.
+The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=... lr_grid=<w>x``.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import hf_efficient_probing as hep  # noqa: E402
 from hf_efficient_probing.backbones import build_backbone  # noqa: E402
 from hf_efficient_probing.cache import cache_tokens_for_model  # noqa: E402
-from hf_efficient_probing.cache.multiprobe import ProbeSpec, stream_requirements, train_probes  # noqa: E402
-from hf_efficient_probing.cache.streams import LiveTokens  # noqa: E402
 from hf_efficient_probing.probes import EfficientProbing  # noqa: E402
+from hf_efficient_probing.training.arguments import ProbingTrainingArguments  # noqa: E402
+from hf_efficient_probing.training.grid import GridMember, ProbingGridModel  # noqa: E402
+from hf_efficient_probing.training.sweep import train_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +69,8 @@ class Sizes:
     ep_width: int
     ep_queries: int
     memory_rows: tuple[int, int]
+    grid_images: int = 128
+    grid_epochs: int = 5
     batch_size: int = 16
     num_labels: int = 10
 
@@ -96,6 +102,8 @@ QUICK = Sizes(
     ep_width=64,
     ep_queries=8,
     memory_rows=(16, 64),
+    grid_images=32,
+    grid_epochs=2,
     batch_size=8,
 )
 
@@ -205,92 +213,120 @@ def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
     }
 
 
-def sweep_specs(config: ViTConfig, sizes: Sizes) -> list[ProbeSpec]:
+def sweep_members(config: ViTConfig) -> list[GridMember]:
     """Eight probes of a Figure-2-style sweep: EP with several M and D_o, learning rates, layers, linear probes."""
     width, last, middle = config.hidden_size, config.num_hidden_layers, max(config.num_hidden_layers // 2, 1)
-    labels = sizes.num_labels
 
-    def ep(name, lr, num_queries, d_out=1, layers=(last,)):
-        num_queries = min(num_queries, width // d_out)
-        return ProbeSpec(
-            name,
-            hep.EfficientProbingConfig(
-                backbone_config=config,
-                num_labels=labels,
-                num_queries=num_queries,
-                d_out=d_out,
-                feature_layers=list(layers),
-            ),
-            lr,
-        )
-
-    def linear(name, lr, features, layers=(last,)):
-        return ProbeSpec(
-            name,
-            hep.LinearProbingConfig(
-                backbone_config=config, num_labels=labels, features=features, feature_layers=list(layers)
-            ),
-            lr,
-        )
+    def ep(lr, num_queries, d_out=1, layer=last):
+        return GridMember("ep", layer, lr, (("num_queries", min(num_queries, width // d_out)), ("d_out", d_out)))
 
     return [
-        ep("ep-m32", 1e-3, 32),
-        ep("ep-m32-lr1e-2", 1e-2, 32),
-        ep("ep-m16-do2", 1e-3, 16, d_out=2),
-        ep("ep-m64", 1e-3, 64),
-        ep("ep-m8-do4", 1e-3, 8, d_out=4),
-        ep(f"ep-m32-layer{middle}", 1e-3, 32, layers=(middle,)),
-        linear("linear-cls", 1e-2, "cls"),
-        linear(f"linear-gap-layer{middle}", 1e-2, "gap", layers=(middle,)),
+        ep(1e-3, 32),
+        ep(1e-2, 32),
+        ep(1e-3, 16, d_out=2),
+        ep(1e-3, 64),
+        ep(1e-3, 8, d_out=4),
+        ep(1e-3, 32, layer=middle),
+        GridMember("linear", last, 1e-2, (("features", "cls"),)),
+        GridMember("linear", middle, 1e-2, (("features", "gap"),)),
     ]
 
 
-def live_stream(backbone, data, specs) -> LiveTokens:
-    layers, selection = stream_requirements(specs)
-    return LiveTokens(backbone, data, layers, selection)
+def grid_fit(backbone, members, train, selection, evaluation, sizes: Sizes, epochs: int, output_dir: str):
+    """One `train_grid` run (the default protocol's training) of ``members``; its result."""
+    grid = ProbingGridModel.from_backbone(backbone, members, num_labels=sizes.num_labels)
+    args = ProbingTrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=sizes.batch_size,
+        per_device_eval_batch_size=sizes.batch_size,
+        warmup_epochs=0,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    return train_grid(grid, args, train, selection, evaluation, resume_from_checkpoint=False)
 
 
-def bench_multiprobe(backbone, sizes: Sizes) -> dict:
-    """K probes trained for one epoch on one live backbone pass per batch vs. K separate live runs."""
-    specs = sweep_specs(backbone.config, sizes)
+def bench_multiprobe(backbone, sizes: Sizes, workdir: Path) -> dict:
+    """K probes trained for one epoch in one grid (one live backbone pass per batch for all) vs. K separate live
+    runs."""
+    members = sweep_members(backbone.config)
     train = Images(sizes.multi_images, sizes.image_size, sizes.num_labels, seed=1)
     evaluation = Images(sizes.eval_images, sizes.image_size, sizes.num_labels, seed=2)
 
     def one_pass():
-        return train_probes(
-            specs,
-            backbone,
-            live_stream(backbone, train, specs),
-            live_stream(backbone, evaluation, specs),
-            epochs=1,
-            batch_size=sizes.batch_size,
-        )
+        return grid_fit(backbone, members, train, evaluation, evaluation, sizes, 1, str(workdir / "multi"))
 
     def separate():
         return [
-            train_probes(
-                [spec],
-                backbone,
-                live_stream(backbone, train, [spec]),
-                live_stream(backbone, evaluation, [spec]),
-                epochs=1,
-                batch_size=sizes.batch_size,
-            )[0]
-            for spec in specs
+            grid_fit(backbone, [member], train, evaluation, evaluation, sizes, 1, str(workdir / "alone"))
+            for member in members
         ]
 
     first_s, together = timed(one_pass)  # one pass, separate runs, one pass: see bench_cache
     separate_s, alone = timed(separate)
     one_pass_s = (first_s + timed(one_pass)[0]) / 2
     return {
-        "probes": len(specs),
+        "probes": len(members),
         "images": sizes.multi_images,
         "eval_images": sizes.eval_images,
         "one_pass_s": one_pass_s,
         "separate_s": separate_s,
         "ratio": separate_s / one_pass_s,
-        "same_top1": [a.best_top1 for a in together] == [b.best_top1 for b in alone],
-        "table": [{"probe": r.name, "params": r.parameters, "top1": r.best_top1} for r in together],
+        "table": [
+            {"probe": row["name"], "selection_top1": row["selection_accuracy"]} for row in together.summary["members"]
+        ],
+    }
+
+
+def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
+    """The default protocol's cost: a K=8 learning-rate grid of EP in one Trainer run from the token cache vs. the
+    same 8 probes in 8 separate runs from the same cache, and vs. one single-probe run (extraction excluded: it is
+    shared by all of them). Runs interleaved: grid, single, separate, grid, single."""
+    rates = [10 ** (-4 + 0.5 * i) for i in range(8)]
+    members = [
+        GridMember("ep", backbone.config.num_hidden_layers, rate, (("num_queries", sizes.ep_queries),))
+        for rate in rates
+    ]
+    reader = hep.AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=sizes.num_labels)
+    sets = []
+    for split, count, seed in (
+        ("train", sizes.grid_images, 3),
+        ("selection", sizes.eval_images, 4),
+        ("evaluation", sizes.eval_images, 5),
+    ):
+        cache = cache_tokens_for_model(
+            reader,
+            Images(count, sizes.image_size, sizes.num_labels, seed=seed),
+            workdir / "grid-cache",
+            preprocessing="random tensors",
+            split=split,
+            dataset_fingerprint=f"grid-{split}-{count}",
+            batch_size=sizes.batch_size,
+            progress=False,
+        )
+        sets.append(cache.dataset())
+
+    def fit(chosen, name):
+        return grid_fit(backbone, chosen, *sets, sizes, sizes.grid_epochs, str(workdir / name))
+
+    with one_thread():
+        grid_s, _ = timed(lambda: fit(members, "grid"))
+        single_s, _ = timed(lambda: fit(members[:1], "single"))
+        separate_s, _ = timed(lambda: [fit([member], f"alone-{i}") for i, member in enumerate(members)])
+        grid_s = (grid_s + timed(lambda: fit(members, "grid"))[0]) / 2
+        single_s = (single_s + timed(lambda: fit(members[:1], "single"))[0]) / 2
+    return {
+        "probes": len(members),
+        "images": sizes.grid_images,
+        "epochs": sizes.grid_epochs,
+        "grid_s": grid_s,
+        "separate_s": separate_s,
+        "single_s": single_s,
+        "ratio": separate_s / grid_s,
+        "grid_vs_single": grid_s / single_s,
     }
 
 
@@ -373,6 +409,7 @@ def bench_memory(sizes: Sizes, workdir: Path) -> dict:
 
 def markdown(results: dict, sizes: Sizes, machine: str) -> str:
     c, m, e, mem = results["cache"], results["multiprobe"], results["ep_order"], results["memory"]
+    g = results["lr_grid"]
     lines = [
         f"Machine: {machine}. Backbone: ViT, width {e['D'] if sizes is FULL else sizes.backbone.get('hidden_size')}, "
         f"{sizes.image_size} px, random weights.",
@@ -383,6 +420,10 @@ def markdown(results: dict, sizes: Sizes, machine: str) -> str:
         f"| {c['live_s']:.1f} s | {c['cached_total_s']:.1f} s ({c['extract_s']:.1f} s extraction) | {c['ratio']:.1f}x |",
         f"| {m['probes']} probes, 1 epoch, {m['images']} + {m['eval_images']} images: separate live runs vs. one pass "
         f"| {m['separate_s']:.1f} s | {m['one_pass_s']:.1f} s | {m['ratio']:.1f}x |",
+        f"| {g['probes']} learning rates of EP, {g['epochs']} epochs, {g['images']} cached images: 8 separate runs vs. "
+        f"one grid run (1 thread) | {g['separate_s']:.1f} s | {g['grid_s']:.1f} s | {g['ratio']:.1f}x |",
+        f"| the same grid vs. one single-probe run (1 thread) | {g['single_s']:.1f} s | {g['grid_s']:.1f} s "
+        f"| {g['grid_vs_single']:.2f}x the time |",
         f"| EP forward+backward, B={e['batch']}, N={e['N']}, M={e['M']}, D={e['D']}: naive order vs. aggregate-first (1 thread) "
         f"| {e['naive_ms']:.1f} ms | {e['aggregate_first_ms']:.1f} ms | {e['ratio']:.1f}x |",
         f"| peak memory, 1 epoch from the cache, {mem['rows'][0]} vs. {mem['rows'][1]} rows "
@@ -414,8 +455,10 @@ def main(argv=None) -> dict:
         print(f"ep_order: {json.dumps(results['ep_order'])}", flush=True)
         results["cache"] = bench_cache(backbone, sizes, workdir)
         print(f"cache: {json.dumps(results['cache'])}", flush=True)
-        results["multiprobe"] = bench_multiprobe(backbone, sizes)
+        results["multiprobe"] = bench_multiprobe(backbone, sizes, workdir)
         print(f"multiprobe: {json.dumps({k: v for k, v in results['multiprobe'].items() if k != 'table'})}", flush=True)
+        results["lr_grid"] = bench_lr_grid(backbone, sizes, workdir)
+        print(f"lr_grid: {json.dumps(results['lr_grid'])}", flush=True)
         results["memory"] = bench_memory(sizes, workdir)
         print(f"memory: {json.dumps(results['memory'])}", flush=True)
         results["extraction"] = bench_extraction(args.quick, workdir)
@@ -431,7 +474,8 @@ def main(argv=None) -> dict:
         (out / "results.md").write_text(table + "\n")
     print(
         f"ratios: cache={results['cache']['ratio']:.1f}x multiprobe={results['multiprobe']['ratio']:.1f}x "
-        f"ep_order={results['ep_order']['ratio']:.1f}x {ratios_line(results['extraction'])}"
+        f"ep_order={results['ep_order']['ratio']:.1f}x {ratios_line(results['extraction'])} "
+        f"lr_grid={results['lr_grid']['ratio']:.1f}x"
     )
     return results
 

@@ -1,64 +1,53 @@
 #!/usr/bin/env python
 """A Figure-2-style sweep on one frozen backbone: many probes trained together, one table of probe, params, top-1.
 
-    python examples/run_probe_sweep.py                  # offline: the embedded backbone and data set, a minute on CPU
+    python examples/run_probe_sweep.py                  # offline: the embedded synthetic backbone and data set
     python examples/run_probe_sweep.py --model_name_or_path facebook/vit-mae-base --dataset_name cifar-100 \
-        --num_queries 1 4 16 32 64 --d_out 1 2 4 --learning_rates 1e-3 1e-2 --use_token_cache --epochs 90
+        --num_queries 1 4 16 32 64 --d_out 1 2 4 --learning_rates 1e-3 1e-2 --use_token_cache --num_train_epochs 90
 
-Every probe reads the same stream of tokens: with ``--use_token_cache`` the backbone runs once per image for the
-whole sweep (tokens of the deterministic eval preprocessing, no augmentation); without it, once per batch for all
-probes together. Each probe keeps its own optimizer and best epoch and is saved as a normal probe directory in
-``--output_dir`` (with ``results.json`` and ``results.md``).
+Every probe is a member of one grid (`hf_efficient_probing.training.grid`) trained in one `Trainer` run: with
+``--use_token_cache`` the backbone runs once per image for the whole sweep (tokens of the deterministic eval
+preprocessing, no augmentation); without it, once per batch for all probes together. Each probe's epoch is chosen on
+a split held out from train (``--selection_fraction``), then it is evaluated once on the evaluation split and saved
+as a normal probe directory in ``--output_dir/members/<name>`` (the table: ``results.md`` and ``results.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-import torch
+from datasets import DatasetDict
 
+from hf_efficient_probing.backbones import vision_config
 from hf_efficient_probing.cache.features import global_features
-from hf_efficient_probing.cache.multiprobe import ProbeSpec, adamw, results_table, stream_requirements, train_probes
-from hf_efficient_probing.cache.streams import CachedTokens, LiveTokens
-from hf_efficient_probing.configuration_probing import EfficientProbingConfig, LinearProbingConfig
-from hf_efficient_probing.modeling_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.probes import valid_num_queries
-from hf_efficient_probing.training.arguments import DataArguments, ModelArguments
-from hf_efficient_probing.training.data import TRAIN, VALIDATION, ImageClassificationDataset
+from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbingTrainingArguments
+from hf_efficient_probing.training.data import TRAIN, VALIDATION, ImageClassificationDataset, hold_out_for_selection
+from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
 from hf_efficient_probing.training.images import build_transforms
 from hf_efficient_probing.training.knn import best_knn_result, knn_classify
-from hf_efficient_probing.training.optim import LARS
-from hf_efficient_probing.training.run import cached_split, load_backbone_and_processor, load_data
+from hf_efficient_probing.training.run import SELECTION, cached_split, load_backbone_and_processor, load_data
+from hf_efficient_probing.training.sweep import train_grid
+
+SPLITS = (TRAIN, SELECTION, VALIDATION)
 
 
-def sweep_specs(backbone, args, num_labels: int, label_maps: dict) -> list[ProbeSpec]:
+def sweep_members(backbone, args) -> list[GridMember]:
     """EP for every valid (num_queries, d_out), the linear probes, each at every learning rate and layer."""
-    common = dict(
-        backbone_config=backbone.config,
-        backbone_name_or_path=args.model_name_or_path,
-        backbone_revision=args.model_revision,
-        num_labels=num_labels,
-        **label_maps,
-    )
-    width = backbone.config.hidden_size
-    specs = []
+    config = vision_config(backbone.config)
+    members = []
     for layer in args.feature_layers:
+        layer = layer % (config.num_hidden_layers + 1)
         for lr in args.learning_rates:
-            suffix = f"-layer{layer}-lr{lr:g}"
             for d_out in args.d_out:
                 for m in args.num_queries:
-                    if m in valid_num_queries(width, d_out):
-                        config = EfficientProbingConfig(num_queries=m, d_out=d_out, feature_layers=[layer], **common)
-                        specs.append(ProbeSpec(f"ep-m{m}-do{d_out}{suffix}", config, lr, seed=args.seed))
+                    if m in valid_num_queries(config.hidden_size, d_out):
+                        members.append(GridMember("ep", layer, lr, (("num_queries", m), ("d_out", d_out))))
             for features in args.linear_features:
-                config = LinearProbingConfig(features=features, feature_layers=[layer], **common)
-                specs.append(ProbeSpec(f"linear-{features}{suffix}", config, lr, seed=args.seed))
-    return specs
-
-
-def lars(params, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    return LARS(params, lr=learning_rate, weight_decay=weight_decay)
+                members.append(GridMember("linear", layer, lr, (("features", features),)))
+    return members
 
 
 def main(argv=None):
@@ -72,65 +61,83 @@ def main(argv=None):
     parser.add_argument("--linear_features", nargs="*", default=["cls", "gap"])
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--feature_layers", type=int, nargs="+", default=[-1])
-    parser.add_argument("--optimizer", choices=["adamw", "lars"], default="adamw")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--optimizer", choices=["adamw", "lars", "sgd"], default="adamw")
+    parser.add_argument("--num_train_epochs", type=float, default=10)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="probe initialisation and batch order")
+    parser.add_argument("--selection_fraction", type=float, default=0.1, help="of train, held out to pick epochs")
+    parser.add_argument("--seed", type=int, default=0, help="probe initialisation, batch order, held-out split")
     parser.add_argument("--use_token_cache", action="store_true", help="extract the tokens once, train from disk")
     parser.add_argument("--token_cache_dir", default=None, help="default: $HF_HOME/hf_efficient_probing/token-cache")
     parser.add_argument("--knn_features", nargs="*", default=[], help="with the cache: k-NN of cls and/or gap features")
     args = parser.parse_args(argv)
+    if args.knn_features and not args.use_token_cache:
+        parser.error("--knn_features reads the token cache: add --use_token_cache.")
 
     dataset, image_column, label_column, labels, _ = load_data(DataArguments(dataset_name=args.dataset_name))
+    dataset = DatasetDict(dataset)
+    dataset[TRAIN], dataset[SELECTION] = hold_out_for_selection(
+        dataset[TRAIN], label_column, args.selection_fraction, args.seed, labels
+    )
     model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision)
     backbone, processor = load_backbone_and_processor(model_args)
     _, eval_transform = build_transforms(processor)
-    label_maps = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
-    specs = sweep_specs(backbone, args, len(labels), label_maps)
-    layers, selection = stream_requirements(specs)
-    if "cls" in args.knn_features:
-        selection = "all"  # k-NN on [CLS] features reads the [CLS] token from the cache too
-    images = {
-        split: ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
-        for split in (TRAIN, VALIDATION)
-    }
-    if args.knn_features and not args.use_token_cache:
-        parser.error("--knn_features reads the token cache: add --use_token_cache.")
-    if args.use_token_cache:
-        reader_model = AutoModelForEfficientProbing.from_config(specs[0].config, backbone=backbone)
-        streams = [
-            CachedTokens(
-                cached_split(reader_model, dataset, split, image_column, label_column, eval_transform, processor,
-                             args.token_cache_dir, layers, token_selection=selection)
-            )
-            for split in (TRAIN, VALIDATION)
-        ]  # fmt: skip
-    else:
-        streams = [LiveTokens(backbone, images[split], layers, selection) for split in (TRAIN, VALIDATION)]
-    optimizer = lars if args.optimizer == "lars" else adamw
-    results = train_probes(
-        specs,
+    grid = ProbingGridModel.from_backbone(
         backbone,
-        *streams,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        data_seed=args.seed,
-        optimizer=optimizer,
-        output_dir=args.output_dir,
+        sweep_members(backbone, args),
+        seed=args.seed,
+        revision=args.model_revision,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
-    table = results_table(results)
+    selection = "all" if "cls" in args.knn_features else grid.token_selection  # k-NN on [CLS] reads it from the cache
     if args.use_token_cache:
+        caches = {
+            split: cached_split(grid.member_models[0], dataset, split, image_column, label_column, eval_transform,
+                                processor, args.token_cache_dir, list(grid.layout.feature_layers),
+                                token_selection=selection)
+            for split in SPLITS
+        }  # fmt: skip
+        sets = [caches[split].dataset(token_selection=grid.token_selection) for split in SPLITS]
+    else:
+        sets = [ImageClassificationDataset(dataset[s], image_column, label_column, eval_transform, s) for s in SPLITS]
+    training_args = ProbingTrainingArguments(
+        output_dir=args.output_dir,
+        optimizer=args.optimizer,
+        num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        seed=args.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    result = train_grid(grid, training_args, *sets, image_processor=processor, evaluate_every_member=True)
+    rows = [
+        {"name": name, **metrics, "path": str(Path(args.output_dir) / "members" / name)}
+        for name, metrics in result.member_metrics.items()
+    ]
+    lines = ["| probe | params | selection top-1 (%) | best epoch | eval top-1 (%) |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['probe_parameters']:,} | {100 * row['selection_accuracy']:.2f} | "
+            f"{row['best_epoch']:g} | {100 * row['eval_accuracy']:.2f} |"
+        )
+    table = "\n".join(lines)
+    if args.use_token_cache:
+        layer = grid.layout.feature_layers[-1:]
         for features in args.knn_features:
             train, test = (
-                global_features(stream.dataset.cache, features, feature_layers=layers[-1:]) for stream in streams
+                global_features(caches[split], features, feature_layers=layer) for split in (TRAIN, VALIDATION)
             )
             best = best_knn_result(knn_classify(*train, *test, num_classes=len(labels)))
             table += (
-                f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | {100 * best['top1']:.2f} | - |"
+                f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | - | - | {100 * best['top1']:.2f} |"
             )
     (Path(args.output_dir) / "results.md").write_text(table + "\n")
+    (Path(args.output_dir) / "results.json").write_text(json.dumps(rows, indent=1))
     print(table)
-    return results
+    return rows
 
 
 if __name__ == "__main__":

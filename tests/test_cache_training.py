@@ -1,4 +1,4 @@
-"""`run_probing --use_token_cache`: the same Trainer path on cached tokens, the cache reused by the next run."""
+"""`run_probing` (default protocol): the grid trains on cached tokens, the cache reused by the next run."""
 
 from __future__ import annotations
 
@@ -15,25 +15,23 @@ from hf_efficient_probing.training.run import embedded_training_arguments, run_p
 
 def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
     cache_dir = tmp_path / "tokens"
-    data_args = DataArguments(
-        shots_per_class=2, max_eval_samples=8, use_token_cache=True, token_cache_dir=str(cache_dir)
-    )
-    probe_args = ProbeArguments(probe="ep", num_queries=4)
+    data_args = DataArguments(shots_per_class=4, max_eval_samples=8, token_cache_dir=str(cache_dir))
+    probe_args = ProbeArguments(probe="ep", num_queries=4, feature_layers=[-1], learning_rates=[1e-2, 1e-1])
 
     def run(name):
-        args = embedded_training_arguments(
-            str(tmp_path / name), num_train_epochs=2, per_device_train_batch_size=8, warmup_epochs=0
-        )
+        args = embedded_training_arguments(str(tmp_path / name), num_train_epochs=2, warmup_epochs=0)
         return run_probing(ModelArguments(), data_args, probe_args, args)
 
     metrics = run("first")
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     report = json.loads((tmp_path / "first" / "run_summary.json").read_text())["token_cache"]
-    assert report["images"] == 2 * 8 + 8 and not report["reused"] and report["processes"] == 1
+    assert (
+        report["images"] == 2 * 8 + 2 * 8 + 8 and not report["reused"]
+    )  # train, selection (2 per class), eval and report["processes"] == 1
     assert report["compute_dtype"] in ("float32", "bfloat16") and report["storage_dtype"] == "float16"
     assert f"{report['images']} images extracted" in (tmp_path / "first" / "run_summary.md").read_text()
     caches = sorted(path for path in cache_dir.iterdir())
-    assert len(caches) == 2, "one cache per split"
+    assert len(caches) == 3, "one cache per split: train, selection, validation"
     stamps = {path: (path / "manifest.json").stat().st_mtime_ns for path in caches}
     run("second")
     assert json.loads((tmp_path / "second" / "run_summary.json").read_text())["token_cache"]["reused"]

@@ -118,18 +118,21 @@ def test_backbone_is_converted_once_into_the_cache(tiny_imgfocus, tmp_path, monk
 def test_real_default_job_runs_the_backbone_once_for_both_probes(fashion_dir, tiny_imgfocus, tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "FASHION_MNIST_DIR", str(fashion_dir))
     monkeypatch.setattr(embedded, "REAL_IMAGE_SIZE", 16)
-    monkeypatch.setitem(run.EMBEDDED_FEATURE_LAYERS, "real", [1])
     sizes = {"train_per_class": 4, "validation_per_class": 2}
     monkeypatch.setattr(run, "embedded_dataset", lambda kind, seed: embedded.embedded_dataset(kind, seed, **sizes))
     output = tmp_path / "out"
-    results = run.run_embedded_default(str(output), num_train_epochs=1, per_device_train_batch_size=8)
+    results = run.run_embedded_default(str(output), num_train_epochs=1)
 
     assert set(results) == {"ep", "linear"}
+    summary = json.loads((output / "run_summary.json").read_text())
+    num_layers = json.loads((output / "ep" / "config.json").read_text())["backbone_config"]["num_hidden_layers"]
+    layers = sorted({member["layer"] for member in summary["members"]})
+    assert layers == sorted({num_layers, round(0.75 * num_layers)})  # the default layer grid, no hand-picked layer
+    assert len(summary["members"]) == 2 * len(layers) * 8  # 2 kinds x layers x 8 learning rates
     for probe, metrics in results.items():
         assert 0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1
-        summary = json.loads((output / probe / "run_summary.json").read_text())
-        assert summary["feature_layers"] == [1] and summary["probe_parameters"] == metrics["probe_parameters"]
-        assert summary["eval_samples"] == 20
+        assert summary["chosen"][probe]["probe_parameters"] == metrics["probe_parameters"]
+        assert metrics["eval_samples"] == 20
     assert results["ep"]["probe_parameters"] > results["linear"]["probe_parameters"]
     assert json.loads((output / run.EMBEDDED_RESULTS).read_text()) == json.loads(json.dumps(results))
-    assert len(list((output / "token_cache").iterdir())) == 2  # one cache per split, shared by both probes
+    assert len(list((output / "token_cache").iterdir())) == 3  # train, selection, validation: shared by all probes

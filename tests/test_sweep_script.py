@@ -1,10 +1,15 @@
-"""The Figure-2-style sweep command: many probes on one cached token stream, one table, every probe reloadable."""
+"""The Figure-2-style sweep command: many probes in one grid on one cached token stream, one table, every probe
+reloadable and reproducing its reported accuracy."""
 
 import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from hf_efficient_probing import AutoModelForEfficientProbing
+from hf_efficient_probing.cache import TokenCache
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_probe_sweep.py"
 
@@ -13,16 +18,22 @@ def test_sweep_trains_every_probe_once_and_writes_the_table(tmp_path):
     spec = importlib.util.spec_from_file_location("run_probe_sweep", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    output = tmp_path / "sweep"
-    module.main(["--num_queries", "1", "4", "--linear_features", "cls", "gap", "--epochs", "1", "--use_token_cache",
-                 "--token_cache_dir", str(tmp_path / "cache"), "--knn_features", "gap", "--output_dir", str(output)])  # fmt: skip
+    output, cache = tmp_path / "sweep", tmp_path / "cache"
+    module.main(["--num_queries", "1", "4", "--linear_features", "cls", "gap", "--num_train_epochs", "1",
+                 "--use_token_cache", "--token_cache_dir", str(cache), "--knn_features", "gap",
+                 "--output_dir", str(output)])  # fmt: skip
     table = (output / "results.md").read_text()
-    names = ["ep-m1-do1-layer-1-lr0.001", "ep-m4-do1-layer-1-lr0.001", "linear-cls-layer-1-lr0.001",
-             "linear-gap-layer-1-lr0.001"]  # fmt: skip
-    for name in names:
-        assert name in table
-        model = AutoModelForEfficientProbing.from_pretrained(output / name)
-        assert model.config.num_labels == 8
+    names = ["ep_num_queries1_d_out1_layer4_lr1.00e-03", "ep_num_queries4_d_out1_layer4_lr1.00e-03",
+             "linear_featurescls_layer4_lr1.00e-03", "linear_featuresgap_layer4_lr1.00e-03"]  # fmt: skip
+    rows = {row["name"]: row for row in json.loads((output / "results.json").read_text())}
+    assert sorted(rows) == sorted(names) and all(name in table for name in names)
     assert "k-NN gap" in table
-    results = json.loads((output / "results.json").read_text())
-    assert len(results) == len(names)
+    validation = next(TokenCache(p) for p in cache.iterdir() if TokenCache(p).key["split"] == "validation").dataset()
+    tokens = torch.stack([validation[i]["tokens"] for i in range(len(validation))])
+    labels = validation.labels
+    for name in names:
+        model = AutoModelForEfficientProbing.from_pretrained(output / "members" / name)
+        view = tokens if model.config.reads_cls_token else tokens[:, 1:]
+        with torch.no_grad():
+            accuracy = (model(tokens=view).logits.argmax(-1) == labels).float().mean().item()
+        assert accuracy == pytest.approx(rows[name]["eval_accuracy"])  # the saved probe is the one reported

@@ -64,8 +64,9 @@ def backbone_dir(saved_backbone) -> str:
 def _args(backbone_dir, image_folder, output_dir, *extra):
     return [
         "--model_name_or_path", backbone_dir, "--dataset_name", image_folder, "--output_dir", str(output_dir),
-        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "6",
-        "--base_learning_rate", "20", "--warmup_epochs", "0", "--use_cpu", "--disable_tqdm", "true",
+        "--protocol", "paper", "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "6", "--base_learning_rate", "20", "--warmup_epochs", "0", "--use_cpu",
+        "--disable_tqdm", "true",
         "--dataloader_num_workers", "0", *extra,
     ]  # fmt: skip
 
@@ -128,14 +129,13 @@ def test_layerwise_low_shot_and_knn(backbone_dir, image_folder, tmp_path):
 def test_knn_reads_the_token_cache(backbone_dir, image_folder, tmp_path):
     knn_args = ("--probe", "linear", "--num_train_epochs", "1", "--knn_eval", "--knn_features", "gap")
     _load_script().main(_args(backbone_dir, image_folder, tmp_path / "live", *knn_args))
-    cache = tmp_path / "cache"
-    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "cached", *knn_args, "--use_token_cache",
-                              "--token_cache_dir", str(cache)))  # fmt: skip
+    cache = tmp_path / "cache"  # the default protocol: the token cache is on by default
+    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "cached", *knn_args, "--protocol", "default",
+                              "--learning_rates", "1e-2", "--token_cache_dir", str(cache)))  # fmt: skip
     live, cached = (json.loads((tmp_path / run / "knn_results.json").read_text()) for run in ("live", "cached"))
     assert [r["top1"] for r in cached["sweep"]] == pytest.approx([r["top1"] for r in live["sweep"]])
-    assert (
-        len(list(cache.glob("*/manifest.json"))) == 4
-    )  # train/validation tokens of the probe ([CLS]) and of k-NN (GAP)
+    # train/selection/validation tokens of the probe grid ([CLS]), train/validation tokens of k-NN (GAP)
+    assert len(list(cache.glob("*/manifest.json"))) == 5
 
 
 def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_path):

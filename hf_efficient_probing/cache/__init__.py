@@ -1,11 +1,11 @@
-"""Never run the frozen backbone twice: a token cache on disk, and many probes trained on one stream of tokens.
+"""Never run the frozen backbone twice: a token cache on disk, read by many probes.
 
 ``key`` names a cache by every input that changes its tokens; ``store`` extracts, resumes and memory-maps it;
 ``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view; ``streams`` hands
-batches of tokens (cached or live) to ``multiprobe``, which trains many probes at once; ``features`` turns cached
-tokens into global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them
-(``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs. Nothing here imports
-``training`` or ``hub``.
+batches of tokens (cached or live) to whatever trains on them (``training.grid`` trains many probes at once);
+``features`` turns cached tokens into global features for k-NN; ``location`` says where caches live, ``listing``
+lists and deletes them (``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs.
+Nothing here imports ``training`` or ``hub``.
 """
 
 from .key import TokenCacheKey, backbone_identity, dataset_fingerprint, preprocessing_description, weights_fingerprint

@@ -63,7 +63,9 @@ class DataArguments:
     subset_seed: int = field(default=0, metadata={"help": "Seed of the low-shot subset and of held-out splits."})
     crop_scale_min: float | None = field(
         default=None,
-        metadata={"help": "Lower scale bound of RandomResizedCrop (paper: 0.08; default protocol: from the image size)."},
+        metadata={
+            "help": "Lower scale bound of RandomResizedCrop (paper: 0.08; default protocol: from the image size)."
+        },
     )
     eval_resize_ratio: float = field(
         default=EVAL_RESIZE_RATIO, metadata={"help": "Evaluation resize of the shorter side, relative to the crop."}
@@ -158,7 +160,7 @@ class ProbingTrainingArguments(TrainingArguments):
     )
     per_device_train_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Batch size per device (paper: 256; default protocol: 128), capped by the training split."},
+        metadata={"help": "Batch size per device (paper: 256; default protocol: 64), capped by the training split."},
     )
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
     eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate every epoch (best-epoch selection)."})

@@ -242,6 +242,39 @@ def stratified_split(
     return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
 
 
+MIN_SELECTION_PER_CLASS = 2  # held out per class, at least: one image says too little about a class
+
+
+def hold_out_for_selection(
+    dataset: datasets.Dataset,
+    label_column: str,
+    fraction: float,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    min_per_class: int = MIN_SELECTION_PER_CLASS,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(train, selection)``: ``fraction`` of every class of the training split (at least ``min_per_class``), drawn
+    with ``seed``, held out to choose learning rate, layer and epoch, so that the evaluation split is never read for
+    a choice. A class too small to give that and keep one training image is an error that names it."""
+    if not 0 < fraction < 1:
+        raise DataError(f"--selection_fraction must be in (0, 1), got {fraction}.")
+    labels = _labels(dataset, label_column, TRAIN)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = max(min_per_class, int(round(fraction * len(members))))
+        if count >= len(members):
+            name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
+            raise DataError(
+                f"Class {name!r} (label {label}) has {len(members)} training images: holding out {count} of them to "
+                f"choose the probe (--selection_fraction {fraction}, at least {min_per_class} per class) would leave "
+                f"none to train on. Add images of that class (at least {min_per_class + 1}), or remove it."
+            )
+        held[members[:count]] = True
+    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
+
+
 def low_shot_indices(
     labels: Sequence[int], shots_per_class: int | None = None, fraction: float | None = None, seed: int = 0
 ) -> list[int]:

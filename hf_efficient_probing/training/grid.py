@@ -35,15 +35,18 @@ from ..probes.counting import count_trainable_parameters
 
 @dataclass(frozen=True)
 class GridMember:
-    """One probe of a grid: its kind, the hidden state it reads (non-negative index) and its peak learning rate."""
+    """One probe of a grid: its kind, the hidden state it reads (non-negative index), its peak learning rate, and
+    config fields of its own (``(("num_queries", 4),)``; the kind's common fields are given to the grid)."""
 
     kind: str
     layer: int
     learning_rate: float
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_layer{self.layer}_lr{self.learning_rate:.2e}"
+        own = "".join(f"_{key}{value}" for key, value in self.settings)
+        return f"{self.kind}{own}_layer{self.layer}_lr{self.learning_rate:.2e}"
 
 
 def grid_members(kinds: Sequence[str], layers: Sequence[int], learning_rates: Sequence[float]) -> list[GridMember]:
@@ -109,7 +112,7 @@ class ProbingGridModel(nn.Module):
                     backbone,
                     probe=member.kind,
                     feature_layers=[member.layer],
-                    **(kind_kwargs or {}).get(member.kind, {}),
+                    **{**(kind_kwargs or {}).get(member.kind, {}), **dict(member.settings)},
                     **config_kwargs,
                 )
             )
@@ -121,6 +124,11 @@ class ProbingGridModel(nn.Module):
         model = self._models[index]
         model.probe.load_state_dict(self.best_heads[index].state_dict())
         return model.eval()
+
+    @property
+    def member_models(self) -> list[nn.Module]:
+        """The members' probe models (sharing the backbone), in member order."""
+        return list(self._models)
 
     def member_dataset(self, index: int, dataset):
         """``dataset`` as member ``index`` reads it alone: cached grid tokens cut to its view; images unchanged."""

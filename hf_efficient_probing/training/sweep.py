@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .trainer import (
     rank_top_k,
     remove_checkpoints,
     save_probe,
+    token_cache_markdown,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class GridResult:
     paths: dict[str, str]
     summary: dict
     trainer: ProbingTrainer = field(repr=False)
+    member_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def grid_compute_metrics(names: list[str]):
@@ -63,13 +66,24 @@ def grid_compute_metrics(names: list[str]):
 
 
 def grid_training_arguments(args: ProbingTrainingArguments, num_train: int) -> ProbingTrainingArguments:
-    """The default recipe for ``num_train`` images, with what a grid needs: evaluation (on the selection split) and a
-    checkpoint every epoch, only the newest checkpoint kept (the snapshots of the best epochs are inside it), and
-    no Trainer-level "best model" (each member has its own best epoch)."""
+    """The default recipe for ``num_train`` images, with what a grid needs: evaluation on the selection split (and a
+    log entry) every epoch, a checkpoint every ``checkpoint_epochs`` epochs (about ``CHECKPOINTS_PER_RUN`` per run; the best-epoch
+    snapshots are inside it, and only the newest is kept), no Trainer-level "best model" (each member has its own
+    best epoch), and no gradient clipping (a global norm would couple the members)."""
     args = resolve_recipe(args, "default", num_train)
-    args.eval_strategy = args.save_strategy = args.logging_strategy = "epoch"
+    steps_per_epoch = max(1, num_train // (args.per_device_train_batch_size * args.world_size))
+    steps_per_epoch = max(1, steps_per_epoch // args.gradient_accumulation_steps)
+    checkpoint_epochs = max(1, math.ceil(args.num_train_epochs / CHECKPOINTS_PER_RUN))
+    # Counted in steps, so that a checkpoint step also evaluates, first: the checkpoint holds that epoch's snapshot.
+    args.eval_strategy = args.logging_strategy = args.save_strategy = "steps"
+    args.eval_steps = args.logging_steps = steps_per_epoch
+    args.save_steps = steps_per_epoch * checkpoint_epochs
     args.load_best_model_at_end, args.metric_for_best_model, args.save_total_limit = False, None, 1
+    args.max_grad_norm = 0.0
     return args
+
+
+CHECKPOINTS_PER_RUN = 10
 
 
 def train_grid(
@@ -82,6 +96,7 @@ def train_grid(
     resume_from_checkpoint: bool | str | None = None,
     callbacks=None,
     run_info: dict | None = None,
+    evaluate_every_member: bool = False,
 ) -> GridResult:
     """Train every member of ``grid`` together; choose, per probe kind, the member and epoch with the best accuracy
     on ``selection_dataset`` (held out from train); evaluate each chosen probe once on ``evaluation_dataset``; save
@@ -89,6 +104,9 @@ def train_grid(
 
     A run killed mid-way continues from its newest complete checkpoint when started again with the same arguments
     (``resume_from_checkpoint=None``), and ends with the same weights and log history.
+
+    ``evaluate_every_member`` (a sweep that reports every probe, e.g. accuracy against parameters): every member,
+    at its own best epoch on the selection split, is also evaluated once and saved in ``output_dir/members/<name>``.
     """
     start = time.time()
     args = grid_training_arguments(args, len(train_dataset))
@@ -132,7 +150,21 @@ def train_grid(
             "train_runtime": train_output.metrics.get("train_runtime"),
         }
         paths[kind] = args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind)
+    member_metrics = {}
+    if evaluate_every_member:
+        for index, member in enumerate(grid.members):
+            model = grid.best_member(index)
+            member_metrics[member.name] = {
+                **evaluate_once(model, args, grid.member_dataset(index, evaluation_dataset)),
+                "selection_accuracy": grid.best_accuracy[index].item(),
+                "best_epoch": grid.best_epoch[index].item(),
+                "probe_parameters": _head_parameters(grid, index),
+            }
+            if trainer.is_world_process_zero():
+                save_probe(model, os.path.join(args.output_dir, "members", member.name))
     summary = grid_summary(grid, trainer, chosen, metrics, run_info or {}, time.time() - start)
+    for member in summary["members"]:
+        member.update(member_metrics.get(member["name"], {}))
     if trainer.is_world_process_zero():
         for kind, index in chosen.items():
             save_probe(grid.best_member(index), paths[kind])
@@ -148,7 +180,7 @@ def train_grid(
         if not args.keep_checkpoints:
             remove_checkpoints(args.output_dir)
     trainer.accelerator.wait_for_everyone()
-    return GridResult(metrics=metrics, paths=paths, summary=summary, trainer=trainer)
+    return GridResult(metrics=metrics, paths=paths, summary=summary, trainer=trainer, member_metrics=member_metrics)
 
 
 def _num_patches(grid: ProbingGridModel) -> int:
@@ -271,10 +303,12 @@ def grid_summary_markdown(summary: dict) -> str:
     )
     lines += ["", "| | |", "|---|---|", f"| Backbone | {summary['backbone']} |", f"| Recipe | {recipe} |"]
     lines += [f"| {key.replace('_', ' ').capitalize()} | {summary[key]} |" for key in _EXTRA_ROWS if key in summary]
+    if summary.get("token_cache"):
+        lines.append(f"| Token cache | {token_cache_markdown(summary['token_cache'])} |")
     return "\n".join(lines) + "\n"
 
 
-_EXTRA_ROWS = ("dataset", "train_samples", "selection_samples", "eval_samples", "token_cache", "runtime_s")
+_EXTRA_ROWS = ("dataset", "train_samples", "selection_samples", "eval_samples", "runtime_s")
 
 
 def plot_grid(summary: dict, path: str) -> None:

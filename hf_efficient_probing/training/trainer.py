@@ -24,10 +24,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..probes.counting import count_trainable_parameters
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
+from .grid import ProbingGridModel
 from .lora import freeze_lora, has_lora
 from .metrics import TOP_K_ACCURACY_PATH
-from .grid import ProbingGridModel
-from .optim import MAX_WARMUP_FRACTION, build_optimizer, optimizer_for_groups, scaled_learning_rate, warmup_cosine_schedule
+from .optim import (
+    MAX_WARMUP_FRACTION,
+    build_optimizer,
+    optimizer_for_groups,
+    scaled_learning_rate,
+    warmup_cosine_schedule,
+)
 from .recipe import resolve_recipe
 
 logger = logging.getLogger(__name__)
