@@ -71,6 +71,7 @@ class Sizes:
     memory_rows: tuple[int, int]
     grid_images: int = 128
     grid_epochs: int = 5
+    grid_probes: int = 8  # members of the multiprobe and lr_grid benchmarks (fewer in the quick smoke check)
     batch_size: int = 16
     num_labels: int = 10
 
@@ -104,6 +105,7 @@ QUICK = Sizes(
     memory_rows=(16, 64),
     grid_images=32,
     grid_epochs=2,
+    grid_probes=3,
     batch_size=8,
 )
 
@@ -252,7 +254,7 @@ def grid_fit(backbone, members, train, selection, evaluation, sizes: Sizes, epoc
 def bench_multiprobe(backbone, sizes: Sizes, workdir: Path) -> dict:
     """K probes trained for one epoch in one grid (one live backbone pass per batch for all) vs. K separate live
     runs."""
-    members = sweep_members(backbone.config)
+    members = sweep_members(backbone.config)[: sizes.grid_probes]
     train = Images(sizes.multi_images, sizes.image_size, sizes.num_labels, seed=1)
     evaluation = Images(sizes.eval_images, sizes.image_size, sizes.num_labels, seed=2)
 
@@ -283,9 +285,9 @@ def bench_multiprobe(backbone, sizes: Sizes, workdir: Path) -> dict:
 
 def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
     """The default protocol's cost: a K=8 learning-rate grid of EP in one Trainer run from the token cache vs. the
-    same 8 probes in 8 separate runs from the same cache, and vs. one single-probe run (extraction excluded: it is
+    same probes in separate runs from the same cache, and vs. one single-probe run (extraction excluded: it is
     shared by all of them). Runs interleaved: grid, single, separate, grid, single."""
-    rates = [10 ** (-4 + 0.5 * i) for i in range(8)]
+    rates = [10 ** (-4 + 0.5 * i) for i in range(sizes.grid_probes)]
     members = [
         GridMember("ep", backbone.config.num_hidden_layers, rate, (("num_queries", sizes.ep_queries),))
         for rate in rates
@@ -420,7 +422,7 @@ def markdown(results: dict, sizes: Sizes, machine: str) -> str:
         f"| {c['live_s']:.1f} s | {c['cached_total_s']:.1f} s ({c['extract_s']:.1f} s extraction) | {c['ratio']:.1f}x |",
         f"| {m['probes']} probes, 1 epoch, {m['images']} + {m['eval_images']} images: separate live runs vs. one pass "
         f"| {m['separate_s']:.1f} s | {m['one_pass_s']:.1f} s | {m['ratio']:.1f}x |",
-        f"| {g['probes']} learning rates of EP, {g['epochs']} epochs, {g['images']} cached images: 8 separate runs vs. "
+        f"| {g['probes']} learning rates of EP, {g['epochs']} epochs, {g['images']} cached images: {g['probes']} separate runs vs. "
         f"one grid run (1 thread) | {g['separate_s']:.1f} s | {g['grid_s']:.1f} s | {g['ratio']:.1f}x |",
         f"| the same grid vs. one single-probe run (1 thread) | {g['single_s']:.1f} s | {g['grid_s']:.1f} s "
         f"| {g['grid_vs_single']:.2f}x the time |",

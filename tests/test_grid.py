@@ -207,7 +207,13 @@ def test_recipe_follows_the_data_size_and_never_outgrows_the_split():
 def test_warmup_never_exceeds_a_fixed_fraction_of_the_run(tmp_path):
     model = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone("vit"), probe="linear", num_labels=2)
     args = grid_args(
-        tmp_path, optimizer="adamw", learning_rate=1.0, num_train_epochs=2, warmup_epochs=50, eval_strategy="no"
+        tmp_path,
+        optimizer="adamw",
+        learning_rate=1.0,
+        num_train_epochs=2,
+        warmup_epochs=50,
+        eval_strategy="no",
+        load_best_model_at_end=False,
     )
     trainer = ProbingTrainer(model=model, args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=100)

@@ -1,7 +1,9 @@
 """Training and evaluating probes: the paper's recipe on `datasets` benchmarks with the `transformers` Trainer.
 
-``train_probe`` trains a probe model on prepared data sets; ``run_probing`` does a whole job from the script's
-arguments (data, backbone, probe, layer-wise runs, k-NN); ``run_embedded_default`` is the offline default job.
+``run_probing`` does a whole job from the script's arguments. Its default protocol trains a grid of probes
+(``ProbingGridModel``: kinds x layers x learning rates) in one Trainer run with ``train_grid``, chosen on a split
+held out from train (``hold_out_for_selection``); ``--protocol paper`` trains one probe with ``train_probe``, the
+paper's recipe. ``run_embedded_default`` is the offline default job (the default protocol).
 """
 
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
@@ -11,17 +13,20 @@ from .data import (
     DataError,
     ImageClassificationDataset,
     check_dataset,
+    hold_out_for_selection,
     load_image_dataset,
     low_shot_indices,
     low_shot_subset,
     probing_collator,
 )
 from .embedded import embedded_backbone, embedded_dataset
+from .grid import GridMember, ProbingGridModel, grid_members
 from .images import build_transforms, to_rgb
 from .knn import knn_classify
 from .lora import add_lora
 from .optim import LARS, build_optimizer, warmup_cosine_schedule
 from .run import run_embedded_default, run_probing
+from .sweep import GridResult, train_grid
 from .trainer import ProbingResult, ProbingTrainer, train_probe
 
 __all__ = [
@@ -30,9 +35,12 @@ __all__ = [
     "BenchmarkSpec",
     "DataArguments",
     "DataError",
+    "GridMember",
+    "GridResult",
     "ImageClassificationDataset",
     "ModelArguments",
     "ProbeArguments",
+    "ProbingGridModel",
     "ProbingResult",
     "ProbingTrainer",
     "ProbingTrainingArguments",
@@ -42,6 +50,8 @@ __all__ = [
     "check_dataset",
     "embedded_backbone",
     "embedded_dataset",
+    "grid_members",
+    "hold_out_for_selection",
     "knn_classify",
     "load_image_dataset",
     "low_shot_indices",
@@ -50,6 +60,7 @@ __all__ = [
     "run_embedded_default",
     "run_probing",
     "to_rgb",
+    "train_grid",
     "train_probe",
     "warmup_cosine_schedule",
 ]

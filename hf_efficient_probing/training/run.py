@@ -165,9 +165,8 @@ def run_probing(
             backbone, dataset, image_column, label_column, eval_transform, probe_args, training_args, len(labels),
             token_cache=(data_args, processor) if use_cache else None,
         )  # fmt: skip
-        results = {"probe" if "eval_accuracy" in results else "probes": results, "knn": knn}
-        if probe_args.protocol == "paper" and probe_args.layerwise:
-            results = {**results.pop("probes"), "knn": knn}
+        # one probe's metrics go under "probe"; per-layer or per-kind metrics keep their keys
+        results = {"probe": results, "knn": knn} if "eval_accuracy" in results else {**results, "knn": knn}
     return results
 
 

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..probes.counting import count_trainable_parameters
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
 from .grid import GridSelection, ProbingGridModel, check_grid_fits, chosen_members
@@ -266,8 +267,6 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
 
 
 def _head_parameters(grid: ProbingGridModel, index: int) -> int:
-    from ..probes.counting import count_trainable_parameters
-
     return count_trainable_parameters(grid.heads[index])
 
 
