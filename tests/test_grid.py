@@ -204,6 +204,22 @@ def test_recipe_follows_the_data_size_and_never_outgrows_the_split():
     assert paper.per_device_train_batch_size == 30 and (paper.optimizer, paper.num_train_epochs) == ("lars", 90)
 
 
+def test_live_augmentation_crops_small_images_less():
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from hf_efficient_probing.training.images import suited_crop_scale_min
+
+    processor = ViTImageProcessor(size={"height": 224, "width": 224})
+
+    def rows(side):
+        return [{"image": Image.new("RGB", (side, side))} for _ in range(3)]
+
+    assert suited_crop_scale_min(rows(28), "image", processor) == 0.5  # 8x upsampled digits: mild crops only
+    assert suited_crop_scale_min(rows(500), "image", processor) == 0.08  # photos larger than the input: the paper's
+    assert 0.08 < suited_crop_scale_min(rows(150), "image", processor) < 0.5
+
+
 def test_warmup_never_exceeds_a_fixed_fraction_of_the_run(tmp_path):
     model = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone("vit"), probe="linear", num_labels=2)
     args = grid_args(

@@ -351,6 +351,8 @@ def token_cache_markdown(report: dict) -> str:
 
 
 _EXTRA_ROWS = (
+    "protocol",
+    "selection",
     "dataset",
     "train_samples",
     "eval_samples",
