@@ -151,6 +151,9 @@ def test_a_killed_grid_run_resumes_to_the_same_weights_and_history(data, tmp_pat
         train_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation,
                    callbacks=[KillAfterSave(step=10)])  # fmt: skip
     assert [p.name for p in (tmp_path / "killed").glob("checkpoint-*")] == ["checkpoint-10"]
+    other = [GridMember("ep", 2, 1e-3, (("num_queries", 4),)), *MEMBERS[1:]]  # another grid, same shapes
+    with pytest.raises(ValueError, match="checkpoint of another grid"):
+        train_grid(new_grid(backbone, other), grid_args(tmp_path / "killed"), train, selection, evaluation)
     train_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation)  # the same command
 
     def timeless(path):  # minus timings, and the Trainer's mean train loss of the steps run in the last process

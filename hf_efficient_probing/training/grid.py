@@ -16,12 +16,14 @@ chosen member of each probe kind at its chosen epoch.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import TrainerCallback, set_seed
@@ -165,7 +167,20 @@ class ProbingGridModel(nn.Module):
         os.makedirs(save_directory, exist_ok=True)
         state = state_dict if state_dict is not None else self.state_dict()
         tensors = {key: value.detach().contiguous() for key, value in state.items() if not key.startswith("backbone.")}
-        save_file(tensors, os.path.join(save_directory, "model.safetensors"), metadata={"format": "pt"})
+        metadata = {"format": "pt", "members": json.dumps(self.metric_names())}
+        save_file(tensors, os.path.join(save_directory, "model.safetensors"), metadata=metadata)
+
+    def check_checkpoint(self, checkpoint_dir) -> None:
+        """Refuse to resume from a checkpoint of another grid (other kinds, layers or learning rates: e.g. a run
+        started again in the same ``output_dir`` with other arguments), which would load into the wrong members."""
+        with safe_open(os.path.join(checkpoint_dir, "model.safetensors"), "pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("members", "null"))
+        if saved != self.metric_names():
+            raise ValueError(
+                f"{checkpoint_dir} is a checkpoint of another grid (members {saved}); this run trains "
+                f"{self.metric_names()}. Use a new --output_dir, or pass the arguments of the run it came from to "
+                "resume it."
+            )
 
     def parameter_groups(self, learning_rates: Sequence[float] | None = None, weight_decay: float = 0.0) -> list[dict]:
         """One optimizer group per member: its head's trainable parameters at its own learning rate."""

@@ -110,9 +110,22 @@ class ProbingTrainer(Trainer):
             output_dir, state_dict=state_dict, save_original_format=False
         )
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        target = model if model is not None else self.model
+        if isinstance(target, ProbingGridModel):
+            target.check_checkpoint(resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _issue_warnings_after_load(self, load_result) -> None:
         """Probe-only checkpoints hold no backbone weights by design: report only the probe keys that are missing."""
         missing = [key for key in load_result.missing_keys if not key.startswith("backbone.")]
+        if isinstance(self.model, ProbingGridModel):
+            if missing or load_result.unexpected_keys:
+                raise ValueError(
+                    f"The checkpoint does not hold this grid (missing {missing[:5]}, unexpected "
+                    f"{load_result.unexpected_keys[:5]}): start over in a new --output_dir."
+                )
+            return
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def get_train_dataloader(self):
