@@ -21,7 +21,7 @@ from hf_efficient_probing.training.arguments import DataArguments, ProbeArgument
 from hf_efficient_probing.training.data import DataError, hold_out_for_selection, probing_collator
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
 from hf_efficient_probing.training.optim import MAX_WARMUP_FRACTION
-from hf_efficient_probing.training.recipe import MIN_STEPS_PER_EPOCH, resolve_recipe
+from hf_efficient_probing.training.recipe import MIN_STEPS_PER_EPOCH, default_feature_layers, resolve_recipe
 from hf_efficient_probing.training.run import check_protocol_arguments
 from hf_efficient_probing.training.sweep import train_grid
 from hf_efficient_probing.training.trainer import ProbingTrainer, build_compute_metrics, rank_top_k
@@ -203,6 +203,7 @@ def test_recipe_follows_the_data_size_and_never_outgrows_the_split():
     assert steps >= MIN_STEPS_PER_EPOCH and tiny.optimizer == "adamw"
     large = resolve_recipe(ProbingTrainingArguments(output_dir="unused", use_cpu=True), "default", 20_000)
     assert large.num_train_epochs < tiny.num_train_epochs  # fewer epochs when each has more steps
+    assert default_feature_layers(12) == [9, 12] and default_feature_layers(4) == [3, 4]  # a middle block too
     paper = resolve_recipe(ProbingTrainingArguments(output_dir="unused", use_cpu=True), "paper", 30)
     assert paper.per_device_train_batch_size == 30 and (paper.optimizer, paper.num_train_epochs) == ("lars", 90)
 
