@@ -318,9 +318,13 @@ class TokenReader:
         return len(self.states) - 1
 
     @property
+    def layer_width(self) -> int:
+        """The common width of the layers read (tokens are ``layer_width`` times their number wide)."""
+        return layer_states(self.config, self.feature_layers)[0].width
+
+    @property
     def token_width(self) -> int:
-        """Width of the tokens read: the layers' common width times their number."""
-        return layer_states(self.config, self.feature_layers)[0].width * len(self.feature_layers)
+        return self.layer_width * len(self.feature_layers)
 
     def final_norm(self, backbone: nn.Module) -> nn.Module | None:
         if not self.apply_final_norm or self.family.states == "timm":
