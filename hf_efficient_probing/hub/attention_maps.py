@@ -26,6 +26,11 @@ from ..probes import EfficientProbing
 
 def attention_to_grid(attentions: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
     """``[..., Q, N]`` attention over tokens -> ``[..., Q, rows, columns]`` over patches (leading tokens dropped)."""
+    if grid_size is None:
+        raise ValueError(
+            "These tokens have no common patch grid (a padded NaFlex batch of images of different sizes): draw the "
+            "attention maps of one image at a time."
+        )
     rows, columns = grid_size
     num_prefix = attentions.shape[-1] - rows * columns
     if num_prefix < 0:
