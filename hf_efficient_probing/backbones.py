@@ -357,6 +357,13 @@ class TokenReader:
             )
         _, grid, num_prefix = read[0]
         norm = self.final_norm(backbone)
+        norm_width = getattr(norm, "normalized_shape", (described[0].width,))[-1]
+        if norm_width != described[0].width:
+            raise ValueError(
+                f"The final norm of {self.config.model_type!r} ({self.family.final_norm}) normalises {norm_width} "
+                f"channels, but layers {self.feature_layers} are {described[0].width} wide: read the last stage, or "
+                "set apply_final_norm=False."
+            )
         tokens = torch.cat([norm(t) if norm is not None else t for t, _, _ in read], dim=-1)
         patches = tokens[:, num_prefix:]
         if self.token_selection == "all":

@@ -175,9 +175,11 @@ def test_timm_cnn_tokens_equal_timms_own_intermediates():
     images = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         own = backbone.timm_model.forward_intermediates(images, intermediates_only=True)
-        read = TokenReader(config, [-2])(backbone, images)
-    torch.testing.assert_close(read.tokens, own[-2].flatten(2).transpose(1, 2))
-    assert read.grid_size == tuple(own[-2].shape[-2:]) and read.grid_size[0] != read.grid_size[1]
+        reads = [TokenReader(config, [index])(backbone, images) for index in range(-len(own), len(own))]
+    for index, read in zip(range(-len(own), len(own)), reads, strict=True):  # layers are timm's block indices
+        torch.testing.assert_close(read.tokens, own[index].flatten(2).transpose(1, 2))
+        assert read.grid_size == tuple(own[index].shape[-2:])
+    assert reads[-2].grid_size[0] != reads[-2].grid_size[1]
 
 
 def test_probe_only_timm_probe_refuses_a_backbone_giving_other_tokens(tmp_path):
@@ -260,3 +262,13 @@ def test_attention_maps_follow_a_cnns_non_square_grid():
     assert maps.shape == (2, 4, 4, 6)
     torch.testing.assert_close(maps.flatten(2), output.probe_attentions)
     torch.testing.assert_close(logits, output.logits)
+
+
+def test_the_final_norm_of_a_hierarchical_model_fits_its_last_stage_only():
+    backbone = tiny_backbone("swin")
+    images = images_for("swin")
+    normed = TokenReader(backbone.config, [-1], apply_final_norm=True)(backbone, images)
+    with torch.no_grad():
+        torch.testing.assert_close(normed.tokens, backbone(pixel_values=images).last_hidden_state)
+    with pytest.raises(ValueError, match=r"normalises 32 channels, but layers \[0\] are 16 wide"):
+        TokenReader(backbone.config, [0], apply_final_norm=True)(backbone, images)
