@@ -299,7 +299,7 @@ class TokenReader:
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
         if self.apply_final_norm and self.family.final_norm is None:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
-        if token_selection == "all" and not self.family.has_cls_token and self.family.states != "timm":
+        if token_selection == "all" and not has_cls_token(self.config):
             raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
         if self.feature_layers:
             layer_states(self.config, self.feature_layers)
@@ -375,7 +375,7 @@ class TokenReader:
         self,
         backbone: nn.Module,
         pixel_values: torch.Tensor,
-        layers: list[int] | None,
+        layers: list[int] | None = None,
         interpolate_pos_encoding: bool | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """The backbone's raw states of ``layers`` (every state for ``None``) and, for timm with
@@ -401,9 +401,10 @@ class TokenReader:
         layers = list(range(count)) if layers is None else layers
         indices = sorted({layer % count for layer in layers})
         reads_cls = self.token_selection == "all"
-        if reads_cls and not getattr(timm_model, "has_class_token", False):
+        if self.apply_final_norm and isinstance(getattr(timm_model, "norm", nn.Identity()), nn.Identity):
             raise ValueError(
-                f"token_selection='all' reads a [CLS] token, but the timm model {type(timm_model).__name__} has none."
+                f"apply_final_norm=True, but the timm model {type(timm_model).__name__} has no final norm (`norm`) "
+                "before its pooling; set apply_final_norm=False."
             )
         outputs = timm_model.forward_intermediates(
             pixel_values,
@@ -470,30 +471,52 @@ class TokenReader:
         return Tokens(tokens, num_prefix_tokens=0, grid_size=grid, mask=mask if padded else None)
 
 
-_STATES: dict[str, tuple[State, ...]] = {}
+@dataclass(frozen=True)
+class BackboneLayout:
+    """What a backbone hands over: its per-layer states and whether it has a [CLS] token (for timm models, which
+    one of the many architectures behind ``timm_wrapper`` decides)."""
+
+    states: tuple[State, ...]
+    has_cls_token: bool
+
+
+_LAYOUTS: dict[str, BackboneLayout] = {}
+
+
+def backbone_layout(config: PreTrainedConfig) -> BackboneLayout:
+    """The layout of a backbone at its native image size, found by running it on the meta device (shapes only: no
+    weights, no compute), once per config."""
+    config = vision_config(config)
+    key = config.to_json_string(use_diff=False)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = _run_on_meta(copy.deepcopy(config))
+    return _LAYOUTS[key]
 
 
 def backbone_states(config: PreTrainedConfig) -> tuple[State, ...]:
-    """Width and grid of every per-layer state of a backbone at its native image size, found by running it on the
-    meta device (shapes only: no weights, no compute), once per config."""
+    """Width and grid of every per-layer state of a backbone at its native image size."""
+    return backbone_layout(config).states
+
+
+def has_cls_token(config: PreTrainedConfig) -> bool:
     config = vision_config(config)
-    key = config.to_json_string(use_diff=False)
-    if key not in _STATES:
-        _STATES[key] = _run_on_meta(copy.deepcopy(config))
-    return _STATES[key]
+    family = backbone_family(config)
+    return backbone_layout(config).has_cls_token if family.states == "timm" else family.has_cls_token
 
 
-def _run_on_meta(config: PreTrainedConfig) -> tuple[State, ...]:
-    reader = TokenReader(config, feature_layers=[], apply_final_norm=False)
-    if reader.family.states == "naflex":  # data-dependent shapes, which meta tensors cannot run; grids vary anyway
-        return tuple(State(config.hidden_size, None) for _ in range(config.num_hidden_layers + 1))
+def _run_on_meta(config: PreTrainedConfig) -> BackboneLayout:
+    family = backbone_family(config)
+    if family.states == "naflex":  # data-dependent shapes, which meta tensors cannot run; grids vary anyway
+        states = tuple(State(config.hidden_size, None) for _ in range(config.num_hidden_layers + 1))
+        return BackboneLayout(states, family.has_cls_token)
     with torch.device("meta"):
         backbone = build_backbone(config).eval()
         size = native_image_size(config, backbone)
         pixel_values = torch.empty(1, getattr(config, "num_channels", 3), *size)
-        states, _ = reader.read_states(backbone, pixel_values, layers=None)
-        read = [reader._to_tokens(state, size, pixel_values) for state in states]
-    return tuple(State(tokens.shape[-1], grid, prefix) for tokens, grid, prefix in read)
+        reader = TokenReader(config, feature_layers=[], apply_final_norm=False)
+        read = [reader._to_tokens(state, size, pixel_values) for state in reader.read_states(backbone, pixel_values)[0]]
+    cls = getattr(backbone.timm_model, "has_class_token", False) if family.states == "timm" else family.has_cls_token
+    return BackboneLayout(tuple(State(tokens.shape[-1], grid, prefix) for tokens, grid, prefix in read), cls)
 
 
 def layer_states(config: PreTrainedConfig, feature_layers: list[int]) -> list[State]:

@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .backbones import backbone_family, backbone_states, layer_states, vision_config
+from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
 from .probes import BASELINE_POOLINGS, LINEAR_FEATURES, POOLINGS, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
@@ -134,7 +134,7 @@ class ProbingConfig(PreTrainedConfig):
             raise ValueError(f"feature_layers must be a non-empty list of ints, got {self.feature_layers!r}.")
         layer_states(self.backbone_config, self.feature_layers)
         family = backbone_family(self.backbone_config)
-        if self.reads_cls_token and not family.has_cls_token:
+        if self.reads_cls_token and not has_cls_token(self.backbone_config):
             raise ValueError(
                 f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "
                 "token_selection='patch' (and 'gap' features for a linear probe)."

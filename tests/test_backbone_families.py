@@ -272,3 +272,23 @@ def test_the_final_norm_of_a_hierarchical_model_fits_its_last_stage_only():
         torch.testing.assert_close(normed.tokens, backbone(pixel_values=images).last_hidden_state)
     with pytest.raises(ValueError, match=r"normalises 32 channels, but layers \[0\] are 16 wide"):
         TokenReader(backbone.config, [0], apply_final_norm=True)(backbone, images)
+
+
+def test_timm_class_token_and_final_norm_follow_the_timm_model():
+    """A timm ViT has a [CLS] token and a final norm; a timm ResNet has neither, and says so."""
+    vit = timm_backbone()
+    linear = hep.AutoModelForEfficientProbing.from_backbone(
+        vit, probe="linear", features="cls", apply_final_norm=True, num_labels=3
+    ).eval()
+    images = images_for("timm_wrapper")
+    with torch.no_grad():
+        cls_token = vit.timm_model.forward_features(images)[:, 0]  # timm's own [CLS], after its norm
+        expected = linear.probe.classifier(linear.probe.norm(cls_token))
+        torch.testing.assert_close(linear(pixel_values=images).logits, expected)
+    resnet = AutoConfig.for_model("timm_wrapper", architecture="test_resnet")
+    with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+        hep.LinearProbingConfig(backbone_config=resnet, features="cls")
+    torch.manual_seed(0)
+    reader = TokenReader(resnet, [-1], apply_final_norm=True)
+    with pytest.raises(ValueError, match="has no final norm"):
+        reader(AutoModel.from_config(resnet).eval(), torch.randn(1, 3, 32, 32))
