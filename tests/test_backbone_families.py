@@ -292,3 +292,16 @@ def test_timm_class_token_and_final_norm_follow_the_timm_model():
     reader = TokenReader(resnet, [-1], apply_final_norm=True)
     with pytest.raises(ValueError, match="has no final norm"):
         reader(AutoModel.from_config(resnet).eval(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("probe, norm", [("aim", "token_norm"), ("dolg", "norm")])
+def test_token_batch_norms_learn_their_statistics_from_real_tokens_only(probe, norm):
+    torch.manual_seed(0)
+    pooling = POOLINGS[probe](32).train()
+    tokens = torch.randn(2, 6, 32)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    tokens[~mask] = 1e3  # padding: were it counted, the running mean would be far off
+    pooling(tokens, token_mask=mask)
+    normalised = tokens[mask] if probe == "aim" else pooling.conv1(tokens[mask])
+    expected = 0.1 * normalised.mean(dim=0)  # momentum 0.1 from a zero running mean
+    torch.testing.assert_close(getattr(pooling, norm).running_mean, expected.detach())
