@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..backbones import backbone_family, build_backbone, vision_config
+from ..backbones import backbone_family, backbone_states, build_backbone, vision_config
 from ..configuration_probing import ProbingConfig
 from ..modeling_probing import probe_class_for
 from ..probes.counting import count_trainable_parameters
@@ -82,7 +82,7 @@ def stream_requirements(specs: Sequence[ProbeSpec]) -> tuple[list[int], str]:
     """The layers (sorted, non-negative) and token selection a stream must hold to feed every probe in ``specs``."""
     layers = set()
     for spec in specs:
-        num_layers = spec.config.backbone_config.num_hidden_layers
+        num_layers = len(backbone_states(spec.config.backbone_config)) - 1
         layers.update(normalize_layers(spec.config.feature_layers, num_layers))
     selection = "all" if any(spec.config.reads_cls_token for spec in specs) else "patch"
     return sorted(layers), selection

@@ -92,12 +92,16 @@ def query_contributions(
         read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
         tokens = read.tokens.to(model.probe.classifier.weight.dtype)
         labels = labels.to(model.device)
-        head = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size)
+        head = model.probe(
+            tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
+        )
         correct[0] += int((head.logits.argmax(-1) == labels).sum())
         entropy += attention_entropy(head.attentions.double()).sum(0).cpu()
         for query in range(num_queries):
             with uniform_attention(pooling, [query]):
-                logits = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size).logits
+                logits = model.probe(
+                    tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
+                ).logits
             correct[query + 1] += int((logits.argmax(-1) == labels).sum())
         seen += len(labels)
         num_tokens = tokens.shape[1]
