@@ -174,7 +174,10 @@ def _image_batches(dataset, image_processor, batch_size: int, image_column: str,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description="Per-query attention entropy and accuracy drop of an EP probe.")
+    parser = argparse.ArgumentParser(
+        description="Per-query attention entropy and accuracy drop of an EP probe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="probe directory or Hub id")
     parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
     source = parser.add_mutually_exclusive_group(required=True)
