@@ -24,9 +24,11 @@ from hf_efficient_probing.backbones import build_backbone
 from hf_efficient_probing.hub import ProbeCardInfo, find_probes, push_probe_to_hub
 from hf_efficient_probing.hub.official_release import (
     OFFICIAL_BACKBONES,
+    RELEASE_REPO,
     import_official_release,
     mapping_table,
     official_image_processor,
+    resolve_release,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -177,11 +179,11 @@ def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool) -> tor
 
 def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp_path):
     release = write_release(tmp_path / "release")
+    HfApi().create_repo(RELEASE_REPO)  # the release as the authors published it, read by its Hub id (the default)
+    HfApi().upload_folder(repo_id=RELEASE_REPO, folder_path=tmp_path / "release")
     backbones = push_official_stand_ins()
     output = tmp_path / "probes"
-    printed = hf_probe(
-        "import-official", str(tmp_path / "release"), "--output_dir", str(output), "--push_to_hub", "tester"
-    )
+    printed = hf_probe("import-official", "--output_dir", str(output), "--push_to_hub", "tester")
     assert "2 imported, 1 unmapped, 1 missing" in printed
 
     report = json.loads((output / "import_report.json").read_text())
@@ -214,10 +216,18 @@ def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp
             "https://huggingface.co/billpsomas/efficient-probing-heads"
         }
         assert f"| head epoch | {meta['head_epoch']} |" in card.text and meta["note"] in card.text
-        assert "billpsomas/efficient-probing-heads" in card.text and "final-epoch head" in card.text
+        assert (
+            "billpsomas/efficient-probing-heads" in card.text
+            and "may be its last epoch rather than its best" in card.text
+        )
 
     (found,) = find_probes("facebook/vit-mae-base")
     assert (found.repo_id, found.top1) == ("tester/ep-mae-base", release["mae_base"]["meta"]["val_acc1_at_head_epoch"])
+
+
+def test_a_local_release_folder_is_read_in_place(tmp_path):
+    assert resolve_release(tmp_path) == tmp_path
+    assert resolve_release("not-a-folder/") == Path("not-a-folder/"), "a missing folder is not taken for a Hub id"
 
 
 def test_import_refuses_a_folder_without_a_manifest(tmp_path):

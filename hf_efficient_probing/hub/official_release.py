@@ -8,7 +8,8 @@ to the Hub checkpoint holding the same weights and the tokens that reproduce the
 stays unmapped. A row is mapped only when the weights are the same published checkpoint and the transformers family
 is shown, by a test on the same random weights, to hand the probe the tokens the official loader handed it.
 
-    hf-probe import-official RELEASE_DIR --output_dir probes/ [--push_to_hub ORG]
+    hf-probe import-official --output_dir probes/ [--push_to_hub ORG]               # downloads the release
+    hf-probe import-official RELEASE_DIR --output_dir probes/                      # or reads a local export
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, snapshot_download
 
 from ..conversion import build_official_probe, read_official_checkpoint
 from .cards import LIBRARY_NAME, ProbeCardInfo
@@ -242,7 +244,6 @@ def official_image_processor(image_size: int):
 
 def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
     """The card of an imported head: the official figures in its ``model-index``, the release credited."""
-    head_kind = "best-epoch" if "best-epoch" in (meta.get("note") or "") else "final-epoch"
     return ProbeCardInfo(
         dataset=IMAGENET,
         dataset_name="ImageNet-1k",
@@ -269,7 +270,9 @@ def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
         notes=[
             f"Imported from the authors' release [{RELEASE_REPO}]({RELEASE_URL}) (`{slug}/ep_head.pth`) with "
             "`hf-probe import-official`; trained by Psomas et al. with the official code. The weights are unchanged.",
-            f"This is a {head_kind} head. Official note: {meta.get('note')}",
+            "The head is the one the official run saved, which may be its last epoch rather than its best: its own "
+            "epoch and top-1 are `head epoch` and `val_acc1_at_head_epoch`, the run's best is `table_best_acc1`. "
+            f"Official note: {meta.get('note')}",
             "The top-1 figures are the official ones, measured on ImageNet-1k val, the split the official runs also "
             "selected their best epoch on (so `table_best_acc1` is a best-over-epochs figure on the reported split).",
             f"Tokens: the official backbone `{meta.get('model')}` is read here as `{row.hub_id}` "
@@ -278,6 +281,16 @@ def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
             f"{row.tokens_checked_against} on the same random weights). Images are prepared by the official "
             f"evaluation transform at {meta.get('image_size')} px. The backbone keeps its own licence.",
         ],
+    )
+
+
+def resolve_release(release: str | os.PathLike, token: str | bool | None = None) -> Path:
+    """A local release folder as it is, or a Hub repository holding one (``billpsomas/efficient-probing-heads``)
+    downloaded to the cache (only the manifest and the heads' files)."""
+    if os.path.exists(release) or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(release)):
+        return Path(release)
+    return Path(
+        snapshot_download(str(release), allow_patterns=[MANIFEST, "*/ep_head.pth", "*/config.json"], token=token)
     )
 
 
@@ -305,7 +318,7 @@ def import_official_release(
     """Write one probe repository per mapped head of an official release; list the rest with the reason.
 
     Args:
-        release_dir: the release folder (``manifest.json`` and ``<slug>/ep_head.pth``).
+        release_dir: the release folder (``manifest.json`` and ``<slug>/ep_head.pth``), or its Hub repository.
         output_dir: one sub-folder per imported head is written here, named after the head's slug.
         hub_org: user or organisation the probes are (to be) published under: the cards' snippets load
             ``<hub_org>/ep-<slug>``.
@@ -317,7 +330,7 @@ def import_official_release(
     """
     if push_to_hub and not hub_org:
         raise ValueError("Pushing needs the user or organisation to push to: give hub_org (--push_to_hub ORG).")
-    release_dir, output_dir = Path(release_dir), Path(output_dir)
+    release_dir, output_dir = resolve_release(release_dir, token), Path(output_dir)
     manifest = read_manifest(release_dir)
     report = {"imported": [], "unmapped": [], "missing": list(manifest.get("missing") or [])}
     for entry in manifest["heads"]:
@@ -380,18 +393,27 @@ def main(argv: list[str] | None = None) -> dict:
         description="Import the official release of EP heads as probe repositories (one per mapped head).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("release_dir", help="folder with manifest.json and <slug>/ep_head.pth (the official export)")
-    parser.add_argument("--output_dir", required=True, help="folder to write one probe repository per head into")
+    parser.add_argument(
+        "release",
+        nargs="?",
+        default=RELEASE_REPO,
+        help="the release: a folder with manifest.json and <slug>/ep_head.pth (the official export), or its Hub repo",
+    )
+    parser.add_argument("--output_dir", help="folder to write one probe repository per head into; required")
     parser.add_argument("--push_to_hub", metavar="ORG", default=None, help="also upload each probe to ORG/ep-<slug>")
-    parser.add_argument("--hub_org", default=None, help="user or organisation the cards' snippets name (default ORG)")
+    parser.add_argument(
+        "--hub_org", default=None, help="user or organisation the cards' snippets name (None: the --push_to_hub ORG)"
+    )
     parser.add_argument("--token", default=None, help="Hub token (None: HF_TOKEN or the saved login)")
     parser.add_argument("--show_mapping", action="store_true", help="print the mapping table and exit")
     args = parser.parse_args(argv)
     if args.show_mapping:
         print(mapping_table())
         return {}
+    if not args.output_dir:
+        parser.error("--output_dir is required: the folder to write the probe repositories into.")
     report = import_official_release(
-        args.release_dir,
+        args.release,
         args.output_dir,
         hub_org=args.push_to_hub or args.hub_org,
         push_to_hub=args.push_to_hub is not None,
