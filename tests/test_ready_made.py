@@ -231,7 +231,7 @@ def test_a_local_release_folder_is_read_in_place(tmp_path):
 
 
 def test_import_refuses_a_folder_without_a_manifest(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match="export_ep_heads.py"):
         import_official_release(tmp_path, tmp_path / "out")
 
 
@@ -311,10 +311,12 @@ def test_every_row_is_mapped_with_its_family_or_says_why_not():
 
 
 def test_readme_mapping_table_is_generated_from_the_code():
-    readme = README.read_text()
-    assert mapping_table() in readme, (
-        "README's official-release mapping table is stale: paste the output of "
-        "`hf-probe import-official --show_mapping x --output_dir x`."
+    block = re.search(
+        r"<!-- OFFICIAL-MAPPING:START -->\n(.*?)\n<!-- OFFICIAL-MAPPING:END -->", README.read_text(), re.S
+    )
+    assert block is not None, "README lost the markers of the official-release mapping table"
+    assert block.group(1) == mapping_table(), (
+        "README's official-release mapping table is stale: paste the output of `hf-probe import-official --show_mapping`."
     )
 
 
