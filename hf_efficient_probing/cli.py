@@ -125,16 +125,20 @@ def _program_name(name: str):
 
 
 def entry_point(command: str) -> Callable:
-    module_name, function = COMMANDS[command][0].split(":")
+    """The entry point of a subcommand; a clear exit when this version of the package does not have it."""
+    target = COMMANDS[command][0]
+    module_name, function = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name != module_name:
             raise
+        module = None
+    if not hasattr(module, function):
         raise SystemExit(
-            f"hf-probe {command}: this installation has no {module_name} (the feature it runs is not part of this "
-            "version of hf-efficient-probing yet)."
-        ) from None
+            f"hf-probe {command}: this installation has no {target} (the feature it runs is not part of this version "
+            "of hf-efficient-probing yet)."
+        )
     return getattr(module, function)
 
 
