@@ -37,10 +37,14 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # find
 
 
-def test_find_lists_the_probes_of_a_backbone_with_their_figures(local_hub):
+def test_find_lists_the_probes_of_a_backbone_with_their_figures(local_hub, tmp_path):
     push_backbone()
     other_backbone = "tester/other-vit"
-    push_probe_to_hub(trained_probe(), "tester/probe-good", card_info=CARD_INFO)
+    run_dir = tmp_path / "run"  # a probe directory as `hf-probe train` leaves it, published with `hf-probe push`
+    trained_probe().save_pretrained(run_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(run_dir)
+    (run_dir / "run_summary.json").write_text(json.dumps({"dataset": "tester/tiny-shapes", "eval_accuracy": 0.625}))
+    assert "Pushed" in hf_probe("push", str(run_dir), "--repo_id", "tester/probe-good")
     push_probe_to_hub(trained_probe(), "tester/probe-better", card_info={**vars(CARD_INFO), "top1": 87.5})
     HfApi().create_repo("tester/not-a-probe")  # names the backbone but is no probe of this library
     ModelCard(f"---\nbase_model: {BACKBONE}\nlibrary_name: transformers\n---\n").push_to_hub("tester/not-a-probe")
@@ -53,6 +57,7 @@ def test_find_lists_the_probes_of_a_backbone_with_their_figures(local_hub):
     assert [item.repo_id for item in found] == ["tester/probe-better", "tester/probe-good"], "best top-1 first"
     best = found[0]
     assert (best.probe, best.dataset, best.top1) == ("ep", "Tiny Shapes", 87.5)
+    assert (found[1].dataset, found[1].top1) == ("tester/tiny-shapes", 62.5), "pushed with its run's results"
     assert best.parameters == sum(t.numel() for t in trained_probe().probe.state_dict().values())
     assert best.last_modified is not None
     assert [item.repo_id for item in find_probes(other_backbone)] == ["tester/probe-elsewhere"]
@@ -63,7 +68,7 @@ def test_find_lists_the_probes_of_a_backbone_with_their_figures(local_hub):
     listed = hf_probe("find", "--backbone", BACKBONE)
     rows = [line for line in listed.splitlines() if line.startswith("| tester/")]
     assert [row.split("|")[1].strip() for row in rows] == ["tester/probe-better", "tester/probe-good"]
-    assert "| ep | Tiny Shapes | 87.50 |" in rows[0]
+    assert "| ep | Tiny Shapes | 87.50 |" in rows[0] and "| ep | tester/tiny-shapes | 62.50 |" in rows[1]
 
 
 def test_find_refuses_a_path_for_a_backbone():
@@ -74,7 +79,7 @@ def test_find_refuses_a_path_for_a_backbone():
 # --------------------------------------------------------------------------------------------------------------
 # import-official
 
-WIDTH, QUERIES, CLASSES, SIZE = 32, 4, 5, 224
+WIDTH, QUERIES, CLASSES, SIZE = 32, 4, 5, 224  # a head of the release has 1000 classes; some here have fewer
 
 
 def tiny_official_backbone(model_type: str, seed: int):
@@ -83,7 +88,7 @@ def tiny_official_backbone(model_type: str, seed: int):
     return build_backbone(tiny_backbone_config(model_type, image_size=SIZE, patch_size=16)).eval()
 
 
-def official_head(seed: int) -> dict[str, torch.Tensor]:
+def official_head(seed: int, classes: int) -> dict[str, torch.Tensor]:
     """An EP head in the official layout: Sequential(EfficientProbing, BatchNorm1d, Linear) keys."""
     generator = torch.Generator().manual_seed(seed)
     return {
@@ -92,8 +97,8 @@ def official_head(seed: int) -> dict[str, torch.Tensor]:
         "1.running_mean": torch.randn(WIDTH, generator=generator),
         "1.running_var": torch.rand(WIDTH, generator=generator) + 0.5,
         "1.num_batches_tracked": torch.tensor(1000),
-        "2.weight": torch.randn(CLASSES, WIDTH, generator=generator),
-        "2.bias": torch.randn(CLASSES, generator=generator),
+        "2.weight": torch.randn(classes, WIDTH, generator=generator),
+        "2.bias": torch.randn(classes, generator=generator),
     }
 
 
@@ -139,7 +144,7 @@ def write_release(folder: Path) -> dict[str, dict]:
             "note": "final-epoch head, not best-epoch: checkpoints overwrite per epoch.",
             "training_log": f"logs/{slug}/ep.txt",
         }  # fmt: skip
-        state_dict = official_head(seed)
+        state_dict = official_head(seed, classes=1000 if slug == "mae_base" else CLASSES)  # ImageNet-1k, or not
         (folder / slug).mkdir(parents=True)
         torch.save({"state_dict": state_dict, "meta": meta}, folder / slug / "ep_head.pth")
         (folder / slug / "config.json").write_text(json.dumps(meta, indent=1))
@@ -205,6 +210,8 @@ def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp
                 torch.testing.assert_close(model(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
         classifier = pipeline("image-classification", model=f"tester/ep-{slug.replace('_', '-')}")
         assert classifier(image, top_k=1)[0]["label"] == model.config.id2label[int(expected.argmax())]
+        if slug == "mae_base":  # ImageNet-1k heads are labelled with the class names, in the official class order
+            assert model.config.id2label[0] == "tench, Tinca tinca" and model.config.id2label[999].startswith("toilet")
 
         card = ModelCard.load(output / slug / "README.md")
         assert card.data.base_model == model.config.backbone_name_or_path and card.data.base_model_relation == "adapter"

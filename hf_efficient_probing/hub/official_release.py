@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
+from transformers import ConvNextImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from ..conversion import build_official_probe, read_official_checkpoint
 from .cards import LIBRARY_NAME, ProbeCardInfo
@@ -35,6 +37,7 @@ REPORT = "import_report.json"
 IMAGENET = "ILSVRC/imagenet-1k"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = Path(__file__).parent / "imagenet_1k_classes.json"  # [wnid, WordNet lemmas] in ImageFolder order
 
 
 @dataclass(frozen=True)
@@ -227,12 +230,14 @@ def mapping_table() -> str:
     return "\n".join(lines)
 
 
+def imagenet_labels() -> dict[int, str]:
+    """ImageNet-1k class names by index, in the sorted-WNID order of the ImageFolder the official runs trained on."""
+    return {index: lemmas for index, (_, lemmas) in enumerate(json.loads(IMAGENET_CLASSES.read_text()))}
+
+
 def official_image_processor(image_size: int):
     """The official evaluation transform as an image processor: resize the short side to ``size * 256 / 224``
     (bicubic), centre-crop ``size``, ImageNet mean and std."""
-    from transformers import ConvNextImageProcessor
-    from transformers.image_utils import PILImageResampling
-
     return ConvNextImageProcessor(
         size={"shortest_edge": image_size},
         crop_pct=224 / 256,
@@ -349,6 +354,8 @@ def import_official_release(
                 f"{row.hub_id} is a {model.token_reader.config.model_type!r} backbone, but the mapping of {row.name} "
                 f"was checked for {row.model_type!r}: the tokens are not known to match the official ones."
             )
+        if model.config.num_labels == len(labels := imagenet_labels()):  # every head of the release: ImageNet-1k
+            model.config.id2label, model.config.label2id = labels, {name: index for index, name in labels.items()}
         backbone_size = model.token_reader.config.image_size
         if backbone_size != meta["image_size"]:
             report["unmapped"].append(
