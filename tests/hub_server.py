@@ -33,6 +33,7 @@ import yaml
 LOOPBACK = "127.0.0.1"
 USER = "tester"
 MAX_BODY_BYTES = 256 * 1024 * 1024
+FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", flags=re.S)  # a README's YAML metadata
 
 
 def git_blob_sha(content: bytes) -> str:
@@ -360,7 +361,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
 def card_metadata(content: str) -> dict:
     """The YAML front matter of a README (``{}`` when there is none or it is not a mapping)."""
-    front_matter = re.match(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", content, flags=re.S)
+    front_matter = FRONT_MATTER.match(content)
     metadata = yaml.safe_load(front_matter.group(1)) if front_matter else None
     return metadata if isinstance(metadata, dict) else {}
 
@@ -410,7 +411,7 @@ def validate_metadata(content: str) -> dict:
     """A local stand-in for the Hub's check of a README's metadata (its ``---`` front matter): the YAML must be a
     mapping and any ``model-index`` must be shaped as the Hub reads it (a named model with results of a task type, a
     dataset and typed numeric metrics)."""
-    front_matter = re.match(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", content, flags=re.S)
+    front_matter = FRONT_MATTER.match(content)
     if front_matter is None:
         return {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]}
     try:

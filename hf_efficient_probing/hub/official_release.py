@@ -21,13 +21,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import snapshot_download
 from transformers import ConvNextImageProcessor
 from transformers.image_utils import PILImageResampling
 
 from ..conversion import build_official_probe, read_official_checkpoint
-from .cards import LIBRARY_NAME, ProbeCardInfo
-from .push import save_probe_repository
+from .cards import ProbeCardInfo
+from .push import push_probe_to_hub, save_probe_repository
 
 RELEASE_REPO = "billpsomas/efficient-probing-heads"
 RELEASE_URL = f"https://huggingface.co/{RELEASE_REPO}"
@@ -367,32 +367,25 @@ def import_official_release(
             continue
         name = f"ep-{slug.replace('_', '-')}"
         repo_id = f"{hub_org}/{name}" if hub_org else name
+        card_info, processor = official_card_info(meta, row, slug), official_image_processor(meta["image_size"])
         folder = save_probe_repository(
-            model,
-            output_dir / slug,
-            repo_id,
-            card_info=official_card_info(meta, row, slug),
-            image_processor=official_image_processor(meta["image_size"]),
-            token=token,
+            model, output_dir / slug, repo_id, card_info=card_info, image_processor=processor, token=token
         )
         imported = {**described, "backbone": row.hub_id, "directory": str(folder), "repo_id": repo_id}
         if push_to_hub:
-            imported["commit_url"] = _upload(folder, repo_id, token)
+            commit = push_probe_to_hub(
+                model,
+                repo_id,
+                card_info=card_info,
+                image_processor=processor,
+                token=token,
+                commit_message=f"Import {slug} from {RELEASE_REPO}",
+            )
+            imported["commit_url"] = commit.commit_url
         report["imported"].append(imported)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / REPORT).write_text(json.dumps(report, indent=1))
     return report
-
-
-def _upload(folder: Path, repo_id: str, token: str | bool | None) -> str:
-    from .. import __version__
-
-    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
-    api.create_repo(repo_id, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, commit_message=f"Import {folder.name} from {RELEASE_REPO}"
-    )
-    return commit.commit_url
 
 
 def main(argv: list[str] | None = None) -> dict:
