@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from cli_script import hf_probe_path
@@ -82,3 +83,9 @@ def test_a_missing_feature_says_so(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "plan", ("hf_efficient_probing.not_a_module:main", "plan"))
     with pytest.raises(SystemExit, match="no hf_efficient_probing.not_a_module"):
         cli.main(["plan"])
+
+
+def test_the_package_declares_the_console_script():
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["hf-probe"] == "hf_efficient_probing.cli:main"
