@@ -169,7 +169,10 @@ def save_attention_maps(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Draw a probe's attention maps over an image as a PNG grid.")
+    parser = argparse.ArgumentParser(
+        description="Draw a probe's attention maps over an image as a PNG grid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="probe directory or Hub id")
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--output", default="attention_maps.png", help="PNG file to write")
