@@ -1,20 +1,28 @@
-"""Backbone adaptation: which tokens a frozen `transformers` vision model hands the probe, one row per family.
+"""Backbone adaptation: which tokens a frozen vision model hands the probe, one row per family.
 
-Every family differs in small ways that decide what a probe reads: how many leading tokens precede the patches
-([CLS], distillation, registers), whether it has a [CLS] at all, which module is its final norm and whether the
-paper's protocol reads tokens before or after it, and how to make it deterministic (ViT-MAE shuffles its patches).
-``FAMILIES`` holds these facts; ``TokenReader`` applies them. A new family is one row; a family not in the table
-still works (its leading tokens are counted from the patch grid, and no final norm is applied).
+Families differ in what decides what a probe reads: where the per-layer states live (``hidden_states`` sequences
+``[B, N, C]`` for ViTs, feature maps ``[B, C, H, W]`` for CNNs and ViTDet, per-stage ``reshaped_hidden_states``
+for Swin-like models, NaFlex patch sequences with padding for SigLIP2, timm's ``forward_intermediates`` for
+``TimmWrapperModel``), how many leading tokens precede the patches ([CLS], distillation, registers), which module
+is the final norm and whether the paper's protocol reads tokens before or after it, and how to make the model
+deterministic (ViT-MAE shuffles its patches). ``FAMILIES`` holds these facts; ``TokenReader`` applies them. Every
+state becomes tokens ``[B, N, C]`` (maps are flattened row-major) with its patch grid; a new family is one row, and
+a family not in the table still works (its states are read as they come, leading tokens counted from the grid).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+
+# Where a family's per-layer states come from.
+STATE_SOURCES = ("hidden_states", "reshaped_hidden_states", "naflex", "timm")
 
 
 def _no_forward_kwargs(config: PreTrainedConfig, pixel_values: torch.Tensor) -> dict:
@@ -34,6 +42,14 @@ class BackboneFamily:
 
     Attributes:
         model_type: ``config.model_type`` of the backbone (the vision config for CLIP/SigLIP).
+        states: where the per-layer states come from (``STATE_SOURCES``): the output's ``hidden_states`` or
+            ``reshaped_hidden_states`` (per stage), ``"naflex"`` (SigLIP2: patch sequences, a padding mask and one
+            grid per image) or ``"timm"`` (``forward_intermediates`` of the wrapped timm model, by block index).
+        patch_sequence: the states are ViT-style sequences ``[B, prefix + h * w, C]`` on the ``config.patch_size``
+            grid, with exactly ``num_prefix_tokens`` leading tokens (checked on every call).
+        appends_last_hidden_state: ``last_hidden_state`` is a further state, not among ``hidden_states`` (the final
+            1x1 convolution of MobileNet, MobileViT and EfficientNet).
+        channels_last: 4-D states are ``[B, H, W, C]`` (Hiera) rather than ``[B, C, H, W]``.
         has_cls_token: whether the first token is a [CLS] token.
         extra_prefix_tokens: number of tokens between [CLS] and the patches (distillation, registers).
         final_norm: attribute of the backbone that holds its final norm, or ``None``.
@@ -45,6 +61,10 @@ class BackboneFamily:
     """
 
     model_type: str
+    states: str = "hidden_states"
+    patch_sequence: bool = True
+    appends_last_hidden_state: bool = False
+    channels_last: bool = False
     has_cls_token: bool = True
     extra_prefix_tokens: Callable[[PreTrainedConfig], int] = lambda config: 0
     final_norm: str | None = "layernorm"
@@ -57,13 +77,28 @@ class BackboneFamily:
         return int(self.has_cls_token) + self.extra_prefix_tokens(config)
 
 
+def _feature_maps(model_type: str, **kwargs) -> BackboneFamily:
+    """A CNN-like family: ``hidden_states`` are ``[B, C, H, W]`` maps (embeddings first, then each stage)."""
+    return BackboneFamily(
+        model_type, patch_sequence=False, has_cls_token=False, interpolates_pos_encoding=False, **kwargs
+    )
+
+
+def _stages(model_type: str, **kwargs) -> BackboneFamily:
+    """A hierarchical family reporting one state per stage, each on its own grid and with its own width."""
+    kwargs.setdefault("states", "reshaped_hidden_states")
+    return _feature_maps(model_type, **kwargs)
+
+
 FAMILIES: dict[str, BackboneFamily] = {
     family.model_type: family
     for family in [
         BackboneFamily("vit"),
         BackboneFamily("vit_mae", config_overrides={"mask_ratio": 0.0}, forward_kwargs=_identity_patch_order),
+        BackboneFamily("vit_msn"),
         BackboneFamily("deit", extra_prefix_tokens=lambda config: 1),
         BackboneFamily("beit"),
+        BackboneFamily("data2vec-vision"),
         BackboneFamily("ijepa", has_cls_token=False),
         BackboneFamily("dinov2", apply_final_norm=True, interpolates_pos_encoding=False),
         BackboneFamily(
@@ -81,11 +116,40 @@ FAMILIES: dict[str, BackboneFamily] = {
         ),
         BackboneFamily("clip_vision_model", final_norm="post_layernorm", apply_final_norm=True),
         BackboneFamily("siglip_vision_model", has_cls_token=False, final_norm="post_layernorm", apply_final_norm=True),
+        BackboneFamily(
+            "siglip2_vision_model",
+            states="naflex",
+            patch_sequence=False,
+            has_cls_token=False,
+            final_norm="post_layernorm",
+            apply_final_norm=True,
+            interpolates_pos_encoding=False,
+        ),
+        _feature_maps("convnext"),
+        _feature_maps("convnextv2"),
+        _feature_maps("resnet", final_norm=None),
+        _feature_maps("regnet", final_norm=None),
+        _feature_maps("efficientnet", final_norm=None, appends_last_hidden_state=True),
+        _feature_maps("mobilenet_v2", final_norm=None, appends_last_hidden_state=True),
+        _feature_maps("mobilevit", final_norm=None, appends_last_hidden_state=True),
+        _feature_maps("vitdet", final_norm=None),
+        _stages("swin"),
+        _stages("swinv2"),
+        _stages("focalnet"),
+        _stages("hiera", channels_last=True, final_norm=None),
+        _stages("pvt", states="hidden_states", final_norm=None),  # sequences per stage; the last leads with a [CLS]
+        _stages("levit", states="hidden_states", final_norm=None),  # sequences per stage
+        _stages("timm_wrapper", states="timm", final_norm="norm"),  # timm's own ``norm`` (ViTs), via timm
     ]
 }
 
 # Multi-modal configs whose vision tower is what a probe reads.
-_VISION_TOWERS = {"clip": "vision_config", "siglip": "vision_config", "siglip2": "vision_config"}
+_VISION_TOWERS = {
+    "clip": "vision_config",
+    "siglip": "vision_config",
+    "siglip2": "vision_config",
+    "aimv2": "vision_config",
+}
 
 
 def vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
@@ -95,12 +159,14 @@ def vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
 
 
 def backbone_family(config: PreTrainedConfig) -> BackboneFamily:
-    """The family row of a backbone config; unknown families get a generic row (patches found from the grid)."""
-    return FAMILIES.get(config.model_type) or BackboneFamily(config.model_type, final_norm=None)
+    """The family row of a backbone config; unknown families get a generic row (states read as they come)."""
+    return FAMILIES.get(config.model_type) or BackboneFamily(
+        config.model_type, patch_sequence=False, has_cls_token=False, final_norm=None
+    )
 
 
 def patch_grid(config: PreTrainedConfig, pixel_values: torch.Tensor) -> tuple[int, int]:
-    """``(rows, columns)`` of patches for images of this size."""
+    """``(rows, columns)`` of ``config.patch_size`` patches for images of this size."""
     patch = config.patch_size
     patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
     return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
@@ -113,6 +179,13 @@ def prepare_backbone_config(config: PreTrainedConfig) -> PreTrainedConfig:
         setattr(config, key, value)
     config.tie_last_hidden_states = False
     return config
+
+
+def prepare_loaded_backbone(backbone: PreTrainedModel) -> PreTrainedModel:
+    """The same settings for a model the user loaded: its modules read the (shared) config at every call, so a
+    ``ViTMAEModel.from_pretrained(...)`` stops masking 75 % of its patches."""
+    prepare_backbone_config(backbone.config)
+    return backbone
 
 
 def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
@@ -141,11 +214,63 @@ def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolde
 
 @dataclass
 class Tokens:
-    """Tokens a probe reads: ``tokens`` ``[B, N, D]`` of which the first ``num_prefix_tokens`` are [CLS]."""
+    """Tokens a probe reads: ``tokens`` ``[B, N, D]`` of which the first ``num_prefix_tokens`` are [CLS], on a
+    ``grid_size`` patch grid (``None`` when images of a batch have different grids, as NaFlex's), and ``mask``
+    ``[B, N]`` (``True`` for real tokens) when some are padding."""
 
     tokens: torch.Tensor
     num_prefix_tokens: int
-    grid_size: tuple[int, int]
+    grid_size: tuple[int, int] | None
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """One per-layer state of a backbone at its native image size: its token width and patch grid."""
+
+    width: int
+    grid_size: tuple[int, int] | None
+    num_prefix_tokens: int = 0
+
+    def __str__(self) -> str:
+        grid = "x".join(map(str, self.grid_size)) if self.grid_size else "variable"
+        prefix = f", {self.num_prefix_tokens} prefix tokens" if self.num_prefix_tokens else ""
+        return f"width {self.width}, grid {grid}{prefix}"
+
+
+def native_image_size(config: PreTrainedConfig, backbone: nn.Module | None = None) -> tuple[int, int]:
+    """The image size the backbone was built for (224 when it does not say)."""
+    size = getattr(config, "image_size", None)
+    timm_model = getattr(backbone, "timm_model", None)
+    if timm_model is not None:
+        size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None)
+        size = size or timm_model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]
+    size = size or 224
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def naflex_patches(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[B, 3, H, W]`` images as SigLIP2's NaFlex inputs, as its image processor lays them out: patches
+    ``[B, h * w, p * p * 3]`` (row-major, channels last within a patch), an all-ones mask and the ``(h, w)`` grid."""
+    batch, channels, height, width = pixel_values.shape
+    rows, columns = height // patch_size, width // patch_size
+    patches = pixel_values[..., : rows * patch_size, : columns * patch_size]
+    patches = patches.reshape(batch, channels, rows, patch_size, columns, patch_size).permute(0, 2, 4, 3, 5, 1)
+    patches = patches.reshape(batch, rows * columns, patch_size * patch_size * channels)
+    mask = torch.ones(batch, rows * columns, dtype=torch.long, device=pixel_values.device)
+    shapes = torch.tensor([[rows, columns]] * batch, dtype=torch.long, device=pixel_values.device)
+    return patches, mask, shapes
+
+
+def _sequence_grid(num_tokens: int, image_size: tuple[int, int]) -> tuple[int, int]:
+    """The grid of a stage's sequence ``[B, N, C]`` whose stride the model does not report: the first stride ``s``
+    whose ``ceil(H/s) x ceil(W/s)`` grid fits in ``N`` tokens (the rest are leading tokens, e.g. PVT's [CLS])."""
+    height, width = image_size
+    for stride in range(1, max(height, width) + 1):
+        grid = (math.ceil(height / stride), math.ceil(width / stride))
+        if grid[0] * grid[1] <= num_tokens:
+            return grid
+    raise ValueError(f"Cannot lay out {num_tokens} tokens on a grid for {height}x{width} images.")
 
 
 class TokenReader:
@@ -153,7 +278,9 @@ class TokenReader:
 
     Args:
         config: the backbone config.
-        feature_layers: hidden-state indices to read (concatenated along channels).
+        feature_layers: per-layer state indices to read (concatenated along channels). For most families 0 is
+            the embedding output and ``i`` the output of block (or stage) ``i``; for ``timm_wrapper`` they are
+            timm's block indices (``feature_info``). ``-1`` is the last.
         token_selection: ``"patch"`` or ``"all"`` ([CLS] + patches).
         apply_final_norm: ``None`` for the family's default.
     """
@@ -172,41 +299,244 @@ class TokenReader:
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
         if self.apply_final_norm and self.family.final_norm is None:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
-        if token_selection == "all" and not self.family.has_cls_token:
+        if token_selection == "all" and not has_cls_token(self.config):
             raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
+        if self.feature_layers:
+            layer_states(self.config, self.feature_layers)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # What the backbone holds, found by running it on the meta device (shapes only, no weights, no compute)
+
+    @property
+    def states(self) -> tuple[State, ...]:
+        """Width and grid of every per-layer state at the native image size."""
+        return backbone_states(self.config)
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """The largest layer index (states go from 0 to it)."""
+        return len(self.states) - 1
+
+    @property
+    def layer_width(self) -> int:
+        """The common width of the layers read (tokens are ``layer_width`` times their number wide)."""
+        return layer_states(self.config, self.feature_layers)[0].width
+
+    @property
+    def token_width(self) -> int:
+        return self.layer_width * len(self.feature_layers)
 
     def final_norm(self, backbone: nn.Module) -> nn.Module | None:
-        return getattr(backbone, self.family.final_norm) if self.apply_final_norm else None
+        if not self.apply_final_norm or self.family.states == "timm":
+            return None
+        return getattr(backbone, self.family.final_norm)
+
+    # ---------------------------------------------------------------------------------------------------------
 
     def __call__(
-        self, backbone: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None
+        self,
+        backbone: nn.Module,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
     ) -> Tokens:
-        grid = patch_grid(self.config, pixel_values)
+        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, or, for NaFlex (SigLIP2), the image processor's
+        patches ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and ``spatial_shapes``."""
+        if self.family.states == "naflex":
+            return self._read_naflex(backbone, pixel_values, pixel_attention_mask, spatial_shapes)
+        image_size = tuple(pixel_values.shape[-2:])
+        states, cls_tokens = self.read_states(backbone, pixel_values, self.feature_layers, interpolate_pos_encoding)
+        read = [self._to_tokens(state, image_size, pixel_values) for state in states]
+        described = [State(t.shape[-1], grid, prefix) for t, grid, prefix in read]
+        if len({(state.width, state.grid_size, state.num_prefix_tokens) for state in described}) > 1:
+            raise ValueError(
+                f"feature_layers {self.feature_layers} of {self.config.model_type!r} have different widths or grids "
+                "and cannot be concatenated along channels: "
+                + "; ".join(f"{layer}: {state}" for layer, state in zip(self.feature_layers, described, strict=True))
+            )
+        _, grid, num_prefix = read[0]
+        norm = self.final_norm(backbone)
+        norm_width = getattr(norm, "normalized_shape", (described[0].width,))[-1]
+        if norm_width != described[0].width:
+            raise ValueError(
+                f"The final norm of {self.config.model_type!r} ({self.family.final_norm}) normalises {norm_width} "
+                f"channels, but layers {self.feature_layers} are {described[0].width} wide: read the last stage, or "
+                "set apply_final_norm=False."
+            )
+        tokens = torch.cat([norm(t) if norm is not None else t for t, _, _ in read], dim=-1)
+        patches = tokens[:, num_prefix:]
+        if self.token_selection == "all":
+            cls_token = tokens[:, :1] if cls_tokens is None else cls_tokens
+            return Tokens(torch.cat([cls_token, patches], dim=1), num_prefix_tokens=1, grid_size=grid)
+        return Tokens(patches, num_prefix_tokens=0, grid_size=grid)
+
+    def read_states(
+        self,
+        backbone: nn.Module,
+        pixel_values: torch.Tensor,
+        layers: list[int] | None = None,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The backbone's raw states of ``layers`` (every state for ``None``) and, for timm with
+        ``token_selection="all"``, its [CLS] tokens (timm returns them apart from the spatial states)."""
+        if self.family.states == "timm":
+            return self._timm_states(backbone, pixel_values, layers)
         kwargs = self.family.forward_kwargs(self.config, pixel_values)
         if self.family.interpolates_pos_encoding:
             if interpolate_pos_encoding is None:
-                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != _image_size(self.config)
+                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native_image_size(self.config)
             kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
         outputs = backbone(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
-        norm = self.final_norm(backbone)
-        layers = [outputs.hidden_states[layer] for layer in self.feature_layers]
-        tokens = torch.cat([norm(h) if norm is not None else h for h in layers], dim=-1)
+        states = tuple(outputs[self.family.states])
+        if self.family.appends_last_hidden_state:
+            states = (*states, outputs.last_hidden_state)
+        return (list(states) if layers is None else [states[layer] for layer in layers]), None
 
-        num_patches = grid[0] * grid[1]
-        num_prefix = tokens.shape[1] - num_patches
-        if num_prefix < 0 or (
-            self.config.model_type in FAMILIES and num_prefix != self.family.num_prefix_tokens(self.config)
-        ):
+    def _timm_states(self, backbone, pixel_values, layers) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """timm's own ``forward_intermediates`` (timm's final ``norm`` applied there when asked), by block index;
+        with ``token_selection="all"``, the first prefix token (the [CLS]) of each layer read."""
+        timm_model = backbone.timm_model
+        count = len(timm_model.feature_info)
+        layers = list(range(count)) if layers is None else layers
+        indices = sorted({layer % count for layer in layers})
+        reads_cls = self.token_selection == "all"
+        if self.apply_final_norm and isinstance(getattr(timm_model, "norm", nn.Identity()), nn.Identity):
             raise ValueError(
-                f"{self.config.model_type!r} returned {tokens.shape[1]} tokens for a {grid[0]}x{grid[1]} patch "
-                f"grid; expected {self.family.num_prefix_tokens(self.config)} leading tokens before the patches."
+                f"apply_final_norm=True, but the timm model {type(timm_model).__name__} has no final norm (`norm`) "
+                "before its pooling; set apply_final_norm=False."
             )
-        patches = tokens[:, num_prefix:]
+        outputs = timm_model.forward_intermediates(
+            pixel_values,
+            indices=indices,
+            norm=bool(self.apply_final_norm),
+            intermediates_only=True,
+            **({"return_prefix_tokens": True} if reads_cls else {}),
+        )
+        by_index = dict(zip(indices, outputs, strict=True))
+        chosen = [by_index[layer % count] for layer in layers]
+        if not reads_cls:
+            return chosen, None
+        cls_token = torch.cat([prefix[:, :1] for _, prefix in chosen], dim=-1)
+        return [spatial for spatial, _ in chosen], cls_token
+
+    def _to_tokens(
+        self, state: torch.Tensor, image_size: tuple[int, int], pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, int], int]:
+        """``[B, N, C]`` tokens, their grid and their number of leading tokens, from a map or a sequence."""
+        if state.ndim == 4:
+            if not self.family.channels_last:
+                state = state.permute(0, 2, 3, 1)
+            return state.flatten(1, 2), tuple(state.shape[1:3]), 0
+        if state.ndim != 3:
+            raise ValueError(f"{self.config.model_type!r} returned a state of shape {tuple(state.shape)}.")
+        num_tokens = state.shape[1]
+        if self.family.patch_sequence or (
+            self.config.model_type not in FAMILIES and getattr(self.config, "patch_size", None) is not None
+        ):
+            grid = patch_grid(self.config, pixel_values)
+        else:
+            grid = _sequence_grid(num_tokens, image_size)
+        num_prefix = num_tokens - grid[0] * grid[1]
+        if num_prefix < 0 or (self.family.patch_sequence and num_prefix != self.family.num_prefix_tokens(self.config)):
+            raise ValueError(
+                f"{self.config.model_type!r} returned {num_tokens} tokens for a {grid[0]}x{grid[1]} patch grid; "
+                f"expected {self.family.num_prefix_tokens(self.config)} leading tokens before the patches."
+            )
+        return state, grid, num_prefix
+
+    def _read_naflex(self, backbone, pixel_values, pixel_attention_mask, spatial_shapes) -> Tokens:
+        if pixel_values.ndim == 4:  # plain images: every one on the same grid, no padding
+            pixel_values, pixel_attention_mask, spatial_shapes = naflex_patches(pixel_values, self.config.patch_size)
+        if pixel_attention_mask is None or spatial_shapes is None:
+            raise ValueError(
+                f"{self.config.model_type!r} (NaFlex) reads patches [B, N, p*p*3] with pixel_attention_mask and "
+                "spatial_shapes, as its image processor returns them; pass all three (or [B, 3, H, W] images)."
+            )
         if self.token_selection == "all":
-            return Tokens(torch.cat([tokens[:, :1], patches], dim=1), num_prefix_tokens=1, grid_size=grid)
-        return Tokens(patches, num_prefix_tokens=0, grid_size=grid)
+            raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
+        outputs = backbone(
+            pixel_values=pixel_values,
+            pixel_attention_mask=pixel_attention_mask,
+            spatial_shapes=spatial_shapes,
+            output_hidden_states=True,
+        )
+        norm = self.final_norm(backbone)
+        states = [outputs.hidden_states[layer] for layer in self.feature_layers]
+        tokens = torch.cat([norm(state) if norm is not None else state for state in states], dim=-1)
+        mask = pixel_attention_mask.bool()
+        grids = {tuple(shape) for shape in spatial_shapes.tolist()}
+        padded = not bool(mask.all())
+        grid = next(iter(grids)) if len(grids) == 1 and not padded else None
+        return Tokens(tokens, num_prefix_tokens=0, grid_size=grid, mask=mask if padded else None)
 
 
-def _image_size(config: PreTrainedConfig) -> tuple[int, int]:
-    size = config.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
+@dataclass(frozen=True)
+class BackboneLayout:
+    """What a backbone hands over: its per-layer states and whether it has a [CLS] token (for timm models, which
+    one of the many architectures behind ``timm_wrapper`` decides)."""
+
+    states: tuple[State, ...]
+    has_cls_token: bool
+
+
+_LAYOUTS: dict[str, BackboneLayout] = {}
+
+
+def backbone_layout(config: PreTrainedConfig) -> BackboneLayout:
+    """The layout of a backbone at its native image size, found by running it on the meta device (shapes only: no
+    weights, no compute), once per config."""
+    config = vision_config(config)
+    key = config.to_json_string(use_diff=False)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = _run_on_meta(copy.deepcopy(config))
+    return _LAYOUTS[key]
+
+
+def backbone_states(config: PreTrainedConfig) -> tuple[State, ...]:
+    """Width and grid of every per-layer state of a backbone at its native image size."""
+    return backbone_layout(config).states
+
+
+def has_cls_token(config: PreTrainedConfig) -> bool:
+    config = vision_config(config)
+    family = backbone_family(config)
+    return backbone_layout(config).has_cls_token if family.states == "timm" else family.has_cls_token
+
+
+def _run_on_meta(config: PreTrainedConfig) -> BackboneLayout:
+    family = backbone_family(config)
+    if family.states == "naflex":  # data-dependent shapes, which meta tensors cannot run; grids vary anyway
+        states = tuple(State(config.hidden_size, None) for _ in range(config.num_hidden_layers + 1))
+        return BackboneLayout(states, family.has_cls_token)
+    with torch.device("meta"):
+        backbone = build_backbone(config).eval()
+        size = native_image_size(config, backbone)
+        pixel_values = torch.empty(1, getattr(config, "num_channels", 3), *size)
+        reader = TokenReader(config, feature_layers=[], apply_final_norm=False)
+        read = [reader._to_tokens(state, size, pixel_values) for state in reader.read_states(backbone, pixel_values)[0]]
+    cls = getattr(backbone.timm_model, "has_class_token", False) if family.states == "timm" else family.has_cls_token
+    return BackboneLayout(tuple(State(tokens.shape[-1], grid, prefix) for tokens, grid, prefix in read), cls)
+
+
+def layer_states(config: PreTrainedConfig, feature_layers: list[int]) -> list[State]:
+    """The states ``feature_layers`` read; fails, listing every state, when one is out of range or they cannot be
+    concatenated along channels (different widths or grids, e.g. two stages of a hierarchical model)."""
+    states = backbone_states(config)
+    count = len(states)
+    listing = "; ".join(f"{index}: {state}" for index, state in enumerate(states))
+    bad = [layer for layer in feature_layers if not -count <= layer < count]
+    if bad:
+        first = "timm's first block" if backbone_family(vision_config(config)).states == "timm" else "embeddings"
+        raise ValueError(
+            f"feature_layers {bad} out of range: layers go from 0 ({first}) to {count - 1} (or -{count} to -1). "
+            f"The states of this {vision_config(config).model_type!r} backbone are {listing}."
+        )
+    chosen = [states[layer] for layer in feature_layers]
+    if len({(state.width, state.grid_size) for state in chosen}) > 1:
+        raise ValueError(
+            f"feature_layers {list(feature_layers)} have different widths or grids and cannot be concatenated along "
+            f"channels; read layers of one stage. The states of this {vision_config(config).model_type!r} backbone "
+            f"are {listing}."
+        )
+    return chosen

@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .backbones import backbone_family, vision_config
+from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
 from .probes import BASELINE_POOLINGS, LINEAR_FEATURES, POOLINGS, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
@@ -58,8 +58,10 @@ class ProbingConfig(PreTrainedConfig):
             Sub-folder of the probe's checkpoint holding a `peft` adapter (e.g. LoRA) trained on the backbone with the
             probe; set when saving. Loading applies it to the named backbone, so the checkpoint stays probe-sized.
         feature_layers (`list[int]`, *optional*, defaults to `[-1]`):
-            Which hidden states the probe reads, indexed like `hidden_states`: 0 is the embedding output, `i` the
-            output of block `i`, -1 the last block. Several layers are concatenated along the channel axis.
+            Which per-layer states the probe reads, indexed like `hidden_states`: 0 is the embedding output, `i` the
+            output of block (or, for hierarchical models and CNNs, stage) `i`, -1 the last; for `timm_wrapper`
+            backbones, timm's block indices. Several layers are concatenated along the channel axis; they must have
+            the same width and grid.
         token_selection (`str`, *optional*, defaults to `"patch"`):
             `"patch"`: patch tokens only (the paper's default). `"all"`: the [CLS] token followed by the patch
             tokens (register and distillation tokens are always dropped).
@@ -72,6 +74,10 @@ class ProbingConfig(PreTrainedConfig):
             Epsilon of the non-affine BatchNorm before the classifier.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the backbone's initialiser when it is built from its config.
+        token_width (`int`, *optional*):
+            Width of the tokens the probe reads (the layers' real width times their number), set from the
+            backbone when the config is created. A probe-only checkpoint records it, so that loading it onto a
+            backbone giving other tokens fails clearly.
     """
 
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
@@ -87,6 +93,7 @@ class ProbingConfig(PreTrainedConfig):
     freeze_backbone: bool = True
     batch_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    token_width: int | None = None
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS)
@@ -109,6 +116,13 @@ class ProbingConfig(PreTrainedConfig):
         if isinstance(self.backbone_config, PreTrainedConfig):
             self.backbone_config = vision_config(self.backbone_config)
         self.feature_layers = list(self.feature_layers)
+        if self.token_width is None and self._layers_are_ints():
+            states = backbone_states(self.backbone_config)
+            if all(-len(states) <= layer < len(states) for layer in self.feature_layers):
+                self.token_width = states[self.feature_layers[0]].width * len(self.feature_layers)
+
+    def _layers_are_ints(self) -> bool:
+        return bool(self.feature_layers) and all(isinstance(layer, int) for layer in self.feature_layers)
 
     def validate_probe_settings(self):
         eps = self.batch_norm_eps
@@ -116,18 +130,11 @@ class ProbingConfig(PreTrainedConfig):
             raise ValueError(f"batch_norm_eps must be a positive number (default 1e-6), got {eps!r}.")
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}.")
-        if not self.feature_layers or not all(isinstance(layer, int) for layer in self.feature_layers):
+        if not self._layers_are_ints():
             raise ValueError(f"feature_layers must be a non-empty list of ints, got {self.feature_layers!r}.")
-        num_layers = getattr(self.backbone_config, "num_hidden_layers", None)
-        if num_layers is not None:
-            bad = [layer for layer in self.feature_layers if not -(num_layers + 1) <= layer <= num_layers]
-            if bad:
-                raise ValueError(
-                    f"feature_layers {bad} out of range: the backbone has {num_layers} blocks, so layers go from 0 "
-                    f"(embeddings) to {num_layers} (or -{num_layers + 1} to -1)."
-                )
+        layer_states(self.backbone_config, self.feature_layers)
         family = backbone_family(self.backbone_config)
-        if self.reads_cls_token and not family.has_cls_token:
+        if self.reads_cls_token and not has_cls_token(self.backbone_config):
             raise ValueError(
                 f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "
                 "token_selection='patch' (and 'gap' features for a linear probe)."
@@ -136,11 +143,6 @@ class ProbingConfig(PreTrainedConfig):
     @property
     def reads_cls_token(self) -> bool:
         return self.token_selection == "all"
-
-    @property
-    def token_width(self) -> int:
-        """Width of the tokens the probe reads: the backbone width times the number of layers read."""
-        return self.backbone_config.hidden_size * len(self.feature_layers)
 
     def pooling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the pooling registered as `pooling_name`."""
@@ -181,6 +183,8 @@ class EfficientProbingConfig(ProbingConfig):
             if isinstance(getattr(self, name), bool):  # bool is an int to Python, not a count
                 raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}.")
         width = self.token_width
+        if width is None:  # the feature layers are invalid: validate_probe_settings says why
+            return
         if self.num_queries < 1 or self.d_out < 1 or width % (self.d_out * self.num_queries):
             raise ValueError(
                 f"EP needs the token width ({width}) divisible by d_out * num_queries; got d_out={self.d_out}, "
@@ -265,6 +269,8 @@ class AttentiveProbingConfig(ProbingConfig):
             raise ValueError(
                 f"pooler_kwargs {unknown} are not hyper-parameters of {self.pooler_type!r}; it accepts {accepted}."
             )
+        if self.token_width is None:  # the feature layers are invalid: validate_probe_settings says why
+            return
         with torch.device("meta"):  # surfaces shape errors (e.g. width not divisible by num_heads) now, for free
             POOLINGS[self.pooler_type](self.token_width, **self.pooling_kwargs())
 

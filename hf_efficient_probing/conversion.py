@@ -329,19 +329,22 @@ def load_official_head(
     return head.eval()
 
 
-def convert_to_probe_directory(
-    checkpoint: str | os.PathLike,
-    backbone: str,
-    output_dir: str | os.PathLike,
+def build_official_probe(
+    state_dict: dict[str, torch.Tensor],
+    meta: dict,
+    backbone,
     pooling: str | None = None,
     backbone_revision: str | None = None,
+    apply_final_norm: bool | None = None,
     **official_args,
 ):
-    """Write a probe directory (config + probe-only safetensors) for an official head on a HF backbone whose
-    weights match the official one. Returns the loaded model."""
+    """A probe on a HF backbone (a Hub id, a path or a loaded model) holding an official head's weights.
+
+    ``pooling`` (the official ``--cls_features``) and the official arguments default to the head's ``meta``; an
+    ``_all`` pooling reads the [CLS] token before the patches, as the official code does. ``apply_final_norm`` says
+    whether the tokens are read after the backbone's final norm (``None``: the family's default)."""
     from .modeling_probing import AutoModelForEfficientProbing
 
-    state_dict, meta = read_official_checkpoint(checkpoint)
     pooling = pooling or meta.get("cls_features")
     head = load_official_head({"state_dict": state_dict, "meta": meta}, pooling=pooling, **official_args)
     spec = OFFICIAL_POOLINGS[(pooling or "").removesuffix("_all")]
@@ -352,6 +355,8 @@ def convert_to_probe_directory(
         probe_kwargs = {"pooler_kwargs": probe_kwargs}
     if pooling and pooling.endswith("_all"):
         probe_kwargs["token_selection"] = "all"
+    if apply_final_norm is not None:
+        probe_kwargs["apply_final_norm"] = apply_final_norm
     model = AutoModelForEfficientProbing.from_backbone(
         backbone,
         probe=spec.pooling,
@@ -360,12 +365,30 @@ def convert_to_probe_directory(
         **probe_kwargs,
     )
     model.probe.load_state_dict(head.state_dict())
-    model.save_pretrained(output_dir)
     return model.eval()
 
 
+def convert_to_probe_directory(
+    checkpoint: str | os.PathLike,
+    backbone: str,
+    output_dir: str | os.PathLike,
+    pooling: str | None = None,
+    backbone_revision: str | None = None,
+    **official_args,
+):
+    """Write a probe directory (config + probe-only safetensors) for an official head on a HF backbone whose
+    weights match the official one. Returns the loaded model."""
+    state_dict, meta = read_official_checkpoint(checkpoint)
+    model = build_official_probe(state_dict, meta, backbone, pooling, backbone_revision, **official_args)
+    model.save_pretrained(output_dir)
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert an official EP-code probe head into a probe directory.")
+    parser = argparse.ArgumentParser(
+        description="Convert an official EP-code probe head into a probe directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("checkpoint", help="official head file (ep_head.pth or a head state dict)")
     parser.add_argument("--backbone", required=True, help="Hub id or path of the matching transformers backbone")
     parser.add_argument("--backbone-revision", default=None)

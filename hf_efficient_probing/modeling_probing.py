@@ -27,7 +27,15 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import cached_file, logging
 
-from .backbones import TokenReader, build_backbone, load_backbone, load_backbone_adapter, vision_config
+from .backbones import (
+    TokenReader,
+    build_backbone,
+    layer_states,
+    load_backbone,
+    load_backbone_adapter,
+    prepare_loaded_backbone,
+    vision_config,
+)
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
 from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
 
@@ -92,18 +100,36 @@ class ProbingOutput(ImageClassifierOutput):
     probe_attentions: torch.FloatTensor | None = None
 
 
-def check_backbone_matches(expected: dict | object, backbone_config) -> None:
-    """Fail clearly when a probe meets a backbone of another family, width or patch grid than it was trained on."""
+# Config fields that fix a backbone's architecture in some family or other (compared when both configs have them).
+_ARCHITECTURE_FIELDS = ("hidden_size", "hidden_sizes", "embed_dim", "patch_size", "image_size", "architecture")
+
+
+def check_backbone_matches(expected: dict | object, backbone_config, feature_layers=None, token_width=None) -> None:
+    """Fail clearly when a probe meets a backbone of another family, width or patch grid than it was trained on
+    (``token_width``: the width the probe reads from ``feature_layers``, checked against the tokens the backbone
+    really gives)."""
     expected = vision_config(expected)
     actual = vision_config(backbone_config)
-    for attribute in ("model_type", "hidden_size", "patch_size", "image_size"):
+
+    def described(config) -> str:
+        fields = {name: getattr(config, name) for name in _ARCHITECTURE_FIELDS if hasattr(config, name)}
+        return f"{config.model_type!r}, " + ", ".join(f"{name}={value!r}" for name, value in fields.items())
+
+    for attribute in ("model_type", *_ARCHITECTURE_FIELDS):
         want, got = getattr(expected, attribute, None), getattr(actual, attribute, None)
         if want != got:
             raise ValueError(
                 f"This probe was built for a {expected.model_type!r} backbone with {attribute}={want!r}, but the "
-                f"backbone given has {attribute}={got!r} ({actual.model_type!r}, hidden_size={actual.hidden_size}, "
-                f"patch_size={getattr(actual, 'patch_size', None)}, image_size={getattr(actual, 'image_size', None)}). "
-                "Load the probe onto the backbone it was trained on."
+                f"backbone given has {attribute}={got!r} ({described(actual)}). Load the probe onto the backbone it "
+                "was trained on."
+            )
+    if token_width is not None:
+        got = layer_states(actual, feature_layers)[0].width * len(feature_layers)
+        if got != token_width:
+            raise ValueError(
+                f"This probe reads tokens of width {token_width} (layers {list(feature_layers)}), but the backbone "
+                f"given ({described(actual)}) gives tokens of width {got} there. Load the probe onto the backbone it "
+                "was trained on."
             )
 
 
@@ -129,7 +155,8 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 f"{family!r} backbone. Use the class for that family, or AutoModelForEfficientProbing."
             )
         if backbone is not None:
-            check_backbone_matches(config.backbone_config, backbone.config)
+            prepare_loaded_backbone(backbone)
+            check_backbone_matches(config.backbone_config, backbone.config, config.feature_layers, config.token_width)
         self.token_reader = TokenReader(
             config.backbone_config, config.feature_layers, config.token_selection, config.apply_final_norm
         )
@@ -151,17 +178,14 @@ class ProbingPreTrainedModel(PreTrainedModel):
             self.backbone.eval()  # no dropout, drop-path or BatchNorm updates in a frozen backbone
         return self
 
-    def default_grid_size(self, num_patches: int) -> tuple[int, int]:
-        """Patch grid of cached tokens: the backbone's native grid, or a square one when the count differs."""
-        config = self.token_reader.config
-        size, patch = config.image_size, config.patch_size
-        size = (size, size) if isinstance(size, int) else size
-        patch = (patch, patch) if isinstance(patch, int) else patch
-        native = (size[0] // patch[0], size[1] // patch[1])
-        if native[0] * native[1] == num_patches:
+    def default_grid_size(self, num_patches: int) -> tuple[int, int] | None:
+        """Patch grid of cached tokens: the grid the layers read have at the backbone's native image size, or a
+        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens)."""
+        native = layer_states(self.token_reader.config, self.config.feature_layers)[0].grid_size
+        if native is not None and native[0] * native[1] == num_patches:
             return native
         side = int(round(num_patches**0.5))
-        return (side, side)
+        return (side, side) if side * side == num_patches else None
 
     def forward(
         self,
@@ -169,8 +193,11 @@ class ProbingPreTrainedModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
         grid_size: tuple[int, int] | None = None,
+        token_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
         **kwargs,
     ) -> ProbingOutput:
         r"""
@@ -180,20 +207,26 @@ class ProbingPreTrainedModel(PreTrainedModel):
             tokens: instead of images, the tokens the probe reads (e.g. from a token cache): ``[B, N, D]`` with the
                 [CLS] token first when the config reads it. The backbone is not run.
             grid_size: patch grid of ``tokens`` (defaults to the backbone's native grid).
+            token_mask: ``[B, N]`` for ``tokens``, ``True`` for real tokens and ``False`` for padding, which every
+                pooling ignores (NaFlex tokens of images of different sizes, padded to one length).
             output_attentions: return ``probe_attentions``.
+            pixel_attention_mask, spatial_shapes: NaFlex (SigLIP2) inputs, as its image processor returns them
+                with patchified ``pixel_values``; the padding patches they mark are ignored by the probe.
         """
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
             backbone_grad = torch.is_grad_enabled() and not self.config.freeze_backbone
             with torch.set_grad_enabled(backbone_grad):
-                read = self.token_reader(self.backbone, pixel_values, interpolate_pos_encoding)
-            tokens, num_prefix, grid_size = read.tokens, read.num_prefix_tokens, read.grid_size
+                read = self.token_reader(
+                    self.backbone, pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes
+                )
+            tokens, num_prefix, grid_size, token_mask = read.tokens, read.num_prefix_tokens, read.grid_size, read.mask
         else:
             num_prefix = int(self.config.reads_cls_token)
             grid_size = grid_size or self.default_grid_size(tokens.shape[1] - num_prefix)
         tokens = tokens.to(self.probe.classifier.weight.dtype)
-        head = self.probe(tokens, num_prefix_tokens=num_prefix, grid_size=grid_size)
+        head = self.probe(tokens, num_prefix_tokens=num_prefix, grid_size=grid_size, token_mask=token_mask)
         loss = None
         if labels is not None:
             loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
@@ -226,6 +259,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
             backbone = load_backbone(name, revision=revision, **(hub_kwargs or {}))
         else:
             name = getattr(backbone, "name_or_path", None) or None
+            prepare_loaded_backbone(backbone)
         config = cls.config_class(
             backbone_config=copy.deepcopy(backbone.config),
             backbone_name_or_path=name,
@@ -379,131 +413,11 @@ class VisionModelForLinearProbing(ProbingPreTrainedModel):
     config_class = LinearProbingConfig
 
 
-class ViTForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "vit"
-
-
-class ViTMAEForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "vit_mae"
-
-
-class DeiTForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "deit"
-
-
-class BeitForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "beit"
-
-
-class IJepaForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "ijepa"
-
-
-class Dinov2ForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "dinov2"
-
-
-class Dinov2WithRegistersForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "dinov2_with_registers"
-
-
-class DINOv3ViTForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "dinov3_vit"
-
-
-class CLIPVisionForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "clip_vision_model"
-
-
-class SiglipVisionForEfficientProbing(VisionModelForEfficientProbing):
-    backbone_model_type = "siglip_vision_model"
-
-
-class ViTForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "vit"
-
-
-class ViTMAEForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "vit_mae"
-
-
-class DeiTForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "deit"
-
-
-class BeitForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "beit"
-
-
-class IJepaForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "ijepa"
-
-
-class Dinov2ForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "dinov2"
-
-
-class Dinov2WithRegistersForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "dinov2_with_registers"
-
-
-class DINOv3ViTForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "dinov3_vit"
-
-
-class CLIPVisionForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "clip_vision_model"
-
-
-class SiglipVisionForLinearProbing(VisionModelForLinearProbing):
-    backbone_model_type = "siglip_vision_model"
-
-
 class VisionModelForAttentiveProbing(ProbingPreTrainedModel):
     """An attentive-probing baseline of the paper (``config.pooler_type``: aim, jepa, siglip, ...) over any vision
     backbone."""
 
     config_class = AttentiveProbingConfig
-
-
-class ViTForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "vit"
-
-
-class ViTMAEForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "vit_mae"
-
-
-class DeiTForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "deit"
-
-
-class BeitForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "beit"
-
-
-class IJepaForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "ijepa"
-
-
-class Dinov2ForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "dinov2"
-
-
-class Dinov2WithRegistersForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "dinov2_with_registers"
-
-
-class DINOv3ViTForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "dinov3_vit"
-
-
-class CLIPVisionForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "clip_vision_model"
-
-
-class SiglipVisionForAttentiveProbing(VisionModelForAttentiveProbing):
-    backbone_model_type = "siglip_vision_model"
 
 
 GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {
@@ -512,41 +426,52 @@ GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {
     AttentiveProbingConfig.model_type: VisionModelForAttentiveProbing,
 }
 
-NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {
-    (cls.config_class.model_type, cls.backbone_model_type): cls
-    for cls in (
-        ViTForEfficientProbing,
-        ViTMAEForEfficientProbing,
-        DeiTForEfficientProbing,
-        BeitForEfficientProbing,
-        IJepaForEfficientProbing,
-        Dinov2ForEfficientProbing,
-        Dinov2WithRegistersForEfficientProbing,
-        DINOv3ViTForEfficientProbing,
-        CLIPVisionForEfficientProbing,
-        SiglipVisionForEfficientProbing,
-        ViTForLinearProbing,
-        ViTMAEForLinearProbing,
-        DeiTForLinearProbing,
-        BeitForLinearProbing,
-        IJepaForLinearProbing,
-        Dinov2ForLinearProbing,
-        Dinov2WithRegistersForLinearProbing,
-        DINOv3ViTForLinearProbing,
-        CLIPVisionForLinearProbing,
-        SiglipVisionForLinearProbing,
-        ViTForAttentiveProbing,
-        ViTMAEForAttentiveProbing,
-        DeiTForAttentiveProbing,
-        BeitForAttentiveProbing,
-        IJepaForAttentiveProbing,
-        Dinov2ForAttentiveProbing,
-        Dinov2WithRegistersForAttentiveProbing,
-        DINOv3ViTForAttentiveProbing,
-        CLIPVisionForAttentiveProbing,
-        SiglipVisionForAttentiveProbing,
-    )
+# Named heads, ``<prefix>ForEfficientProbing``, ``<prefix>ForLinearProbing`` and ``<prefix>ForAttentiveProbing``,
+# for every family of the backbone table: the generic head pinned to that family.
+FAMILY_CLASS_PREFIXES: dict[str, str] = {
+    "vit": "ViT",
+    "vit_mae": "ViTMAE",
+    "vit_msn": "ViTMSN",
+    "deit": "DeiT",
+    "beit": "Beit",
+    "data2vec-vision": "Data2VecVision",
+    "ijepa": "IJepa",
+    "dinov2": "Dinov2",
+    "dinov2_with_registers": "Dinov2WithRegisters",
+    "dinov3_vit": "DINOv3ViT",
+    "clip_vision_model": "CLIPVision",
+    "siglip_vision_model": "SiglipVision",
+    "siglip2_vision_model": "Siglip2Vision",
+    "convnext": "ConvNext",
+    "convnextv2": "ConvNextV2",
+    "resnet": "ResNet",
+    "regnet": "RegNet",
+    "efficientnet": "EfficientNet",
+    "mobilenet_v2": "MobileNetV2",
+    "mobilevit": "MobileViT",
+    "vitdet": "VitDet",
+    "swin": "Swin",
+    "swinv2": "Swinv2",
+    "focalnet": "FocalNet",
+    "hiera": "Hiera",
+    "pvt": "Pvt",
+    "levit": "Levit",
+    "timm_wrapper": "TimmWrapper",
 }
+
+
+def _named_head(generic: type[ProbingPreTrainedModel], prefix: str, family: str) -> type[ProbingPreTrainedModel]:
+    name = prefix + generic.__name__.removeprefix("VisionModel")
+    doc = generic.__doc__.split(" over any vision backbone")[0] + f" over a {family!r} backbone."
+    return type(name, (generic,), {"backbone_model_type": family, "__module__": __name__, "__doc__": doc})
+
+
+NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {}
+for _family, _prefix in FAMILY_CLASS_PREFIXES.items():
+    for _generic in GENERIC_PROBE_CLASSES.values():
+        _head = _named_head(_generic, _prefix, _family)
+        globals()[_head.__name__] = _head
+        NAMED_PROBE_CLASSES[(_generic.config_class.model_type, _family)] = _head
 
 PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
     EfficientProbingConfig.pooling_name: EfficientProbingConfig,

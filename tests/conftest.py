@@ -21,11 +21,85 @@ FAMILY_EXTRAS = {
     "dinov2_with_registers": {"num_register_tokens": 2},
     "dinov3_vit": {"num_register_tokens": 2},
 }
+# Families whose configs do not take the ViT-style sizes above: two stages (or blocks) of width 16-32 for 32 px images.
+TINY_CONFIGS = {
+    "siglip2_vision_model": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8, num_patches=16
+    ),
+    "convnext": dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32),
+    "convnextv2": dict(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, image_size=32),
+    "resnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
+    "regnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8),
+    "efficientnet": dict(
+        image_size=32,
+        width_coefficient=0.25,
+        depth_coefficient=0.1,
+        hidden_dim=320,
+        kernel_sizes=[3, 3],
+        in_channels=[32, 16],
+        out_channels=[16, 24],
+        strides=[1, 2],
+        num_block_repeats=[1, 1],
+        expand_ratios=[1, 6],
+    ),
+    "mobilenet_v2": dict(image_size=32, depth_multiplier=0.25, finegrained_output=False),
+    "mobilevit": dict(
+        image_size=32, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], num_attention_heads=2
+    ),
+    "vitdet": dict(
+        image_size=32, pretrain_image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4
+    ),
+    "swin": dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
+    "swinv2": dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4),
+    "focalnet": dict(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], hidden_sizes=[16, 32], focal_windows=[3, 3]
+    ),
+    "hiera": dict(
+        image_size=[32, 32],
+        patch_size=[3, 3],
+        patch_stride=[4, 4],
+        patch_padding=[1, 1],
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        query_stride=[2, 2],
+        masked_unit_size=[2, 2],
+        masked_unit_attention=[True, False],
+        num_query_pool=1,
+    ),
+    "pvt": dict(
+        image_size=32,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        hidden_sizes=[16, 32],
+        sequence_reduction_ratios=[2, 1],
+        num_attention_heads=[1, 2],
+        patch_sizes=[4, 2],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+    ),
+    "levit": dict(
+        image_size=64,
+        hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2],
+        depths=[1, 1],
+        key_dim=[8, 8],
+        down_ops=[["Subsample", 8, 1, 4, 2, 2]],
+    ),
+    "timm_wrapper": dict(
+        architecture="vit_small_patch16_224",
+        model_args=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, reg_tokens=2),
+    ),
+}
+# The ViT-like families (sequences on the config's patch grid), which share the ViT-style tiny config.
+SEQUENCE_FAMILIES = sorted(name for name, row in FAMILIES.items() if row.patch_sequence)
 
 
 def tiny_backbone_config(model_type: str, **overrides):
-    """A 2-layer, 32-wide backbone config of the family, for 32x32 images (a 4x4 patch grid)."""
-    return AutoConfig.for_model(model_type, **{**TINY, **FAMILY_EXTRAS.get(model_type, {}), **overrides})
+    """A two-layer (or two-stage), 16-32 wide backbone config of the family, for 32x32 images (a 4x4 patch grid
+    for the ViT-like families)."""
+    sizes = TINY_CONFIGS.get(model_type) or {**TINY, **FAMILY_EXTRAS.get(model_type, {})}
+    return AutoConfig.for_model(model_type, **{**sizes, **overrides})
 
 
 def tiny_backbone(model_type: str, seed: int = 0, **overrides):
@@ -33,9 +107,15 @@ def tiny_backbone(model_type: str, seed: int = 0, **overrides):
     return build_backbone(tiny_backbone_config(model_type, **overrides)).eval()
 
 
-@pytest.fixture(params=sorted(FAMILIES))
+@pytest.fixture(params=SEQUENCE_FAMILIES)
 def family(request) -> str:
-    """Every backbone family of the adapter table."""
+    """Every ViT-like backbone family of the adapter table (they share one tiny config)."""
+    return request.param
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def any_family(request) -> str:
+    """Every backbone family of the adapter table: ViT-like, CNN, hierarchical, NaFlex and timm."""
     return request.param
 
 

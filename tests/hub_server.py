@@ -1,6 +1,8 @@
 """A tiny Hugging Face Hub-compatible HTTP server on loopback, for testing uploads and downloads without network.
 
 It answers the endpoints the real ``huggingface_hub`` and ``transformers`` clients call to create a repository,
+list repositories (``HfApi.list_models``: ``search``, ``author``, ``filter`` on tags, ``expand``/``full``, with the tags
+the Hub derives from a card's metadata, ``base_model:<id>`` and ``base_model:<relation>:<id>`` included),
 validate a model card, commit files (inline, base64 in the NDJSON body, for files ``preupload`` calls ``"regular"``;
 through the Git LFS batch API and a PUT for files of at least ``lfs_threshold`` bytes, which it calls ``"lfs"``: the
 client's LFS path, with Xet disabled, as the real Hub serves clients without Xet), create a branch, read repository info and file trees, and download files
@@ -21,15 +23,17 @@ import re
 import shutil
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 LOOPBACK = "127.0.0.1"
 USER = "tester"
 MAX_BODY_BYTES = 256 * 1024 * 1024
+FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", flags=re.S)  # a README's YAML metadata
 
 
 def git_blob_sha(content: bytes) -> str:
@@ -155,6 +159,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def route_read(self, head: bool):
         parts = self.segments()
+        if parts == ["api", "models"]:
+            return self.list_models(head)
         if parts[:2] == ["api", "whoami-v2"]:
             return self.send(200, {"type": "user", "name": USER, "auth": {}}, head=head)
         if len(parts) >= 4 and parts[:2] == ["api", "models"]:
@@ -294,6 +300,40 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         }
         self.send(200, info, head=head)
 
+    def list_models(self, head: bool):
+        """``GET /api/models``: the repositories matching every ``filter`` tag, ``author`` and ``search``, with the
+        fields ``expand`` names (or all of them with ``full``)."""
+        query = parse_qs(urlsplit(self.path).query)
+        filters, expand = query.get("filter", []), query.get("expand", [])
+        author, search = query.get("author", [None])[0], query.get("search", [None])[0]
+        full = query.get("full", ["False"])[0].lower() == "true"
+        listing = []
+        for repo_id, repo in sorted(self.state.repos.items()):
+            if repo.private and not self.authorized():
+                continue
+            if (author and repo_id.split("/")[0] != author) or (search and search.lower() not in repo_id.lower()):
+                continue
+            files = repo.commits[repo.branches["main"]]
+            card = card_metadata(self.state.read(files["README.md"]).decode()) if "README.md" in files else {}
+            tags = hub_tags(card)
+            if not set(filters) <= set(tags):
+                continue
+            fields = {
+                "id": repo_id,
+                "private": repo.private,
+                "tags": tags,
+                "library_name": card.get("library_name"),
+                "pipeline_tag": card.get("pipeline_tag"),
+                "lastModified": last_modified(self.state, files),
+                "cardData": card,
+                "safetensors": safetensors_info(self.state, files),
+                "siblings": [{"rfilename": path} for path in sorted(files)],
+                "sha": repo.branches["main"],
+            }
+            wanted = set(fields) if full else {"id", *expand} if expand else {"id", "private", "tags", "library_name"}
+            listing.append({key: value for key, value in fields.items() if key in wanted})
+        self.send(200, listing, head=head)
+
     def tree(self, repo_id: str, revision: str, folder: str, head: bool):
         repo = self.find_repo(repo_id, head)
         commit = repo and self.find_commit(repo, revision, head)
@@ -319,11 +359,59 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self.send(200, headers=headers, raw=self.state.read(blob), head=head)
 
 
+def card_metadata(content: str) -> dict:
+    """The YAML front matter of a README (``{}`` when there is none or it is not a mapping)."""
+    front_matter = FRONT_MATTER.match(content)
+    metadata = yaml.safe_load(front_matter.group(1)) if front_matter else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def hub_tags(card: dict) -> list[str]:
+    """The tags the Hub gives a repository from its card: the card's tags, its library, ``dataset:<id>``,
+    ``license:<id>`` and, per base model, ``base_model:<id>`` and ``base_model:<relation>:<id>``."""
+
+    def as_list(value):
+        return [value] if isinstance(value, str) else list(value or [])
+
+    tags = as_list(card.get("tags")) + as_list(card.get("library_name")) + as_list(card.get("pipeline_tag"))
+    tags += [f"dataset:{name}" for name in as_list(card.get("datasets"))]
+    tags += [f"license:{name}" for name in as_list(card.get("license"))]
+    for base_model in as_list(card.get("base_model")):
+        tags.append(f"base_model:{base_model}")
+        if card.get("base_model_relation"):
+            tags.append(f"base_model:{card['base_model_relation']}:{base_model}")
+    return list(dict.fromkeys(tags))
+
+
+def last_modified(state: HubState, files: dict[str, str]) -> str | None:
+    """When the newest file of a commit was written (blobs are written at commit time), in the Hub's format."""
+    times = [(state.blobs / blob).stat().st_mtime for blob in files.values()]
+    if not times:
+        return None
+    return datetime.fromtimestamp(max(times), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def safetensors_info(state: HubState, files: dict[str, str]) -> dict | None:
+    """Parameter counts per dtype of ``model.safetensors``, read from its header as the Hub does."""
+    if "model.safetensors" not in files:
+        return None
+    content = state.read(files["model.safetensors"])
+    header = json.loads(content[8 : 8 + int.from_bytes(content[:8], "little")])
+    parameters: dict[str, int] = {}
+    for name, tensor in header.items():
+        if name != "__metadata__":
+            count = 1
+            for size in tensor["shape"]:
+                count *= size
+            parameters[tensor["dtype"]] = parameters.get(tensor["dtype"], 0) + count
+    return {"parameters": parameters, "total": sum(parameters.values())}
+
+
 def validate_metadata(content: str) -> dict:
     """A local stand-in for the Hub's check of a README's metadata (its ``---`` front matter): the YAML must be a
     mapping and any ``model-index`` must be shaped as the Hub reads it (a named model with results of a task type, a
     dataset and typed numeric metrics)."""
-    front_matter = re.match(r"\A\s*---[ \t]*\n(.*?)\n---[ \t]*(\n|\Z)", content, flags=re.S)
+    front_matter = FRONT_MATTER.match(content)
     if front_matter is None:
         return {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]}
     try:

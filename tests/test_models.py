@@ -251,7 +251,7 @@ def test_loading_reports_no_missing_or_unexpected_keys(save_backbone, saved_back
     assert "missing" not in transformers_logs.text.lower() and "unexpected" not in transformers_logs.text.lower()
 
 
-@pytest.mark.parametrize("model_type", ["vit_msn", "data2vec-vision", "aimv2_vision_model"])
+@pytest.mark.parametrize("model_type", ["aimv2_vision_model"])
 def test_families_outside_the_table_use_the_generic_row(model_type, images):
     from conftest import TINY
     from transformers import AutoModel

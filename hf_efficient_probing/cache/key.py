@@ -167,7 +167,7 @@ class TokenCacheKey:
         return cls(
             backbone=backbone_identity(backbone, backbone_name_or_path, backbone_revision) + f"|{parameter.dtype}",
             backbone_config=json.dumps(config, sort_keys=True, default=str),
-            feature_layers=normalize_layers(reader.feature_layers, reader.config.num_hidden_layers),
+            feature_layers=normalize_layers(reader.feature_layers, reader.num_hidden_layers),
             token_selection=reader.token_selection,
             apply_final_norm=bool(reader.apply_final_norm),
             dtype=str(storage_dtype(dtype)).removeprefix("torch."),

@@ -168,12 +168,15 @@ class TokenCache:
         return self.manifest["num_prefix_tokens"]
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        return tuple(self.manifest["grid_size"])
+    def grid_size(self) -> tuple[int, int] | None:
+        grid = self.manifest["grid_size"]
+        return tuple(grid) if grid else None
 
     @property
     def layout(self) -> TokenLayout:
-        num_hidden_layers = json.loads(self.key["backbone_config"])["num_hidden_layers"]
+        num_hidden_layers = self.manifest.get("num_hidden_layers")
+        if num_hidden_layers is None:  # written before the count was stored: ViT-like backbones only
+            num_hidden_layers = json.loads(self.key["backbone_config"])["num_hidden_layers"]
         return TokenLayout(self.feature_layers, self.hidden_size, self.num_prefix_tokens, num_hidden_layers)
 
     def verify(self) -> None:
@@ -376,7 +379,7 @@ def extract_tokens(
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}.")
-    if tuple(normalize_layers(reader.feature_layers, reader.config.num_hidden_layers)) != tuple(key.feature_layers):
+    if tuple(normalize_layers(reader.feature_layers, reader.num_hidden_layers)) != tuple(key.feature_layers):
         raise ValueError(f"The reader reads layers {reader.feature_layers}, the key says {list(key.feature_layers)}.")
     directory = Path(cache_root if cache_root is not None else default_cache_root()) / key.fingerprint
     manifest_path = directory / MANIFEST_NAME
@@ -437,7 +440,7 @@ def extract_tokens(
     return _with_report(cache, {**report, **cache.manifest["extraction"], "reused": False})
 
 
-_LAYOUT_FIELDS = ("hidden_size", "num_prefix_tokens", "grid_size", "token_shape")
+_LAYOUT_FIELDS = ("hidden_size", "num_hidden_layers", "num_prefix_tokens", "grid_size", "token_shape")
 
 
 def _shard_fields(record: dict) -> dict:
@@ -503,9 +506,10 @@ def _extract_shards(
                         "deterministic eval transform, which resizes and crops)."
                     )
                 layout = dict(
-                    hidden_size=reader.config.hidden_size,
+                    hidden_size=tokens.shape[-1] // len(reader.feature_layers),  # the tokens' width per layer
+                    num_hidden_layers=reader.num_hidden_layers,
                     num_prefix_tokens=read.num_prefix_tokens,
-                    grid_size=list(read.grid_size),
+                    grid_size=list(read.grid_size) if read.grid_size else None,
                     token_shape=list(tokens.shape[1:]),
                 )
                 writer.submit(index, rows[0], tokens, torch.cat(label_batches), layout)

@@ -60,10 +60,10 @@ class LiveTokens:
         self.backbone = backbone.eval()
         self.dataset = dataset
         self.reader = TokenReader(backbone.config, feature_layers, token_selection, apply_final_norm)
-        num_layers = self.reader.config.num_hidden_layers
+        num_layers = self.reader.num_hidden_layers
         self.layout = TokenLayout(
             normalize_layers(feature_layers, num_layers),
-            self.reader.config.hidden_size,
+            self.reader.layer_width,
             int(token_selection == "all"),
             num_layers,
         )

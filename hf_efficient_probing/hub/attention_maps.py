@@ -19,13 +19,18 @@ from matplotlib.figure import Figure  # no pyplot: no global backend switch, no 
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from ..backbones import patch_grid
+from ..backbones import layer_states
 from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
 from ..probes import EfficientProbing
 
 
 def attention_to_grid(attentions: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
     """``[..., Q, N]`` attention over tokens -> ``[..., Q, rows, columns]`` over patches (leading tokens dropped)."""
+    if grid_size is None:
+        raise ValueError(
+            "These tokens have no common patch grid (a padded NaFlex batch of images of different sizes): draw the "
+            "attention maps of one image at a time."
+        )
     rows, columns = grid_size
     num_prefix = attentions.shape[-1] - rows * columns
     if num_prefix < 0:
@@ -46,11 +51,10 @@ def attention_unit(pooling) -> str:
 @torch.no_grad()
 def count_attention_maps(model: ProbingPreTrainedModel) -> int | None:
     """How many attention maps the probe returns per image (``None`` if its pooling has no attention), found by
-    running the pooling once on blank tokens of the backbone's native size."""
+    running the pooling once on blank tokens on the grid the probe reads at the backbone's native size."""
     pooling = model.probe.pooling
-    size = model.token_reader.config.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    rows, columns = patch_grid(model.token_reader.config, torch.empty(0, 3, *size))
+    grid = layer_states(model.token_reader.config, model.config.feature_layers)[0].grid_size
+    rows, columns = grid or (1, 1)  # NaFlex: no fixed grid, and the number of maps does not depend on it
     num_prefix = int(model.config.reads_cls_token)
     tokens = torch.zeros(
         1, num_prefix + rows * columns, model.config.token_width, device=model.device, dtype=model.dtype
@@ -125,14 +129,14 @@ def probe_attention_maps(
     model: ProbingPreTrainedModel, pixel_values: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, num_labels]`` and attention maps ``[B, Q, rows, columns]`` of a probe on a batch of images."""
-    outputs = model(pixel_values=pixel_values, output_attentions=True)
+    read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
+    outputs = model(tokens=read.tokens, grid_size=read.grid_size, token_mask=read.mask, output_attentions=True)
     if outputs.probe_attentions is None:
         raise ValueError(
             f"The {model.config.pooling_name!r} probe has no attention to draw; attention maps exist for EP and the "
             "attentive baselines."
         )
-    grid = patch_grid(model.token_reader.config, pixel_values)
-    return outputs.logits, attention_to_grid(outputs.probe_attentions, grid)
+    return outputs.logits, attention_to_grid(outputs.probe_attentions, read.grid_size)
 
 
 def save_attention_maps(
@@ -165,7 +169,10 @@ def save_attention_maps(
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Draw a probe's attention maps over an image as a PNG grid.")
+    parser = argparse.ArgumentParser(
+        description="Draw a probe's attention maps over an image as a PNG grid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="probe directory or Hub id")
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--output", default="attention_maps.png", help="PNG file to write")

@@ -2,8 +2,10 @@
 
 The metadata says what the Hub needs to list and evaluate the probe: ``library_name: hf-efficient-probing`` (not
 ``transformers``: the Hub's "Use this model" snippet for ``transformers`` would fail without
-``import hf_efficient_probing``, which our own snippet has), ``base_model`` (the backbone), ``datasets``, ``tags``,
-``pipeline_tag``, the backbone's ``license`` when its card states one, and a ``model-index`` with top-1/top-5.
+``import hf_efficient_probing``, which our own snippet has), ``base_model`` (the backbone) with
+``base_model_relation: adapter`` (so that the probe appears in the backbone's model tree, and `find_probes` finds it by
+the ``base_model:<backbone>`` tag the Hub derives), ``datasets``, ``tags``, ``pipeline_tag``, the backbone's
+``license`` when its card states one, and a ``model-index`` with top-1/top-5 (and any further figures of the card).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class ProbeCardInfo:
         license: licence of the probe; by default the backbone's, read from the backbone's model card.
         model_name: name of the model in the card and its ``model-index``; defaults to the repository name.
         tags: extra tags.
+        extra_results: further accuracies (percent) on the same data set and split, by metric name, e.g. the best
+            epoch of the run a released head was not saved at.
+        results_source: ``(name, url)`` of where the results were measured, when not by this library (credited in
+            the ``model-index`` and the card).
+        notes: paragraphs the card shows under "Notes" (provenance, caveats of the figures).
     """
 
     dataset: str | None = None
@@ -55,14 +62,16 @@ class ProbeCardInfo:
     license: str | None = None
     model_name: str | None = None
     tags: list[str] = field(default_factory=list)
+    extra_results: dict[str, float] = field(default_factory=dict)
+    results_source: tuple[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if (self.top1 is not None or self.top5 is not None) and not self.dataset:
+        if (self.top1 is not None or self.top5 is not None or self.extra_results) and not self.dataset:
             raise ValueError(
                 "Results (top1/top5) need the data set they were measured on: set `dataset` to its Hub id."
             )
-        for name in ("top1", "top5"):
-            value = getattr(self, name)
+        for name, value in [("top1", self.top1), ("top5", self.top5), *self.extra_results.items()]:
             if value is not None and not 0 <= value <= 100:
                 raise ValueError(f"{name} is a percentage in [0, 100], got {value}.")
 
@@ -160,7 +169,9 @@ def build_model_card(
     dataset_type = info.dataset if dataset_on_hub or not info.dataset else Path(info.dataset).name
     dataset_name = info.dataset_name or dataset_type
     eval_results, result_rows = [], []
-    for metric_name, value in (("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5)):
+    source_name, source_url = info.results_source or (None, None)
+    metrics = [("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5), *info.extra_results.items()]
+    for metric_name, value in metrics:
         if value is None:
             continue
         eval_results.append(
@@ -174,6 +185,8 @@ def build_model_card(
                 metric_type="accuracy",
                 metric_name=metric_name,
                 metric_value=float(value),
+                source_name=source_name,
+                source_url=source_url,
             )
         )
         result_rows.append(
@@ -187,6 +200,7 @@ def build_model_card(
         pipeline_tag="image-classification",
         license=license_,
         base_model=backbone if backbone_on_hub else None,
+        base_model_relation="adapter" if backbone_on_hub else None,
         datasets=[info.dataset] if dataset_on_hub else None,
         metrics=["accuracy"] if eval_results else None,
         tags=list(dict.fromkeys(tags)),
@@ -215,4 +229,6 @@ def build_model_card(
         num_attention_maps=num_maps,
         attention_unit=attention_unit(model.probe.pooling),
         attention_map=attention_map,
+        notes=info.notes,
+        results_source=info.results_source,
     )

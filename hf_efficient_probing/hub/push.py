@@ -106,7 +106,9 @@ def save_probe_repository(
     image_processor.save_pretrained(save_directory)
     attention_map = None
     if count_attention_maps(model) is not None:
-        figure_image = sample_image(image_processor.size["height"]) if example_image is None else example_image
+        size = image_processor.size  # {"height", "width"}, or {"shortest_edge"} (e.g. DINOv2 and ConvNeXt processors)
+        side = size.get("height") or size.get("shortest_edge", 224)
+        figure_image = sample_image(side) if example_image is None else example_image
         save_attention_maps(model, figure_image, save_directory / ATTENTION_MAPS_FILE, image_processor)
         attention_map = ATTENTION_MAPS_FILE
     card = build_model_card(model, repo_id, card_info, revision=revision, attention_map=attention_map, token=token)

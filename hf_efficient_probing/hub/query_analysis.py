@@ -92,12 +92,16 @@ def query_contributions(
         read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
         tokens = read.tokens.to(model.probe.classifier.weight.dtype)
         labels = labels.to(model.device)
-        head = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size)
+        head = model.probe(
+            tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
+        )
         correct[0] += int((head.logits.argmax(-1) == labels).sum())
         entropy += attention_entropy(head.attentions.double()).sum(0).cpu()
         for query in range(num_queries):
             with uniform_attention(pooling, [query]):
-                logits = model.probe(tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size).logits
+                logits = model.probe(
+                    tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
+                ).logits
             correct[query + 1] += int((logits.argmax(-1) == labels).sum())
         seen += len(labels)
         num_tokens = tokens.shape[1]
@@ -174,19 +178,22 @@ def _image_batches(dataset, image_processor, batch_size: int, image_column: str,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description="Per-query attention entropy and accuracy drop of an EP probe.")
+    parser = argparse.ArgumentParser(
+        description="Per-query attention entropy and accuracy drop of an EP probe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="probe directory or Hub id")
     parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_dir", help="an image folder (one sub-folder per class, in the probe's label order)")
     source.add_argument("--dataset", help="a data set on the Hub, with the probe's labels")
-    parser.add_argument("--dataset_config", default=None)
-    parser.add_argument("--split", default="validation")
-    parser.add_argument("--image_column", default="image")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--max_samples", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--output_dir", default="query_analysis")
+    parser.add_argument("--dataset_config", default=None, help="configuration of --dataset")
+    parser.add_argument("--split", default="validation", help="split of --dataset")
+    parser.add_argument("--image_column", default="image", help="column of the images")
+    parser.add_argument("--label_column", default="label", help="column of the labels")
+    parser.add_argument("--max_samples", type=int, default=None, help="analyse the first N images only")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--output_dir", default="query_analysis", help="where the table and figures go")
     args = parser.parse_args(argv)
 
     from datasets import load_dataset

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_softmax
 
 SELF_ATTENTION_MODES = ("none", "map", "both")
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -56,9 +56,9 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         query, key, value = self.qkv(x).chunk(3, dim=-1)
-        attn = torch.matmul(query * x.shape[-1] ** -0.5, key.transpose(1, 2)).softmax(dim=-1)
+        attn = masked_softmax(torch.matmul(query * x.shape[-1] ** -0.5, key.transpose(1, 2)), token_mask)
         return self.proj(torch.matmul(attn, value))
 
 
@@ -117,17 +117,20 @@ class ABMILPPooling(Pooling):
         patches = sincos_position_embedding(self.hidden_size, tuple(grid_size))
         return torch.cat([patches.new_zeros(num_prefix_tokens, self.hidden_size), patches])
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         batch, num_tokens, _ = tokens.shape
         skipped = num_prefix_tokens if self.content == "patch" else 0
         x = tokens[:, skipped:]
-        attended = self.self_attention(x) if self.self_attention is not None else x
+        mask = token_mask[:, skipped:] if token_mask is not None else None
+        attended = self.self_attention(x, mask) if self.self_attention is not None else x
         scorer_input = x if self.self_attention_mode == "none" else attended
         if self.cond == "pe":
+            if mask is not None and not bool(mask.all()):
+                raise ValueError("abmilp cond='pe' places tokens on the patch grid and cannot read padded tokens.")
             position = self.position_embedding(x.shape[1], num_prefix_tokens - skipped, grid_size)
             scorer_input = scorer_input + position.to(scorer_input)
-        weights = self.scorer(scorer_input).squeeze(-1).softmax(dim=-1)  # B, N'
+        weights = masked_softmax(self.scorer(scorer_input).squeeze(-1), mask)  # B, N'
         pooled_from = attended if self.self_attention_mode == "both" else x
         pooled = torch.matmul(weights.unsqueeze(1), pooled_from).squeeze(1)
         attn = weights.new_zeros(batch, 1, num_tokens)

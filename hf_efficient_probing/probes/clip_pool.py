@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, refuse_padding
 from .cross_attention import _check_heads, folded_cross_attention
 from .spatial import _pad_prefix, patch_tokens_and_grid
 
@@ -51,8 +51,9 @@ class CLIPAttentionPooling(Pooling):
         spatial = F.interpolate(spatial, size=tuple(grid_size), mode="bicubic", align_corners=False)
         return torch.cat([first, spatial.reshape(self.hidden_size, -1).T])
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
+        refuse_padding(token_mask, "clip")
         patches, grid = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "clip")
         normed = self.norm(patches)
         sequence = torch.cat([normed.mean(dim=1, keepdim=True), normed], dim=1) + self.position_embedding_for(grid)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_batch_norm, masked_softmax
 
 
 def folded_cross_attention(
@@ -29,6 +29,7 @@ def folded_cross_attention(
     value_bias: torch.Tensor | None,
     value_tokens: torch.Tensor,
     scale: float,
+    token_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query per head attending over the tokens, with the key and value projections folded.
 
@@ -39,6 +40,7 @@ def folded_cross_attention(
         value_weight, value_bias: ``[H * d, D]`` (or ``[d, D]``, shared) value projection and its bias.
         value_tokens: ``[B, N, D]`` tokens the values are computed from.
         scale: multiplier of the query-key logits.
+        token_mask: ``[B, N]``, ``False`` for padding tokens, which get zero attention.
 
     Returns:
         ``([B, H * d] attention output, [B, H, N] attention)``.
@@ -51,7 +53,7 @@ def folded_cross_attention(
         token_space_queries = torch.einsum("hd,hdc->hc", queries * scale, key_weight).unsqueeze(0)
     else:
         token_space_queries = torch.einsum("bhd,hdc->bhc", queries * scale, key_weight)
-    attn = torch.matmul(token_space_queries, key_tokens.transpose(1, 2)).softmax(dim=-1)  # B, H, N
+    attn = masked_softmax(torch.matmul(token_space_queries, key_tokens.transpose(1, 2)), token_mask)  # B, H, N
     aggregated = torch.matmul(attn, value_tokens)  # B, H, D
     out = torch.einsum("bhc,hdc->bhd", aggregated, value_weight)
     if value_bias is not None:
@@ -60,13 +62,13 @@ def folded_cross_attention(
 
 
 def fused_kv_cross_attention(
-    queries: torch.Tensor, kv_proj: nn.Linear, tokens: torch.Tensor, scale: float
+    queries: torch.Tensor, kv_proj: nn.Linear, tokens: torch.Tensor, scale: float, token_mask=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`folded_cross_attention` with one ``Linear`` producing keys then values (``kv_proj``, bias optional); the
     key bias is dropped since it shifts every logit of a query by the same amount."""
     key_weight, value_weight = kv_proj.weight.chunk(2, dim=0)
     value_bias = kv_proj.bias.chunk(2)[1] if kv_proj.bias is not None else None
-    return folded_cross_attention(queries, key_weight, tokens, value_weight, value_bias, tokens, scale)
+    return folded_cross_attention(queries, key_weight, tokens, value_weight, value_bias, tokens, scale, token_mask)
 
 
 def _check_heads(hidden_size: int, num_heads: int, name: str) -> None:
@@ -104,12 +106,19 @@ class MultiHeadCrossAttentionPooling(Pooling):
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.query).view(self.num_heads, head_dim)
         out, attn = folded_cross_attention(
-            queries, self.k_proj.weight, tokens, self.v_proj.weight, self.v_proj.bias, tokens, head_dim**-0.5
+            queries,
+            self.k_proj.weight,
+            tokens,
+            self.v_proj.weight,
+            self.v_proj.bias,
+            tokens,
+            head_dim**-0.5,
+            token_mask,
         )
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 
@@ -136,13 +145,13 @@ class AIMPooling(Pooling):
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.token_norm = nn.BatchNorm1d(hidden_size, affine=False, eps=1e-6)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
-        normed = self.token_norm(tokens.transpose(1, 2)).transpose(1, 2)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
+        normed = masked_batch_norm(self.token_norm, tokens, token_mask)  # statistics of the real tokens only
         head_dim = self.hidden_size // self.num_heads
         queries = self.query.view(self.num_heads, head_dim)
         out, attn = folded_cross_attention(
-            queries, self.k_proj.weight, normed, self.v_proj.weight, None, normed, head_dim**-0.5
+            queries, self.k_proj.weight, normed, self.v_proj.weight, None, normed, head_dim**-0.5, token_mask
         )
         return PoolingOutput(pooled=out, attentions=attn)
 
@@ -176,11 +185,11 @@ class CoCaPooling(Pooling):
         self.kv_proj = nn.Linear(hidden_size, 2 * head_dim, bias=False)
         self.out_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         query = F.layer_norm(self.queries[:1], (self.hidden_size,), self.query_norm_weight, self.query_norm_bias)
         queries = self.q_proj(query).view(self.num_heads, self.head_dim)
-        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, self.head_dim**-0.5)
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, self.head_dim**-0.5, token_mask)
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 
 
@@ -205,11 +214,11 @@ class MAPPooling(Pooling):
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.mlp = FeedForward(hidden_size, mlp_ratio)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.latent).view(self.num_heads, head_dim)
-        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, head_dim**-0.5)
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, tokens, head_dim**-0.5, token_mask)
         pooled = self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(pooled), attentions=attn)
 
@@ -246,12 +255,12 @@ class JEPAPooling(Pooling):
             self.out_proj.weight.div_(2**0.5)
             self.mlp.fc2.weight.div_(2**0.5)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         normed = self.token_norm(tokens)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.query).view(self.num_heads, head_dim)
-        out, attn = fused_kv_cross_attention(queries, self.kv_proj, normed, head_dim**-0.5)
+        out, attn = fused_kv_cross_attention(queries, self.kv_proj, normed, head_dim**-0.5, token_mask)
         pooled = self.query.view(1, -1) + self.out_proj(out)
         return PoolingOutput(pooled=pooled + self.mlp(self.mlp_norm(pooled)), attentions=attn)
 
@@ -281,8 +290,8 @@ class CAEPooling(Pooling):
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         standardised = F.layer_norm(tokens, (self.hidden_size,), eps=self.key_norm.eps)
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(self.query_norm(self.query)).view(self.num_heads, head_dim)
@@ -296,6 +305,7 @@ class CAEPooling(Pooling):
             self.v_proj.weight @ self.value_norm.bias,
             standardised,
             head_dim**-0.5,
+            token_mask,
         )
         return PoolingOutput(pooled=self.out_proj(out), attentions=attn)
 
@@ -329,14 +339,15 @@ class ClassAttentionPooling(Pooling):
         self.mlp_scale = nn.Parameter(torch.full((hidden_size,), init_scale))
         self.final_norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
         normed = self.attn_norm(torch.cat([cls_token, tokens], dim=1))
         head_dim = self.hidden_size // self.num_heads
         queries = self.q_proj(normed[:, 0]).view(-1, self.num_heads, head_dim)
+        mask = F.pad(token_mask, (1, 0), value=True) if token_mask is not None else None  # the class token is real
         out, attn = folded_cross_attention(
-            queries, self.k_proj.weight, normed, self.v_proj.weight, self.v_proj.bias, normed, head_dim**-0.5
+            queries, self.k_proj.weight, normed, self.v_proj.weight, self.v_proj.bias, normed, head_dim**-0.5, mask
         )
         cls = cls_token[:, 0] + self.attn_scale * self.out_proj(out)
         cls = cls + self.mlp_scale * self.mlp(self.mlp_norm(cls))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_mean, masked_softmax
 from .cross_attention import FeedForward, _check_heads
 
 
@@ -27,14 +27,19 @@ class DinoViTBlockPooling(Pooling):
         self.mlp_norm = nn.LayerNorm(hidden_size)
         self.mlp = FeedForward(hidden_size, mlp_ratio)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         batch, num_tokens, _ = tokens.shape
         head_dim = self.hidden_size // self.num_heads
         qkv = self.qkv(self.attn_norm(tokens)).view(batch, num_tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each B, H, N, d
-        attn = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)).softmax(dim=-1)
+        attn = masked_softmax(torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)), token_mask)
         attended = torch.matmul(attn, value).transpose(1, 2).reshape(batch, num_tokens, self.hidden_size)
         x = tokens + self.out_proj(attended)
         x = x + self.mlp(self.mlp_norm(x))
-        return PoolingOutput(pooled=x.mean(dim=1), attentions=attn.mean(dim=2))
+        if token_mask is None:
+            received = attn.mean(dim=2)
+        else:  # averaged over the real querying tokens
+            querying = token_mask[:, None, :, None].to(attn.dtype)
+            received = (attn * querying).sum(dim=2) / querying.sum(dim=2)
+        return PoolingOutput(pooled=masked_mean(x, token_mask), attentions=received)

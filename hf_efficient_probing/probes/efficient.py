@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_softmax
 
 
 def valid_num_queries(hidden_size: int, d_out: int) -> list[int]:
@@ -64,19 +64,19 @@ class EfficientProbing(Pooling):
         self.value = nn.Linear(hidden_size, self.out_features, bias=value_bias)
         self.uniform_queries: tuple[int, ...] = ()
 
-    def attention(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, M, N]`` softmax attention of each query over the tokens."""
+    def attention(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, M, N]`` softmax attention of each query over the (real) tokens."""
         logits = torch.matmul(self.queries * self.scale, tokens.transpose(1, 2))
-        attn = logits.softmax(dim=-1)
+        attn = masked_softmax(logits, token_mask)
         if self.uniform_queries:
             uniform = torch.zeros(self.num_queries, 1, dtype=torch.bool, device=attn.device)
             uniform[list(self.uniform_queries)] = True
-            attn = torch.where(uniform, torch.full_like(attn, 1.0 / tokens.shape[1]), attn)
+            attn = torch.where(uniform, masked_softmax(torch.zeros_like(logits), token_mask), attn)
         return attn
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
-        attn = self.attention(tokens)  # B, M, N
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
+        attn = self.attention(tokens, token_mask)  # B, M, N
         aggregated = torch.matmul(attn, tokens)  # B, M, D: aggregate the raw tokens first ...
         weight = self.value.weight.view(self.num_queries, self.group_size, self.hidden_size)
         pooled = torch.einsum("bmd,msd->bms", aggregated, weight)  # ... then project each group by its block

@@ -37,8 +37,12 @@ class ProbeHead(nn.Module):
         self.classifier = nn.Linear(pooling.out_features, num_labels)
 
     def forward(
-        self, tokens: torch.Tensor, num_prefix_tokens: int = 0, grid_size: tuple[int, int] | None = None
+        self,
+        tokens: torch.Tensor,
+        num_prefix_tokens: int = 0,
+        grid_size: tuple[int, int] | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> ProbeHeadOutput:
-        pooled = self.pooling(tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
+        pooled = self.pooling(tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size, token_mask=token_mask)
         logits = self.classifier(self.norm(pooled.pooled))
         return ProbeHeadOutput(logits=logits, features=pooled.pooled, attentions=pooled.attentions)

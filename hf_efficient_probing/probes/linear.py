@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_mean
 
 LINEAR_FEATURES = ("cls", "gap", "cls+gap")
 
@@ -33,14 +33,15 @@ class LinearPooling(Pooling):
     def needs_cls_token(self) -> bool:
         return self.features != "gap"
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         if self.needs_cls_token and num_prefix_tokens < 1:
             raise ValueError(
                 f"Linear features {self.features!r} read the [CLS] token, but the tokens have no prefix token. "
                 "Read the tokens with token_selection='all' on a backbone that has a [CLS] token, or use 'gap'."
             )
-        gap = tokens[:, num_prefix_tokens:].mean(dim=1)
+        patch_mask = token_mask[:, num_prefix_tokens:] if token_mask is not None else None
+        gap = masked_mean(tokens[:, num_prefix_tokens:], patch_mask)
         if self.features == "gap":
             pooled = gap
         elif self.features == "cls":

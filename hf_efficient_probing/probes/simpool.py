@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_mean, masked_softmax
 
 
 class SimPool(Pooling):
@@ -29,11 +29,12 @@ class SimPool(Pooling):
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         normed = self.norm(tokens)
-        query = self.q_proj(tokens.mean(dim=1)) @ self.k_proj.weight  # B, D: the query in token space
-        attn = torch.matmul(normed, query.unsqueeze(-1)).squeeze(-1).mul(self.hidden_size**-0.5).softmax(dim=-1)
+        query = self.q_proj(masked_mean(tokens, token_mask)) @ self.k_proj.weight  # B, D: the query in token space
+        logits = torch.matmul(normed, query.unsqueeze(-1)).squeeze(-1).mul(self.hidden_size**-0.5)
+        attn = masked_softmax(logits, token_mask)
         pooled = torch.matmul(attn.unsqueeze(1), normed).squeeze(1)
         return PoolingOutput(pooled=pooled, attentions=attn.unsqueeze(1))
 
@@ -55,14 +56,14 @@ class EfficientSimPool(Pooling):
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
         batch, num_tokens, _ = tokens.shape
         head_dim = self.hidden_size // self.num_heads
-        query = self.norm(tokens.mean(dim=1)).view(batch, self.num_heads, 1, head_dim)
+        query = self.norm(masked_mean(tokens, token_mask)).view(batch, self.num_heads, 1, head_dim)
         keys = self.norm(tokens).view(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
         values = tokens.view(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
-        attn = torch.matmul(query * head_dim**-0.5, keys.transpose(-2, -1)).softmax(dim=-1)  # B, H, 1, N
+        attn = masked_softmax(torch.matmul(query * head_dim**-0.5, keys.transpose(-2, -1)), token_mask)  # B, H, 1, N
         pooled = torch.matmul(attn, values).reshape(batch, self.hidden_size)
         return PoolingOutput(pooled=pooled, attentions=attn.squeeze(2))
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Pooling, PoolingOutput, check_tokens
+from .base import Pooling, PoolingOutput, check_tokens, masked_batch_norm, masked_mean, refuse_padding
 
 
 def patch_tokens_and_grid(
@@ -63,12 +63,15 @@ class DOLGPooling(Pooling):
         for conv in (self.conv1, self.conv2):  # ResNet-style init of the official 1x1 convs (std sqrt(2 / fan_out))
             nn.init.normal_(conv.weight, std=math.sqrt(2.0 / conv.out_features))
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
-        patches, _ = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "dolg")
-        features = self.norm(self.conv1(patches).transpose(1, 2)).transpose(1, 2)  # B, N, D
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
+        mask = token_mask[:, num_prefix_tokens:] if token_mask is not None else None
+        patches = tokens[:, num_prefix_tokens:]
+        if mask is None:
+            patches, _ = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "dolg")
+        features = masked_batch_norm(self.norm, self.conv1(patches), mask)  # B, N, D
         scores = F.softplus(self.conv2(features.relu()))  # B, N, 1
-        pooled = (scores * F.normalize(features, dim=-1)).mean(dim=1)
+        pooled = masked_mean(scores * F.normalize(features, dim=-1), mask)
         return PoolingOutput(pooled=pooled, attentions=_pad_prefix(scores.transpose(1, 2), num_prefix_tokens))
 
 
@@ -95,8 +98,9 @@ class CBAMPooling(Pooling):
         self.spatial_conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.spatial_norm = nn.BatchNorm2d(1)
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None) -> PoolingOutput:
-        check_tokens(tokens, self.hidden_size)
+    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+        check_tokens(tokens, self.hidden_size, token_mask)
+        refuse_padding(token_mask, "cbam")
         patches, (height, width) = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "cbam")
 
         def channel_mlp(x: torch.Tensor) -> torch.Tensor:

@@ -357,10 +357,10 @@ def run_knn(
         )
     for split in (TRAIN, VALIDATION):
         if token_cache is not None:
-            with training_args.main_process_first(desc="token cache"):  # one process fills it, the others read it
-                cache = cached_split(reader, dataset, split, image_column, label_column, eval_transform, processor,
-                                     data_args.token_cache_dir, layers, compute_dtype=data_args.backbone_dtype,
-                                     device=training_args.device)  # fmt: skip
+            # every process extracts its own slice of the cache (the extraction synchronises the ranks itself)
+            cache = cached_split(reader, dataset, split, image_column, label_column, eval_transform, processor,
+                                 data_args.token_cache_dir, layers, compute_dtype=data_args.backbone_dtype,
+                                 device=training_args.device)  # fmt: skip
             features[split] = global_features(cache, probe_args.knn_features)
             continue
         items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)

@@ -283,7 +283,7 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict, run
     return {
         "backbone": config.backbone_name_or_path or f"{backbone_config.model_type} built from its config",
         "backbone_revision": config.backbone_revision,
-        "backbone_hidden_size": backbone_config.hidden_size,
+        "backbone_hidden_size": getattr(backbone_config, "hidden_size", None),  # CNNs and timm models have none
         "probe": config.pooling_name,
         "probe_config": {"model_type": config.model_type, **config.pooling_kwargs()},
         "feature_layers": list(config.feature_layers),

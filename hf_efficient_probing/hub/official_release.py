@@ -1,0 +1,436 @@
+"""The authors' release of trained EP heads (``billpsomas/efficient-probing-heads``), imported as probes of this library.
+
+The official ``tools/export_ep_heads.py`` writes one folder per leaderboard row, ``<slug>/ep_head.pth`` (a
+``{"state_dict", "meta"}`` dict that loads with ``torch.load(weights_only=True)``) and ``<slug>/config.json`` (the
+``meta``), plus a ``manifest.json`` listing the heads and the rows it could not export. A head names its backbone only
+in the official code's terms (``model``, ``loader``, ``pretrain_tag``/``finetune``): ``OFFICIAL_BACKBONES`` maps each
+to the Hub checkpoint holding the same weights and the tokens that reproduce the official inputs, or says why the row
+stays unmapped. A row is mapped only when the weights are the same published checkpoint and the transformers family
+is shown, by a test on the same random weights, to hand the probe the tokens the official loader handed it.
+
+    hf-probe import-official --output_dir probes/ [--push_to_hub ORG]               # downloads the release
+    hf-probe import-official RELEASE_DIR --output_dir probes/                      # or reads a local export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from transformers import ConvNextImageProcessor
+from transformers.image_utils import PILImageResampling
+
+from ..conversion import build_official_probe, read_official_checkpoint
+from .cards import ProbeCardInfo
+from .push import push_probe_to_hub, save_probe_repository
+
+RELEASE_REPO = "billpsomas/efficient-probing-heads"
+RELEASE_URL = f"https://huggingface.co/{RELEASE_REPO}"
+OFFICIAL_CODE_URL = "https://github.com/billpsomas/efficient-probing"
+MANIFEST = "manifest.json"
+REPORT = "import_report.json"
+IMAGENET = "ILSVRC/imagenet-1k"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = Path(__file__).parent / "imagenet_1k_classes.json"  # [wnid, WordNet lemmas] in ImageFolder order
+
+
+@dataclass(frozen=True)
+class OfficialBackbone:
+    """One backbone of the official code and where its weights and tokens are found here.
+
+    Attributes:
+        model, loader, weights: the official ``--model``, loader (``""`` for the default ``models_vit``) and weights
+            (``pretrain_tag``, else ``finetune``), as a released head's ``meta`` names them.
+        name: readable name of the backbone (method and architecture).
+        hub_id: the Hub checkpoint with the same weights, or ``None`` when the row is unmapped.
+        model_type: the transformers family of ``hub_id`` (its tokens are the ones tested equal to the official).
+        apply_final_norm: whether the official tokens come after the backbone's final norm.
+        tokens_checked_against: the implementation the transformers family's tokens were tested equal to.
+        unmapped: why no Hub backbone is given (only for unmapped rows).
+    """
+
+    model: str
+    loader: str
+    weights: str
+    name: str
+    hub_id: str | None = None
+    model_type: str | None = None
+    apply_final_norm: bool | None = None
+    tokens_checked_against: str | None = None
+    unmapped: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.loader, self.weights)
+
+
+_TIMM_VIT = "timm VisionTransformer blocks (the official models_vit)"
+_LOCAL = (
+    "the official run loaded a local pre-training checkpoint ({weights}); which Hub checkpoint holds the same "
+    "weights cannot be checked from the release"
+)
+_TORCH_HUB = (
+    "the official loader is torch.hub ({repo}); the tokens of a transformers port are not yet shown equal to that "
+    "implementation's (position-embedding interpolation and norms differ between ports)"
+)
+_OPEN_CLIP = (
+    "the official loader is open_clip; the tokens of the transformers port are not yet shown equal to open_clip's "
+    "(open_clip is not a dependency of this library)"
+)
+_TIMM_WRAPPER = (
+    "the official loader is timm ({weights}); it maps to timm/{weights} through TimmWrapperModel, which the token "
+    "reader of this version does not read yet"
+)
+
+
+def _local(model: str, weights: str, name: str) -> OfficialBackbone:
+    return OfficialBackbone(model, "", weights, name, unmapped=_LOCAL.format(weights=weights))
+
+
+def _timm(model: str, name: str) -> OfficialBackbone:
+    return OfficialBackbone(model, "timm", "", name, unmapped=_TIMM_WRAPPER.format(weights=model))
+
+
+def _torch_hub(model: str, loader: str, repo: str, name: str) -> OfficialBackbone:
+    return OfficialBackbone(model, loader, "", name, unmapped=_TORCH_HUB.format(repo=repo))
+
+
+def _open_clip(model: str, tag: str, name: str, reason: str = _OPEN_CLIP) -> OfficialBackbone:
+    return OfficialBackbone(model, "openclip", tag, name, unmapped=reason)
+
+
+OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
+    row.key: row
+    for row in [
+        OfficialBackbone(
+            "vit_base_patch16",
+            "",
+            "vit_base_patch16_224.mae",
+            "MAE ViT-B/16",
+            hub_id="facebook/vit-mae-base",
+            model_type="vit_mae",
+            apply_final_norm=False,
+            tokens_checked_against=_TIMM_VIT,
+        ),
+        OfficialBackbone(
+            "vit_large_patch16",
+            "",
+            "vit_large_patch16_224.mae",
+            "MAE ViT-L/16",
+            hub_id="facebook/vit-mae-large",
+            model_type="vit_mae",
+            apply_final_norm=False,
+            tokens_checked_against=_TIMM_VIT,
+        ),
+        OfficialBackbone(
+            "vit_base_patch16",
+            "",
+            "vit_base_patch16_224.dino",
+            "DINO ViT-B/16",
+            hub_id="facebook/dino-vitb16",
+            model_type="vit",
+            apply_final_norm=False,
+            tokens_checked_against=_TIMM_VIT,
+        ),
+        _local("vit_small_patch16", "vit_small_patch16_224.mae/checkpoint-799.pth", "MAE ViT-S/16"),
+        _local("vit_base_patch16", "vit_base_patch16_224.ibot/checkpoint-799.pth", "iBOT ViT-B/16"),
+        _local("vit_large_patch16", "vit_large_patch16_224.ibot/checkpoint-799.pth", "iBOT ViT-L/16"),
+        _local("vit_base_patch16", "vit_base_patch16_224.maskfeat/checkpoint-799.pth", "MaskFeat ViT-B/16"),
+        _local("vit_large_patch16", "vit_large_patch16_224.maskfeat/checkpoint-799.pth", "MaskFeat ViT-L/16"),
+        _local("vit_base_patch16", "vit_base_patch16_224.mocov3/checkpoint-799.pth", "MoCov3 ViT-B/16"),
+        _local("vit_huge_patch14", "vit_huge_patch14_224.ijepa/checkpoint-799.pth", "I-JEPA ViT-H/14"),
+        OfficialBackbone(
+            "vit_base_patch16",
+            "simmim",
+            "vit_base_patch16_224.beitv2/checkpoint-799.pth",
+            "BEiTv2 ViT-B/16",
+            unmapped=_LOCAL.format(weights="vit_base_patch16_224.beitv2/checkpoint-799.pth") + " (SimMIM loader)",
+        ),
+        OfficialBackbone(
+            "vit_base_patch16",
+            "simmim",
+            "vit_base_patch16_224.simmim/checkpoint-799.pth",
+            "SimMIM ViT-B/16",
+            unmapped=_LOCAL.format(weights="vit_base_patch16_224.simmim/checkpoint-799.pth") + " (SimMIM loader)",
+        ),
+        _torch_hub("dinov2_vitb14", "hub", "facebookresearch/dinov2", "DINOv2 ViT-B/14"),
+        _torch_hub("dinov2_vitl14", "hub", "facebookresearch/dinov2", "DINOv2 ViT-L/14"),
+        _torch_hub("dinov3_vitb16", "dinov3", "facebookresearch/dinov3", "DINOv3 ViT-B/16"),
+        _torch_hub("dinov3_vitl16", "dinov3", "facebookresearch/dinov3", "DINOv3 ViT-L/16"),
+        _torch_hub("dinov3_vit7b16", "dinov3", "facebookresearch/dinov3", "DINOv3 ViT-7B/16"),
+        _torch_hub("franca_vitl14", "franca", "valeoai/Franca", "Franca ViT-L/14"),
+        _torch_hub("capi_vitl14_in1k", "capi", "facebookresearch/capi", "CAPI ViT-L/14"),
+        _torch_hub("radio_v2.5-l", "radio", "NVlabs/RADIO", "RADIO ViT-L/16"),
+        _torch_hub("radio_v2.5-b", "radio", "NVlabs/RADIO", "RADIO ViT-B/16"),
+        _timm("eva02_large_patch14_224.mim_in22k", "EVA02 ViT-L/14"),
+        _timm("hiera_base_224.mae", "Hiera ViT-B/16"),
+        _timm("hiera_large_224.mae", "Hiera ViT-L/16"),
+        _timm("hiera_huge_224.mae", "Hiera ViT-H/16"),
+        _open_clip("ViT-L-14", "openai", "CLIP ViT-L/14"),
+        _open_clip(
+            "ViT-B-16",
+            "openai",
+            "CLIP ViT-B/16",
+            "the official ep_all head reads [pooled; patches @ proj], tokens at the projection width, which no "
+            "token setting of this library produces",
+        ),
+        _open_clip("ViT-L-16-SigLIP-256", "webli", "SigLIP ViT-L/16"),
+        _open_clip("ViT-L-16-SigLIP2-256", "webli", "SigLIP2 ViT-L/16"),
+        _open_clip("ViT-SO400M-14-SigLIP2", "webli", "SigLIP2 SO400M/14"),
+        _open_clip("PE-Core-L-14-336", "meta", "PE-Core L-14/336"),
+        _open_clip("EVA02-E-14", "laion2b_s4b_b115k", "EVA02-CLIP E-14"),
+        _open_clip("EVA02-E-14-plus", "laion2b_s9b_b144k", "EVA02-CLIP E-14-plus"),
+        _open_clip("ViT-bigG-14-worldwide", "metaclip2_worldwide", "MetaCLIP2 ViT-bigG/14"),
+        _open_clip("ViT-bigG-14-worldwide-378", "metaclip2_worldwide", "MetaCLIP2 ViT-bigG/14-378"),
+        OfficialBackbone(
+            "aimv2-large-patch14-224",
+            "aimv2",
+            "",
+            "AIMv2 ViT-L/14",
+            unmapped="the official loader is the aim.v2 package; AIMv2 has no row in the backbone table yet",
+        ),
+        OfficialBackbone(
+            "DiT-XL/2",
+            "dit",
+            "",
+            "DiT-XL/2",
+            unmapped="the official tokens pass a VAE whose latents are sampled at random, even at evaluation",
+        ),
+    ]
+}
+
+
+def official_backbone(meta: dict) -> OfficialBackbone | None:
+    """The table row of a released head's ``meta``, or ``None`` for a backbone the table does not know."""
+    weights = meta.get("pretrain_tag") or meta.get("finetune") or ""
+    return OFFICIAL_BACKBONES.get((meta.get("model", ""), meta.get("loader") or "", weights))
+
+
+def mapping_table() -> str:
+    """The mapping of the official backbones, as the Markdown table of the README."""
+    lines = [
+        "| official backbone | `model` | loader | weights | Hub backbone | tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(OFFICIAL_BACKBONES.values(), key=lambda row: (row.hub_id is None, row.name)):
+        if row.hub_id:
+            norm = "after" if row.apply_final_norm else "before"
+            target = f"[`{row.hub_id}`](https://huggingface.co/{row.hub_id})"
+            tokens = f"{norm} the final norm; checked equal to {row.tokens_checked_against}"
+        else:
+            target, tokens = "unmapped", row.unmapped
+        weights = f"`{row.weights}`" if row.weights else ""
+        lines.append(f"| {row.name} | `{row.model}` | {row.loader or 'models_vit'} | {weights} | {target} | {tokens} |")
+    return "\n".join(lines)
+
+
+def imagenet_labels() -> dict[int, str]:
+    """ImageNet-1k class names by index, in the sorted-WNID order of the ImageFolder the official runs trained on."""
+    return {index: lemmas for index, (_, lemmas) in enumerate(json.loads(IMAGENET_CLASSES.read_text()))}
+
+
+def official_image_processor(image_size: int):
+    """The official evaluation transform as an image processor: resize the short side to ``size * 256 / 224``
+    (bicubic), centre-crop ``size``, ImageNet mean and std."""
+    return ConvNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_pct=224 / 256,
+        resample=PILImageResampling.BICUBIC,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+
+
+def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
+    """The card of an imported head: the official figures in its ``model-index``, the release credited."""
+    return ProbeCardInfo(
+        dataset=IMAGENET,
+        dataset_name="ImageNet-1k",
+        dataset_split="validation",
+        top1=float(meta["val_acc1_at_head_epoch"]),
+        extra_results={
+            "Top-1 Accuracy, best epoch of the run (official table_best_acc1)": float(meta["table_best_acc1"])
+        },
+        results_source=("the official EP release", RELEASE_URL),
+        model_name=f"EP {row.name} ImageNet-1k (official release)",
+        license="apache-2.0",
+        tags=["efficient-probing-release", "imagenet-1k"],
+        training={
+            "trained by": f"the authors, with the official code ({OFFICIAL_CODE_URL})",
+            "head epoch": meta.get("head_epoch"),
+            "top-1 of this head (val_acc1_at_head_epoch)": meta.get("val_acc1_at_head_epoch"),
+            "best top-1 of the run (table_best_acc1)": meta.get("table_best_acc1"),
+            "official backbone": f"{meta.get('model')} ({meta.get('loader') or 'models_vit'}, "
+            f"{meta.get('pretrain_tag') or meta.get('finetune')})",
+            "official tokens": meta.get("cls_features"),
+            "image size": meta.get("image_size"),
+            "training log": meta.get("training_log"),
+        },
+        notes=[
+            f"Imported from the authors' release [{RELEASE_REPO}]({RELEASE_URL}) (`{slug}/ep_head.pth`) with "
+            "`hf-probe import-official`; trained by Psomas et al. with the official code. The weights are unchanged.",
+            "The head is the one the official run saved, which may be its last epoch rather than its best: its own "
+            "epoch and top-1 are `head epoch` and `val_acc1_at_head_epoch`, the run's best is `table_best_acc1`. "
+            f"Official note: {meta.get('note')}",
+            "The top-1 figures are the official ones, measured on ImageNet-1k val, the split the official runs also "
+            "selected their best epoch on (so `table_best_acc1` is a best-over-epochs figure on the reported split).",
+            f"Tokens: the official backbone `{meta.get('model')}` is read here as `{row.hub_id}` "
+            f"({'[CLS] and patch tokens' if str(meta.get('cls_features')).endswith('_all') else 'patch tokens'}, "
+            f"{'after' if row.apply_final_norm else 'before'} the final norm; checked equal to "
+            f"{row.tokens_checked_against} on the same random weights). Images are prepared by the official "
+            f"evaluation transform at {meta.get('image_size')} px. The backbone keeps its own licence.",
+        ],
+    )
+
+
+def resolve_release(release: str | os.PathLike, token: str | bool | None = None) -> Path:
+    """A local release folder as it is, or a Hub repository holding one (``billpsomas/efficient-probing-heads``)
+    downloaded to the cache (only the manifest and the heads' files)."""
+    if os.path.exists(release) or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(release)):
+        return Path(release)
+    return Path(
+        snapshot_download(str(release), allow_patterns=[MANIFEST, "*/ep_head.pth", "*/config.json"], token=token)
+    )
+
+
+def read_manifest(release_dir: str | os.PathLike) -> dict:
+    path = Path(release_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: point at the folder tools/export_ep_heads.py wrote (or a download of {RELEASE_REPO}), "
+            "which holds manifest.json and one <slug>/ep_head.pth per head."
+        )
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("heads"), list):
+        raise ValueError(f"{path} is not an official release manifest: it needs a 'heads' list.")
+    return manifest
+
+
+def import_official_release(
+    release_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    hub_org: str | None = None,
+    push_to_hub: bool = False,
+    token: str | bool | None = None,
+) -> dict:
+    """Write one probe repository per mapped head of an official release; list the rest with the reason.
+
+    Args:
+        release_dir: the release folder (``manifest.json`` and ``<slug>/ep_head.pth``), or its Hub repository.
+        output_dir: one sub-folder per imported head is written here, named after the head's slug.
+        hub_org: user or organisation the probes are (to be) published under: the cards' snippets load
+            ``<hub_org>/ep-<slug>``.
+        push_to_hub: upload every imported probe to ``<hub_org>/ep-<slug>``.
+        token: Hub token for reading backbones and pushing.
+
+    Returns:
+        ``{"imported": [...], "unmapped": [...], "missing": [...]}``, also written to ``output_dir/import_report.json``.
+    """
+    if push_to_hub and not hub_org:
+        raise ValueError("Pushing needs the user or organisation to push to: give hub_org (--push_to_hub ORG).")
+    release_dir, output_dir = resolve_release(release_dir, token), Path(output_dir)
+    manifest = read_manifest(release_dir)
+    report = {"imported": [], "unmapped": [], "missing": list(manifest.get("missing") or [])}
+    for entry in manifest["heads"]:
+        slug = Path(entry["file"]).parent.name
+        state_dict, meta = read_official_checkpoint(release_dir / entry["file"])
+        meta = {**entry, **meta}  # the file's own meta wins over the manifest's copy
+        row = official_backbone(meta)
+        described = {"slug": slug, "method": meta.get("method"), "arch": meta.get("arch")}
+        if row is None or row.hub_id is None:
+            reason = row.unmapped if row else "backbone not in the mapping table (model, loader, weights unknown)"
+            report["unmapped"].append({**described, "reason": reason})
+            continue
+        model = build_official_probe(state_dict, meta, row.hub_id, apply_final_norm=row.apply_final_norm)
+        if model.token_reader.config.model_type != row.model_type:
+            raise ValueError(
+                f"{row.hub_id} is a {model.token_reader.config.model_type!r} backbone, but the mapping of {row.name} "
+                f"was checked for {row.model_type!r}: the tokens are not known to match the official ones."
+            )
+        if model.config.num_labels == len(labels := imagenet_labels()):  # every head of the release: ImageNet-1k
+            model.config.id2label, model.config.label2id = labels, {name: index for index, name in labels.items()}
+        backbone_size = model.token_reader.config.image_size
+        if backbone_size != meta["image_size"]:
+            report["unmapped"].append(
+                {
+                    **described,
+                    "reason": f"{row.hub_id} is built for {backbone_size} px, the head for {meta['image_size']}",
+                }
+            )
+            continue
+        name = f"ep-{slug.replace('_', '-')}"
+        repo_id = f"{hub_org}/{name}" if hub_org else name
+        card_info, processor = official_card_info(meta, row, slug), official_image_processor(meta["image_size"])
+        folder = save_probe_repository(
+            model, output_dir / slug, repo_id, card_info=card_info, image_processor=processor, token=token
+        )
+        imported = {**described, "backbone": row.hub_id, "directory": str(folder), "repo_id": repo_id}
+        if push_to_hub:
+            commit = push_probe_to_hub(
+                model,
+                repo_id,
+                card_info=card_info,
+                image_processor=processor,
+                token=token,
+                commit_message=f"Import {slug} from {RELEASE_REPO}",
+            )
+            imported["commit_url"] = commit.commit_url
+        report["imported"].append(imported)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / REPORT).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description="Import the official release of EP heads as probe repositories (one per mapped head).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "release",
+        nargs="?",
+        default=RELEASE_REPO,
+        help="the release: a folder with manifest.json and <slug>/ep_head.pth (the official export), or its Hub repo",
+    )
+    parser.add_argument("--output_dir", help="folder to write one probe repository per head into; required")
+    parser.add_argument("--push_to_hub", metavar="ORG", default=None, help="also upload each probe to ORG/ep-<slug>")
+    parser.add_argument(
+        "--hub_org", default=None, help="user or organisation the cards' snippets name (None: the --push_to_hub ORG)"
+    )
+    parser.add_argument("--token", default=None, help="Hub token (None: HF_TOKEN or the saved login)")
+    parser.add_argument("--show_mapping", action="store_true", help="print the mapping table and exit")
+    args = parser.parse_args(argv)
+    if args.show_mapping:
+        print(mapping_table())
+        return {}
+    if not args.output_dir:
+        parser.error("--output_dir is required: the folder to write the probe repositories into.")
+    report = import_official_release(
+        args.release,
+        args.output_dir,
+        hub_org=args.push_to_hub or args.hub_org,
+        push_to_hub=args.push_to_hub is not None,
+        token=args.token,
+    )
+    for item in report["imported"]:
+        print(f"imported  {item['slug']:<20} {item['backbone']:<28} -> {item['directory']}")
+    for item in report["unmapped"]:
+        print(f"unmapped  {item['slug']:<20} {item['reason']}")
+    for item in report["missing"]:
+        print(f"missing   {item.get('method')} {item.get('arch')}: {item.get('reason')}")
+    print(
+        f"{len(report['imported'])} imported, {len(report['unmapped'])} unmapped, {len(report['missing'])} missing "
+        f"from the release; report in {Path(args.output_dir) / REPORT}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Every backbone family of the table: ViT-like sequences, CNN feature maps, hierarchical stages, NaFlex and timm.
+
+One table-driven test trains, saves, reloads and caches a probe on each family; the others check the tokens against
+the models' own outputs (and timm's own forward), padding (NaFlex) against the images one by one, and the errors.
+"""
+
+import pytest
+import torch
+from conftest import tiny_backbone, tiny_backbone_config
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel
+
+import hf_efficient_probing as hep
+from hf_efficient_probing.backbones import FAMILIES, TokenReader, naflex_patches
+from hf_efficient_probing.cache.store import cache_tokens_for_model
+from hf_efficient_probing.hub.attention_maps import probe_attention_maps
+from hf_efficient_probing.probes import POOLINGS
+
+# LeViT, MobileNetV2 and MobileViT downsample 32x or more: they need larger images for a grid of several tokens.
+IMAGE_SIZE = {"levit": 64, "mobilenet_v2": 64, "mobilevit": 64}
+# Leading tokens before the patches of each family's last layer (the rest have none).
+LEADING_TOKENS = {
+    "vit": 1,
+    "vit_mae": 1,
+    "vit_msn": 1,
+    "deit": 2,
+    "beit": 1,
+    "data2vec-vision": 1,
+    "dinov2": 1,
+    "dinov2_with_registers": 3,
+    "dinov3_vit": 3,
+    "clip_vision_model": 1,
+    "pvt": 1,
+    "timm_wrapper": 3,
+}
+# Whether the model's own ``last_hidden_state`` is after its final norm; reading the last layer with that norm (or
+# without, where there is none) must then give exactly these tokens.
+LAST_STATE_NORMED = {
+    **dict.fromkeys(["vit", "vit_mae", "vit_msn", "deit", "beit", "data2vec-vision", "ijepa", "dinov2"], True),
+    **dict.fromkeys(["dinov2_with_registers", "dinov3_vit", "siglip_vision_model"], True),
+    **dict.fromkeys(["siglip2_vision_model", "swin", "swinv2", "focalnet", "timm_wrapper"], True),
+}
+
+
+def images_for(family: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    size = IMAGE_SIZE.get(family, 32)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.images[index], "labels": index % 3}
+
+
+def test_every_family_of_the_table_is_tested():
+    from conftest import SEQUENCE_FAMILIES, TINY_CONFIGS
+
+    assert set(FAMILIES) == set(SEQUENCE_FAMILIES) | set(TINY_CONFIGS)
+
+
+def test_every_family_trains_saves_reloads_and_caches(any_family, saved_backbone, tmp_path):
+    model = hep.AutoModelForEfficientProbing.from_backbone(
+        saved_backbone(any_family), probe="ep", num_labels=3, num_queries=4
+    )
+    assert model.config.token_width == model.token_reader.token_width
+    images, labels = images_for(any_family, batch=4), torch.tensor([0, 1, 2, 0])
+    model.train()
+    output = model(pixel_values=images, labels=labels)
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.probe.parameters())
+
+    model.eval().save_pretrained(tmp_path / "probe")
+    with safe_open(str(tmp_path / "probe" / "model.safetensors"), framework="pt") as checkpoint:
+        assert all(key.startswith("probe.") for key in checkpoint.keys())
+    reloaded = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe")
+    assert type(reloaded) is type(model) and type(model).backbone_model_type == any_family
+    with torch.no_grad():
+        logits = model(pixel_values=images).logits
+        torch.testing.assert_close(reloaded(pixel_values=images).logits, logits, rtol=0, atol=0)
+
+    cache = cache_tokens_for_model(
+        reloaded,
+        LabelledImages(images),
+        tmp_path / "cache",
+        preprocessing="none",
+        split="train",
+        dataset_fingerprint="images-v1",
+        dtype="float32",
+        progress=False,
+    )
+    rows = cache.dataset()
+    cached = torch.stack([rows[index]["tokens"] for index in range(len(rows))])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens=cached).logits, logits)
+
+
+def test_tokens_are_the_models_own_last_state(any_family):
+    """The last layer's tokens equal the model's own ``last_hidden_state``, maps laid out row-major as
+    ``[B, H * W, C]`` and leading tokens dropped."""
+    backbone = tiny_backbone(any_family)
+    images = images_for(any_family)
+    reader = TokenReader(backbone.config, [-1], apply_final_norm=LAST_STATE_NORMED.get(any_family, False))
+    with torch.no_grad():
+        read = reader(backbone, images)
+        if any_family == "siglip2_vision_model":
+            patches, mask, shapes = naflex_patches(images, backbone.config.patch_size)
+            own = backbone(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        else:
+            kwargs = {"noise": torch.arange(16.0).expand(2, -1)} if any_family == "vit_mae" else {}  # unshuffled
+            own = backbone(pixel_values=images, **kwargs)
+    expected = own.last_hidden_state
+    if expected.ndim == 4:
+        assert read.grid_size == tuple(expected.shape[-2:])
+        expected = expected.flatten(2).transpose(1, 2)
+    else:
+        expected = expected[:, LEADING_TOKENS.get(any_family, 0) :]
+    assert read.grid_size[0] * read.grid_size[1] == expected.shape[1]
+    torch.testing.assert_close(read.tokens, expected)
+
+
+@pytest.mark.parametrize("family, layer", [("swin", 1), ("hiera", 0), ("convnext", 1), ("pvt", 0)])
+def test_stage_tokens_follow_the_models_own_spatial_layout(family, layer):
+    """An earlier stage, against the model's own per-stage maps (``reshaped_hidden_states``, or the feature maps)."""
+    backbone = tiny_backbone(family)
+    images = images_for(family)
+    read = TokenReader(backbone.config, [layer])(backbone, images)
+    with torch.no_grad():
+        own = backbone(pixel_values=images, output_hidden_states=True)
+    if family == "hiera":  # channels last
+        maps = own.reshaped_hidden_states[layer].permute(0, 3, 1, 2)
+    elif family == "swin":
+        maps = own.reshaped_hidden_states[layer]
+    elif family == "convnext":
+        maps = own.hidden_states[layer]
+    else:  # PVT's first stage: a sequence on the 8x8 grid of its 4-pixel patches, no [CLS]
+        maps = own.hidden_states[layer].transpose(1, 2).reshape(2, -1, 8, 8)
+    assert read.grid_size == tuple(maps.shape[-2:])
+    torch.testing.assert_close(read.tokens, maps.flatten(2).transpose(1, 2))
+
+
+def timm_backbone(**model_args):
+    args = {**dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, reg_tokens=2), **model_args}
+    config = AutoConfig.for_model("timm_wrapper", architecture="vit_small_patch16_224", model_args=args)
+    torch.manual_seed(0)
+    return AutoModel.from_config(config).eval()
+
+
+def test_timm_tokens_equal_timms_own_forward():
+    backbone = timm_backbone()
+    timm_model = backbone.timm_model
+    images = images_for("timm_wrapper")
+    with torch.no_grad():
+        features = timm_model.forward_features(images)  # [CLS], 2 registers, then patches, after timm's norm
+        first_block = timm_model.forward_intermediates(images, indices=[0], intermediates_only=True)[0]
+        last_normed = TokenReader(backbone.config, [-1], "all", apply_final_norm=True)(backbone, images)
+        first = TokenReader(backbone.config, [0])(backbone, images)
+    assert timm_model.num_prefix_tokens == 3
+    torch.testing.assert_close(last_normed.tokens, torch.cat([features[:, :1], features[:, 3:]], dim=1))
+    torch.testing.assert_close(first.tokens, first_block.flatten(2).transpose(1, 2))
+    assert first.grid_size == (4, 4)
+
+
+def test_timm_cnn_tokens_equal_timms_own_intermediates():
+    config = AutoConfig.for_model("timm_wrapper", architecture="test_resnet")
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(config).eval()
+    images = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        own = backbone.timm_model.forward_intermediates(images, intermediates_only=True)
+        reads = [TokenReader(config, [index])(backbone, images) for index in range(-len(own), len(own))]
+    for index, read in zip(range(-len(own), len(own)), reads, strict=True):  # layers are timm's block indices
+        torch.testing.assert_close(read.tokens, own[index].flatten(2).transpose(1, 2))
+        assert read.grid_size == tuple(own[index].shape[-2:])
+    assert reads[-2].grid_size[0] != reads[-2].grid_size[1]
+
+
+def test_probe_only_timm_probe_refuses_a_backbone_giving_other_tokens(tmp_path):
+    model = hep.AutoModelForEfficientProbing.from_backbone(timm_backbone(), num_labels=3, num_queries=4)
+    model.config.backbone_name_or_path = "timm/some-checkpoint"
+    model.save_pretrained(tmp_path / "probe")
+    with pytest.raises(ValueError, match="tokens of width 32.*gives tokens of width 48"):
+        hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe", backbone=timm_backbone(embed_dim=48))
+
+
+def test_layers_of_different_stages_cannot_be_concatenated():
+    config = tiny_backbone_config("convnext")
+    with pytest.raises(Exception, match=r"different widths or grids.*0: width 16, grid 8x8.*2: width 32, grid 4x4"):
+        hep.EfficientProbingConfig(backbone_config=config, feature_layers=[1, 2], num_queries=4)
+    config = hep.EfficientProbingConfig(backbone_config=config, feature_layers=[0, 1], num_queries=4)
+    assert config.token_width == 32  # two 16-wide states on the same 8x8 grid
+
+
+def test_a_loaded_vit_mae_reads_every_patch_in_order():
+    """A user's own ViTMAEModel (masking 75 % of its patches by default) is set to read all of them, unshuffled."""
+    config = tiny_backbone_config("vit_mae", mask_ratio=0.75)
+    assert config.mask_ratio == 0.75
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(config).eval()
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4).eval()
+    images = images_for("vit_mae")
+    read = model.token_reader(model.backbone, images)
+    with torch.no_grad():
+        noise = torch.arange(16.0).expand(2, -1)
+        own = backbone(pixel_values=images, noise=noise, output_hidden_states=True).hidden_states[-1][:, 1:]
+    assert read.tokens.shape[1] == 16
+    torch.testing.assert_close(read.tokens, own)
+
+
+def naflex_batch(backbone, images: list[torch.Tensor]):
+    """Images of different sizes as one padded NaFlex batch, as SigLIP2's image processor lays it out."""
+    patch = backbone.config.patch_size
+    parts = [naflex_patches(image[None], patch) for image in images]
+    length = max(part[0].shape[1] for part in parts)
+    patches = torch.zeros(len(images), length, parts[0][0].shape[-1])
+    mask = torch.zeros(len(images), length, dtype=torch.long)
+    for index, (image_patches, _, _) in enumerate(parts):
+        patches[index, : image_patches.shape[1]] = image_patches[0]
+        patches[index, image_patches.shape[1] :] = 7.0  # padding holds garbage: it must not matter
+        mask[index, : image_patches.shape[1]] = 1
+    return patches, mask, torch.cat([shapes for _, _, shapes in parts])
+
+
+@pytest.mark.parametrize("probe", sorted(POOLINGS))
+def test_padded_naflex_batches_give_the_logits_of_each_image_alone(probe):
+    backbone = tiny_backbone("siglip2_vision_model")
+    kwargs = {"ep": dict(num_queries=4), "linear": dict(features="gap")}.get(probe, {})
+    if probe not in ("ep", "linear"):
+        kwargs["pooler_kwargs"] = {"num_heads": 4} if probe in ("aim", "jepa", "mhca", "esimpool") else None
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, probe=probe, num_labels=3, **kwargs).eval()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, 32, 32, generator=generator), torch.randn(3, 16, 24, generator=generator)]
+    patches, mask, shapes = naflex_batch(backbone, images)
+    with torch.no_grad():
+        if probe in ("cbam", "clip"):
+            with pytest.raises(ValueError, match="cannot read padded tokens"):
+                model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+            return
+        batched = model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes).logits
+        alone = torch.cat([model(pixel_values=image[None]).logits for image in images])
+        read = model.token_reader(backbone, patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        from_tokens = model(tokens=read.tokens, token_mask=read.mask).logits
+    assert read.mask is not None and read.grid_size is None
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(from_tokens, batched)
+
+
+def test_attention_maps_follow_a_cnns_non_square_grid():
+    backbone = tiny_backbone("convnext")
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4).eval()
+    images = torch.randn(2, 3, 32, 48)
+    logits, maps = probe_attention_maps(model, images)
+    with torch.no_grad():
+        output = model(pixel_values=images, output_attentions=True)
+    assert maps.shape == (2, 4, 4, 6)
+    torch.testing.assert_close(maps.flatten(2), output.probe_attentions)
+    torch.testing.assert_close(logits, output.logits)
+
+
+def test_the_final_norm_of_a_hierarchical_model_fits_its_last_stage_only():
+    backbone = tiny_backbone("swin")
+    images = images_for("swin")
+    normed = TokenReader(backbone.config, [-1], apply_final_norm=True)(backbone, images)
+    with torch.no_grad():
+        torch.testing.assert_close(normed.tokens, backbone(pixel_values=images).last_hidden_state)
+    with pytest.raises(ValueError, match=r"normalises 32 channels, but layers \[0\] are 16 wide"):
+        TokenReader(backbone.config, [0], apply_final_norm=True)(backbone, images)
+
+
+def test_timm_class_token_and_final_norm_follow_the_timm_model():
+    """A timm ViT has a [CLS] token and a final norm; a timm ResNet has neither, and says so."""
+    vit = timm_backbone()
+    linear = hep.AutoModelForEfficientProbing.from_backbone(
+        vit, probe="linear", features="cls", apply_final_norm=True, num_labels=3
+    ).eval()
+    images = images_for("timm_wrapper")
+    with torch.no_grad():
+        cls_token = vit.timm_model.forward_features(images)[:, 0]  # timm's own [CLS], after its norm
+        expected = linear.probe.classifier(linear.probe.norm(cls_token))
+        torch.testing.assert_close(linear(pixel_values=images).logits, expected)
+    resnet = AutoConfig.for_model("timm_wrapper", architecture="test_resnet")
+    with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+        hep.LinearProbingConfig(backbone_config=resnet, features="cls")
+    torch.manual_seed(0)
+    reader = TokenReader(resnet, [-1], apply_final_norm=True)
+    with pytest.raises(ValueError, match="has no final norm"):
+        reader(AutoModel.from_config(resnet).eval(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("probe, norm", [("aim", "token_norm"), ("dolg", "norm")])
+def test_token_batch_norms_learn_their_statistics_from_real_tokens_only(probe, norm):
+    torch.manual_seed(0)
+    pooling = POOLINGS[probe](32).train()
+    tokens = torch.randn(2, 6, 32)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    tokens[~mask] = 1e3  # padding: were it counted, the running mean would be far off
+    pooling(tokens, token_mask=mask)
+    normalised = tokens[mask] if probe == "aim" else pooling.conv1(tokens[mask])
+    expected = 0.1 * normalised.mean(dim=0)  # momentum 0.1 from a zero running mean
+    torch.testing.assert_close(getattr(pooling, norm).running_mean, expected.detach())
