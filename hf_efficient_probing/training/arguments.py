@@ -80,6 +80,10 @@ class DataArguments:
             "help": "Run the frozen backbone once per image and train from its cached tokens (the eval preprocessing "
             "for both splits: no augmentation). Reused while backbone, layers, preprocessing and data are unchanged. "
             "Default: on for the default protocol (nothing trains in the backbone), off for --protocol paper."
+            " A bare --use_token_cache means true; --use_token_cache false trains live.",
+            # unset (None) means "as the protocol says", so the flag needs its bare form spelled out for argparse
+            "nargs": "?",
+            "const": True,
         },
     )
     token_cache_dir: str | None = field(
