@@ -82,7 +82,16 @@ def test_killed_rank_resumes_its_own_slice_without_duplicated_or_missing_rows(tm
 @pytest.mark.slow
 def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tmp_path):  # noqa: F811
     cache = tmp_path / "cache"
-    settings = ("--probe", "linear", "--use_token_cache", "--token_cache_dir", str(cache), "--num_train_epochs", "4")
+    settings = (
+        "--probe",
+        "linear",
+        "--protocol",
+        "default",
+        "--token_cache_dir",
+        str(cache),
+        "--num_train_epochs",
+        "4",
+    )
     two = tmp_path / "two"
     command = [*LAUNCH, str(HERE.parent / "examples" / "run_probing.py"),
                *_args(backbone_dir, image_folder, two, *settings, "--ddp_backend", "gloo",
@@ -101,4 +110,5 @@ def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tm
     _load_script().main(_args(backbone_dir, image_folder, one, *settings))
     single = json.loads((one / "run_summary.json").read_text())
     assert single["token_cache"]["reused"], "one process finds the cache two processes built"
-    assert summary["eval_accuracy"] == pytest.approx(single["eval_accuracy"])
+    accuracy = {run: json.loads((run / "all_results.json").read_text())["eval_accuracy"] for run in (two, one)}
+    assert accuracy[two] == pytest.approx(accuracy[one])

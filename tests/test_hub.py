@@ -308,7 +308,7 @@ def test_training_script_pushes_with_the_run_results(local_hub, tmp_path):
             "true",
         ]
     )
-    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "all_results.json").read_text())  # the kept probe's evaluation
     data = ModelCard.load("tester/trained").data
     assert data.eval_results[0].metric_value == pytest.approx(100 * summary["eval_accuracy"], abs=0.01)
     assert data.eval_results[0].dataset_type == "shapes" and data.datasets is None  # a local folder is no Hub data set

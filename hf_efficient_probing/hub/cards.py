@@ -77,7 +77,14 @@ class ProbeCardInfo:
 
 
 def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
-    """Card details from a training run's ``run_summary.json`` (accuracies there are fractions, here percent)."""
+    """Card details from a training run's ``run_summary.json`` (accuracies there are fractions, here percent).
+
+    A default-protocol run records its grid, with the probe it kept per kind under ``chosen``: a run that kept one
+    probe (one kind) is described by that probe's figures and learning rate."""
+    chosen = summary.get("chosen") or {}
+    if len(chosen) == 1:
+        (probe,) = chosen.values()
+        summary = {**summary, **probe, "peak_learning_rate": probe.get("learning_rate")}
 
     def percent(key):
         value = summary.get(key)
