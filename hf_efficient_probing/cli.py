@@ -23,7 +23,10 @@ from collections.abc import Callable
 # subcommand -> (entry point "module:function", one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_efficient_probing.cli:train", "train a probe on a frozen backbone and report its accuracy"),
-    "sweep": ("hf_efficient_probing.training.sweep:main", "train many probes on one backbone pass, one results table"),
+    "sweep": (
+        "hf_efficient_probing.training.probe_sweep:main",
+        "train many probes on one backbone pass, one results table",
+    ),
     "convert": ("hf_efficient_probing.conversion:main", "turn one official-code head into a probe directory"),
     "import-official": (
         "hf_efficient_probing.hub.official_release:main",

@@ -84,8 +84,8 @@ _OPEN_CLIP = (
     "(open_clip is not a dependency of this library)"
 )
 _TIMM_WRAPPER = (
-    "the official loader is timm ({weights}); it maps to timm/{weights} through TimmWrapperModel, which the token "
-    "reader of this version does not read yet"
+    "the official loader is timm ({weights}); it maps to timm/{weights} through TimmWrapperModel, but the tokens "
+    "the official timm path hands this head (final norm, prefix tokens) are not yet checked against that reader"
 )
 
 

@@ -188,7 +188,7 @@ class ProbingTrainingArguments(TrainingArguments):
     warmup_epochs: float | None = field(
         default=None,
         metadata={
-            "help": "Linear warm-up epochs before the cosine decay (paper: 10; default protocol: 5 % of the run); "
+            "help": "Linear warm-up epochs before the cosine decay (paper: 10; default protocol: 5 per cent of the run); "
             "never more than a fifth of the run."
         },
     )
