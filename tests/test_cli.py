@@ -16,7 +16,7 @@ from hf_efficient_probing import cli
 
 # subcommand -> what its --help must show: options of its own entry point, and a default
 HELP = {
-    "train": ("--model_name_or_path", "--num_train_epochs", "(default: 90"),
+    "train": ("--model_name_or_path", "--protocol", "--learning_rates", "(default: 0.1)"),
     "sweep": ("--model_name_or_path", "--learning_rates", "--selection_fraction"),
     "convert": ("--backbone", "--ep-queries", "--pooling"),
     "import-official": ("--push_to_hub ORG", "--show_mapping", "manifest.json"),
