@@ -27,11 +27,12 @@ from .trainer import (
     remove_checkpoints,
     save_probe,
     token_cache_markdown,
+    write_summary,
 )
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_JSON, SUMMARY_MARKDOWN, SUMMARY_PLOT = "run_summary.json", "run_summary.md", "run_summary.png"
+SUMMARY_PLOT = "run_summary.png"
 
 
 @dataclass
@@ -272,11 +273,7 @@ def _head_parameters(grid: ProbingGridModel, index: int) -> int:
 
 def write_grid_summary(summary: dict, output_dir: str) -> None:
     """``run_summary.json``, ``run_summary.md`` (a table of every member) and ``run_summary.png`` (the plot)."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, SUMMARY_JSON), "w") as handle:
-        json.dump(summary, handle, indent=2, default=str)
-    with open(os.path.join(output_dir, SUMMARY_MARKDOWN), "w") as handle:
-        handle.write(grid_summary_markdown(summary))
+    write_summary(summary, output_dir, markdown=grid_summary_markdown)
     plot_grid(summary, os.path.join(output_dir, SUMMARY_PLOT))
 
 

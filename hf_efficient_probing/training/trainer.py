@@ -317,13 +317,13 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict, run
     }
 
 
-def write_summary(summary: dict, output_dir: str) -> None:
-    """``run_summary.json`` and a short ``run_summary.md`` table."""
+def write_summary(summary: dict, output_dir: str, markdown=None) -> None:
+    """``run_summary.json`` and ``run_summary.md``, rendered by ``markdown`` (a short table by default)."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, SUMMARY_JSON), "w") as handle:
         json.dump(summary, handle, indent=2, default=str)
     with open(os.path.join(output_dir, SUMMARY_MARKDOWN), "w") as handle:
-        handle.write(summary_markdown(summary))
+        handle.write((markdown or summary_markdown)(summary))
 
 
 def _percent(value) -> str:
