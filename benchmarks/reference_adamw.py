@@ -31,13 +31,13 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_efficient_probing.backbones import vision_config
+from hf_efficient_probing.demo import embedded_backbone, fashion_mnist, random_tiny_vit
 from hf_efficient_probing.modeling_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.training.arguments import ModelArguments
-from hf_efficient_probing.training.data import TRAIN, VALIDATION, hold_out_for_selection, load_image_dataset
-from hf_efficient_probing.training.embedded import embedded_backbone, fashion_mnist, random_tiny_vit
-from hf_efficient_probing.training.images import EVAL_RESIZE_RATIO, build_transforms
+from hf_efficient_probing.training.arguments import DataArguments, ModelArguments
+from hf_efficient_probing.training.data import SELECTION, TRAIN, VALIDATION, prepare_data
+from hf_efficient_probing.training.images import EVAL_RESIZE_RATIO
 from hf_efficient_probing.training.recipe import default_feature_layers
-from hf_efficient_probing.training.run import cached_split, load_backbone_and_processor
+from hf_efficient_probing.training.run import load_backbone_and_processor
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 EPOCHS = 30
@@ -77,18 +77,15 @@ def reference(
     backbone_path: str, dataset_path: str, output: Path, token_cache_dir: str, eval_resize_ratio: float, seed: int = 0
 ) -> dict:
     torch.manual_seed(seed)
-    dataset, image_column, label_column = load_image_dataset(dataset_path)
-    labels = dataset[TRAIN].features[label_column].names
-    dataset[TRAIN], dataset["held_out"] = hold_out_for_selection(dataset[TRAIN], label_column, HELD_OUT, seed, labels)
     backbone, processor = load_backbone_and_processor(ModelArguments(model_name_or_path=backbone_path))
-    _, eval_transform = build_transforms(processor, eval_resize_ratio=eval_resize_ratio)
+    data_args = DataArguments(dataset_name=dataset_path, eval_resize_ratio=eval_resize_ratio)
+    data = prepare_data(data_args, processor).hold_out_selection(HELD_OUT, seed)
     layers = default_feature_layers(vision_config(backbone.config).num_hidden_layers)
-    reader = AutoModelForEfficientProbing.from_backbone(backbone, probe="linear", num_labels=len(labels))
+    reader = AutoModelForEfficientProbing.from_backbone(backbone, probe="linear", num_labels=data.num_labels)
     tokens = {
-        split: cached_split(reader, dataset, split, image_column, label_column, eval_transform, processor,
-                            token_cache_dir, sorted(layers), token_selection="all").dataset()
-        for split in (TRAIN, "held_out", VALIDATION)
-    }  # fmt: skip
+        split: data.token_cache(split, reader, token_cache_dir, sorted(layers), token_selection="all").dataset()
+        for split in (TRAIN, SELECTION, VALIDATION)
+    }
     stacked = {split: _stack(items) for split, items in tokens.items()}
     layout = next(iter(tokens.values())).cache.layout
     results = {}
@@ -98,7 +95,7 @@ def reference(
             for lr in LEARNING_RATES:
                 torch.manual_seed(seed)
                 model = AutoModelForEfficientProbing.from_backbone(
-                    backbone, probe=kind, num_labels=len(labels), feature_layers=[layer], **kind_kwargs
+                    backbone, probe=kind, num_labels=data.num_labels, feature_layers=[layer], **kind_kwargs
                 )
                 view = (layout.view_index([layer]), model.config.reads_cls_token)
                 for epoch, accuracy, state in _train(model, stacked, layout, view, lr):
@@ -132,7 +129,7 @@ def _train(model, stacked, layout, view, lr):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        yield epoch, _accuracy(model, *stacked["held_out"], layout, view), copy.deepcopy(model.probe.state_dict())
+        yield epoch, _accuracy(model, *stacked[SELECTION], layout, view), copy.deepcopy(model.probe.state_dict())
 
 
 @torch.no_grad()

@@ -172,7 +172,7 @@ def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
     Measured cached, live, cached (each cached run extracts into a new directory), so that a change of load on the
     shared machine during the long live run weighs on both sides. Each side runs as it runs best: the live one with
     every thread for the backbone, the cached one extracting with every thread and training on one (as
-    ``training.run_embedded_default`` does), since its small matrix products lose more to thread hand-offs on a
+    ``demo.run_embedded_default`` does), since its small matrix products lose more to thread hand-offs on a
     busy machine than they gain."""
     data = Images(sizes.cache_images, sizes.image_size, sizes.num_labels)
     with torch.no_grad():  # warm-up: the first forward pass pays for allocations the later ones reuse

@@ -24,7 +24,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_efficient_probing.cli:train", "train a probe on a frozen backbone and report its accuracy"),
     "sweep": (
-        "hf_efficient_probing.training.probe_sweep:main",
+        "hf_efficient_probing.cli:sweep",
         "train many probes on one backbone pass, one results table",
     ),
     "convert": ("hf_efficient_probing.conversion:main", "turn one official-code head into a probe directory"),
@@ -46,16 +46,10 @@ def train(argv: list[str] | None = None):
     job; ``--push_to_hub`` publishes the probe with this library's model card."""
     from transformers import HfArgumentParser
 
+    from .demo import offline_inputs, run_embedded_default
     from .hub import push_training_run
-    from .training import (
-        DataArguments,
-        ModelArguments,
-        ProbeArguments,
-        ProbingTrainingArguments,
-        run_embedded_default,
-        run_probing,
-    )
-    from .training.run import load_data
+    from .training import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments, run_probing
+    from .training.run import check_protocol_arguments
 
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -72,22 +66,36 @@ def train(argv: list[str] | None = None):
         model_args, data_args, probe_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, probe_args, training_args = parser.parse_args_into_dataclasses(argv)
+    check_protocol_arguments(data_args, probe_args)  # before the backbone and data are loaded
+    backbone_and_processor, data = offline_inputs(model_args, data_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # published below, with our card
-    results = run_probing(model_args, data_args, probe_args, training_args)
+    results = run_probing(model_args, data_args, probe_args, training_args, backbone_and_processor, data)
     if training_args.process_index == 0:
         print(json.dumps(results, indent=2, default=str))
         if push_to_hub:  # --push_to_hub [--hub_model_id user/name] [--hub_private_repo] [--hub_token ...]
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            dataset, image_column, *_ = load_data(data_args)  # one validation image for the attention-map figure
             commit = push_training_run(
                 training_args.output_dir,
                 repo_id,
-                example_image=dataset["validation"][0][image_column],
+                example_image=data.splits["validation"][0][data.image_column],  # for the attention-map figure
                 private=training_args.hub_private_repo,
                 token=training_args.hub_token,
             )
             print(f"Pushed the probe to {commit.repo_url}")
     return results
+
+
+def sweep(argv: list[str] | None = None) -> list[dict]:
+    """Train many probes on one backbone pass (see `training.probe_sweep`); without ``--model_name_or_path`` or
+    ``--dataset_name``, on the synthetic demo backbone or data set."""
+    from .demo import offline_inputs
+    from .training import DataArguments, ModelArguments
+    from .training.probe_sweep import parse_sweep_arguments, run_probe_sweep
+
+    args = parse_sweep_arguments(argv)
+    model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision)
+    (backbone, _), data = offline_inputs(model_args, DataArguments(dataset_name=args.dataset_name))
+    return run_probe_sweep(args, backbone, data)
 
 
 def push(argv: list[str] | None = None):

@@ -9,8 +9,9 @@ from test_cache import single_thread  # noqa: F401
 
 import hf_efficient_probing as hep
 from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.demo import embedded_training_arguments, offline_inputs
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
-from hf_efficient_probing.training.run import embedded_training_arguments, run_probing
+from hf_efficient_probing.training.run import run_probing
 
 
 def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
@@ -20,7 +21,8 @@ def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):
 
     def run(name):
         args = embedded_training_arguments(str(tmp_path / name), num_train_epochs=2, warmup_epochs=0)
-        return run_probing(ModelArguments(), data_args, probe_args, args)
+        model_args = ModelArguments()  # no backbone, no data set named: the synthetic demo's
+        return run_probing(model_args, data_args, probe_args, args, *offline_inputs(model_args, data_args))
 
     metrics = run("first")
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0

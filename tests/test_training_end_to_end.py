@@ -162,7 +162,7 @@ def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_p
 
 @pytest.mark.slow
 def test_embedded_default_is_deterministic(tmp_path):
-    from hf_efficient_probing.training import run_embedded_default
+    from hf_efficient_probing.demo import run_embedded_default
 
     def run(name):
         results = run_embedded_default(str(tmp_path / name), kind="synthetic", num_train_epochs=1)

@@ -18,8 +18,8 @@ from hf_efficient_probing import conversion
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.cache.store import MANIFEST_NAME, sha256_file
 from hf_efficient_probing.conversion import load_official_head
+from hf_efficient_probing.demo import embedded_training_arguments
 from hf_efficient_probing.training import train_probe
-from hf_efficient_probing.training.run import embedded_training_arguments
 
 CLEAN_ERRORS = (ValueError, OSError, SafetensorError, RuntimeError)
 

@@ -3,7 +3,9 @@
 Loading gives a ``DatasetDict`` with a ``train`` and a ``validation`` split, the image and label columns found (or
 given) and every label checked against the class list, so that a wrong data set fails before training with an
 error that names the split, the column and the fix. :class:`ImageClassificationDataset` then decodes images one by
-one and names the data-set index of any image it cannot read.
+one and names the data-set index of any image it cannot read. :func:`prepare_data` does all of it once for a job and
+returns a :class:`PreparedData`: the splits with their columns, classes and transforms, from which every job reads
+its images and token caches.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
 
 import datasets
 import numpy as np
@@ -19,9 +23,13 @@ import torch
 from datasets import ClassLabel, DatasetDict
 from datasets import Image as ImageFeature
 
+from ..cache import TokenCache, cache_tokens_for_model, dataset_fingerprint, preprocessing_description
+from .arguments import DataArguments
+from .images import EVAL_RESIZE_RATIO, build_transforms
+
 logger = logging.getLogger(__name__)
 
-TRAIN, VALIDATION = "train", "validation"
+TRAIN, SELECTION, VALIDATION = "train", "selection", "validation"  # selection: held out from train
 _IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "cls", "target")
 
@@ -366,3 +374,131 @@ def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
     return batch
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The data of one job, loaded and checked once (see :func:`prepare_data`): its splits, columns, classes and the
+    backbone processor's transforms. Jobs read images (:meth:`images`) and token caches (:meth:`token_cache`)
+    through it, so a split never travels without its columns and its transform.
+
+    ``splits`` holds ``train`` and ``validation`` (the evaluation split), and ``selection`` once
+    :meth:`hold_out_selection` has split it off ``train``. ``info`` describes the data for the run summary.
+    """
+
+    splits: DatasetDict
+    image_column: str
+    label_column: str
+    class_names: list[str]
+    image_processor: Any
+    eval_resize_ratio: float = EVAL_RESIZE_RATIO
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def label_maps(self) -> dict[str, dict]:
+        """``id2label`` and ``label2id``, as a probe config takes them."""
+        return {
+            "id2label": dict(enumerate(self.class_names)),
+            "label2id": {name: i for i, name in enumerate(self.class_names)},
+        }
+
+    @cached_property
+    def eval_transform(self) -> Callable:
+        """Resize and center crop (bicubic), normalised: what evaluation, selection and the token cache see."""
+        return build_transforms(self.image_processor, eval_resize_ratio=self.eval_resize_ratio)[1]
+
+    def train_transform(self, crop_scale: tuple[float, float]) -> Callable:
+        """RandomResizedCrop over ``crop_scale`` + horizontal flip, normalised: live training's augmentation."""
+        return build_transforms(self.image_processor, crop_scale=crop_scale, eval_resize_ratio=self.eval_resize_ratio)[
+            0
+        ]
+
+    def images(self, split: str, transform: Callable | None = None) -> ImageClassificationDataset:
+        """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform)."""
+        transform = transform or self.eval_transform
+        return ImageClassificationDataset(self.splits[split], self.image_column, self.label_column, transform, split)
+
+    def token_cache(self, split: str, model, cache_dir=None, feature_layers=None, **extract_kwargs) -> TokenCache:
+        """The token cache of ``split`` for ``model``'s token reader (images through the eval transform), extracted
+        first if it does not exist yet; ``extract_kwargs`` go to `cache_tokens_for_model` (``token_selection``,
+        ``batch_size``, ``compute_dtype``, ``device``)."""
+        return cache_tokens_for_model(
+            model,
+            self.images(split),
+            cache_dir,
+            preprocessing=preprocessing_description(self.image_processor, self.eval_transform),
+            split=split,
+            dataset_fingerprint=dataset_fingerprint(self.splits[split]),
+            feature_layers=feature_layers,
+            **extract_kwargs,
+        )
+
+    def hold_out_selection(self, fraction: float, seed: int = 0) -> PreparedData:
+        """The same data with ``fraction`` of every class of ``train`` moved to a ``selection`` split (see
+        :func:`hold_out_for_selection`): what learning rate, layer and epoch are chosen on."""
+        splits = DatasetDict(self.splits)
+        splits[TRAIN], splits[SELECTION] = hold_out_for_selection(
+            splits[TRAIN], self.label_column, fraction, seed, self.class_names
+        )
+        return replace(self, splits=splits)
+
+
+def prepare_data(
+    data_args: DataArguments,
+    image_processor,
+    dataset: DatasetDict | None = None,
+    name: str | None = None,
+) -> PreparedData:
+    """The job's :class:`PreparedData`: the data set ``data_args`` names (or ``dataset``, a ``DatasetDict`` of
+    ``train`` and ``validation`` already in memory, which ``name`` names in the run summary), with unreadable
+    images left out if asked, the low-shot subset and the evaluation cap applied and every label checked; its
+    transforms are ``image_processor``'s."""
+    if dataset is None:
+        if data_args.dataset_name is None:
+            raise DataError(
+                "No data set: pass --dataset_name (a benchmark name, a Hub id, a save_to_disk directory or an image "
+                "folder). `hf-probe train` with no arguments at all runs the offline demo instead."
+            )
+        dataset, image_column, label_column = load_image_dataset(
+            data_args.dataset_name,
+            config_name=data_args.dataset_config_name,
+            image_column=data_args.image_column_name,
+            label_column=data_args.label_column_name,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            val_fraction_of_train=data_args.val_fraction_of_train,
+            split_seed=data_args.subset_seed,
+        )
+    else:
+        dataset = DatasetDict(dataset)
+        image_column = data_args.image_column_name or detect_image_column(dataset[TRAIN])
+        label_column = data_args.label_column_name or detect_label_column(dataset[TRAIN])
+    info: dict = {"dataset": name or data_args.dataset_name}
+    if data_args.skip_unreadable_images:
+        skipped = {}
+        for split in (TRAIN, VALIDATION):
+            bad = find_unreadable_images(dataset[split], image_column)
+            if bad:
+                logger.warning("Leaving out %d unreadable images of %r: indices %s", len(bad), split, bad[:20])
+                dataset[split] = dataset[split].select(sorted(set(range(len(dataset[split]))) - set(bad)))
+            skipped[split] = len(bad)
+        info["skipped_unreadable_images"] = skipped
+    if data_args.shots_per_class is not None or data_args.train_fraction is not None:
+        dataset[TRAIN] = low_shot_subset(
+            dataset[TRAIN], label_column, data_args.shots_per_class, data_args.train_fraction, data_args.subset_seed
+        )
+        info.update(shots_per_class=data_args.shots_per_class, train_fraction=data_args.train_fraction)
+    if data_args.max_eval_samples is not None:
+        dataset[VALIDATION] = dataset[VALIDATION].select(
+            range(min(data_args.max_eval_samples, len(dataset[VALIDATION])))
+        )
+    labels = class_names(dataset, label_column)
+    check_dataset(dataset, label_column, len(labels))
+    info.update(train_samples=len(dataset[TRAIN]), eval_samples=len(dataset[VALIDATION]))
+    return PreparedData(
+        dataset, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info=info
+    )

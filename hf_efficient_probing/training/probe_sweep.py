@@ -9,6 +9,8 @@ Every probe is a member of one grid (`hf_efficient_probing.training.grid`) train
 preprocessing, no augmentation); without it, once per batch for all probes together. Each probe's epoch is chosen on
 a split held out from train (``--selection_fraction``), then it is evaluated once on the evaluation split and saved
 as a normal probe directory in ``--output_dir/members/<name>`` (the table: ``results.md`` and ``results.json``).
+``hf-probe sweep`` parses the command line (`sweep_parser`) and gives `run_probe_sweep` its backbone and prepared
+data (the synthetic demo's for what the command line leaves unset).
 """
 
 from __future__ import annotations
@@ -17,17 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-from datasets import DatasetDict
-
 from hf_efficient_probing.backbones import vision_config
 from hf_efficient_probing.cache.features import global_features
 from hf_efficient_probing.probes import valid_num_queries
-from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbingTrainingArguments
-from hf_efficient_probing.training.data import TRAIN, VALIDATION, ImageClassificationDataset, hold_out_for_selection
+from hf_efficient_probing.training.arguments import ProbingTrainingArguments
+from hf_efficient_probing.training.data import SELECTION, TRAIN, VALIDATION, PreparedData
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
-from hf_efficient_probing.training.images import build_transforms
 from hf_efficient_probing.training.knn import best_knn_result, knn_classify
-from hf_efficient_probing.training.run import SELECTION, cached_split, load_backbone_and_processor, load_data
 from hf_efficient_probing.training.sweep import train_grid
 
 SPLITS = (TRAIN, SELECTION, VALIDATION)
@@ -49,7 +47,8 @@ def sweep_members(backbone, args) -> list[GridMember]:
     return members
 
 
-def main(argv=None):
+def sweep_parser() -> argparse.ArgumentParser:
+    """The sweep's command line (``hf-probe sweep --help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_name_or_path", help="backbone Hub id or path (default: the embedded backbone)")
     parser.add_argument("--model_revision")
@@ -68,38 +67,42 @@ def main(argv=None):
     parser.add_argument("--use_token_cache", action="store_true", help="extract the tokens once, train from disk")
     parser.add_argument("--token_cache_dir", default=None, help="default: $HF_HOME/hf_efficient_probing/token-cache")
     parser.add_argument("--knn_features", nargs="*", default=[], help="with the cache: k-NN of cls and/or gap features")
+    return parser
+
+
+def parse_sweep_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The sweep's arguments, with the combinations it cannot run refused."""
+    parser = sweep_parser()
     args = parser.parse_args(argv)
     if args.knn_features and not args.use_token_cache:
         parser.error("--knn_features reads the token cache: add --use_token_cache.")
+    return args
 
-    dataset, image_column, label_column, labels, _ = load_data(DataArguments(dataset_name=args.dataset_name))
-    dataset = DatasetDict(dataset)
-    dataset[TRAIN], dataset[SELECTION] = hold_out_for_selection(
-        dataset[TRAIN], label_column, args.selection_fraction, args.seed, labels
-    )
-    model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision)
-    backbone, processor = load_backbone_and_processor(model_args)
-    _, eval_transform = build_transforms(processor)
+
+def run_probe_sweep(args: argparse.Namespace, backbone, data: PreparedData) -> list[dict]:
+    """Train every probe of the sweep (``args`` from `parse_sweep_arguments`) on ``backbone`` and ``data`` in one
+    grid, each chosen on a held-out part of train and evaluated once; write and print the table, return its rows."""
+    data = data.hold_out_selection(args.selection_fraction, args.seed)
     grid = ProbingGridModel.from_backbone(
         backbone,
         sweep_members(backbone, args),
         seed=args.seed,
         revision=args.model_revision,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
+        num_labels=data.num_labels,
+        **data.label_maps,
     )
     selection = "all" if "cls" in args.knn_features else grid.token_selection  # k-NN on [CLS] reads it from the cache
     if args.use_token_cache:
+        layers = list(grid.layout.feature_layers)
         caches = {
-            split: cached_split(grid.member_models[0], dataset, split, image_column, label_column, eval_transform,
-                                processor, args.token_cache_dir, list(grid.layout.feature_layers),
-                                token_selection=selection)
+            split: data.token_cache(
+                split, grid.member_models[0], args.token_cache_dir, layers, token_selection=selection
+            )
             for split in SPLITS
-        }  # fmt: skip
+        }
         sets = [caches[split].dataset(token_selection=grid.token_selection) for split in SPLITS]
     else:
-        sets = [ImageClassificationDataset(dataset[s], image_column, label_column, eval_transform, s) for s in SPLITS]
+        sets = [data.images(split) for split in SPLITS]
     training_args = ProbingTrainingArguments(
         output_dir=args.output_dir,
         optimizer=args.optimizer,
@@ -111,7 +114,7 @@ def main(argv=None):
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    result = train_grid(grid, training_args, *sets, image_processor=processor, evaluate_every_member=True)
+    result = train_grid(grid, training_args, *sets, image_processor=data.image_processor, evaluate_every_member=True)
     rows = [
         {"name": name, **metrics, "path": str(Path(args.output_dir) / "members" / name)}
         for name, metrics in result.member_metrics.items()
@@ -129,7 +132,7 @@ def main(argv=None):
             train, test = (
                 global_features(caches[split], features, feature_layers=layer) for split in (TRAIN, VALIDATION)
             )
-            best = best_knn_result(knn_classify(*train, *test, num_classes=len(labels)))
+            best = best_knn_result(knn_classify(*train, *test, num_classes=data.num_labels))
             table += (
                 f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | - | - | {100 * best['top1']:.2f} |"
             )

