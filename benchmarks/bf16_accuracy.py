@@ -80,18 +80,22 @@ def measure(dataset: DatasetDict, name: str, seeds, root: str) -> dict:
             accuracies = []
             for seed in seeds:
                 args = embedded_training_arguments(
-                    os.path.join(root, f"{name}-{compute}-{probe}-{seed}"), seed=seed,
-                    load_best_model_at_end=False, save_strategy="no", eval_strategy="no",
-                )  # fmt: skip
+                    os.path.join(root, f"{name}-{compute}-{probe}-{seed}"),
+                    seed=seed,
+                    load_best_model_at_end=False,
+                    save_strategy="no",
+                    eval_strategy="no",
+                )
                 set_seed(seed)
                 model = AutoModelForEfficientProbing.from_backbone(
                     backbone, probe=probe, num_labels=data.num_labels, feature_layers=FEATURE_LAYERS
                 )
                 views = [
-                    caches[s].dataset(feature_layers=model.config.feature_layers,
-                                      token_selection=model.config.token_selection)
+                    caches[s].dataset(
+                        feature_layers=model.config.feature_layers, token_selection=model.config.token_selection
+                    )
                     for s in SPLITS
-                ]  # fmt: skip
+                ]
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)
                 try:

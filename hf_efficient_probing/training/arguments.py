@@ -19,7 +19,7 @@ from .images import EVAL_RESIZE_RATIO
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Backbone: Hub id or local path. Leave unset for the embedded offline default backbone."},
+        metadata={"help": "Backbone: Hub id or local path. Unset: the synthetic demo backbone."},
     )
     model_revision: str | None = field(default=None, metadata={"help": "Backbone revision (branch, tag or commit)."})
     image_processor_name: str | None = field(default=None, metadata={"help": "Image processor, if not the backbone's."})
@@ -33,7 +33,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": "A benchmark name (imagenet-1k, cifar-100, ...), a Hub id, a save_to_disk directory, or an image "
-            "folder with train/ and validation/ class sub-folders. Leave unset for the embedded offline data set."
+            "folder with train/ and validation/ class sub-folders. Unset: the synthetic demo data set."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub data set configuration."})

@@ -88,8 +88,10 @@ class ProbingGridModel(nn.Module):
         self.register_buffer("best_accuracy", torch.full((len(models),), -1.0))
         self.register_buffer("best_epoch", torch.full((len(models),), -1.0))
         config = models[0].token_reader.config
-        layers = sorted({layer for model in models for layer in normalize_layers(model.config.feature_layers,
-                                                                                  config.num_hidden_layers)})  # fmt: skip
+        num_layers = config.num_hidden_layers
+        layers = sorted(
+            {layer for model in models for layer in normalize_layers(model.config.feature_layers, num_layers)}
+        )
         reads_cls = any(model.config.reads_cls_token for model in models)
         self.token_selection = "all" if reads_cls else "patch"
         self.layout = TokenLayout(tuple(layers), config.hidden_size, int(reads_cls), config.num_hidden_layers)
@@ -100,9 +102,13 @@ class ProbingGridModel(nn.Module):
 
     @classmethod
     def from_backbone(
-        cls, backbone, members: Sequence[GridMember], seed: int = 0, kind_kwargs: dict[str, dict] | None = None,
+        cls,
+        backbone,
+        members: Sequence[GridMember],
+        seed: int = 0,
+        kind_kwargs: dict[str, dict] | None = None,
         **config_kwargs,
-    ) -> ProbingGridModel:  # fmt: skip
+    ) -> ProbingGridModel:
         """The grid's probe models on ``backbone``; every member is initialised from ``seed``, exactly as a probe built
         alone after ``set_seed(seed)``. ``kind_kwargs[kind]`` are config fields of that kind only (``num_queries``,
         ``features``, ...); ``config_kwargs`` go to every member (``num_labels``, ``id2label``, ...)."""

@@ -176,8 +176,11 @@ def train_grid(
                 json.dump(metrics[kind], handle, indent=2)
         if len(chosen) > 1:
             with open(os.path.join(args.output_dir, "all_results.json"), "w") as handle:
-                json.dump({f"{kind}_{key}": value for kind, m in metrics.items() for key, value in m.items()}, handle,
-                          indent=2)  # fmt: skip
+                json.dump(
+                    {f"{kind}_{key}": value for kind, m in metrics.items() for key, value in m.items()},
+                    handle,
+                    indent=2,
+                )
         write_grid_summary(summary, args.output_dir)
         if not args.keep_checkpoints:
             remove_checkpoints(args.output_dir)
@@ -279,15 +282,22 @@ def write_grid_summary(summary: dict, output_dir: str) -> None:
 
 def grid_summary_markdown(summary: dict) -> str:
     lines = ["# Probing run (default protocol)", "", summary["selection"] + ".", "", "## Chosen probes", ""]
-    lines += ["| kind | member | selection top-1 (%) | best epoch | eval top-1 (%) | eval top-5 (%) |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "| kind | member | selection top-1 (%) | best epoch | eval top-1 (%) | eval top-5 (%) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for kind, chosen in summary["chosen"].items():
         lines.append(
             f"| {kind} | {chosen['name']} | {_percent(chosen['selection_accuracy'])} | {chosen['best_epoch']:g} | "
             f"{_percent(chosen.get('eval_accuracy'))} | {_percent(chosen.get(f'eval_top{TOP_K}_accuracy'))} |"
         )
-    lines += ["", "## Every member", "", "| kind | layer | lr | selection top-1 (%) | best epoch |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "## Every member",
+        "",
+        "| kind | layer | lr | selection top-1 (%) | best epoch |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for member in summary["members"]:
         lines.append(
             f"| {member['kind']} | {member['layer']} | {member['learning_rate']:.3g} | "
@@ -320,15 +330,22 @@ def plot_grid(summary: dict, path: str) -> None:
         lines.setdefault((member["kind"], member["layer"]), []).append(member)
     for (kind, layer), members in lines.items():
         members = sorted(members, key=lambda m: m["learning_rate"])
-        sweep_axes.plot([m["learning_rate"] for m in members], [100 * m["selection_accuracy"] for m in members],
-                        marker="o", label=f"{kind}, layer {layer}")  # fmt: skip
+        sweep_axes.plot(
+            [m["learning_rate"] for m in members],
+            [100 * m["selection_accuracy"] for m in members],
+            marker="o",
+            label=f"{kind}, layer {layer}",
+        )
     sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel="selection top-1 (%)", title="Grid")
     sweep_axes.legend()
     by_name = {member["name"]: member for member in summary["members"]}
     for kind, chosen in summary["chosen"].items():
         curve = by_name[chosen["name"]]["per_epoch"]
-        curve_axes.plot([p["epoch"] for p in curve], [100 * p["selection_accuracy"] for p in curve],
-                        label=f"{kind}: {chosen['name']}")  # fmt: skip
+        curve_axes.plot(
+            [p["epoch"] for p in curve],
+            [100 * p["selection_accuracy"] for p in curve],
+            label=f"{kind}: {chosen['name']}",
+        )
     curve_axes.set(xlabel="epoch", ylabel="selection top-1 (%)", title="Chosen members")
     curve_axes.legend()
     figure.tight_layout()
