@@ -9,13 +9,17 @@ import json
 import numpy as np
 import pytest
 from onnx_models import export_tiny_dinov2
+from transformers import ViTImageProcessor
 
+import hf_efficient_probing.demo
+from hf_efficient_probing import cli
 from hf_efficient_probing.demo import backbones as demo_backbones
 from hf_efficient_probing.demo import data as demo_data
 from hf_efficient_probing.demo import job
 from hf_efficient_probing.demo.backbones import IMGFOCUS_INSTALL, dinov2_small_imgfocus
 from hf_efficient_probing.demo.data import FASHION_MNIST_INSTALL, MissingAssetError, fashion_mnist
-from hf_efficient_probing.demo.job import embedded_backbone, embedded_dataset
+from hf_efficient_probing.demo.job import EMBEDDED_NAME, embedded_backbone, embedded_dataset, offline_inputs
+from hf_efficient_probing.training import DataArguments, ModelArguments
 
 PER_CLASS = {"train": 12, "t10k": 6}  # images of each class in the files
 FILE_MARK = {"train": 1, "t10k": 2}
@@ -132,3 +136,20 @@ def test_real_default_job_runs_the_backbone_once_for_both_probes(fashion_dir, ti
     assert results["ep"]["probe_parameters"] > results["linear"]["probe_parameters"]
     assert json.loads((output / job.EMBEDDED_RESULTS).read_text()) == json.loads(json.dumps(results))
     assert len(list((output / "token_cache").iterdir())) == 3  # train, selection, validation: shared by all probes
+
+
+def test_the_command_line_runs_the_demo_without_arguments_and_fills_in_what_is_unset(monkeypatch, saved_backbone):
+    kinds = []
+    monkeypatch.setattr(hf_efficient_probing.demo, "run_embedded_default", lambda kind: kinds.append(kind) or {})
+    cli.train([])
+    cli.train(["--embedded_default", "synthetic"])
+    assert kinds == ["real", "synthetic"]
+
+    (backbone, _), data = offline_inputs(ModelArguments(), DataArguments(shots_per_class=2))
+    assert backbone.config.model_type == "vit" and backbone.config.hidden_size == 64  # the random tiny ViT
+    assert data.class_names == list(demo_data.SHAPE_CLASSES) and data.info["dataset"] == EMBEDDED_NAME
+    assert len(data.splits["train"]) == 2 * len(demo_data.SHAPE_CLASSES)  # the arguments still apply
+    path = saved_backbone("vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    (named, processor), data = offline_inputs(ModelArguments(model_name_or_path=path), DataArguments())
+    assert named.config.hidden_size != 64 and data.image_processor is processor  # the named backbone, demo data
