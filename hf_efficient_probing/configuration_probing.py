@@ -180,8 +180,9 @@ class EfficientProbingConfig(ProbingConfig):
 
     def validate_ep_shape(self):
         for name in ("num_queries", "d_out"):
-            if isinstance(getattr(self, name), bool):  # bool is an int to Python, not a count
-                raise TypeError(f"{name} must be an integer, got {getattr(self, name)!r}.")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):  # bool is an int to Python, not a count
+                raise TypeError(f"{name} must be an integer, got {value!r}.")
         width = self.token_width
         if width is None:  # the feature layers are invalid: validate_probe_settings says why
             return

@@ -28,6 +28,8 @@ def test_defaults_are_the_papers():
     [
         (dict(num_queries=10), r"valid num_queries are \[1, 2, 4, 8, 16, 32\]"),
         (dict(num_queries=0), "num_queries=0"),
+        (dict(num_queries=1.0), r"num_queries must be an integer, got 1\.0"),
+        (dict(num_queries=True), "num_queries must be an integer, got True"),
         (dict(num_queries=4, d_out=3), "d_out must divide"),
         (dict(num_queries=4, feature_layers=[3]), r"out of range.*0 \(embeddings\) to 2"),
         (dict(num_queries=4, feature_layers=[-4]), "out of range"),
