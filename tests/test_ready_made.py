@@ -82,8 +82,29 @@ def test_find_refuses_a_path_for_a_backbone():
 WIDTH, QUERIES, CLASSES, SIZE = 32, 4, 5, 224  # a head of the release has 1000 classes; some here have fewer
 
 
+# Tiny random timm models of the timm rows' architectures: the tokens the probe reads are WIDTH wide.
+TIMM_TINY_ARGS = {
+    "eva02_large_patch14_224": dict(embed_dim=WIDTH, depth=2, num_heads=2),
+    **dict.fromkeys(
+        ["hiera_base_224", "hiera_large_224", "hiera_huge_224"],
+        dict(embed_dim=WIDTH // 8, num_heads=1, stages=(1, 1, 2, 1)),  # the width doubles at each of 4 stages
+    ),
+}
+
+
+def tiny_timm_backbone(architecture: str, seed: int, image_size: int = SIZE):
+    """A TimmWrapperModel of a timm architecture, shrunk (``TIMM_TINY_ARGS``), random weights."""
+    config = AutoConfig.for_model(
+        "timm_wrapper", architecture=architecture, model_args={**TIMM_TINY_ARGS[architecture], "img_size": image_size}
+    )
+    torch.manual_seed(seed)
+    return build_backbone(config).eval()
+
+
 def tiny_official_backbone(model_type: str, seed: int):
-    """A 2-layer, 32-wide backbone of the family at the official 224 px / 16 px patches."""
+    """A 2-layer, 32-wide backbone of the family (or a shrunk timm architecture) at the official 224 px."""
+    if model_type in TIMM_TINY_ARGS:
+        return tiny_timm_backbone(model_type, seed)
     torch.manual_seed(seed)
     return build_backbone(tiny_backbone_config(model_type, image_size=SIZE, patch_size=16)).eval()
 
@@ -114,7 +135,7 @@ def official_ep_logits(state_dict: dict[str, torch.Tensor], tokens: torch.Tensor
 
 
 RELEASE_ROWS = {
-    # slug: (meta identity, family of the tiny stand-in pushed under the row's Hub id, official tokens)
+    # slug: (meta identity, family (or timm architecture) of the tiny stand-in pushed under the row's Hub id)
     "mae_base": (
         {"method": "MAE", "arch": "ViT-B/16", "model": "vit_base_patch16", "loader": "", "pretrain_tag": "",
          "finetune": "vit_base_patch16_224.mae", "cls_features": "ep"},
@@ -124,6 +145,11 @@ RELEASE_ROWS = {
         {"method": "DINO", "arch": "ViT-B/16", "model": "vit_base_patch16", "loader": "", "pretrain_tag": "",
          "finetune": "vit_base_patch16_224.dino", "cls_features": "ep_all"},
         "vit",
+    ),
+    "hiera_base": (
+        {"method": "Hiera", "arch": "ViT-B/16", "model": "hiera_base_224.mae", "loader": "timm", "pretrain_tag": "",
+         "finetune": "", "cls_features": "ep"},
+        "hiera_base_224",
     ),
     "dinov2_vitb": (
         {"method": "DINOv2", "arch": "ViT-B/14", "model": "dinov2_vitb14", "loader": "hub", "pretrain_tag": "",
@@ -165,16 +191,36 @@ def push_official_stand_ins() -> dict[str, torch.nn.Module]:
     for seed, (slug, (identity, model_type)) in enumerate(RELEASE_ROWS.items()):
         if model_type is None:
             continue
-        hub_id = OFFICIAL_BACKBONES[(identity["model"], identity["loader"], identity["finetune"])].hub_id
+        weights = identity["pretrain_tag"] or identity["finetune"]
+        hub_id = OFFICIAL_BACKBONES[(identity["model"], identity["loader"], weights)].hub_id
         HfApi().create_repo(hub_id, exist_ok=True)
         backbones[slug] = tiny_official_backbone(model_type, seed=10 + seed)
         backbones[slug].push_to_hub(hub_id)
     return backbones
 
 
+def official_timm_tokens(timm_model, pixel_values: torch.Tensor, with_cls: bool) -> torch.Tensor:
+    """The tokens the official timm loader hands an EP head, as models_more.TimmWrapper computes them (backbones.py
+    builds it with ``num_prefix_tokens=getattr(model, "num_prefix_tokens", 0)``): ``forward_features`` laid out as
+    ``[B, N, C]``, the patches after the prefix tokens, and for ``_all`` the prefix tokens' mean before them."""
+    features = timm_model.forward_features(pixel_values)
+    if features.ndim == 4:  # TimmWrapper._to_tokens: (B, C, H, W) when dim 1 is the widest, else (B, H, W, C)
+        batch, a, c, d = features.shape
+        features = features.flatten(2).transpose(1, 2) if a > d and c == d else features.reshape(batch, a * c, d)
+    num_prefix = getattr(timm_model, "num_prefix_tokens", 0)
+    patches = features[:, num_prefix:]
+    if not with_cls:
+        return patches
+    if not num_prefix:
+        raise ValueError("this backbone has no [CLS] token; '_all' poolings need one.")  # as TimmWrapper does
+    return torch.cat([features[:, :num_prefix].mean(dim=1, keepdim=True), patches], dim=1)
+
+
 def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool) -> torch.Tensor:
-    """The tokens the official models_vit loader hands an EP head: the last block's output before the final norm,
-    patches only for ``ep``, [CLS] first for ``ep_all``."""
+    """The tokens the official loader hands an EP head: for models_vit the last block's output before the final norm,
+    patches only for ``ep``, [CLS] first for ``ep_all``; for timm, ``official_timm_tokens``."""
+    if backbone.config.model_type == "timm_wrapper":
+        return official_timm_tokens(backbone.timm_model, pixel_values, with_cls)
     kwargs = {}
     if backbone.config.model_type == "vit_mae":
         kwargs["noise"] = torch.arange(196.0).expand(len(pixel_values), -1)  # the identity patch order
@@ -189,17 +235,17 @@ def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp
     backbones = push_official_stand_ins()
     output = tmp_path / "probes"
     printed = hf_probe("import-official", "--output_dir", str(output), "--push_to_hub", "tester")
-    assert "2 imported, 1 unmapped, 1 missing" in printed
+    assert "3 imported, 1 unmapped, 1 missing" in printed
 
     report = json.loads((output / "import_report.json").read_text())
-    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb"]
+    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb", "hiera_base"]
     assert report["unmapped"][0]["slug"] == "dinov2_vitb" and "torch.hub" in report["unmapped"][0]["reason"]
     assert report["missing"][0]["arch"] == "DiT-XL/2"
     assert not (output / "dinov2_vitb").exists(), "an unmapped head is listed, never guessed"
 
     image = Image.fromarray((torch.rand(240, 320, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
     pixel_values = official_image_processor(SIZE)(image, return_tensors="pt")["pixel_values"]
-    for slug in ("mae_base", "dino_vitb"):
+    for slug in ("mae_base", "dino_vitb", "hiera_base"):
         official, with_cls = release[slug], RELEASE_ROWS[slug][0]["cls_features"] == "ep_all"
         with torch.no_grad():
             expected = official_ep_logits(
@@ -274,7 +320,10 @@ def timm_vit_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return converted
 
 
-@pytest.mark.parametrize("model_type", sorted({row.model_type for row in OFFICIAL_BACKBONES.values() if row.hub_id}))
+MAPPED_FAMILIES = {row.model_type for row in OFFICIAL_BACKBONES.values() if row.hub_id}
+
+
+@pytest.mark.parametrize("model_type", sorted(MAPPED_FAMILIES - {"timm_wrapper"}))  # timm rows: the test below
 def test_mapped_family_reads_the_official_tokens(model_type):
     """models_vit (the official default loader) runs timm's VisionTransformer blocks and hands the probe the last
     block's output before the final norm; the mapped transformers family, with the mapping's settings, must read the
@@ -307,9 +356,40 @@ def test_mapped_family_reads_the_official_tokens(model_type):
                 torch.testing.assert_close(tokens, want, rtol=1e-4, atol=1e-4, msg=f"{row.name}, {official}")
 
 
+TIMM_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.model_type == "timm_wrapper"]
+
+
+@pytest.mark.parametrize("row", TIMM_ROWS, ids=lambda row: row.model)
+def test_timm_row_reads_the_official_timm_tokens(row):
+    """The official timm loader ran ``timm.create_model(model, pretrained=True)``: the row names the Hub repository
+    timm downloads those weights from, at their image size, and our TimmWrapperModel reader with the row's settings
+    reads the tokens the official TimmWrapper handed the head (``ep``: patches; ``ep_all``: [CLS] first, or the
+    same refusal when the model has no [CLS])."""
+    assert row.model in timm.list_pretrained(), f"{row.model} is not a pretrained timm tag"
+    pretrained = timm.models.get_pretrained_cfg(row.model)
+    assert row.hub_id == pretrained.hf_hub_id and pretrained.input_size[1:] == (row.image_size,) * 2
+    backbone = tiny_timm_backbone(row.model.split(".")[0], seed=0, image_size=row.image_size)
+    pixel_values = torch.randn(2, 3, row.image_size, row.image_size, generator=torch.Generator().manual_seed(1))
+    for official, selection in (("ep", "patch"), ("ep_all", "all")):
+        settings = dict(token_selection=selection, apply_final_norm=row.apply_final_norm)
+        settings["feature_layers"] = list(row.feature_layers)
+        with torch.no_grad():
+            try:
+                want = official_timm_tokens(backbone.timm_model, pixel_values, with_cls=official == "ep_all")
+            except ValueError:
+                with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+                    AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, **settings)
+                continue
+            model = AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, **settings)
+            tokens = model.token_reader(backbone, pixel_values).tokens
+        torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5, msg=f"{row.name}, {official}")
+
+
 def test_every_row_is_mapped_with_its_family_or_says_why_not():
+    assert MAPPED_FAMILIES <= {"vit", "vit_mae", "timm_wrapper"}, "a mapped family has no token-equality test"
     for row in OFFICIAL_BACKBONES.values():
         if row.hub_id:
+            assert row.image_size and row.feature_layers, row
             assert row.model_type and row.apply_final_norm is not None and row.tokens_checked_against, row
             assert AutoConfig.for_model(row.model_type) is not None
             assert row.unmapped is None, row

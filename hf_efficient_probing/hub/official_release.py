@@ -25,6 +25,7 @@ from huggingface_hub import snapshot_download
 from transformers import ConvNextImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from ..backbones import native_image_size
 from ..conversion import build_official_probe, read_official_checkpoint
 from .cards import ProbeCardInfo
 from .push import push_probe_to_hub, save_probe_repository
@@ -51,6 +52,8 @@ class OfficialBackbone:
         hub_id: the Hub checkpoint with the same weights, or ``None`` when the row is unmapped.
         model_type: the transformers family of ``hub_id`` (its tokens are the ones tested equal to the official).
         apply_final_norm: whether the official tokens come after the backbone's final norm.
+        feature_layers: the layers (timm: stages) the official tokens are read from.
+        image_size: the image size of the official run, which the backbone must be built for.
         tokens_checked_against: the implementation the transformers family's tokens were tested equal to.
         unmapped: why no Hub backbone is given (only for unmapped rows).
     """
@@ -62,12 +65,19 @@ class OfficialBackbone:
     hub_id: str | None = None
     model_type: str | None = None
     apply_final_norm: bool | None = None
+    feature_layers: tuple[int, ...] = (-1,)
+    image_size: int | None = None
     tokens_checked_against: str | None = None
     unmapped: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.model, self.loader, self.weights)
+
+    @property
+    def token_settings(self) -> str:
+        norm = "after" if self.apply_final_norm else "before"
+        return f"`feature_layers={list(self.feature_layers)}`, {norm} the final norm"
 
 
 _TIMM_VIT = "timm VisionTransformer blocks (the official models_vit)"
@@ -83,10 +93,7 @@ _OPEN_CLIP = (
     "the official loader is open_clip; the tokens of the transformers port are not yet shown equal to open_clip's "
     "(open_clip is not a dependency of this library)"
 )
-_TIMM_WRAPPER = (
-    "the official loader is timm ({weights}); it maps to timm/{weights} through TimmWrapperModel, but the tokens "
-    "the official timm path hands this head (final norm, prefix tokens) are not yet checked against that reader"
-)
+_TIMM = "timm's forward_features as the official TimmWrapper reads it (prefix tokens dropped)"
 
 
 def _local(model: str, weights: str, name: str) -> OfficialBackbone:
@@ -94,7 +101,20 @@ def _local(model: str, weights: str, name: str) -> OfficialBackbone:
 
 
 def _timm(model: str, name: str) -> OfficialBackbone:
-    return OfficialBackbone(model, "timm", "", name, unmapped=_TIMM_WRAPPER.format(weights=model))
+    """A backbone the official code built with ``timm.create_model(model, pretrained=True)``: the same Hub weights
+    (timm's ``hf_hub_id``), read through ``TimmWrapperModel``. timm's ``forward_features`` of these models carries no
+    final norm (EVA02's norm sits after its average pooling, Hiera's in its head) and ends at the last stage."""
+    return OfficialBackbone(
+        model,
+        "timm",
+        "",
+        name,
+        hub_id=f"timm/{model}",
+        model_type="timm_wrapper",
+        apply_final_norm=False,
+        image_size=224,
+        tokens_checked_against=_TIMM,
+    )
 
 
 def _torch_hub(model: str, loader: str, repo: str, name: str) -> OfficialBackbone:
@@ -116,6 +136,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/vit-mae-base",
             model_type="vit_mae",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         OfficialBackbone(
@@ -126,6 +147,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/vit-mae-large",
             model_type="vit_mae",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         OfficialBackbone(
@@ -136,6 +158,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/dino-vitb16",
             model_type="vit",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         _local("vit_small_patch16", "vit_small_patch16_224.mae/checkpoint-799.pth", "MAE ViT-S/16"),
@@ -220,9 +243,8 @@ def mapping_table() -> str:
     ]
     for row in sorted(OFFICIAL_BACKBONES.values(), key=lambda row: (row.hub_id is None, row.name)):
         if row.hub_id:
-            norm = "after" if row.apply_final_norm else "before"
             target = f"[`{row.hub_id}`](https://huggingface.co/{row.hub_id})"
-            tokens = f"{norm} the final norm; checked equal to {row.tokens_checked_against}"
+            tokens = f"{row.token_settings}, {row.image_size} px; checked equal to {row.tokens_checked_against}"
         else:
             target, tokens = "unmapped", row.unmapped
         weights = f"`{row.weights}`" if row.weights else ""
@@ -282,8 +304,8 @@ def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
             "selected their best epoch on (so `table_best_acc1` is a best-over-epochs figure on the reported split).",
             f"Tokens: the official backbone `{meta.get('model')}` is read here as `{row.hub_id}` "
             f"({'[CLS] and patch tokens' if str(meta.get('cls_features')).endswith('_all') else 'patch tokens'}, "
-            f"{'after' if row.apply_final_norm else 'before'} the final norm; checked equal to "
-            f"{row.tokens_checked_against} on the same random weights). Images are prepared by the official "
+            f"{row.token_settings}; checked equal to {row.tokens_checked_against} on the same random weights). "
+            "Images are prepared by the official "
             f"evaluation transform at {meta.get('image_size')} px. The backbone keeps its own licence.",
         ],
     )
@@ -348,7 +370,13 @@ def import_official_release(
             reason = row.unmapped if row else "backbone not in the mapping table (model, loader, weights unknown)"
             report["unmapped"].append({**described, "reason": reason})
             continue
-        model = build_official_probe(state_dict, meta, row.hub_id, apply_final_norm=row.apply_final_norm)
+        if meta["image_size"] != row.image_size:
+            reason = f"the head was trained at {meta['image_size']} px, its tokens were checked at {row.image_size}"
+            report["unmapped"].append({**described, "reason": reason})
+            continue
+        model = build_official_probe(
+            state_dict, meta, row.hub_id, apply_final_norm=row.apply_final_norm, feature_layers=row.feature_layers
+        )
         if model.token_reader.config.model_type != row.model_type:
             raise ValueError(
                 f"{row.hub_id} is a {model.token_reader.config.model_type!r} backbone, but the mapping of {row.name} "
@@ -356,12 +384,13 @@ def import_official_release(
             )
         if model.config.num_labels == len(labels := imagenet_labels()):  # every head of the release: ImageNet-1k
             model.config.id2label, model.config.label2id = labels, {name: index for index, name in labels.items()}
-        backbone_size = model.token_reader.config.image_size
-        if backbone_size != meta["image_size"]:
+        backbone_size = native_image_size(model.token_reader.config, model.backbone)
+        if backbone_size != (meta["image_size"],) * 2:
             report["unmapped"].append(
                 {
                     **described,
-                    "reason": f"{row.hub_id} is built for {backbone_size} px, the head for {meta['image_size']}",
+                    "reason": f"{row.hub_id} is built for {'x'.join(map(str, backbone_size))} px, the head for "
+                    f"{meta['image_size']}",
                 }
             )
             continue
