@@ -3,6 +3,7 @@ mapping's token settings checked against the official token path, and the README
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -356,7 +357,8 @@ def test_mapped_family_reads_the_official_tokens(model_type):
                 torch.testing.assert_close(tokens, want, rtol=1e-4, atol=1e-4, msg=f"{row.name}, {official}")
 
 
-TIMM_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.model_type == "timm_wrapper"]
+TIMM_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.loader == "timm"]
+OPEN_CLIP_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.loader == "openclip" and row.hub_id]
 
 
 @pytest.mark.parametrize("row", TIMM_ROWS, ids=lambda row: row.model)
@@ -380,13 +382,67 @@ def test_timm_row_reads_the_official_timm_tokens(row):
                 with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
                     AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, **settings)
                 continue
-            model = AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, **settings)
+            model = AutoModelForEfficientProbing.from_backbone(
+                backbone, probe="ep", num_queries=QUERIES, num_labels=2, **settings
+            )
             tokens = model.token_reader(backbone, pixel_values).tokens
         torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5, msg=f"{row.name}, {official}")
 
 
+@pytest.mark.parametrize("row", OPEN_CLIP_ROWS, ids=lambda row: row.model)
+def test_open_clip_row_reads_the_official_open_clip_tokens(row, monkeypatch):
+    """The official open_clip loader took ``create_model_and_transforms(model, pretrained=tag).visual`` and, for a
+    timm tower (open_clip's TimmModel), handed EP ``visual.trunk.forward_features(x)``, with open_clip's evaluation
+    transform. The row's timm weights are that tower's architecture and tag, its transform gives open_clip's pixels,
+    and our TimmWrapperModel reader, with the row's settings, gives the official tokens from the same random
+    weights (the tower built by open_clip's own code, its timm architecture shrunk)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    model_config, weights = open_clip.get_model_config(row.model), row.hub_id.removeprefix("timm/")
+    vision = model_config["vision_cfg"]
+    assert row.weights in open_clip.list_pretrained_tags_by_model(row.model)
+    assert (vision["timm_model_name"], vision["image_size"]) == (weights.split(".")[0], row.image_size)
+    pretrained = timm.models.get_pretrained_cfg(weights)
+    assert row.hub_id == pretrained.hf_hub_id and pretrained.input_size[1:] == (row.image_size,) * 2
+
+    preprocess = merge_preprocess_dict(PreprocessCfg(), open_clip.get_pretrained_cfg(row.model, row.weights))
+    official_transform = image_transform_v2(PreprocessCfg(**{**preprocess, "size": vision["image_size"]}), False)
+    image = Image.fromarray((torch.rand(240, 320, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+    pixel_values = official_transform(image)[None]
+    ours = official_image_processor(row.image_size, row.transform)(image, return_tensors="pt")["pixel_values"]
+    # transformers resizes with torchvision, open_clip with PIL: a few pixels differ by one or two levels of 255
+    difference = (ours - pixel_values).abs() * 0.5 * 255  # in levels of the 8-bit image
+    assert ours.shape == pixel_values.shape and difference.max() < 2.01 and (difference > 0.01).float().mean() < 0.01
+
+    tiny = dict(embed_dim=WIDTH, depth=2, num_heads=2)
+    with monkeypatch.context() as patch:  # open_clip builds its trunk with timm.create_model(name, ...)
+        patch.setattr(timm, "create_model", functools.partial(timm.create_model, **tiny))
+        torch.manual_seed(0)
+        tower = open_clip.model._build_vision_tower(model_config["embed_dim"], vision).eval()
+    assert "timm" in type(tower).__module__, "CLIPWrapper reads a tower whose class lives in a timm module as timm"
+    with torch.no_grad():
+        tower.trunk.pos_embed.normal_(std=0.5)  # make position errors visible
+    config = AutoConfig.for_model("timm_wrapper", architecture=vision["timm_model_name"], model_args=tiny)
+    backbone = build_backbone(config).eval()
+    backbone.timm_model.load_state_dict(tower.trunk.state_dict())
+    settings = dict(apply_final_norm=row.apply_final_norm, feature_layers=list(row.feature_layers))
+    model = AutoModelForEfficientProbing.from_backbone(
+        backbone, probe="ep", num_queries=QUERIES, num_labels=2, **settings
+    )
+    with torch.no_grad():
+        want = tower.trunk.forward_features(pixel_values)
+        tokens = model.token_reader(backbone, pixel_values).tokens
+    torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5)
+    assert row.all_tokens_unmapped, "an ep_all head reads open_clip's pooled embedding, which our reader has not"
+    with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+        AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", token_selection="all", **settings)
+
+
 def test_every_row_is_mapped_with_its_family_or_says_why_not():
     assert MAPPED_FAMILIES <= {"vit", "vit_mae", "timm_wrapper"}, "a mapped family has no token-equality test"
+    checked = {"": "models_vit", "timm": "timm", "openclip": "open_clip"}  # the loaders whose rows a test checks
+    assert {row.loader for row in OFFICIAL_BACKBONES.values() if row.hub_id} <= set(checked)
     for row in OFFICIAL_BACKBONES.values():
         if row.hub_id:
             assert row.image_size and row.feature_layers, row
