@@ -18,12 +18,13 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from test_hub import BACKBONE, CARD_INFO, push_backbone, trained_probe
 from test_hub import local_hub as local_hub  # the loopback Hub fixture
-from transformers import AutoConfig, ViTImageProcessor, pipeline
+from transformers import AutoConfig, AutoImageProcessor, ViTImageProcessor, pipeline
 
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.backbones import build_backbone
 from hf_efficient_probing.hub import ProbeCardInfo, find_probes, push_probe_to_hub
 from hf_efficient_probing.hub.official_release import (
+    IMAGENET_MEAN,
     OFFICIAL_BACKBONES,
     RELEASE_REPO,
     import_official_release,
@@ -86,6 +87,7 @@ WIDTH, QUERIES, CLASSES, SIZE = 32, 4, 5, 224  # a head of the release has 1000 
 # Tiny random timm models of the timm rows' architectures: the tokens the probe reads are WIDTH wide.
 TIMM_TINY_ARGS = {
     "eva02_large_patch14_224": dict(embed_dim=WIDTH, depth=2, num_heads=2),
+    "vit_large_patch16_siglip_256": dict(embed_dim=WIDTH, depth=2, num_heads=2),
     **dict.fromkeys(
         ["hiera_base_224", "hiera_large_224", "hiera_huge_224"],
         dict(embed_dim=WIDTH // 8, num_heads=1, stages=(1, 1, 2, 1)),  # the width doubles at each of 4 stages
@@ -102,10 +104,10 @@ def tiny_timm_backbone(architecture: str, seed: int, image_size: int = SIZE):
     return build_backbone(config).eval()
 
 
-def tiny_official_backbone(model_type: str, seed: int):
+def tiny_official_backbone(model_type: str, seed: int, image_size: int = SIZE):
     """A 2-layer, 32-wide backbone of the family (or a shrunk timm architecture) at the official 224 px."""
     if model_type in TIMM_TINY_ARGS:
-        return tiny_timm_backbone(model_type, seed)
+        return tiny_timm_backbone(model_type, seed, image_size)
     torch.manual_seed(seed)
     return build_backbone(tiny_backbone_config(model_type, image_size=SIZE, patch_size=16)).eval()
 
@@ -152,6 +154,16 @@ RELEASE_ROWS = {
          "finetune": "", "cls_features": "ep"},
         "hiera_base_224",
     ),
+    "siglip_vitl": (
+        {"method": "SigLIP", "arch": "ViT-L/16", "model": "ViT-L-16-SigLIP-256", "loader": "openclip",
+         "pretrain_tag": "webli", "finetune": "", "cls_features": "ep", "image_size": 256},
+        "vit_large_patch16_siglip_256",
+    ),
+    "siglip_vitl_all": (
+        {"method": "SigLIP", "arch": "ViT-L/16", "model": "ViT-L-16-SigLIP-256", "loader": "openclip",
+         "pretrain_tag": "webli", "finetune": "", "cls_features": "ep_all", "image_size": 256},
+        None,
+    ),
     "dinov2_vitb": (
         {"method": "DINOv2", "arch": "ViT-B/14", "model": "dinov2_vitb14", "loader": "hub", "pretrain_tag": "",
          "finetune": "", "cls_features": "ep"},
@@ -166,7 +178,7 @@ def write_release(folder: Path) -> dict[str, dict]:
     manifest, metas = {"heads": [], "missing": []}, {}
     for seed, (slug, (identity, _)) in enumerate(RELEASE_ROWS.items()):
         meta = {
-            **identity, "pretrain": "IN-1K", "image_size": SIZE, "extra_flags": "", "ep_queries": QUERIES, "d_out": 1,
+            "image_size": SIZE, **identity, "pretrain": "IN-1K", "extra_flags": "", "ep_queries": QUERIES, "d_out": 1,
             "head_epoch": 89 - seed, "val_acc1_at_head_epoch": 70.12 + seed, "table_best_acc1": 75.46 + seed,
             "note": "final-epoch head, not best-epoch: checkpoints overwrite per epoch.",
             "training_log": f"logs/{slug}/ep.txt",
@@ -195,7 +207,9 @@ def push_official_stand_ins() -> dict[str, torch.nn.Module]:
         weights = identity["pretrain_tag"] or identity["finetune"]
         hub_id = OFFICIAL_BACKBONES[(identity["model"], identity["loader"], weights)].hub_id
         HfApi().create_repo(hub_id, exist_ok=True)
-        backbones[slug] = tiny_official_backbone(model_type, seed=10 + seed)
+        backbones[slug] = tiny_official_backbone(
+            model_type, seed=10 + seed, image_size=identity.get("image_size", SIZE)
+        )
         backbones[slug].push_to_hub(hub_id)
     return backbones
 
@@ -217,10 +231,13 @@ def official_timm_tokens(timm_model, pixel_values: torch.Tensor, with_cls: bool)
     return torch.cat([features[:, :num_prefix].mean(dim=1, keepdim=True), patches], dim=1)
 
 
-def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool) -> torch.Tensor:
+def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool, loader: str) -> torch.Tensor:
     """The tokens the official loader hands an EP head: for models_vit the last block's output before the final norm,
-    patches only for ``ep``, [CLS] first for ``ep_all``; for timm, ``official_timm_tokens``."""
-    if backbone.config.model_type == "timm_wrapper":
+    patches only for ``ep``, [CLS] first for ``ep_all``; for timm, ``official_timm_tokens``; for an open_clip timm
+    tower, every token of its trunk's ``forward_features`` (models_more.CLIPWrapper, ``ep``)."""
+    if loader == "openclip":
+        return backbone.timm_model.forward_features(pixel_values)
+    if loader == "timm":
         return official_timm_tokens(backbone.timm_model, pixel_values, with_cls)
     kwargs = {}
     if backbone.config.model_type == "vit_mae":
@@ -236,22 +253,31 @@ def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp
     backbones = push_official_stand_ins()
     output = tmp_path / "probes"
     printed = hf_probe("import-official", "--output_dir", str(output), "--push_to_hub", "tester")
-    assert "3 imported, 1 unmapped, 1 missing" in printed
+    assert "4 imported, 2 unmapped, 1 missing" in printed
 
     report = json.loads((output / "import_report.json").read_text())
-    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb", "hiera_base"]
-    assert report["unmapped"][0]["slug"] == "dinov2_vitb" and "torch.hub" in report["unmapped"][0]["reason"]
+    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb", "hiera_base", "siglip_vitl"]
+    unmapped = {item["slug"]: item["reason"] for item in report["unmapped"]}
+    assert unmapped.keys() == {"siglip_vitl_all", "dinov2_vitb"} and "torch.hub" in unmapped["dinov2_vitb"]
+    assert "attention-pooled (MAP) embedding" in unmapped["siglip_vitl_all"]
     assert report["missing"][0]["arch"] == "DiT-XL/2"
     assert not (output / "dinov2_vitb").exists(), "an unmapped head is listed, never guessed"
 
     image = Image.fromarray((torch.rand(240, 320, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
-    pixel_values = official_image_processor(SIZE)(image, return_tensors="pt")["pixel_values"]
-    for slug in ("mae_base", "dino_vitb", "hiera_base"):
-        official, with_cls = release[slug], RELEASE_ROWS[slug][0]["cls_features"] == "ep_all"
+    for slug in ("mae_base", "dino_vitb", "hiera_base", "siglip_vitl"):
+        official, identity = release[slug], RELEASE_ROWS[slug][0]
+        processor = AutoImageProcessor.from_pretrained(output / slug)  # the official transform of the row
+        settings = {key: processor.to_dict().get(key) for key in ("size", "image_mean", "crop_pct")}
+        if identity["loader"] == "openclip":  # open_clip's SigLIP transform: squash, mean and std 0.5, no crop
+            assert settings == {"size": {"height": 256, "width": 256}, "image_mean": (0.5,) * 3, "crop_pct": None}
+        else:
+            assert settings == {"size": {"shortest_edge": SIZE}, "image_mean": IMAGENET_MEAN, "crop_pct": 224 / 256}
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            expected = official_ep_logits(
-                official["state_dict"], official_tokens(backbones[slug], pixel_values, with_cls)
+            tokens = official_tokens(
+                backbones[slug], pixel_values, identity["cls_features"] == "ep_all", identity["loader"]
             )
+            expected = official_ep_logits(official["state_dict"], tokens)
             for source in (output / slug, f"tester/ep-{slug.replace('_', '-')}"):  # written, and pushed
                 model = AutoModelForEfficientProbing.from_pretrained(source)
                 torch.testing.assert_close(model(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
