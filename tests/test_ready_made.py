@@ -431,6 +431,7 @@ def test_open_clip_row_reads_the_official_open_clip_tokens(row, monkeypatch):
     assert (vision["timm_model_name"], vision["image_size"]) == (weights.split(".")[0], row.image_size)
     pretrained = timm.models.get_pretrained_cfg(weights)
     assert row.hub_id == pretrained.hf_hub_id and pretrained.input_size[1:] == (row.image_size,) * 2
+    assert ("SigLIP2" in row.model) == weights.endswith(".v2_webli"), "timm tags SigLIP2's WebLI release v2_webli"
 
     preprocess = merge_preprocess_dict(PreprocessCfg(), open_clip.get_pretrained_cfg(row.model, row.weights))
     official_transform = image_transform_v2(PreprocessCfg(**{**preprocess, "size": vision["image_size"]}), False)
