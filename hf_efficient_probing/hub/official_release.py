@@ -222,7 +222,14 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
         _timm("hiera_base_224.mae", "Hiera ViT-B/16"),
         _timm("hiera_large_224.mae", "Hiera ViT-L/16"),
         _timm("hiera_huge_224.mae", "Hiera ViT-H/16"),
-        _open_clip("ViT-L-14", "openai", "CLIP ViT-L/14"),
+        _open_clip(
+            "ViT-L-14",
+            "openai",
+            "CLIP ViT-L/14",
+            "the official run built open_clip's ViT-L-14 with pretrained='openai', whose activation depends on the "
+            "open_clip version (2.26 builds it with QuickGELU, as the weights were trained; 2.30 and later with GELU "
+            "and only a warning), and the release does not record the version: the tokens the head saw are not known",
+        ),
         _open_clip(
             "ViT-B-16",
             "openai",
