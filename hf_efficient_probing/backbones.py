@@ -515,8 +515,15 @@ def _run_on_meta(config: PreTrainedConfig) -> BackboneLayout:
         pixel_values = torch.empty(1, getattr(config, "num_channels", 3), *size)
         reader = TokenReader(config, feature_layers=[], apply_final_norm=False)
         read = [reader._to_tokens(state, size, pixel_values) for state in reader.read_states(backbone, pixel_values)[0]]
-    cls = getattr(backbone.timm_model, "has_class_token", False) if family.states == "timm" else family.has_cls_token
+    cls = _timm_has_class_token(backbone.timm_model) if family.states == "timm" else family.has_cls_token
     return BackboneLayout(tuple(State(tokens.shape[-1], grid, prefix) for tokens, grid, prefix in read), cls)
+
+
+def _timm_has_class_token(timm_model: nn.Module) -> bool:
+    """timm's ViTs say ``has_class_token``; its other token models (EVA, ...) hold a ``cls_token``, or ``None``."""
+    if hasattr(timm_model, "has_class_token"):
+        return bool(timm_model.has_class_token)
+    return getattr(timm_model, "cls_token", None) is not None
 
 
 def layer_states(config: PreTrainedConfig, feature_layers: list[int]) -> list[State]:

@@ -336,13 +336,15 @@ def build_official_probe(
     pooling: str | None = None,
     backbone_revision: str | None = None,
     apply_final_norm: bool | None = None,
+    feature_layers: list[int] | tuple[int, ...] | None = None,
     **official_args,
 ):
     """A probe on a HF backbone (a Hub id, a path or a loaded model) holding an official head's weights.
 
     ``pooling`` (the official ``--cls_features``) and the official arguments default to the head's ``meta``; an
     ``_all`` pooling reads the [CLS] token before the patches, as the official code does. ``apply_final_norm`` says
-    whether the tokens are read after the backbone's final norm (``None``: the family's default)."""
+    whether the tokens are read after the backbone's final norm (``None``: the family's default), ``feature_layers``
+    which layers they are read from (``None``: the last)."""
     from .modeling_probing import AutoModelForEfficientProbing
 
     pooling = pooling or meta.get("cls_features")
@@ -357,6 +359,8 @@ def build_official_probe(
         probe_kwargs["token_selection"] = "all"
     if apply_final_norm is not None:
         probe_kwargs["apply_final_norm"] = apply_final_norm
+    if feature_layers is not None:
+        probe_kwargs["feature_layers"] = list(feature_layers)
     model = AutoModelForEfficientProbing.from_backbone(
         backbone,
         probe=spec.pooling,

@@ -3,6 +3,7 @@ mapping's token settings checked against the official token path, and the README
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -17,12 +18,13 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from test_hub import BACKBONE, CARD_INFO, push_backbone, trained_probe
 from test_hub import local_hub as local_hub  # the loopback Hub fixture
-from transformers import AutoConfig, ViTImageProcessor, pipeline
+from transformers import AutoConfig, AutoImageProcessor, ViTImageProcessor, pipeline
 
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.backbones import build_backbone
 from hf_efficient_probing.hub import ProbeCardInfo, find_probes, push_probe_to_hub
 from hf_efficient_probing.hub.official_release import (
+    IMAGENET_MEAN,
     OFFICIAL_BACKBONES,
     RELEASE_REPO,
     import_official_release,
@@ -82,8 +84,30 @@ def test_find_refuses_a_path_for_a_backbone():
 WIDTH, QUERIES, CLASSES, SIZE = 32, 4, 5, 224  # a head of the release has 1000 classes; some here have fewer
 
 
-def tiny_official_backbone(model_type: str, seed: int):
-    """A 2-layer, 32-wide backbone of the family at the official 224 px / 16 px patches."""
+# Tiny random timm models of the timm rows' architectures: the tokens the probe reads are WIDTH wide.
+TIMM_TINY_ARGS = {
+    "eva02_large_patch14_224": dict(embed_dim=WIDTH, depth=2, num_heads=2),
+    "vit_large_patch16_siglip_256": dict(embed_dim=WIDTH, depth=2, num_heads=2),
+    **dict.fromkeys(
+        ["hiera_base_224", "hiera_large_224", "hiera_huge_224"],
+        dict(embed_dim=WIDTH // 8, num_heads=1, stages=(1, 1, 2, 1)),  # the width doubles at each of 4 stages
+    ),
+}
+
+
+def tiny_timm_backbone(architecture: str, seed: int, image_size: int = SIZE):
+    """A TimmWrapperModel of a timm architecture, shrunk (``TIMM_TINY_ARGS``), random weights."""
+    config = AutoConfig.for_model(
+        "timm_wrapper", architecture=architecture, model_args={**TIMM_TINY_ARGS[architecture], "img_size": image_size}
+    )
+    torch.manual_seed(seed)
+    return build_backbone(config).eval()
+
+
+def tiny_official_backbone(model_type: str, seed: int, image_size: int = SIZE):
+    """A 2-layer, 32-wide backbone of the family (or a shrunk timm architecture) at the official 224 px."""
+    if model_type in TIMM_TINY_ARGS:
+        return tiny_timm_backbone(model_type, seed, image_size)
     torch.manual_seed(seed)
     return build_backbone(tiny_backbone_config(model_type, image_size=SIZE, patch_size=16)).eval()
 
@@ -114,7 +138,7 @@ def official_ep_logits(state_dict: dict[str, torch.Tensor], tokens: torch.Tensor
 
 
 RELEASE_ROWS = {
-    # slug: (meta identity, family of the tiny stand-in pushed under the row's Hub id, official tokens)
+    # slug: (meta identity, family (or timm architecture) of the tiny stand-in pushed under the row's Hub id)
     "mae_base": (
         {"method": "MAE", "arch": "ViT-B/16", "model": "vit_base_patch16", "loader": "", "pretrain_tag": "",
          "finetune": "vit_base_patch16_224.mae", "cls_features": "ep"},
@@ -124,6 +148,21 @@ RELEASE_ROWS = {
         {"method": "DINO", "arch": "ViT-B/16", "model": "vit_base_patch16", "loader": "", "pretrain_tag": "",
          "finetune": "vit_base_patch16_224.dino", "cls_features": "ep_all"},
         "vit",
+    ),
+    "hiera_base": (
+        {"method": "Hiera", "arch": "ViT-B/16", "model": "hiera_base_224.mae", "loader": "timm", "pretrain_tag": "",
+         "finetune": "", "cls_features": "ep"},
+        "hiera_base_224",
+    ),
+    "siglip_vitl": (
+        {"method": "SigLIP", "arch": "ViT-L/16", "model": "ViT-L-16-SigLIP-256", "loader": "openclip",
+         "pretrain_tag": "webli", "finetune": "", "cls_features": "ep", "image_size": 256},
+        "vit_large_patch16_siglip_256",
+    ),
+    "siglip_vitl_all": (
+        {"method": "SigLIP", "arch": "ViT-L/16", "model": "ViT-L-16-SigLIP-256", "loader": "openclip",
+         "pretrain_tag": "webli", "finetune": "", "cls_features": "ep_all", "image_size": 256},
+        None,
     ),
     "dinov2_vitb": (
         {"method": "DINOv2", "arch": "ViT-B/14", "model": "dinov2_vitb14", "loader": "hub", "pretrain_tag": "",
@@ -139,7 +178,7 @@ def write_release(folder: Path) -> dict[str, dict]:
     manifest, metas = {"heads": [], "missing": []}, {}
     for seed, (slug, (identity, _)) in enumerate(RELEASE_ROWS.items()):
         meta = {
-            **identity, "pretrain": "IN-1K", "image_size": SIZE, "extra_flags": "", "ep_queries": QUERIES, "d_out": 1,
+            "image_size": SIZE, **identity, "pretrain": "IN-1K", "extra_flags": "", "ep_queries": QUERIES, "d_out": 1,
             "head_epoch": 89 - seed, "val_acc1_at_head_epoch": 70.12 + seed, "table_best_acc1": 75.46 + seed,
             "note": "final-epoch head, not best-epoch: checkpoints overwrite per epoch.",
             "training_log": f"logs/{slug}/ep.txt",
@@ -165,16 +204,41 @@ def push_official_stand_ins() -> dict[str, torch.nn.Module]:
     for seed, (slug, (identity, model_type)) in enumerate(RELEASE_ROWS.items()):
         if model_type is None:
             continue
-        hub_id = OFFICIAL_BACKBONES[(identity["model"], identity["loader"], identity["finetune"])].hub_id
+        weights = identity["pretrain_tag"] or identity["finetune"]
+        hub_id = OFFICIAL_BACKBONES[(identity["model"], identity["loader"], weights)].hub_id
         HfApi().create_repo(hub_id, exist_ok=True)
-        backbones[slug] = tiny_official_backbone(model_type, seed=10 + seed)
+        backbones[slug] = tiny_official_backbone(
+            model_type, seed=10 + seed, image_size=identity.get("image_size", SIZE)
+        )
         backbones[slug].push_to_hub(hub_id)
     return backbones
 
 
-def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool) -> torch.Tensor:
-    """The tokens the official models_vit loader hands an EP head: the last block's output before the final norm,
-    patches only for ``ep``, [CLS] first for ``ep_all``."""
+def official_timm_tokens(timm_model, pixel_values: torch.Tensor, with_cls: bool) -> torch.Tensor:
+    """The tokens the official timm loader hands an EP head, as models_more.TimmWrapper computes them (backbones.py
+    builds it with ``num_prefix_tokens=getattr(model, "num_prefix_tokens", 0)``): ``forward_features`` laid out as
+    ``[B, N, C]``, the patches after the prefix tokens, and for ``_all`` the prefix tokens' mean before them."""
+    features = timm_model.forward_features(pixel_values)
+    if features.ndim == 4:  # TimmWrapper._to_tokens: (B, C, H, W) when dim 1 is the widest, else (B, H, W, C)
+        batch, a, c, d = features.shape
+        features = features.flatten(2).transpose(1, 2) if a > d and c == d else features.reshape(batch, a * c, d)
+    num_prefix = getattr(timm_model, "num_prefix_tokens", 0)
+    patches = features[:, num_prefix:]
+    if not with_cls:
+        return patches
+    if not num_prefix:
+        raise ValueError("this backbone has no [CLS] token; '_all' poolings need one.")  # as TimmWrapper does
+    return torch.cat([features[:, :num_prefix].mean(dim=1, keepdim=True), patches], dim=1)
+
+
+def official_tokens(backbone, pixel_values: torch.Tensor, with_cls: bool, loader: str) -> torch.Tensor:
+    """The tokens the official loader hands an EP head: for models_vit the last block's output before the final norm,
+    patches only for ``ep``, [CLS] first for ``ep_all``; for timm, ``official_timm_tokens``; for an open_clip timm
+    tower, every token of its trunk's ``forward_features`` (models_more.CLIPWrapper, ``ep``)."""
+    if loader == "openclip":
+        return backbone.timm_model.forward_features(pixel_values)
+    if loader == "timm":
+        return official_timm_tokens(backbone.timm_model, pixel_values, with_cls)
     kwargs = {}
     if backbone.config.model_type == "vit_mae":
         kwargs["noise"] = torch.arange(196.0).expand(len(pixel_values), -1)  # the identity patch order
@@ -189,22 +253,31 @@ def test_import_official_release_round_trips_into_loadable_probes(local_hub, tmp
     backbones = push_official_stand_ins()
     output = tmp_path / "probes"
     printed = hf_probe("import-official", "--output_dir", str(output), "--push_to_hub", "tester")
-    assert "2 imported, 1 unmapped, 1 missing" in printed
+    assert "4 imported, 2 unmapped, 1 missing" in printed
 
     report = json.loads((output / "import_report.json").read_text())
-    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb"]
-    assert report["unmapped"][0]["slug"] == "dinov2_vitb" and "torch.hub" in report["unmapped"][0]["reason"]
+    assert [item["slug"] for item in report["imported"]] == ["mae_base", "dino_vitb", "hiera_base", "siglip_vitl"]
+    unmapped = {item["slug"]: item["reason"] for item in report["unmapped"]}
+    assert unmapped.keys() == {"siglip_vitl_all", "dinov2_vitb"} and "torch.hub" in unmapped["dinov2_vitb"]
+    assert "attention-pooled (MAP) embedding" in unmapped["siglip_vitl_all"]
     assert report["missing"][0]["arch"] == "DiT-XL/2"
     assert not (output / "dinov2_vitb").exists(), "an unmapped head is listed, never guessed"
 
     image = Image.fromarray((torch.rand(240, 320, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
-    pixel_values = official_image_processor(SIZE)(image, return_tensors="pt")["pixel_values"]
-    for slug in ("mae_base", "dino_vitb"):
-        official, with_cls = release[slug], RELEASE_ROWS[slug][0]["cls_features"] == "ep_all"
+    for slug in ("mae_base", "dino_vitb", "hiera_base", "siglip_vitl"):
+        official, identity = release[slug], RELEASE_ROWS[slug][0]
+        processor = AutoImageProcessor.from_pretrained(output / slug)  # the official transform of the row
+        settings = {key: processor.to_dict().get(key) for key in ("size", "image_mean", "crop_pct")}
+        if identity["loader"] == "openclip":  # open_clip's SigLIP transform: squash, mean and std 0.5, no crop
+            assert settings == {"size": {"height": 256, "width": 256}, "image_mean": (0.5,) * 3, "crop_pct": None}
+        else:
+            assert settings == {"size": {"shortest_edge": SIZE}, "image_mean": IMAGENET_MEAN, "crop_pct": 224 / 256}
+        pixel_values = processor(image, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            expected = official_ep_logits(
-                official["state_dict"], official_tokens(backbones[slug], pixel_values, with_cls)
+            tokens = official_tokens(
+                backbones[slug], pixel_values, identity["cls_features"] == "ep_all", identity["loader"]
             )
+            expected = official_ep_logits(official["state_dict"], tokens)
             for source in (output / slug, f"tester/ep-{slug.replace('_', '-')}"):  # written, and pushed
                 model = AutoModelForEfficientProbing.from_pretrained(source)
                 torch.testing.assert_close(model(pixel_values=pixel_values).logits, expected, rtol=1e-4, atol=1e-4)
@@ -274,7 +347,10 @@ def timm_vit_to_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return converted
 
 
-@pytest.mark.parametrize("model_type", sorted({row.model_type for row in OFFICIAL_BACKBONES.values() if row.hub_id}))
+MAPPED_FAMILIES = {row.model_type for row in OFFICIAL_BACKBONES.values() if row.hub_id}
+
+
+@pytest.mark.parametrize("model_type", sorted(MAPPED_FAMILIES - {"timm_wrapper"}))  # timm rows: the test below
 def test_mapped_family_reads_the_official_tokens(model_type):
     """models_vit (the official default loader) runs timm's VisionTransformer blocks and hands the probe the last
     block's output before the final norm; the mapped transformers family, with the mapping's settings, must read the
@@ -307,9 +383,96 @@ def test_mapped_family_reads_the_official_tokens(model_type):
                 torch.testing.assert_close(tokens, want, rtol=1e-4, atol=1e-4, msg=f"{row.name}, {official}")
 
 
+TIMM_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.loader == "timm"]
+OPEN_CLIP_ROWS = [row for row in OFFICIAL_BACKBONES.values() if row.loader == "openclip" and row.hub_id]
+
+
+@pytest.mark.parametrize("row", TIMM_ROWS, ids=lambda row: row.model)
+def test_timm_row_reads_the_official_timm_tokens(row):
+    """The official timm loader ran ``timm.create_model(model, pretrained=True)``: the row names the Hub repository
+    timm downloads those weights from, at their image size, and our TimmWrapperModel reader with the row's settings
+    reads the tokens the official TimmWrapper handed the head (``ep``: patches; ``ep_all``: [CLS] first, or the
+    same refusal when the model has no [CLS])."""
+    assert row.model in timm.list_pretrained(), f"{row.model} is not a pretrained timm tag"
+    pretrained = timm.models.get_pretrained_cfg(row.model)
+    assert row.hub_id == pretrained.hf_hub_id and pretrained.input_size[1:] == (row.image_size,) * 2
+    backbone = tiny_timm_backbone(row.model.split(".")[0], seed=0, image_size=row.image_size)
+    pixel_values = torch.randn(2, 3, row.image_size, row.image_size, generator=torch.Generator().manual_seed(1))
+    for official, selection in (("ep", "patch"), ("ep_all", "all")):
+        settings = dict(token_selection=selection, apply_final_norm=row.apply_final_norm)
+        settings["feature_layers"] = list(row.feature_layers)
+        with torch.no_grad():
+            try:
+                want = official_timm_tokens(backbone.timm_model, pixel_values, with_cls=official == "ep_all")
+            except ValueError:
+                with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+                    AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, **settings)
+                continue
+            model = AutoModelForEfficientProbing.from_backbone(
+                backbone, probe="ep", num_queries=QUERIES, num_labels=2, **settings
+            )
+            tokens = model.token_reader(backbone, pixel_values).tokens
+        torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5, msg=f"{row.name}, {official}")
+
+
+@pytest.mark.parametrize("row", OPEN_CLIP_ROWS, ids=lambda row: row.model)
+def test_open_clip_row_reads_the_official_open_clip_tokens(row, monkeypatch):
+    """The official open_clip loader took ``create_model_and_transforms(model, pretrained=tag).visual`` and, for a
+    timm tower (open_clip's TimmModel), handed EP ``visual.trunk.forward_features(x)``, with open_clip's evaluation
+    transform. The row's timm weights are that tower's architecture and tag, its transform gives open_clip's pixels,
+    and our TimmWrapperModel reader, with the row's settings, gives the official tokens from the same random
+    weights (the tower built by open_clip's own code, its timm architecture shrunk)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    model_config, weights = open_clip.get_model_config(row.model), row.hub_id.removeprefix("timm/")
+    vision = model_config["vision_cfg"]
+    assert row.weights in open_clip.list_pretrained_tags_by_model(row.model)
+    assert (vision["timm_model_name"], vision["image_size"]) == (weights.split(".")[0], row.image_size)
+    pretrained = timm.models.get_pretrained_cfg(weights)
+    assert row.hub_id == pretrained.hf_hub_id and pretrained.input_size[1:] == (row.image_size,) * 2
+    assert ("SigLIP2" in row.model) == weights.endswith(".v2_webli"), "timm tags SigLIP2's WebLI release v2_webli"
+
+    preprocess = merge_preprocess_dict(PreprocessCfg(), open_clip.get_pretrained_cfg(row.model, row.weights))
+    official_transform = image_transform_v2(PreprocessCfg(**{**preprocess, "size": vision["image_size"]}), False)
+    image = Image.fromarray((torch.rand(240, 320, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+    pixel_values = official_transform(image)[None]
+    ours = official_image_processor(row.image_size, row.transform)(image, return_tensors="pt")["pixel_values"]
+    # transformers resizes with torchvision, open_clip with PIL: a few pixels differ by one or two levels of 255
+    difference = (ours - pixel_values).abs() * 0.5 * 255  # in levels of the 8-bit image
+    assert ours.shape == pixel_values.shape and difference.max() < 2.01 and (difference > 0.01).float().mean() < 0.01
+
+    tiny = dict(embed_dim=WIDTH, depth=2, num_heads=2)
+    with monkeypatch.context() as patch:  # open_clip builds its trunk with timm.create_model(name, ...)
+        patch.setattr(timm, "create_model", functools.partial(timm.create_model, **tiny))
+        torch.manual_seed(0)
+        tower = open_clip.model._build_vision_tower(model_config["embed_dim"], vision).eval()
+    assert "timm" in type(tower).__module__, "CLIPWrapper reads a tower whose class lives in a timm module as timm"
+    with torch.no_grad():
+        tower.trunk.pos_embed.normal_(std=0.5)  # make position errors visible
+    config = AutoConfig.for_model("timm_wrapper", architecture=vision["timm_model_name"], model_args=tiny)
+    backbone = build_backbone(config).eval()
+    backbone.timm_model.load_state_dict(tower.trunk.state_dict())
+    settings = dict(apply_final_norm=row.apply_final_norm, feature_layers=list(row.feature_layers))
+    model = AutoModelForEfficientProbing.from_backbone(
+        backbone, probe="ep", num_queries=QUERIES, num_labels=2, **settings
+    )
+    with torch.no_grad():
+        want = tower.trunk.forward_features(pixel_values)
+        tokens = model.token_reader(backbone, pixel_values).tokens
+    torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5)
+    assert row.all_tokens_unmapped, "an ep_all head reads open_clip's pooled embedding, which our reader has not"
+    with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'timm_wrapper' backbones have none"):
+        AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", token_selection="all", **settings)
+
+
 def test_every_row_is_mapped_with_its_family_or_says_why_not():
+    assert MAPPED_FAMILIES <= {"vit", "vit_mae", "timm_wrapper"}, "a mapped family has no token-equality test"
+    checked = {"": "models_vit", "timm": "timm", "openclip": "open_clip"}  # the loaders whose rows a test checks
+    assert {row.loader for row in OFFICIAL_BACKBONES.values() if row.hub_id} <= set(checked)
     for row in OFFICIAL_BACKBONES.values():
         if row.hub_id:
+            assert row.image_size and row.feature_layers, row
             assert row.model_type and row.apply_final_norm is not None and row.tokens_checked_against, row
             assert AutoConfig.for_model(row.model_type) is not None
             assert row.unmapped is None, row

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import snapshot_download
-from transformers import ConvNextImageProcessor
+from transformers import ConvNextImageProcessor, ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from ..backbones import native_image_size
 from ..conversion import build_official_probe, read_official_checkpoint
 from .cards import ProbeCardInfo
 from .push import push_probe_to_hub, save_probe_repository
@@ -51,6 +52,12 @@ class OfficialBackbone:
         hub_id: the Hub checkpoint with the same weights, or ``None`` when the row is unmapped.
         model_type: the transformers family of ``hub_id`` (its tokens are the ones tested equal to the official).
         apply_final_norm: whether the official tokens come after the backbone's final norm.
+        feature_layers: the layers (timm: stages) the official tokens are read from.
+        image_size: the image size of the official run, which the backbone must be built for.
+        transform: the official evaluation transform: ``"imagenet"`` (the official ``build_transforms``: resize to
+            256/224 of the size, centre crop, ImageNet statistics) or ``"siglip"`` (open_clip's for SigLIP: squash
+            to the size, bicubic, mean and std 0.5).
+        all_tokens_unmapped: why an ``_all`` head of the row (a [CLS] before the patches) cannot be mapped, if so.
         tokens_checked_against: the implementation the transformers family's tokens were tested equal to.
         unmapped: why no Hub backbone is given (only for unmapped rows).
     """
@@ -62,12 +69,21 @@ class OfficialBackbone:
     hub_id: str | None = None
     model_type: str | None = None
     apply_final_norm: bool | None = None
+    feature_layers: tuple[int, ...] = (-1,)
+    image_size: int | None = None
+    transform: str = "imagenet"
+    all_tokens_unmapped: str | None = None
     tokens_checked_against: str | None = None
     unmapped: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.model, self.loader, self.weights)
+
+    @property
+    def token_settings(self) -> str:
+        norm = "after" if self.apply_final_norm else "before"
+        return f"`feature_layers={list(self.feature_layers)}`, {norm} the final norm"
 
 
 _TIMM_VIT = "timm VisionTransformer blocks (the official models_vit)"
@@ -80,13 +96,11 @@ _TORCH_HUB = (
     "implementation's (position-embedding interpolation and norms differ between ports)"
 )
 _OPEN_CLIP = (
-    "the official loader is open_clip; the tokens of the transformers port are not yet shown equal to open_clip's "
-    "(open_clip is not a dependency of this library)"
+    "the official loader is open_clip, which also chose the evaluation transform; this vision tower is not yet "
+    "shown to give open_clip's tokens through a Hub checkpoint with the same weights"
 )
-_TIMM_WRAPPER = (
-    "the official loader is timm ({weights}); it maps to timm/{weights} through TimmWrapperModel, but the tokens "
-    "the official timm path hands this head (final norm, prefix tokens) are not yet checked against that reader"
-)
+_OPEN_CLIP_TIMM = "open_clip's TimmModel trunk.forward_features, as the official CLIPWrapper reads it"
+_TIMM = "timm's forward_features as the official TimmWrapper reads it (prefix tokens dropped)"
 
 
 def _local(model: str, weights: str, name: str) -> OfficialBackbone:
@@ -94,7 +108,20 @@ def _local(model: str, weights: str, name: str) -> OfficialBackbone:
 
 
 def _timm(model: str, name: str) -> OfficialBackbone:
-    return OfficialBackbone(model, "timm", "", name, unmapped=_TIMM_WRAPPER.format(weights=model))
+    """A backbone the official code built with ``timm.create_model(model, pretrained=True)``: the same Hub weights
+    (timm's ``hf_hub_id``), read through ``TimmWrapperModel``. timm's ``forward_features`` of these models carries no
+    final norm (EVA02's norm sits after its average pooling, Hiera's in its head) and ends at the last stage."""
+    return OfficialBackbone(
+        model,
+        "timm",
+        "",
+        name,
+        hub_id=f"timm/{model}",
+        model_type="timm_wrapper",
+        apply_final_norm=False,
+        image_size=224,
+        tokens_checked_against=_TIMM,
+    )
 
 
 def _torch_hub(model: str, loader: str, repo: str, name: str) -> OfficialBackbone:
@@ -103,6 +130,26 @@ def _torch_hub(model: str, loader: str, repo: str, name: str) -> OfficialBackbon
 
 def _open_clip(model: str, tag: str, name: str, reason: str = _OPEN_CLIP) -> OfficialBackbone:
     return OfficialBackbone(model, "openclip", tag, name, unmapped=reason)
+
+
+def _open_clip_siglip(model: str, tag: str, name: str, timm_weights: str, image_size: int) -> OfficialBackbone:
+    """A SigLIP tower of open_clip: a timm ViT trunk (``timm_pool="map"``, no projection), of which the official EP
+    read every ``forward_features`` token (no prefix tokens; after the final norm). timm publishes the image tower of
+    the same big_vision release as ``timm/<timm_weights>``."""
+    return OfficialBackbone(
+        model,
+        "openclip",
+        tag,
+        name,
+        hub_id=f"timm/{timm_weights}",
+        model_type="timm_wrapper",
+        apply_final_norm=True,
+        image_size=image_size,
+        transform="siglip",
+        all_tokens_unmapped="the official ep_all reads open_clip's attention-pooled (MAP) embedding as its [CLS], "
+        "which no token setting of this library produces",
+        tokens_checked_against=_OPEN_CLIP_TIMM,
+    )
 
 
 OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
@@ -116,6 +163,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/vit-mae-base",
             model_type="vit_mae",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         OfficialBackbone(
@@ -126,6 +174,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/vit-mae-large",
             model_type="vit_mae",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         OfficialBackbone(
@@ -136,6 +185,7 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             hub_id="facebook/dino-vitb16",
             model_type="vit",
             apply_final_norm=False,
+            image_size=224,
             tokens_checked_against=_TIMM_VIT,
         ),
         _local("vit_small_patch16", "vit_small_patch16_224.mae/checkpoint-799.pth", "MAE ViT-S/16"),
@@ -172,7 +222,14 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
         _timm("hiera_base_224.mae", "Hiera ViT-B/16"),
         _timm("hiera_large_224.mae", "Hiera ViT-L/16"),
         _timm("hiera_huge_224.mae", "Hiera ViT-H/16"),
-        _open_clip("ViT-L-14", "openai", "CLIP ViT-L/14"),
+        _open_clip(
+            "ViT-L-14",
+            "openai",
+            "CLIP ViT-L/14",
+            "the official run built open_clip's ViT-L-14 with pretrained='openai', whose activation depends on the "
+            "open_clip version (2.26 builds it with QuickGELU, as the weights were trained; 2.30 and later with GELU "
+            "and only a warning), and the release does not record the version: the tokens the head saw are not known",
+        ),
         _open_clip(
             "ViT-B-16",
             "openai",
@@ -180,9 +237,13 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
             "the official ep_all head reads [pooled; patches @ proj], tokens at the projection width, which no "
             "token setting of this library produces",
         ),
-        _open_clip("ViT-L-16-SigLIP-256", "webli", "SigLIP ViT-L/16"),
-        _open_clip("ViT-L-16-SigLIP2-256", "webli", "SigLIP2 ViT-L/16"),
-        _open_clip("ViT-SO400M-14-SigLIP2", "webli", "SigLIP2 SO400M/14"),
+        _open_clip_siglip("ViT-L-16-SigLIP-256", "webli", "SigLIP ViT-L/16", "vit_large_patch16_siglip_256.webli", 256),
+        _open_clip_siglip(
+            "ViT-L-16-SigLIP2-256", "webli", "SigLIP2 ViT-L/16", "vit_large_patch16_siglip_256.v2_webli", 256
+        ),
+        _open_clip_siglip(
+            "ViT-SO400M-14-SigLIP2", "webli", "SigLIP2 SO400M/14", "vit_so400m_patch14_siglip_224.v2_webli", 224
+        ),
         _open_clip("PE-Core-L-14-336", "meta", "PE-Core L-14/336"),
         _open_clip("EVA02-E-14", "laion2b_s4b_b115k", "EVA02-CLIP E-14"),
         _open_clip("EVA02-E-14-plus", "laion2b_s9b_b144k", "EVA02-CLIP E-14-plus"),
@@ -215,14 +276,16 @@ def official_backbone(meta: dict) -> OfficialBackbone | None:
 def mapping_table() -> str:
     """The mapping of the official backbones, as the Markdown table of the README."""
     lines = [
-        "| official backbone | `model` | loader | weights | Hub backbone | tokens |",
+        "| official backbone | `model` | loader | weights | Hub backbone | tokens and images |",
         "|---|---|---|---|---|---|",
     ]
     for row in sorted(OFFICIAL_BACKBONES.values(), key=lambda row: (row.hub_id is None, row.name)):
         if row.hub_id:
-            norm = "after" if row.apply_final_norm else "before"
             target = f"[`{row.hub_id}`](https://huggingface.co/{row.hub_id})"
-            tokens = f"{norm} the final norm; checked equal to {row.tokens_checked_against}"
+            tokens = (
+                f"{row.token_settings}; {row.image_size} px, {row.transform} transform; checked equal to "
+                f"{row.tokens_checked_against}"
+            )
         else:
             target, tokens = "unmapped", row.unmapped
         weights = f"`{row.weights}`" if row.weights else ""
@@ -235,9 +298,19 @@ def imagenet_labels() -> dict[int, str]:
     return {index: lemmas for index, (_, lemmas) in enumerate(json.loads(IMAGENET_CLASSES.read_text()))}
 
 
-def official_image_processor(image_size: int):
-    """The official evaluation transform as an image processor: resize the short side to ``size * 256 / 224``
-    (bicubic), centre-crop ``size``, ImageNet mean and std."""
+def official_image_processor(image_size: int, transform: str = "imagenet"):
+    """The official evaluation transform as an image processor. ``"imagenet"`` (every loader but open_clip): resize
+    the short side to ``size * 256 / 224`` (bicubic), centre-crop ``size``, ImageNet mean and std; ``"siglip"``
+    (open_clip's SigLIP towers): squash to ``size`` x ``size`` (bicubic), mean and std 0.5."""
+    if transform == "siglip":
+        return ViTImageProcessor(
+            size={"height": image_size, "width": image_size},
+            resample=PILImageResampling.BICUBIC,
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+        )
+    if transform != "imagenet":
+        raise ValueError(f"Unknown official transform {transform!r}: 'imagenet' or 'siglip'.")
     return ConvNextImageProcessor(
         size={"shortest_edge": image_size},
         crop_pct=224 / 256,
@@ -282,9 +355,9 @@ def official_card_info(meta: dict, row: OfficialBackbone, slug: str):
             "selected their best epoch on (so `table_best_acc1` is a best-over-epochs figure on the reported split).",
             f"Tokens: the official backbone `{meta.get('model')}` is read here as `{row.hub_id}` "
             f"({'[CLS] and patch tokens' if str(meta.get('cls_features')).endswith('_all') else 'patch tokens'}, "
-            f"{'after' if row.apply_final_norm else 'before'} the final norm; checked equal to "
-            f"{row.tokens_checked_against} on the same random weights). Images are prepared by the official "
-            f"evaluation transform at {meta.get('image_size')} px. The backbone keeps its own licence.",
+            f"{row.token_settings}; checked equal to {row.tokens_checked_against} on the same random weights). "
+            f"Images are prepared by the official evaluation transform ({row.transform}) at {row.image_size} px. "
+            "The backbone keeps its own licence.",
         ],
     )
 
@@ -348,7 +421,16 @@ def import_official_release(
             reason = row.unmapped if row else "backbone not in the mapping table (model, loader, weights unknown)"
             report["unmapped"].append({**described, "reason": reason})
             continue
-        model = build_official_probe(state_dict, meta, row.hub_id, apply_final_norm=row.apply_final_norm)
+        if str(meta.get("cls_features")).endswith("_all") and row.all_tokens_unmapped:
+            report["unmapped"].append({**described, "reason": row.all_tokens_unmapped})
+            continue
+        if meta["image_size"] != row.image_size:
+            reason = f"the head was trained at {meta['image_size']} px, its tokens were checked at {row.image_size}"
+            report["unmapped"].append({**described, "reason": reason})
+            continue
+        model = build_official_probe(
+            state_dict, meta, row.hub_id, apply_final_norm=row.apply_final_norm, feature_layers=row.feature_layers
+        )
         if model.token_reader.config.model_type != row.model_type:
             raise ValueError(
                 f"{row.hub_id} is a {model.token_reader.config.model_type!r} backbone, but the mapping of {row.name} "
@@ -356,18 +438,22 @@ def import_official_release(
             )
         if model.config.num_labels == len(labels := imagenet_labels()):  # every head of the release: ImageNet-1k
             model.config.id2label, model.config.label2id = labels, {name: index for index, name in labels.items()}
-        backbone_size = model.token_reader.config.image_size
-        if backbone_size != meta["image_size"]:
+        backbone_size = native_image_size(model.token_reader.config, model.backbone)
+        if backbone_size != (meta["image_size"],) * 2:
             report["unmapped"].append(
                 {
                     **described,
-                    "reason": f"{row.hub_id} is built for {backbone_size} px, the head for {meta['image_size']}",
+                    "reason": f"{row.hub_id} is built for {'x'.join(map(str, backbone_size))} px, the head for "
+                    f"{meta['image_size']}",
                 }
             )
             continue
         name = f"ep-{slug.replace('_', '-')}"
         repo_id = f"{hub_org}/{name}" if hub_org else name
-        card_info, processor = official_card_info(meta, row, slug), official_image_processor(meta["image_size"])
+        card_info, processor = (
+            official_card_info(meta, row, slug),
+            official_image_processor(row.image_size, row.transform),
+        )
         folder = save_probe_repository(
             model, output_dir / slug, repo_id, card_info=card_info, image_processor=processor, token=token
         )
