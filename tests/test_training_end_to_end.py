@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_cache import single_thread  # noqa: F401
 from transformers import Trainer, ViTImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
@@ -328,35 +329,72 @@ def _log_history(output) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["images"])
+@pytest.mark.usefixtures("single_thread")  # the reference runs in this process, on one thread like the others
 def test_a_killed_run_resumes_from_its_newest_complete_checkpoint_to_the_same_probe(
-    source, backbone_dir, image_folder, tmp_path
+    backbone_dir, image_folder, tmp_path
 ):
-    """4 epochs of 6 steps; killed while checkpoint-18 (epoch 3) is saved: the rerun resumes from checkpoint-12,
-    the newest complete one (not checkpoint-6, not the incomplete checkpoint-18), runs the 12 remaining steps, and
-    ends with the weights and the log history of a run that was never interrupted (same seed)."""
+    """The paper protocol, 4 epochs of 6 steps; killed while checkpoint-18 (epoch 3) is saved: the rerun resumes from
+    checkpoint-12, the newest complete one (not checkpoint-6, not the incomplete checkpoint-18), runs the 12 remaining
+    steps, and ends with the weights and the log history of a run that was never interrupted (same seed)."""
     killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
 
     def argv(output):
         extra = ["--probe", "ep", "--num_queries", "4", "--num_train_epochs", "4", "--per_device_train_batch_size", "4"]
-        if source == "token_cache":  # one cache per run: the two runs start at once
-            extra += ["--use_token_cache", "--token_cache_dir", str(output.with_name(output.name + "-cache"))]
         return _args(backbone_dir, image_folder, output, *extra)
 
     first = _counting_run(argv(killed), tmp_path / "first.json", kill_at=18)
-    reference = _counting_run(argv(uninterrupted), tmp_path / "reference.json")
+    _load_script().main(argv(uninterrupted))  # the reference, in this process while the first one runs
     assert _finished(first) == -signal.SIGKILL
     assert (killed / "checkpoint-18").is_dir() and not (killed / "checkpoint-18" / "trainer_state.json").exists()
     assert (killed / "checkpoint-6" / "trainer_state.json").exists()  # an older complete checkpoint is there too
     second = _counting_run(argv(killed), tmp_path / "second.json")
-    assert _finished(second) == 0 and _finished(reference) == 0
-    resumed = json.loads((tmp_path / "second.json").read_text())
-    assert resumed == {"steps": 12, "resumed_from": "checkpoint-12"}
-    assert json.loads((tmp_path / "reference.json").read_text()) == {"steps": 24, "resumed_from": None}
-    weights = {run: load_file(run / "model.safetensors") for run in (killed, uninterrupted)}
-    assert weights[killed].keys() == weights[uninterrupted].keys()
-    for key, value in weights[uninterrupted].items():  # the same float operations in the same order: exact
-        assert torch.equal(weights[killed][key], value), key
+    assert _finished(second) == 0
+    assert json.loads((tmp_path / "second.json").read_text()) == {"steps": 12, "resumed_from": "checkpoint-12"}
+    assert json.loads((uninterrupted / "trainer_state.json").read_text())["global_step"] == 24
+    _assert_same_weights(killed / "model.safetensors", uninterrupted / "model.safetensors")
+    assert _log_history(killed) == _log_history(uninterrupted)
+
+
+def _assert_same_weights(path, reference_path) -> None:
+    weights, reference = load_file(path), load_file(reference_path)
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():  # the same float operations in the same order: exact
+        assert torch.equal(weights[key], value), key
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")  # the reference runs in this process, on one thread like the others
+def test_a_killed_cached_grid_run_resumes_from_its_newest_complete_checkpoint_to_the_same_probes(
+    backbone_dir, image_folder, tmp_path
+):
+    """The default protocol: a grid (EP and linear, two learning rates) trained from the token cache; 18 training
+    images after the selection split, 4 per batch, 4 epochs of 4 steps, a checkpoint every epoch. Killed while
+    checkpoint-12 is saved: the rerun of the same command reads the cache the killed run filled, resumes from
+    checkpoint-8 (the incomplete checkpoint-12 is passed over), runs the 8 remaining steps, and ends with the chosen
+    probes, the members' selection results and the log history of a run that was never interrupted (same seed)."""
+    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
+
+    def argv(output):  # one cache per run: the two runs start at once
+        extra = ["--protocol", "default", "--probe", "ep", "linear", "--num_queries", "4", "--learning_rates", "1e-2",
+                 "1e-1", "--num_train_epochs", "4", "--per_device_train_batch_size", "4",
+                 "--token_cache_dir", str(output.with_name(output.name + "-cache"))]  # fmt: skip
+        return _args(backbone_dir, image_folder, output, *extra)
+
+    first = _counting_run(argv(killed), tmp_path / "first.json", kill_at=12)
+    _load_script().main(argv(uninterrupted))  # the reference, in this process while the first one runs
+    assert _finished(first) == -signal.SIGKILL
+    assert (killed / "checkpoint-12").is_dir() and not (killed / "checkpoint-12" / "trainer_state.json").exists()
+    assert (killed / "checkpoint-8" / "trainer_state.json").exists()
+    second = _counting_run(argv(killed), tmp_path / "second.json")
+    assert _finished(second) == 0
+    assert json.loads((tmp_path / "second.json").read_text()) == {"steps": 8, "resumed_from": "checkpoint-8"}
+    summaries = {run: json.loads((run / "run_summary.json").read_text()) for run in (killed, uninterrupted)}
+    assert summaries[killed]["token_cache"]["reused"] and not summaries[uninterrupted]["token_cache"]["reused"]
+    assert summaries[killed]["members"] == summaries[uninterrupted]["members"]  # per-epoch selection accuracies
+    assert len(summaries[killed]["members"]) == 4 and summaries[killed]["optimizer_steps"] == 16
+    for kind in ("ep", "linear"):
+        assert summaries[killed]["chosen"][kind]["name"] == summaries[uninterrupted]["chosen"][kind]["name"]
+        _assert_same_weights(killed / kind / "model.safetensors", uninterrupted / kind / "model.safetensors")
     assert _log_history(killed) == _log_history(uninterrupted)
 
 
