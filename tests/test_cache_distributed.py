@@ -14,10 +14,23 @@ from pathlib import Path
 import pytest
 import torch
 from test_cache import all_rows, extract
-from test_training_end_to_end import _args, _env, _load_script, backbone_dir, image_folder  # noqa: F401
+from test_training_end_to_end import (  # noqa: F401
+    INDEXED_RUN,
+    SCRIPT,
+    _args,
+    _env,
+    _load_script,
+    backbone_dir,
+    image_folder,
+)
+from transformers import ViTImageProcessor
 
+from hf_efficient_probing.backbones import load_backbone
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.cache.store import MANIFEST_NAME, RANK_RECORDS_PATTERN
+from hf_efficient_probing.training import build_transforms, probing_collator
+from hf_efficient_probing.training.data import ImageClassificationDataset, load_image_dataset
+from hf_efficient_probing.training.knn import extract_global_features
 
 HERE = Path(__file__).parent
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -81,30 +94,43 @@ def test_killed_rank_resumes_its_own_slice_without_duplicated_or_missing_rows(tm
 
 @pytest.mark.slow
 def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tmp_path):  # noqa: F811
+    """The default protocol on 2 processes from one token cache both fill: 9 selection and 15 evaluation images (odd,
+    and not multiples of the batch of 6) are gathered exactly once at every evaluation, the k-NN features read
+    back from the cache are every image's own, in order, on both ranks; one process then reuses that cache and
+    reaches the same results."""
     cache = tmp_path / "cache"
-    settings = (
-        "--probe",
-        "linear",
-        "--protocol",
-        "default",
-        "--token_cache_dir",
-        str(cache),
-        "--num_train_epochs",
-        "4",
-    )
+    settings = ("--probe", "linear", "--protocol", "default", "--token_cache_dir", str(cache), "--num_train_epochs",
+                "4", "--selection_fraction", "0.375", "--knn_eval", "--knn_k", "1", "3", "--knn_features", "gap")  # fmt: skip
     two = tmp_path / "two"
-    command = [*LAUNCH, str(HERE.parent / "examples" / "run_probing.py"),
+    driver = tmp_path / "indexed_run.py"
+    driver.write_text(INDEXED_RUN)
+    command = [*LAUNCH, str(driver), str(tmp_path / "seen"), str(SCRIPT),
                *_args(backbone_dir, image_folder, two, *settings, "--ddp_backend", "gloo",
                       "--per_device_train_batch_size", "4")]  # fmt: skip
     completed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((two / "run_summary.json").read_text())
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and (summary["selection_samples"], summary["eval_samples"]) == (9, 15)
     assert summary["token_cache"]["processes"] == 2 and not summary["token_cache"]["reused"]
     assert summary["token_cache"]["images"] == 24 + 15
     for manifest in cache.glob(f"*/{MANIFEST_NAME}"):
         per_process = json.loads(manifest.read_text())["extraction"]["images_per_process"]
         assert len(per_process) == 2 and all(per_process), "both ranks extract"
+
+    seen = [json.loads((tmp_path / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
+    live = live_knn_features(backbone_dir, image_folder)
+    for rank in seen:
+        assert len(rank["selection"]) == 4 and len(rank["evaluation"]) == 1  # every epoch; the chosen probe, once
+        for gathered in rank["selection"]:
+            assert sorted(gathered) == list(range(9)), gathered
+        assert sorted(rank["evaluation"][0]) == list(range(15)), rank["evaluation"][0]
+        for split in ("train", "test"):  # each row is its own image's feature: none dropped, repeated or moved
+            features, labels = live["train" if split == "train" else "validation"]
+            cached = torch.tensor(rank["knn"][f"{split}_features"])
+            assert torch.cdist(cached, features).argmin(dim=1).tolist() == list(range(len(features)))
+            assert rank["knn"][f"{split}_labels"] == labels.tolist()
+            torch.testing.assert_close(cached, features, rtol=0, atol=CACHED_FEATURE_ATOL)
+    assert seen[0]["knn"] == seen[1]["knn"]
 
     one = tmp_path / "one"
     _load_script().main(_args(backbone_dir, image_folder, one, *settings))
@@ -112,3 +138,24 @@ def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tm
     assert single["token_cache"]["reused"], "one process finds the cache two processes built"
     accuracy = {run: json.loads((run / "all_results.json").read_text())["eval_accuracy"] for run in (two, one)}
     assert accuracy[two] == pytest.approx(accuracy[one])
+    knn = {run: json.loads((run / "knn_results.json").read_text())["sweep"] for run in (two, one)}
+    assert knn[two] == knn[one]
+
+
+# Cached tokens are float16 (and computed under bfloat16 autocast where the CPU has bf16): their GAP features stay
+# within 1e-3 of the live float32 ones here (9e-4 measured under bf16), while two images' features differ by more.
+CACHED_FEATURE_ATOL = 3e-3
+
+
+def live_knn_features(backbone_path, image_root) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The GAP features of the last layer of every image, in data set order, through the live backbone."""
+    _, eval_transform = build_transforms(ViTImageProcessor.from_pretrained(backbone_path))
+    backbone = load_backbone(backbone_path)
+    dataset, image_column, label_column = load_image_dataset(image_root)
+    features = {}
+    for split in ("train", "validation"):
+        items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
+        batches = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=probing_collator)
+        with torch.no_grad():
+            features[split] = extract_global_features(backbone, batches, "gap", [-1])
+    return features

@@ -185,15 +185,16 @@ def _env():
 
 # The example script, with every evaluation sample numbered: the number rides with its label through the
 # Trainer's gathering across processes (label + 1000 x index), and each process writes down the indices it received
-# for each evaluation, and the k-NN features it used.
+# for each evaluation (on the evaluation split; in a grid run also every evaluation on the selection split), and the
+# k-NN features it used.
 INDEXED_RUN = """
 import json, os, runpy, sys
 import numpy as np, torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalPrediction
-from hf_efficient_probing.training import run, trainer as probing_trainer
+from hf_efficient_probing.training import run, sweep, trainer as probing_trainer
 report, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-seen = {"evaluations": [], "knn": None}
+seen = {"evaluation": [], "selection": [], "knn": None}
 
 class Numbered(torch.utils.data.Dataset):
     def __init__(self, items):
@@ -214,24 +215,35 @@ def prediction_step(self, model, inputs, *args, real=Trainer.prediction_step, **
     loss, logits, labels = real(self, model, inputs, *args, **kwargs)
     return loss, logits, labels + 1000 * index.to(labels.device)
 
-def build_compute_metrics(real=probing_trainer.build_compute_metrics):
-    compute = real()
-    def numbered(prediction):
+def numbered(compute, split):
+    def compute_metrics(prediction):
         encoded = np.asarray(prediction.label_ids)
-        seen["evaluations"].append((encoded // 1000).tolist())
+        seen[split].append((encoded // 1000).tolist())
         return compute(EvalPrediction(predictions=prediction.predictions, label_ids=encoded % 1000))
-    return numbered
+    return compute_metrics
+
+def build_compute_metrics(real=probing_trainer.build_compute_metrics):
+    return numbered(real(), "evaluation")
+
+def grid_compute_metrics(names, real=sweep.grid_compute_metrics):
+    return numbered(real(names), "selection")
 
 def train_probe(model, args, train_dataset, eval_dataset, *rest, real=run.train_probe, **kwargs):
     return real(model, args, train_dataset, Numbered(eval_dataset), *rest, **kwargs)
 
+def train_grid(grid, args, train, selection, evaluation, *rest, real=run.train_grid, **kwargs):
+    return real(grid, args, train, Numbered(selection), Numbered(evaluation), *rest, **kwargs)
+
 def knn_classify(train_features, train_labels, test_features, test_labels, *args, real=run.knn_classify, **kwargs):
     seen["knn"] = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(),
-                   "test_features": test_features.tolist()}
+                   "train_features": train_features.tolist(), "test_features": test_features.tolist()}
     return real(train_features, train_labels, test_features, test_labels, *args, **kwargs)
 
-probing_trainer.probing_collator, Trainer.prediction_step = collate, prediction_step
-probing_trainer.build_compute_metrics, run.train_probe, run.knn_classify = build_compute_metrics, train_probe, knn_classify
+Trainer.prediction_step = prediction_step
+probing_trainer.probing_collator = sweep.probing_collator = collate
+probing_trainer.build_compute_metrics = sweep.build_compute_metrics = build_compute_metrics
+sweep.grid_compute_metrics, run.train_probe, run.train_grid = grid_compute_metrics, train_probe, train_grid
+run.knn_classify = knn_classify
 sys.argv = [script, *argv]
 runpy.run_path(script, run_name="__main__")
 with open(f"{report}-{os.environ.get('RANK', 0)}.json", "w") as handle:
@@ -239,21 +251,17 @@ with open(f"{report}-{os.environ.get('RANK', 0)}.json", "w") as handle:
 """
 
 
-# The paper protocol trains one probe through the live backbone (with the cache it is refused), so these two tests
-# read images; the cached grid of the default protocol has its own resume and two-process tests.
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["images"])
-def test_two_processes_gather_every_evaluation_sample_exactly_once(source, backbone_dir, image_folder, tmp_path):
-    """15 validation images over 2 processes x 6 per batch (the last batch is padded): every evaluation gathers
-    each image exactly once on each process, k-NN uses every image once, the same on both processes, whether
-    they read images or one token cache that the first process filled."""
+def test_two_processes_gather_every_evaluation_sample_exactly_once(backbone_dir, image_folder, tmp_path):
+    """The paper protocol (images through the live backbone; the default protocol's cached grid has its own test in
+    test_cache_distributed.py): 15 validation images over 2 processes x 6 per batch (the last batch is padded):
+    every evaluation gathers each image exactly once on each process, and k-NN uses every image once, the same on
+    both processes."""
     output = tmp_path / "out"
     driver = tmp_path / "indexed_run.py"
     driver.write_text(INDEXED_RUN)
     extra = ["--probe", "linear", "--ddp_backend", "gloo", "--num_train_epochs", "1",
              "--per_device_train_batch_size", "4", "--knn_eval", "--knn_k", "1", "3", "--knn_features", "gap"]  # fmt: skip
-    if source == "token_cache":
-        extra += ["--use_token_cache", "--token_cache_dir", str(tmp_path / "cache")]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(driver),
                str(tmp_path / "seen"), str(SCRIPT), *_args(backbone_dir, image_folder, output, *extra)]  # fmt: skip
@@ -265,8 +273,8 @@ def test_two_processes_gather_every_evaluation_sample_exactly_once(source, backb
     dataset, _, label_column = load_image_dataset(image_folder)
     seen = [json.loads((tmp_path / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
     for rank in seen:
-        assert len(rank["evaluations"]) == 2  # after the epoch, and the final one
-        for gathered in rank["evaluations"]:
+        assert len(rank["evaluation"]) == 2 and rank["selection"] == []  # after the epoch, and the final one
+        for gathered in rank["evaluation"]:
             assert sorted(gathered) == list(range(15)), gathered
         assert rank["knn"]["test_labels"] == dataset["validation"][label_column]
         assert sorted(rank["knn"]["train_labels"]) == sorted(dataset["train"][label_column])
