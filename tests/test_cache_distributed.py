@@ -1,5 +1,6 @@
 """Every process extracts: two ranks under ``accelerate launch`` fill one cache, a killed rank resumes its own slice,
-and a probe trained from the cache on two processes matches one process."""
+and the default protocol on two processes reads every cached sample exactly once (evaluation, k-NN) and matches one
+process."""
 
 from __future__ import annotations
 
