@@ -196,22 +196,23 @@ def test_token_cache_refuses_a_pickled_shard_and_ignores_pickles_beside(tmp_path
 
 
 def test_resuming_refuses_pickled_trainer_state_with_a_payload(saved_backbone, tmp_path, sentinel):
-    """Trainer checkpoints hold pickles (optimizer, scheduler, RNG states): resume reads them weights-only."""
+    """Trainer checkpoints hold pickles (optimizer, scheduler, RNG states): resume reads each of them weights-only
+    (planted one at a time: the first refused file would hide a later loader that unpickles)."""
     torch.manual_seed(0)
     items = [{"tokens": torch.randn(17, 32), "labels": i % 3} for i in range(8)]
-    output = tmp_path / "run"
 
-    def train(epochs):
+    def train(output, epochs):
         model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3, probe="linear")
         args = embedded_training_arguments(
             str(output), num_train_epochs=epochs, per_device_train_batch_size=4, warmup_epochs=0, keep_checkpoints=True
         )
         return train_probe(model, args, items, items)
 
-    train(1)
-    checkpoint = output / "checkpoint-2"
+    train(tmp_path / "run", 1)
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        assert (checkpoint / name).exists()
-        plant(checkpoint / name, sentinel)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        train(2)  # resumes from checkpoint-2
+        output = tmp_path / f"planted-{name}"
+        shutil.copytree(tmp_path / "run", output)
+        assert (output / "checkpoint-2" / name).exists()
+        plant(output / "checkpoint-2" / name, sentinel)
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            train(output, 2)  # resumes from checkpoint-2
