@@ -120,3 +120,23 @@ def test_backbones_extract_with_sdpa_attention(saved_backbone, model_type):
 
     assert tiny_backbone(model_type).config._attn_implementation == "sdpa"
     assert load_backbone(saved_backbone(model_type)).config._attn_implementation == "sdpa"
+
+
+def test_plan_prices_a_convnext_from_its_measured_states(saved_backbone, tmp_path, capsys):
+    """A CNN has no ``hidden_size`` or [CLS] token, and its stages differ in width and grid: the plan reads the
+    widths and grids the backbone's states have, and prices only the layer choices one cache can hold."""
+    argv = ["--model_name_or_path", saved_backbone("convnext"), "--dataset_name", str(tmp_path), "--num_images", "10",
+            "--batch_size", "2", "--measure_batches", "1", "--backbone_dtype", "float32"]  # fmt: skip
+    assert plan.main([*argv, "--feature_layers", "-1"]) == 0
+    out = capsys.readouterr().out
+    # the last stage: 32 channels on a 4x4 grid (its embeddings and first stage are 16 wide on 8x8)
+    assert "Tokens per image: 16 (16 patches), 32 channels per layer" in out
+    assert re.search(r"requested \[-1\]\s+10\.2 KB\s+20\.5 KB", out)  # 10 images x 16 tokens x 32 x 2 or 4 bytes
+    assert re.search(r"last layer\s+10\.2 KB", out)
+    assert "last 4 layers" not in out and "all 3 hidden states" not in out
+
+    assert plan.main([*argv, "--feature_layers", "0", "1"]) == 0  # the embeddings and the first stage: one layout
+    out = capsys.readouterr().out
+    assert "Tokens per image: 64 (64 patches), 16 channels per layer" in out
+    assert re.search(r"requested \[0, 1\]\s+41\.0 KB\s+81\.9 KB", out)  # 10 x 64 x 16 x 2 layers x 2 or 4 bytes
+    assert "last layer" not in out
