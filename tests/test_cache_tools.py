@@ -120,3 +120,70 @@ def test_backbones_extract_with_sdpa_attention(saved_backbone, model_type):
 
     assert tiny_backbone(model_type).config._attn_implementation == "sdpa"
     assert load_backbone(saved_backbone(model_type)).config._attn_implementation == "sdpa"
+
+
+def test_plan_prices_a_convnext_from_its_measured_states(saved_backbone, tmp_path, capsys):
+    """A CNN has no ``hidden_size`` or [CLS] token, and its stages differ in width and grid: the plan reads the
+    widths and grids the backbone's states have, and prices only the layer choices one cache can hold."""
+    argv = ["--model_name_or_path", saved_backbone("convnext"), "--dataset_name", str(tmp_path), "--num_images", "10",
+            "--batch_size", "2", "--measure_batches", "1", "--backbone_dtype", "float32"]  # fmt: skip
+    assert plan.main([*argv, "--feature_layers", "-1"]) == 0
+    out = capsys.readouterr().out
+    # the last stage: 32 channels on a 4x4 grid (its embeddings and first stage are 16 wide on 8x8)
+    assert "Tokens per image: 16 (16 patches), 32 channels per layer" in out
+    assert re.search(r"requested \[-1\]\s+10\.2 KB\s+20\.5 KB", out)  # 10 images x 16 tokens x 32 x 2 or 4 bytes
+    assert re.search(r"last layer\s+10\.2 KB", out)
+    assert "last 4 layers" not in out and "all 3 hidden states" not in out
+
+    assert plan.main([*argv, "--feature_layers", "0", "1"]) == 0  # the embeddings and the first stage: one layout
+    out = capsys.readouterr().out
+    assert "Tokens per image: 64 (64 patches), 16 channels per layer" in out
+    assert re.search(r"requested \[0, 1\]\s+41\.0 KB\s+81\.9 KB", out)  # 10 x 64 x 16 x 2 layers x 2 or 4 bytes
+    assert "last layer" not in out
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "threads", "local_world_size", "workers"),
+    [
+        ("cpu", 2, 2, 1, 0),  # the backbone's threads use both cores: the main process decodes between batches
+        ("cpu", 2, 1, 1, 1),  # one core left idle: one worker decodes on it
+        ("cpu", 2, 1, 2, 0),  # two ranks of one thread each on two cores
+        ("cpu", 32, 4, 1, 8),  # at most eight
+        ("cuda", 16, 16, 2, 8),  # the GPU computes: the rank's share of the cores feeds it
+        ("cuda", 3, 3, 1, 3),
+    ],
+)
+def test_default_workers_get_the_cores_the_compute_leaves_idle(
+    monkeypatch, device, cores, threads, local_world_size, workers
+):
+    monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world_size))
+    torch.set_num_threads(threads)  # the autouse fixture restores it
+    assert store.default_num_workers(torch.device(device)) == workers
+
+
+def test_extraction_loads_with_the_default_workers(tmp_path, monkeypatch):
+    """On a CPU whose cores the backbone's threads use, the extraction's DataLoader runs without workers."""
+    used = []
+
+    class RecordingLoader(torch.utils.data.DataLoader):
+        def __init__(self, *args, num_workers, **kwargs):
+            used.append(num_workers)
+            super().__init__(*args, num_workers=num_workers, **kwargs)
+
+    monkeypatch.setattr(store, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    torch.set_num_threads(2)
+    extract(tmp_path)
+    assert used == [0]
+
+
+def test_extraction_seconds_leave_out_the_wait_for_the_other_ranks(tmp_path, monkeypatch):
+    """A rank that starts first waits at the barrier for the others' start-up; that is not extraction time."""
+    clock = {"offset": 0.0}
+    real_perf_counter = store.time.perf_counter
+    monkeypatch.setattr(store.time, "perf_counter", lambda: real_perf_counter() + clock["offset"])
+    monkeypatch.setattr(store, "_wait_for_everyone", lambda world_size: clock.update(offset=clock["offset"] + 1000))
+    report = extract(tmp_path).extraction_report
+    assert 0 < report["seconds"] < 1000

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import TokenReader, load_backbone
-from .key import COMPUTE_DTYPES, normalize_layers, resolve_compute_dtype
+from ..backbones import State, TokenReader, has_cls_token, load_backbone, native_image_size
+from .key import COMPUTE_DTYPES, resolve_compute_dtype
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_FOLDERS = ("train", "validation", "val", "test")
@@ -54,15 +54,21 @@ class Measurement:
     num_patches: int
 
 
+def plan_reader(config, feature_layers) -> TokenReader:
+    """The reader of ``feature_layers`` with every token the backbone has ([CLS] too, when it has one): the most a
+    cache of these layers can hold. It fails, listing the backbone's states, for layers out of range or of
+    different widths or grids."""
+    return TokenReader(config, feature_layers, token_selection="all" if has_cls_token(config) else "patch")
+
+
 @torch.inference_mode()
 def measure_extraction(
-    backbone, feature_layers, image_size: int, batch_size: int, batches: int, compute_dtype: str
+    backbone, reader: TokenReader, image_size: tuple[int, int], batch_size: int, batches: int, compute_dtype: str
 ) -> Measurement:
-    """Images/s of the backbone reading ``feature_layers`` ([CLS] + patches) on random images, after a warm-up."""
-    reader = TokenReader(backbone.config, feature_layers, token_selection="all")
+    """Images/s of the backbone through ``reader`` on random images of ``image_size``, after a warm-up."""
     device = next(backbone.parameters()).device
     compute_dtype = resolve_compute_dtype(compute_dtype, device)
-    images = torch.randn(batch_size, backbone.config.num_channels, image_size, image_size, device=device)
+    images = torch.randn(batch_size, getattr(backbone.config, "num_channels", 3), *image_size, device=device)
     backbone.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
         read = reader(backbone, images)  # warm-up
@@ -73,7 +79,9 @@ def measure_extraction(
             reader(backbone, images).tokens.cpu()
         seconds = time.perf_counter() - start
     num_tokens = read.tokens.shape[1]
-    return Measurement(batch_size * batches / seconds, compute_dtype, read.num_prefix_tokens, num_tokens - 1)
+    return Measurement(
+        batch_size * batches / seconds, compute_dtype, read.num_prefix_tokens, num_tokens - read.num_prefix_tokens
+    )
 
 
 def format_bytes(size: float) -> str:
@@ -91,29 +99,40 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def layer_choices(requested: list[int], num_hidden_layers: int) -> dict[str, int]:
-    """Layer choices to price, by label: the requested layers, the last layer, the last four, every block."""
-    choices = {f"requested {list(requested)}": len(normalize_layers(requested, num_hidden_layers)), "last layer": 1}
-    choices["last 4 layers"] = min(4, num_hidden_layers)
-    choices[f"all {num_hidden_layers + 1} hidden states"] = num_hidden_layers + 1
-    return choices
+def layer_choices(requested: list[int], states: tuple[State, ...]) -> dict[str, int]:
+    """Layer choices to price, by label and number of layers: the requested layers, the last layer, the last four,
+    every state; of these, the ones a cache can hold with the requested layers' token layout (one cache
+    concatenates states of one width and grid: one stage of a hierarchical backbone)."""
+    count = len(states)
+    candidates = {
+        f"requested {list(requested)}": list(requested),
+        "last layer": [-1],
+        "last 4 layers": list(range(-min(4, count - 1), 0)),
+        f"all {count} hidden states": list(range(count)),
+    }
+    like = states[requested[0]]
+    return {label: len(layers) for label, layers in candidates.items() if all(states[i] == like for i in layers)}
 
 
-def plan_report(images: dict[str, int], config, measurement: Measurement, requested, num_processes: int) -> str:
+def plan_report(images: dict[str, int], reader: TokenReader, measurement: Measurement, num_processes: int) -> str:
     total = sum(images.values())
-    patches, prefix, width = measurement.num_patches, measurement.num_prefix_tokens, config.hidden_size
+    patches, prefix, width = measurement.num_patches, measurement.num_prefix_tokens, reader.layer_width
+    tokens = f"{patches} patches + {prefix} [CLS]" if prefix else f"{patches} patches"
     lines = [
         f"Images: {total:,} ({', '.join(f'{name} {count:,}' for name, count in images.items())})",
-        f"Tokens per image: {patches + prefix} ({patches} patches + {prefix} [CLS]), {width} channels per layer",
+        f"Tokens per image: {patches + prefix} ({tokens}), {width} channels per layer",
         f"Tokens in all: {total * (patches + prefix):,}",
         "",
-        "Cache size (all splits, [CLS] + patches):",
+        f"Cache size (all splits, {'[CLS] + patches' if prefix else 'patches'}):",
     ]
     header = ["layers".ljust(28)] + [name.rjust(20) for name in STORAGE_BYTES]
     lines.append("  " + "".join(header))
-    for label, count in layer_choices(requested, config.num_hidden_layers).items():
+    choices = layer_choices(reader.feature_layers, reader.states)
+    for label, count in choices.items():
         sizes = [format_bytes(total * (patches + prefix) * width * count * nbytes) for nbytes in STORAGE_BYTES.values()]
         lines.append("  " + label.ljust(28) + "".join(size.rjust(20) for size in sizes))
+    if len(choices) < 4:
+        lines.append("  (the other choices mix states of different widths or grids, which one cache cannot hold)")
     seconds = total / (measurement.images_per_second * num_processes)
     lines += [
         "",
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--num_images", type=int, default=None, help="count to plan for instead of the data set's")
     parser.add_argument("--feature_layers", type=int, nargs="+", default=[-1])
-    parser.add_argument("--image_size", type=int, default=None, help="default: the backbone config's image_size")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the backbone's native input size")
     parser.add_argument("--backbone_dtype", choices=COMPUTE_DTYPES, default="auto")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--measure_batches", type=int, default=3, help="batches timed after one warm-up batch")
@@ -144,17 +163,12 @@ def main(argv: list[str] | None = None) -> int:
 
     images = {"all": args.num_images} if args.num_images else count_images(args.dataset_name, args.dataset_config_name)
     backbone = load_backbone(args.model_name_or_path, revision=args.model_revision).to(args.device)
-    config = backbone.config
-    normalize_layers(args.feature_layers, config.num_hidden_layers)  # a clear error for a layer out of range
+    reader = plan_reader(backbone.config, args.feature_layers)
+    image_size = (args.image_size,) * 2 if args.image_size else native_image_size(backbone.config, backbone)
     measurement = measure_extraction(
-        backbone,
-        args.feature_layers,
-        args.image_size or config.image_size,
-        args.batch_size,
-        args.measure_batches,
-        args.backbone_dtype,
+        backbone, reader, image_size, args.batch_size, args.measure_batches, args.backbone_dtype
     )
-    print(plan_report(images, config, measurement, args.feature_layers, args.num_processes))
+    print(plan_report(images, reader, measurement, args.num_processes))
     return 0
 
 

@@ -243,16 +243,23 @@ def _wait_for_everyone(world_size: int) -> None:
         torch.distributed.barrier()
 
 
-def default_num_workers(device: torch.device) -> int:
-    """DataLoader workers for decoding and transforms: this process's share of the cores it may run on.
+MAX_DEFAULT_WORKERS = 8
 
-    On a GPU the workers keep the device fed; on a CPU the backbone's own threads need the cores, so one worker
-    overlaps decoding with compute and more would only take cores from the matrix products."""
+
+def default_num_workers(device: torch.device) -> int:
+    """DataLoader workers for decoding and transforms: this process's share of the cores it may run on, less the
+    cores its own compute needs.
+
+    On a GPU the device computes, so the workers get the share (up to :data:`MAX_DEFAULT_WORKERS`) to keep it fed.
+    On a CPU the backbone's intra-op threads (``torch.get_num_threads()``) are the compute: a worker on one of their
+    cores time-shares it, and every parallel matrix product then waits for its descheduled thread, so workers get
+    only the cores those threads leave idle. With none left, the main process decodes between batches: a few
+    milliseconds an image, against hundreds for a ViT-B/16 forward on a CPU core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if device.type == "cpu":
-        return 1 if share > 1 else 0
-    return min(8, share)
+        share -= torch.get_num_threads()
+    return max(0, min(MAX_DEFAULT_WORKERS, share))
 
 
 def _read_json(path: Path) -> dict:
@@ -364,8 +371,9 @@ def extract_tokens(
     ``key.compute_dtype`` is bfloat16, under bfloat16 autocast. ``dataset`` yields dicts with ``image_key`` (a
     preprocessed ``[3, H, W]`` tensor) and ``label_key`` (an int), in a fixed order.
 
-    The returned cache carries ``extraction_report``: ``images`` extracted by this run (all ranks), ``seconds``,
-    ``images_per_second`` (all ranks together), ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
+    The returned cache carries ``extraction_report``: ``images`` extracted by this run (all ranks), ``seconds`` (the
+    slowest rank's, without its wait for the other ranks to start), ``images_per_second`` (all ranks together),
+    ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
 
     Args:
         backbone: the frozen backbone (run in eval mode, without gradients).
@@ -373,7 +381,8 @@ def extract_tokens(
         key: the cache key (:meth:`TokenCacheKey.from_reader`); its layers and dtypes are what is computed and stored.
         cache_root: where caches live; by default :func:`~hf_efficient_probing.cache.location.default_cache_root`.
         shard_size: rows per shard: the unit of resumption, and of what a kill can cost.
-        num_workers: DataLoader workers decoding and transforming images (default: from the available cores).
+        num_workers: DataLoader workers decoding and transforming images (default: :func:`default_num_workers`, the
+            cores of this process that its compute leaves idle; none on a CPU whose cores the backbone's threads use).
         device: where the backbone runs (its own device by default); it is moved there for the extraction and back
             after it, so a model built on the CPU extracts on this rank's GPU.
     """
@@ -415,7 +424,9 @@ def extract_tokens(
         listing["shards"] = [ShardRecord(**_shard_fields(trusted[i])).__dict__ for i in sorted(trusted)]
         writer = ShardWriter(directory, rank, listing)
         missing_rows = sum(min(shard_size, num_rows - i * shard_size) for i in range(num_shards) if i not in listed)
+        arrived = time.perf_counter()
         _wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
+        started += time.perf_counter() - arrived  # waiting for the other ranks to start up is not extraction
         try:
             backbone.to(device)
             extracted = _extract_shards(
