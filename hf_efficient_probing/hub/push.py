@@ -24,9 +24,10 @@ from PIL import Image, ImageDraw
 from transformers import ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..analysis.attention_maps import count_attention_maps, save_attention_maps
 from ..backbones import vision_config
+from ..checkpoint import load_image_processor
 from ..modeling_probing import ProbingPreTrainedModel
-from .attention_maps import count_attention_maps, load_image_processor, save_attention_maps
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
 ATTENTION_MAPS_FILE = "attention_maps.png"
