@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
 from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
+from .probes.grid import square_grid
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
@@ -159,12 +160,12 @@ class ProbingPreTrainedModel(PreTrainedModel):
 
     def default_grid_size(self, num_patches: int) -> tuple[int, int] | None:
         """Patch grid of cached tokens: the grid the layers read have at the backbone's native image size, or a
-        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens)."""
+        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens: the poolings that
+        need a grid then ask for ``grid_size``)."""
         native = layer_states(self.token_reader.config, self.config.feature_layers)[0].grid_size
         if native is not None and native[0] * native[1] == num_patches:
             return native
-        side = int(round(num_patches**0.5))
-        return (side, side) if side * side == num_patches else None
+        return square_grid(num_patches)
 
     def read_tokens(
         self,

@@ -150,6 +150,18 @@ def manual_logits(model, tokens, uniform_query=None):
     return model.probe.classifier(model.probe.norm(pooled))
 
 
+def test_the_models_forward_takes_uniform_queries():
+    model = probe("ep")
+    with torch.no_grad():
+        tokens = model.read_tokens(torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))).tokens
+        plain = model(tokens=tokens).logits
+        for query in range(model.probe.pooling.num_queries):
+            logits = model(tokens=tokens, uniform_queries=[query]).logits
+            assert torch.allclose(logits, manual_logits(model, tokens, query), atol=1e-5)
+            assert not torch.allclose(logits, plain, atol=1e-5)
+        assert torch.equal(model(tokens=tokens).logits, plain), "the override lasts one call: no state is left behind"
+
+
 def test_query_contributions_match_the_formula():
     model = probe("ep")
     model.train()  # BatchNorm statistics from some features, so that the classifier sees varied inputs
