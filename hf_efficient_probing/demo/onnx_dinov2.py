@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 
 POSITION_EMBEDDINGS = "embeddings.position_embeddings"
 
