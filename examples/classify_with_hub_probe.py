@@ -11,7 +11,8 @@ from transformers import pipeline
 
 # Importing the package registers the probes with transformers' Auto classes, which `pipeline` uses.
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.hub import load_image_processor, save_attention_maps
+from hf_efficient_probing.analysis import save_attention_maps
+from hf_efficient_probing.checkpoint import load_image_processor
 
 
 def main(argv=None):

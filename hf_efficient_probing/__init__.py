@@ -7,6 +7,7 @@ with ``AutoModelForEfficientProbing``, ``AutoModelForImageClassification`` or ``
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
+from .modeling_families import *  # noqa: F403  (the named heads, ``ViTMAEForEfficientProbing``, ...)
 from .modeling_probing import (
     GENERIC_PROBE_CLASSES,
     NAMED_PROBE_CLASSES,
@@ -25,9 +26,6 @@ for _model_class in GENERIC_PROBE_CLASSES.values():
     AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
     AutoModelForImageClassification.register(_model_class.config_class, _model_class, exist_ok=True)
 
-# The named heads (``ViTMAEForEfficientProbing``, ``ConvNextForLinearProbing``, ...), one per family and probe kind.
-globals().update({_model_class.__name__: _model_class for _model_class in NAMED_PROBE_CLASSES.values()})
-
 __all__ = [
     "AttentiveProbingConfig",
     "AutoModelForEfficientProbing",
@@ -41,5 +39,5 @@ __all__ = [
     "VisionModelForLinearProbing",
     "count_trainable_parameters",
     "probe_parameter_count",
-    *(model_class.__name__ for model_class in NAMED_PROBE_CLASSES.values()),
+    *(model_class.__name__ for model_class in NAMED_PROBE_CLASSES.values()),  # registered by `modeling_families`
 ]

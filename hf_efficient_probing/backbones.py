@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
+from .probes.grid import as_pair
+
 # Where a family's per-layer states come from.
 STATE_SOURCES = ("hidden_states", "reshaped_hidden_states", "naflex", "timm")
 
@@ -167,8 +169,7 @@ def backbone_family(config: PreTrainedConfig) -> BackboneFamily:
 
 def patch_grid(config: PreTrainedConfig, pixel_values: torch.Tensor) -> tuple[int, int]:
     """``(rows, columns)`` of ``config.patch_size`` patches for images of this size."""
-    patch = config.patch_size
-    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+    patch_h, patch_w = as_pair(config.patch_size)
     return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
 
 
@@ -245,8 +246,7 @@ def native_image_size(config: PreTrainedConfig, backbone: nn.Module | None = Non
     if timm_model is not None:
         size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None)
         size = size or timm_model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]
-    size = size or 224
-    return (size, size) if isinstance(size, int) else tuple(size)
+    return as_pair(size or 224)
 
 
 def naflex_patches(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -526,19 +526,28 @@ def _timm_has_class_token(timm_model: nn.Module) -> bool:
     return getattr(timm_model, "cls_token", None) is not None
 
 
+def normalize_layers(layers, num_hidden_layers: int, first: str | None = None, described: str = "") -> tuple[int, ...]:
+    """Layer (hidden-state) indices as non-negative numbers (``-1`` and ``num_hidden_layers`` are the same layer),
+    with a clear error for one out of range. ``first`` names state 0, ``described`` is appended to the error."""
+    count = num_hidden_layers + 1
+    bad = [layer for layer in layers if not -count <= layer < count]
+    if bad:
+        zero = f"0 ({first})" if first else "0"
+        raise ValueError(
+            f"feature_layers {bad} out of range: layers go from {zero} to {num_hidden_layers} (or -{count} to -1). "
+            + described
+        )
+    return tuple(layer % count for layer in layers)
+
+
 def layer_states(config: PreTrainedConfig, feature_layers: list[int]) -> list[State]:
     """The states ``feature_layers`` read; fails, listing every state, when one is out of range or they cannot be
     concatenated along channels (different widths or grids, e.g. two stages of a hierarchical model)."""
     states = backbone_states(config)
-    count = len(states)
     listing = "; ".join(f"{index}: {state}" for index, state in enumerate(states))
-    bad = [layer for layer in feature_layers if not -count <= layer < count]
-    if bad:
-        first = "timm's first block" if backbone_family(vision_config(config)).states == "timm" else "embeddings"
-        raise ValueError(
-            f"feature_layers {bad} out of range: layers go from 0 ({first}) to {count - 1} (or -{count} to -1). "
-            f"The states of this {vision_config(config).model_type!r} backbone are {listing}."
-        )
+    first = "timm's first block" if backbone_family(vision_config(config)).states == "timm" else "embeddings"
+    described = f"The states of this {vision_config(config).model_type!r} backbone are {listing}."
+    normalize_layers(feature_layers, len(states) - 1, first=first, described=described)
     chosen = [states[layer] for layer in feature_layers]
     if len({(state.width, state.grid_size) for state in chosen}) > 1:
         raise ValueError(

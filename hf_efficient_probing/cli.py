@@ -34,8 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "push": ("hf_efficient_probing.cli:push", "publish a trained probe directory on the Hub, with its model card"),
     "find": ("hf_efficient_probing.hub.find:main", "list the probes on the Hub for a backbone"),
-    "attention-maps": ("hf_efficient_probing.hub.attention_maps:main", "draw a probe's attention maps over an image"),
-    "analyze": ("hf_efficient_probing.hub.query_analysis:main", "per-query attention entropy and accuracy drop"),
+    "attention-maps": (
+        "hf_efficient_probing.analysis.attention_maps:main",
+        "draw a probe's attention maps over an image",
+    ),
+    "analyze": ("hf_efficient_probing.analysis.query_analysis:main", "per-query attention entropy and accuracy drop"),
     "plan": ("hf_efficient_probing.cache.plan:main", "plan a token-cache extraction (disk, time) before running it"),
 }
 

@@ -17,6 +17,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
+from .checkpoint import CheckpointKind
 from .probes import BASELINE_POOLINGS, LINEAR_FEATURES, POOLINGS, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
@@ -56,7 +57,12 @@ class ProbingConfig(PreTrainedConfig):
             Revision (branch, tag or commit) of `backbone_name_or_path`.
         backbone_adapter (`str`, *optional*):
             Sub-folder of the probe's checkpoint holding a `peft` adapter (e.g. LoRA) trained on the backbone with the
-            probe; set when saving. Loading applies it to the named backbone, so the checkpoint stays probe-sized.
+            probe; written into the saved config. Loading applies it to the named backbone, so the checkpoint stays
+            probe-sized.
+        checkpoint_kind (`str`, *optional*):
+            What the checkpoint this config was read from holds: `"probe"`, `"probe_with_adapter"` or `"full"`
+            (`hf_efficient_probing.checkpoint`); written into the saved config, never set on the model's own config.
+            `None` for a config not read from a checkpoint, or from one saved before the kind was recorded.
         feature_layers (`list[int]`, *optional*, defaults to `[-1]`):
             Which per-layer states the probe reads, indexed like `hidden_states`: 0 is the embedding output, `i` the
             output of block (or, for hierarchical models and CNNs, stage) `i`, -1 the last; for `timm_wrapper`
@@ -87,6 +93,7 @@ class ProbingConfig(PreTrainedConfig):
     backbone_name_or_path: str | None = None
     backbone_revision: str | None = None
     backbone_adapter: str | None = None
+    checkpoint_kind: str | None = None
     feature_layers: list[int] | tuple[int, ...] = (-1,)
     token_selection: str = "patch"
     apply_final_norm: bool | None = None
@@ -128,6 +135,9 @@ class ProbingConfig(PreTrainedConfig):
         eps = self.batch_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"batch_norm_eps must be a positive number (default 1e-6), got {eps!r}.")
+        kinds = [kind.value for kind in CheckpointKind]
+        if self.checkpoint_kind is not None and self.checkpoint_kind not in kinds:
+            raise ValueError(f"checkpoint_kind must be one of {kinds} (or None), got {self.checkpoint_kind!r}.")
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {self.token_selection!r}.")
         if not self._layers_are_ints():

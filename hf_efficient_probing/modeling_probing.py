@@ -6,29 +6,25 @@ one backbone family, so that a wrong backbone fails early and the class name say
 
 Checkpoints are probe-only by default, in the spirit of a `peft` adapter: ``model.safetensors`` holds the probe
 (a few MB) and ``config.json`` names the backbone by id and revision; ``from_pretrained`` loads that backbone and
-then the probe.
+then the probe. What each kind of checkpoint holds, and how it is written, is `hf_efficient_probing.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import cached_file, logging
 
 from .backbones import (
     TokenReader,
+    Tokens,
     build_backbone,
     layer_states,
     load_backbone,
@@ -36,60 +32,29 @@ from .backbones import (
     prepare_loaded_backbone,
     vision_config,
 )
+from .checkpoint import (
+    BACKBONE_ADAPTER_DIR,
+    PROBE_PREFIX,
+    CheckpointKind,
+    check_checkpoint_tensors,
+    checkpoint_tensors,
+    finish_interrupted_save,
+    kind_to_save,
+    recorded_kind,
+    resolve_weights,
+    write_checkpoint,
+)
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
 from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
+from .probes.grid import square_grid
 
-PROBE_PREFIX = "probe."
-BACKBONE_PREFIX = "backbone."
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-BACKBONE_ADAPTER_DIR = "backbone_adapter"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
-logger = logging.get_logger(__name__)
-STAGING_PREFIX = ".saving-"
-STAGED_FILES = ".staged.json"  # written last into a staging folder: its files are complete, they can be moved
 
-
-def _mark_staging_complete(staging: Path) -> None:
-    names = sorted(os.listdir(staging))
-    (staging / f"{STAGED_FILES}.tmp").write_text(json.dumps(names))
-    os.replace(staging / f"{STAGED_FILES}.tmp", staging / STAGED_FILES)  # atomic: the list is whole or absent
-
-
-def _commit_staging(staging: Path, save_directory: Path) -> None:
-    """Move a complete staging folder's files into ``save_directory`` (``config.json`` last), replacing the
-    previous checkpoint's files and deleting its stale shards, then remove the folder. Running it again after a
-    kill part-way finishes the same moves: the list of files to move is the one written when staging ended."""
-    names = json.loads((staging / STAGED_FILES).read_text())
-    for stale in [*save_directory.glob("model*.safetensors*"), save_directory / BACKBONE_ADAPTER_DIR]:
-        if stale.name not in names and stale.exists():
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    for name in sorted(names, key=lambda name: name == "config.json"):
-        if not (staging / name).exists():  # moved before a kill
-            continue
-        if (save_directory / name).is_dir():
-            shutil.rmtree(save_directory / name)
-        os.replace(staging / name, save_directory / name)
-    shutil.rmtree(staging)
-
-
-def finish_interrupted_save(save_directory: str | os.PathLike, discard_incomplete: bool = False) -> None:
-    """Make a local checkpoint directory whole after a save that was killed: a save killed while moving its files
-    into place is finished (its files were all written; the previous checkpoint is untouched until then). With
-    ``discard_incomplete`` (before a new save), staging folders of saves killed while writing are removed; a load
-    leaves them, as they may belong to a save still running. A directory without leftovers, or a Hub id, is left
-    as it is."""
-    save_directory = Path(save_directory)
-    if not save_directory.is_dir():
-        return
-    for staging in sorted(save_directory.glob(f"{STAGING_PREFIX}*")):
-        if (staging / STAGED_FILES).is_file():
-            logger.warning("Finishing the save to %s that was interrupted while moving its files.", save_directory)
-            _commit_staging(staging, save_directory)
-        elif discard_incomplete:
-            shutil.rmtree(staging, ignore_errors=True)
+# Filled as the head classes are defined: probe kind (config ``model_type``) -> generic head, and
+# (probe kind, backbone family) -> the named head that pins that family (`modeling_families`).
+GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {}
+NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {}
 
 
 @dataclass
@@ -144,6 +109,21 @@ class ProbingPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_missing = [r"^backbone\."]
     backbone_model_type: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, family: str | None = None, **kwargs):
+        """``class XForEfficientProbing(VisionModelForEfficientProbing, family="x")`` pins the head to backbone family
+        ``x`` (a backbone config ``model_type``) and registers it as the head of that family and probe kind."""
+        super().__init_subclass__(**kwargs)
+        if family is None:
+            return
+        key = (cls.config_class.model_type, family)
+        if key in NAMED_PROBE_CLASSES:
+            raise ValueError(
+                f"{NAMED_PROBE_CLASSES[key].__name__} is already the {key[0]!r} head of {family!r} backbones; "
+                f"{cls.__name__} cannot register for them too."
+            )
+        cls.backbone_model_type = family
+        NAMED_PROBE_CLASSES[key] = cls
+
     def __init__(self, config: ProbingConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         # `transformers` routes the loss by class name; ours does not match its table, so name the task.
@@ -180,12 +160,27 @@ class ProbingPreTrainedModel(PreTrainedModel):
 
     def default_grid_size(self, num_patches: int) -> tuple[int, int] | None:
         """Patch grid of cached tokens: the grid the layers read have at the backbone's native image size, or a
-        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens)."""
+        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens: the poolings that
+        need a grid then ask for ``grid_size``)."""
         native = layer_states(self.token_reader.config, self.config.feature_layers)[0].grid_size
         if native is not None and native[0] * native[1] == num_patches:
             return native
-        side = int(round(num_patches**0.5))
-        return (side, side) if side * side == num_patches else None
+        return square_grid(num_patches)
+
+    def read_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+    ) -> Tokens:
+        """Run the backbone on ``pixel_values`` and return the tokens the probe reads (with their grid and mask), as
+        ``forward`` does; ``forward(tokens=...)`` then runs the probe alone on them, e.g. many times per image."""
+        backbone_grad = torch.is_grad_enabled() and not self.config.freeze_backbone
+        with torch.set_grad_enabled(backbone_grad):
+            return self.token_reader(
+                self.backbone, pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes
+            )
 
     def forward(
         self,
@@ -198,6 +193,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
+        uniform_queries: Sequence[int] | None = None,
         **kwargs,
     ) -> ProbingOutput:
         r"""
@@ -212,21 +208,29 @@ class ProbingPreTrainedModel(PreTrainedModel):
             output_attentions: return ``probe_attentions``.
             pixel_attention_mask, spatial_shapes: NaFlex (SigLIP2) inputs, as its image processor returns them
                 with patchified ``pixel_values``; the padding patches they mark are ignored by the probe.
+            uniform_queries: for analysis, indices of EP queries whose attention is replaced by the uniform
+                distribution over the tokens (what each query contributes: `hf_efficient_probing.analysis`).
         """
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
-            backbone_grad = torch.is_grad_enabled() and not self.config.freeze_backbone
-            with torch.set_grad_enabled(backbone_grad):
-                read = self.token_reader(
-                    self.backbone, pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes
-                )
+            read = self.read_tokens(pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes)
             tokens, num_prefix, grid_size, token_mask = read.tokens, read.num_prefix_tokens, read.grid_size, read.mask
         else:
             num_prefix = int(self.config.reads_cls_token)
             grid_size = grid_size or self.default_grid_size(tokens.shape[1] - num_prefix)
+        pooling_inputs = {}
+        if uniform_queries is not None:
+            if not self.probe.pooling.supports_uniform_queries:
+                raise ValueError(
+                    f"uniform_queries needs a probe with learned queries (EP); the {self.config.pooling_name!r} probe "
+                    "has none."
+                )
+            pooling_inputs["uniform_queries"] = list(uniform_queries)
         tokens = tokens.to(self.probe.classifier.weight.dtype)
-        head = self.probe(tokens, num_prefix_tokens=num_prefix, grid_size=grid_size, token_mask=token_mask)
+        head = self.probe(
+            tokens, num_prefix_tokens=num_prefix, grid_size=grid_size, token_mask=token_mask, **pooling_inputs
+        )
         loss = None
         if labels is not None:
             loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
@@ -270,66 +274,33 @@ class ProbingPreTrainedModel(PreTrainedModel):
 
     def probe_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable probe parameters and its BatchNorm statistics: what a probe-only checkpoint holds."""
-        return {PROBE_PREFIX + key: value for key, value in self.probe.state_dict().items()}
+        return checkpoint_tensors(CheckpointKind.PROBE, self.state_dict())
 
     def load_probe_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load a probe-only state dict, with a clear error when it was saved from another probe."""
-        probe_state = {k[len(PROBE_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PROBE_PREFIX)}
-        own = self.probe.state_dict()
-        missing = sorted(set(own) - set(probe_state))
-        unexpected = sorted(set(state_dict) - {PROBE_PREFIX + k for k in own})
-        wrong_shape = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in probe_state.items()
-            if k in own and v.shape != own[k].shape
-        ]
-        if missing or unexpected or wrong_shape:
-            raise ValueError(
-                "The checkpoint does not hold this probe. "
-                f"Missing: {missing or 'none'}; unexpected: {unexpected or 'none'}; "
-                f"shape mismatches: {wrong_shape or 'none'}. Check that the config matches the weights."
-            )
-        self.probe.load_state_dict(probe_state)
+        check_checkpoint_tensors(self.probe_state_dict(), state_dict)
+        self.probe.load_state_dict({key[len(PROBE_PREFIX) :]: value for key, value in state_dict.items()})
 
     def save_pretrained(self, save_directory, *args, save_backbone: bool | None = None, state_dict=None, **kwargs):
-        """Save ``config.json`` and ``model.safetensors``.
+        """Save ``config.json`` and ``model.safetensors``, atomically (see `hf_efficient_probing.checkpoint`).
 
         Args:
             save_backbone: also save the backbone's weights. By default only the probe is saved when the config names
                 the backbone (``backbone_name_or_path``); a backbone that is named nowhere is saved with the probe.
                 A frozen backbone carrying a `peft` adapter (LoRA) has the adapter saved in ``backbone_adapter/``.
         """
-        if save_backbone is None:
-            save_backbone = not self.config.backbone_name_or_path or not self.config.freeze_backbone
-        if not save_backbone:
-            if not self.config.backbone_name_or_path:
-                raise ValueError(
-                    "A probe-only checkpoint must name its backbone, but config.backbone_name_or_path is not set. "
-                    "Set it to the backbone's Hub id or path, or save with save_backbone=True."
-                )
-            state_dict = state_dict if state_dict is not None else self.state_dict()
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BACKBONE_PREFIX)}
-        # A `peft` adapter trained on the backbone (LoRA) is saved beside the probe, in peft's own format.
-        adapter = not save_backbone and hasattr(self.backbone, "peft_config")
-        self.config.backbone_adapter = BACKBONE_ADAPTER_DIR if adapter else None
-        # Write everything to a staging folder first and move the files into place only once all are written, so
-        # that a full disk or a killed process never leaves a half-written checkpoint over the previous one.
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        finish_interrupted_save(save_directory, discard_incomplete=True)
-        staging = Path(tempfile.mkdtemp(dir=save_directory, prefix=STAGING_PREFIX))
-        try:
-            # transformers renames keys to legacy on-disk names by regex for some backbone families (``k_proj`` ->
-            # ``attention.key``, ...), which would corrupt probe keys: ours are saved as they are.
-            kwargs.setdefault("save_original_format", False)
-            super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
-            if adapter:
-                self.backbone.save_pretrained(staging / BACKBONE_ADAPTER_DIR)
-            _mark_staging_complete(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        _commit_staging(staging, save_directory)
+        kind = kind_to_save(self.config, self.backbone, save_backbone)
+        state_dict = checkpoint_tensors(kind, state_dict if state_dict is not None else self.state_dict())
+        # transformers renames keys to legacy on-disk names by regex for some backbone families (``k_proj`` ->
+        # ``attention.key``, ...), which would corrupt probe keys: ours are saved as they are.
+        kwargs.setdefault("save_original_format", False)
+
+        def write(folder):
+            super(ProbingPreTrainedModel, self).save_pretrained(folder, *args, state_dict=state_dict, **kwargs)
+            if kind is CheckpointKind.PROBE_WITH_ADAPTER:  # in peft's own format, beside the probe
+                self.backbone.save_pretrained(folder / BACKBONE_ADAPTER_DIR)
+
+        write_checkpoint(save_directory, kind, write)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, backbone=None, **kwargs):
@@ -339,8 +310,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         if config is None:
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        weights = _resolve_weights(pretrained_model_name_or_path, hub_kwargs)
-        if weights is None or (backbone is None and _holds_backbone(weights)):
+        weights = resolve_weights(pretrained_model_name_or_path, hub_kwargs)
+        kind = recorded_kind(config, weights)
+        if kind is CheckpointKind.FULL and (backbone is None or weights is None):
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
             if model.config.freeze_backbone:  # loading re-creates the parameters, trainable again
                 model.backbone.requires_grad_(False)
@@ -353,7 +325,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 )
             backbone_kwargs = {key: kwargs[key] for key in _BACKBONE_HUB_KWARGS if key in kwargs}
             backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
-        if config.backbone_adapter:
+        if kind is CheckpointKind.PROBE_WITH_ADAPTER:
             adapter_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
             backbone = load_backbone_adapter(
                 backbone, pretrained_model_name_or_path, config.backbone_adapter, **adapter_kwargs
@@ -375,30 +347,8 @@ class ProbingPreTrainedModel(PreTrainedModel):
         return push_probe_to_hub(self, repo_id, commit_message=commit_message, private=private, **kwargs)
 
 
-def _resolve_weights(name_or_path, hub_kwargs: dict) -> str | None:
-    """Path of the single-file safetensors checkpoint; ``None`` for a sharded one. Pickle-only repos are refused."""
-    optional = {"_raise_exceptions_for_missing_entries": False, "_raise_exceptions_for_connection_errors": False}
-    weights = cached_file(name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs, **optional)
-    if weights is not None:
-        return weights
-    if cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, **hub_kwargs, **optional) is not None:
-        return None
-    for pickle_name in PICKLE_WEIGHTS_NAMES:
-        if cached_file(name_or_path, pickle_name, **hub_kwargs, **optional) is not None:
-            raise OSError(
-                f"{name_or_path} holds only pickle weights ({pickle_name}). hf-efficient-probing reads safetensors "
-                "only, because unpickling can run arbitrary code. Convert the weights to model.safetensors."
-            )
-    raise OSError(f"No {SAFE_WEIGHTS_NAME} found in {name_or_path}.")
-
-
-def _holds_backbone(weights: str) -> bool:
-    with safe_open(weights, framework="pt") as checkpoint:
-        return any(key.startswith(BACKBONE_PREFIX) for key in checkpoint.keys())
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Generic heads (any backbone AutoModel can build) and named heads per backbone family
+# Generic heads (any backbone AutoModel can build); the named heads per backbone family are in `modeling_families`
 
 
 class VisionModelForEfficientProbing(ProbingPreTrainedModel):
@@ -420,58 +370,12 @@ class VisionModelForAttentiveProbing(ProbingPreTrainedModel):
     config_class = AttentiveProbingConfig
 
 
-GENERIC_PROBE_CLASSES: dict[str, type[ProbingPreTrainedModel]] = {
-    EfficientProbingConfig.model_type: VisionModelForEfficientProbing,
-    LinearProbingConfig.model_type: VisionModelForLinearProbing,
-    AttentiveProbingConfig.model_type: VisionModelForAttentiveProbing,
-}
-
-# Named heads, ``<prefix>ForEfficientProbing``, ``<prefix>ForLinearProbing`` and ``<prefix>ForAttentiveProbing``,
-# for every family of the backbone table: the generic head pinned to that family.
-FAMILY_CLASS_PREFIXES: dict[str, str] = {
-    "vit": "ViT",
-    "vit_mae": "ViTMAE",
-    "vit_msn": "ViTMSN",
-    "deit": "DeiT",
-    "beit": "Beit",
-    "data2vec-vision": "Data2VecVision",
-    "ijepa": "IJepa",
-    "dinov2": "Dinov2",
-    "dinov2_with_registers": "Dinov2WithRegisters",
-    "dinov3_vit": "DINOv3ViT",
-    "clip_vision_model": "CLIPVision",
-    "siglip_vision_model": "SiglipVision",
-    "siglip2_vision_model": "Siglip2Vision",
-    "convnext": "ConvNext",
-    "convnextv2": "ConvNextV2",
-    "resnet": "ResNet",
-    "regnet": "RegNet",
-    "efficientnet": "EfficientNet",
-    "mobilenet_v2": "MobileNetV2",
-    "mobilevit": "MobileViT",
-    "vitdet": "VitDet",
-    "swin": "Swin",
-    "swinv2": "Swinv2",
-    "focalnet": "FocalNet",
-    "hiera": "Hiera",
-    "pvt": "Pvt",
-    "levit": "Levit",
-    "timm_wrapper": "TimmWrapper",
-}
-
-
-def _named_head(generic: type[ProbingPreTrainedModel], prefix: str, family: str) -> type[ProbingPreTrainedModel]:
-    name = prefix + generic.__name__.removeprefix("VisionModel")
-    doc = generic.__doc__.split(" over any vision backbone")[0] + f" over a {family!r} backbone."
-    return type(name, (generic,), {"backbone_model_type": family, "__module__": __name__, "__doc__": doc})
-
-
-NAMED_PROBE_CLASSES: dict[tuple[str, str], type[ProbingPreTrainedModel]] = {}
-for _family, _prefix in FAMILY_CLASS_PREFIXES.items():
-    for _generic in GENERIC_PROBE_CLASSES.values():
-        _head = _named_head(_generic, _prefix, _family)
-        globals()[_head.__name__] = _head
-        NAMED_PROBE_CLASSES[(_generic.config_class.model_type, _family)] = _head
+GENERIC_PROBE_CLASSES.update(
+    {
+        head.config_class.model_type: head
+        for head in (VisionModelForEfficientProbing, VisionModelForLinearProbing, VisionModelForAttentiveProbing)
+    }
+)
 
 PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
     EfficientProbingConfig.pooling_name: EfficientProbingConfig,

@@ -12,9 +12,9 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.hub import attention_maps, query_analysis
-from hf_efficient_probing.hub.attention_maps import attention_to_grid, count_attention_maps, probe_attention_maps
-from hf_efficient_probing.hub.query_analysis import attention_entropy, query_contributions, uniform_attention
+from hf_efficient_probing.analysis import attention_maps, query_analysis
+from hf_efficient_probing.analysis.attention_maps import attention_to_grid, count_attention_maps, probe_attention_maps
+from hf_efficient_probing.analysis.query_analysis import attention_entropy, query_contributions
 from hf_efficient_probing.probes import BASELINE_POOLINGS, EfficientProbing
 
 PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32})
@@ -121,9 +121,7 @@ def test_uniform_queries_replace_only_those_queries():
     pooling = EfficientProbing(32, num_queries=4)
     tokens = torch.randn(2, 7, 32)
     reference = pooling(tokens)
-    with uniform_attention(pooling, [1, 3]):
-        changed = pooling(tokens)
-    assert pooling.uniform_queries == ()
+    changed = pooling(tokens, uniform_queries=[1, 3])
     assert torch.equal(changed.attentions[:, [0, 2]], reference.attentions[:, [0, 2]])
     assert torch.allclose(changed.attentions[:, [1, 3]], torch.full((2, 2, 7), 1 / 7))
     # a uniform query reads the mean token through its own block of the value projection
@@ -132,10 +130,11 @@ def test_uniform_queries_replace_only_those_queries():
     assert torch.equal(changed.pooled[:, :8], reference.pooled[:, :8])
 
 
-def test_uniform_attention_needs_the_switch():
-    with pytest.raises(ValueError, match="uniform_queries"):
-        with uniform_attention(torch.nn.Identity(), [0]):
-            pass
+def test_uniform_queries_need_a_probe_with_queries(images):
+    with pytest.raises(ValueError, match="uniform_queries needs a probe with learned queries"):
+        probe("siglip")(pixel_values=images, uniform_queries=[0])
+    with pytest.raises(ValueError, match="no queries to analyse"):
+        query_contributions(probe("siglip"), [(images, torch.zeros(len(images), dtype=torch.long))])
 
 
 def manual_logits(model, tokens, uniform_query=None):
@@ -149,6 +148,18 @@ def manual_logits(model, tokens, uniform_query=None):
         [torch.einsum("bn,bnd->bd", attention[:, j], tokens) @ blocks[j].T for j in range(pooling.num_queries)], dim=-1
     )
     return model.probe.classifier(model.probe.norm(pooled))
+
+
+def test_the_models_forward_takes_uniform_queries():
+    model = probe("ep")
+    with torch.no_grad():
+        tokens = model.read_tokens(torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))).tokens
+        plain = model(tokens=tokens).logits
+        for query in range(model.probe.pooling.num_queries):
+            logits = model(tokens=tokens, uniform_queries=[query]).logits
+            assert torch.allclose(logits, manual_logits(model, tokens, query), atol=1e-5)
+            assert not torch.allclose(logits, plain, atol=1e-5)
+        assert torch.equal(model(tokens=tokens).logits, plain), "the override lasts one call: no state is left behind"
 
 
 def test_query_contributions_match_the_formula():

@@ -11,9 +11,9 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
 import hf_efficient_probing as hep
+from hf_efficient_probing.analysis.attention_maps import probe_attention_maps
 from hf_efficient_probing.backbones import FAMILIES, TokenReader, naflex_patches
 from hf_efficient_probing.cache.store import cache_tokens_for_model
-from hf_efficient_probing.hub.attention_maps import probe_attention_maps
 from hf_efficient_probing.probes import POOLINGS
 
 # LeViT, MobileNetV2 and MobileViT downsample 32x or more: they need larger images for a grid of several tokens.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from ..probes import linear_features
 from .store import TokenCache, TokenCacheDataset
 
 GLOBAL_FEATURES = ("cls", "gap")
@@ -34,6 +35,5 @@ def global_features(
     )
     rows = []
     for batch in DataLoader(dataset, batch_size=batch_size):
-        tokens = batch["tokens"].float()
-        rows.append(tokens[:, 0] if features == "cls" else tokens.mean(dim=1))
+        rows.append(linear_features(batch["tokens"].float(), features, num_prefix_tokens=int(features == "cls")))
     return torch.cat(rows), dataset.labels.clone()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..backbones import TokenReader
+from ..backbones import TokenReader, normalize_layers
 
 CACHE_FORMAT_VERSION = 2  # 2: the compute precision is part of the key
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -86,19 +86,6 @@ def backbone_identity(backbone: nn.Module, name_or_path: str | None = None, revi
     if name_or_path and not os.path.exists(name_or_path):
         return f"{name_or_path}@{revision or 'main'}"
     return weights_fingerprint(backbone)
-
-
-def normalize_layers(layers, num_hidden_layers: int) -> tuple[int, ...]:
-    """Hidden-state indices as non-negative numbers (``-1`` and ``num_hidden_layers`` are the same layer)."""
-    count = num_hidden_layers + 1
-    out = []
-    for layer in layers:
-        if not -count <= layer < count:
-            raise ValueError(
-                f"Layer {layer} out of range: hidden states go from 0 to {num_hidden_layers} (or -{count} to -1)."
-            )
-        out.append(layer % count)
-    return tuple(out)
 
 
 def dataset_fingerprint(dataset) -> str:

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
 from .key import TokenCacheKey, normalize_layers, storage_dtype
 from .key import dataset_fingerprint as fingerprint_of_dataset
@@ -55,30 +56,6 @@ SHARD_PATTERN = "shard-{:05d}.safetensors"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic files
-
-
-def fsync_directory(directory: str | os.PathLike) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model
 from transformers.utils import SAFE_WEIGHTS_NAME
+
+from ..atomic import atomic_directory
 
 POSITION_EMBEDDINGS = "embeddings.position_embeddings"
 
@@ -150,17 +150,9 @@ def convert_onnx_dinov2(
     state_dict = dinov2_state_dict_from_onnx(onnx.load(str(onnx_path)), prefix)
     config = dinov2_config_from_state_dict(state_dict, num_attention_heads, layer_norm_eps)
     config.architectures = ["Dinov2Model"]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as staging:
         config.save_pretrained(staging)
         tensors = {name: tensor.contiguous() for name, tensor in state_dict.items()}
         save_file(tensors, staging / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
         _check_loads(staging)
-        os.replace(staging, output_dir)
-    except OSError:
-        if not (output_dir / "config.json").is_file():  # not a concurrent conversion that finished first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output_dir

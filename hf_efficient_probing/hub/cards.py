@@ -17,8 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 
+from ..analysis.attention_maps import attention_unit, count_attention_maps
 from ..modeling_probing import ProbingPreTrainedModel
-from .attention_maps import attention_unit, count_attention_maps
 
 LIBRARY_NAME = "hf-efficient-probing"
 TEMPLATE = Path(__file__).parent / "model_cards" / "probe.md"

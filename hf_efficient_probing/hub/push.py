@@ -24,9 +24,11 @@ from PIL import Image, ImageDraw
 from transformers import ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..analysis.attention_maps import count_attention_maps, save_attention_maps
 from ..backbones import vision_config
+from ..checkpoint import load_image_processor
 from ..modeling_probing import ProbingPreTrainedModel
-from .attention_maps import count_attention_maps, load_image_processor, save_attention_maps
+from ..probes.grid import as_pair
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
 ATTENTION_MAPS_FILE = "attention_maps.png"
@@ -44,10 +46,9 @@ def _check_names_backbone(model: ProbingPreTrainedModel) -> None:
 def image_processor_from_config(config) -> ViTImageProcessor:
     """An image processor for a backbone that ships none: resize to the backbone's input size and normalise with
     the ImageNet statistics (those of the paper's recipe), so that ``pipeline`` can run the published probe."""
-    size = vision_config(config.backbone_config).image_size
-    size = size if isinstance(size, int) else size[0]
+    height, width = as_pair(vision_config(config.backbone_config).image_size)
     return ViTImageProcessor(
-        size={"height": size, "width": size}, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD
+        size={"height": height, "width": width}, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD
     )
 
 

@@ -21,7 +21,7 @@ from .cross_attention import (
 from .dinovit import DinoViTBlockPooling
 from .efficient import EfficientProbing, valid_num_queries
 from .head import ProbeHead, ProbeHeadOutput
-from .linear import LINEAR_FEATURES, LinearPooling
+from .linear import LINEAR_FEATURES, LinearPooling, linear_features
 from .simpool import EfficientSimPool, SimPool
 from .spatial import CBAMPooling, DOLGPooling
 
@@ -67,5 +67,6 @@ __all__ = [
     "ProbeHead",
     "ProbeHeadOutput",
     "build_pooling",
+    "linear_features",
     "valid_num_queries",
 ]

@@ -16,12 +16,11 @@ position embedding of ``cond="pe"`` follows the token grid it is given (so non-s
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, masked_softmax
+from .grid import patch_grid
 
 SELF_ATTENTION_MODES = ("none", "map", "both")
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -106,15 +105,8 @@ class ABMILPPooling(Pooling):
         self.scorer = nn.Sequential(*layers)
 
     def position_embedding(self, num_tokens: int, num_prefix_tokens: int, grid_size) -> torch.Tensor:
-        num_patches = num_tokens - num_prefix_tokens
-        if grid_size is None:
-            side = math.isqrt(num_patches)
-            if side * side != num_patches:
-                raise ValueError(f"abmilp cond='pe' needs grid_size for {num_patches} patch tokens (not a square).")
-            grid_size = (side, side)
-        if grid_size[0] * grid_size[1] != num_patches:
-            raise ValueError(f"grid_size {tuple(grid_size)} does not match {num_patches} patch tokens.")
-        patches = sincos_position_embedding(self.hidden_size, tuple(grid_size))
+        grid_size = patch_grid(num_tokens - num_prefix_tokens, grid_size, "abmilp cond='pe'")
+        patches = sincos_position_embedding(self.hidden_size, grid_size)
         return torch.cat([patches.new_zeros(num_prefix_tokens, self.hidden_size), patches])
 
     def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:

@@ -8,6 +8,7 @@ family, or of whether the tokens came live from a backbone or from a token cache
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,9 +36,13 @@ class Pooling(nn.Module):
     poolings that reshape to 2-D need (the others ignore it). ``token_mask`` ``[B, N]`` marks real tokens ``True``
     and padding ``False`` (images of different sizes in one batch): every pooling ignores the padding, so a padded
     image gets the output it gets alone.
+
+    Poolings with learned queries may set ``supports_uniform_queries`` and take ``uniform_queries`` (query indices
+    whose attention is made uniform, for the per-query analysis) as a keyword of ``forward``.
     """
 
     out_features: int
+    supports_uniform_queries: ClassVar[bool] = False
 
     def forward(
         self,

@@ -20,7 +20,8 @@ from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, refuse_padding
 from .cross_attention import _check_heads, folded_cross_attention
-from .spatial import _pad_prefix, patch_tokens_and_grid
+from .grid import as_pair, patch_tokens_and_grid
+from .spatial import _pad_prefix
 
 
 class CLIPAttentionPooling(Pooling):
@@ -33,7 +34,7 @@ class CLIPAttentionPooling(Pooling):
         super().__init__()
         _check_heads(hidden_size, num_heads, "clip")
         self.hidden_size, self.num_heads, self.out_features = hidden_size, num_heads, hidden_size
-        self.native_grid = (native_grid, native_grid) if isinstance(native_grid, int) else tuple(native_grid)
+        self.native_grid = as_pair(native_grid)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.position_embedding = nn.Parameter(torch.empty(self.native_grid[0] * self.native_grid[1] + 1, hidden_size))
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)

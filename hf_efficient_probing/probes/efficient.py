@@ -16,6 +16,8 @@ instead of N D^2/D_o. The result is the same to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -39,11 +41,12 @@ class EfficientProbing(Pooling):
         d_out: output reduction D_o; the pooled feature has width D / D_o (official default 1).
         value_bias: whether the value projection has a bias (the official code has none).
 
-    Attributes:
-        uniform_queries: indices of queries whose attention is replaced by the uniform distribution over the tokens
-            (empty by default). An analysis switch, not a training option: it measures what each query contributes
-            (the paper's Figure 4), see `hf_efficient_probing.hub.query_analysis`.
+    ``forward(..., uniform_queries=[j, ...])`` replaces those queries' attention by the uniform distribution over the
+    (real) tokens: an analysis input, not a training option, that measures what each query contributes (the paper's
+    Figure 4, `hf_efficient_probing.analysis.query_analysis`).
     """
+
+    supports_uniform_queries = True
 
     def __init__(self, hidden_size: int, num_queries: int = 32, d_out: int = 1, value_bias: bool = False):
         super().__init__()
@@ -62,21 +65,24 @@ class EfficientProbing(Pooling):
         self.scale = hidden_size**-0.5
         self.queries = nn.Parameter(torch.randn(1, num_queries, hidden_size) * 0.02)
         self.value = nn.Linear(hidden_size, self.out_features, bias=value_bias)
-        self.uniform_queries: tuple[int, ...] = ()
 
-    def attention(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, M, N]`` softmax attention of each query over the (real) tokens."""
+    def attention(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None, uniform_queries: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """``[B, M, N]`` softmax attention of each query over the (real) tokens; uniform for ``uniform_queries``."""
         logits = torch.matmul(self.queries * self.scale, tokens.transpose(1, 2))
         attn = masked_softmax(logits, token_mask)
-        if self.uniform_queries:
+        if len(uniform_queries):
             uniform = torch.zeros(self.num_queries, 1, dtype=torch.bool, device=attn.device)
-            uniform[list(self.uniform_queries)] = True
+            uniform[list(uniform_queries)] = True
             attn = torch.where(uniform, masked_softmax(torch.zeros_like(logits), token_mask), attn)
         return attn
 
-    def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
+    def forward(
+        self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None, uniform_queries: Sequence[int] = ()
+    ) -> PoolingOutput:
         check_tokens(tokens, self.hidden_size, token_mask)
-        attn = self.attention(tokens, token_mask)  # B, M, N
+        attn = self.attention(tokens, token_mask, uniform_queries)  # B, M, N
         aggregated = torch.matmul(attn, tokens)  # B, M, D: aggregate the raw tokens first ...
         weight = self.value.weight.view(self.num_queries, self.group_size, self.hidden_size)
         pooled = torch.einsum("bmd,msd->bms", aggregated, weight)  # ... then project each group by its block

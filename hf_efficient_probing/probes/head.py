@@ -42,7 +42,11 @@ class ProbeHead(nn.Module):
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
         token_mask: torch.Tensor | None = None,
+        **pooling_inputs,
     ) -> ProbeHeadOutput:
-        pooled = self.pooling(tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size, token_mask=token_mask)
+        """``pooling_inputs``: extra keywords of the pooling's forward (EP's ``uniform_queries``)."""
+        pooled = self.pooling(
+            tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size, token_mask=token_mask, **pooling_inputs
+        )
         logits = self.classifier(self.norm(pooled.pooled))
         return ProbeHeadOutput(logits=logits, features=pooled.pooled, attentions=pooled.attentions)

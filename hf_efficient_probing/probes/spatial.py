@@ -14,29 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, masked_batch_norm, masked_mean, refuse_padding
-
-
-def patch_tokens_and_grid(
-    tokens: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None, name: str
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The patch tokens ``[B, h * w, D]`` (prefix tokens dropped) and their ``(h, w)`` grid, row-major."""
-    patches = tokens[:, num_prefix_tokens:]
-    num_patches = patches.shape[1]
-    if grid_size is None:
-        side = math.isqrt(num_patches)
-        if side * side != num_patches:
-            raise ValueError(
-                f"{name} pools over the 2-D patch grid, but {num_patches} patch tokens do not form a square grid; "
-                "pass grid_size=(height, width)."
-            )
-        grid_size = (side, side)
-    height, width = grid_size
-    if height * width != num_patches:
-        raise ValueError(
-            f"{name}: grid_size {(height, width)} does not match the {num_patches} patch tokens "
-            f"({tokens.shape[1]} tokens, {num_prefix_tokens} of them prefix tokens)."
-        )
-    return patches, (height, width)
+from .grid import patch_tokens_and_grid
 
 
 def _pad_prefix(attention: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from transformers import TrainerCallback, set_seed
 
+from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
 from ..cache.key import normalize_layers
 from ..cache.layout import TokenLayout
@@ -174,7 +175,7 @@ class ProbingGridModel(nn.Module):
         state = state_dict if state_dict is not None else self.state_dict()
         tensors = {key: value.detach().contiguous() for key, value in state.items() if not key.startswith("backbone.")}
         metadata = {"format": "pt", "members": json.dumps(self.metric_names())}
-        save_file(tensors, os.path.join(save_directory, "model.safetensors"), metadata=metadata)
+        atomic_write_bytes(os.path.join(save_directory, "model.safetensors"), save(tensors, metadata=metadata))
 
     def check_checkpoint(self, checkpoint_dir) -> None:
         """Refuse to resume from a checkpoint of another grid (other kinds, layers or learning rates: e.g. a run

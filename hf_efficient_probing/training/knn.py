@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import TokenReader
+from ..cache.features import GLOBAL_FEATURES
+from ..probes import linear_features
 
 DEFAULT_KS = (5, 10, 20, 50, 100, 200)
 DEFAULT_TEMPERATURES = (0.07,)
@@ -102,8 +104,8 @@ def extract_global_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, D], labels [N])`` of the images in ``batches`` (dicts with ``pixel_values`` and ``labels``):
     the [CLS] token (``"cls"``) or the mean of the patch tokens (``"gap"``) of the frozen backbone."""
-    if features not in ("cls", "gap"):
-        raise ValueError(f"k-NN features must be 'cls' or 'gap', got {features!r}.")
+    if features not in GLOBAL_FEATURES:
+        raise ValueError(f"k-NN features must be one of {GLOBAL_FEATURES}, got {features!r}.")
     reader = TokenReader(
         backbone.config, list(feature_layers), "all" if features == "cls" else "patch", apply_final_norm
     )
@@ -111,7 +113,7 @@ def extract_global_features(
     device = next(backbone.parameters()).device
     collected, labels = [], []
     for batch in batches:
-        tokens = reader(backbone, batch["pixel_values"].to(device)).tokens
-        collected.append((tokens[:, 0] if features == "cls" else tokens.mean(dim=1)).float().cpu())
+        read = reader(backbone, batch["pixel_values"].to(device))
+        collected.append(linear_features(read.tokens, features, read.num_prefix_tokens, read.mask).float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(collected), torch.cat(labels)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..probes.counting import count_trainable_parameters
+from ..probes.grid import as_pair
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
 from .grid import GridSelection, ProbingGridModel, check_grid_fits, chosen_members
@@ -190,10 +191,8 @@ def train_grid(
 
 def _num_patches(grid: ProbingGridModel) -> int:
     config = grid.reader.config
-    size, patch = config.image_size, config.patch_size
-    size = size if isinstance(size, int) else size[0]
-    patch = patch if isinstance(patch, int) else patch[0]
-    return (size // patch) ** 2
+    (height, width), (patch_height, patch_width) = as_pair(config.image_size), as_pair(config.patch_size)
+    return (height // patch_height) * (width // patch_width)
 
 
 def evaluate_once(model, args: ProbingTrainingArguments, evaluation_dataset) -> dict[str, float]:

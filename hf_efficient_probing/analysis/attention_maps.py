@@ -3,7 +3,7 @@
 Works for every probe that returns ``probe_attentions`` ``[B, Q, N]`` (EP and the attentive baselines); leading
 [CLS] tokens are dropped and the remaining ``N - prefix`` weights are laid out on the patch grid.
 
-    python -m hf_efficient_probing.hub.attention_maps --model user/probe --image cat.jpg --output maps.png
+    python -m hf_efficient_probing.analysis.attention_maps --model user/probe --image cat.jpg --output maps.png
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global backend switch, no window, works headless
 from PIL import Image
-from transformers import AutoImageProcessor
 
 from ..backbones import layer_states
+from ..checkpoint import load_image_processor
 from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
 from ..probes import EfficientProbing
 
@@ -63,22 +63,6 @@ def count_attention_maps(model: ProbingPreTrainedModel) -> int | None:
     attentions = pooling.eval()(tokens, num_prefix_tokens=num_prefix, grid_size=(rows, columns)).attentions
     pooling.train(was_training)
     return None if attentions is None else attentions.shape[1]
-
-
-def load_image_processor(name_or_path: str | None, revision: str | None = None, config=None, **hub_kwargs):
-    """The image processor saved with a probe, else the one of the backbone its ``config`` names (``None`` if
-    neither has one)."""
-    sources = [(name_or_path, revision)]
-    if config is not None:
-        sources.append((config.backbone_name_or_path, config.backbone_revision))
-    for source, source_revision in sources:
-        if not source:
-            continue
-        try:
-            return AutoImageProcessor.from_pretrained(source, revision=source_revision, **hub_kwargs)
-        except OSError:
-            continue
-    return None
 
 
 def unnormalize(pixel_values: torch.Tensor, image_processor=None) -> np.ndarray:
@@ -129,7 +113,7 @@ def probe_attention_maps(
     model: ProbingPreTrainedModel, pixel_values: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, num_labels]`` and attention maps ``[B, Q, rows, columns]`` of a probe on a batch of images."""
-    read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
+    read = model.read_tokens(pixel_values.to(device=model.device, dtype=model.dtype))
     outputs = model(tokens=read.tokens, grid_size=read.grid_size, token_mask=read.mask, output_attentions=True)
     if outputs.probe_attentions is None:
         raise ValueError(

@@ -7,29 +7,29 @@ For every query j, over a labelled evaluation set:
 * **accuracy drop**: top-1 accuracy of the probe minus its accuracy when ``a_j`` alone is replaced by the uniform
   distribution ``1/N`` (the query then contributes the mean token through its value block).
 
-The backbone runs once per batch; the probe runs ``M + 1`` times on the same tokens.
+The backbone runs once per batch; the model's own forward then runs ``M + 1`` times on the same tokens, with
+``uniform_queries=[j]`` for the runs without query j.
 
-    python -m hf_efficient_probing.hub.query_analysis --model user/probe --data_dir val_images/ --output_dir analysis/
+    python -m hf_efficient_probing.analysis.query_analysis --model user/probe --data_dir val_images/ --output_dir analysis/
 
-Works for probes whose pooling has the ``uniform_queries`` switch (EP); the labels of the data set must be the
-probe's class indices.
+Defined for EP probes (their pooling takes ``uniform_queries``); the labels of the data set must be the probe's
+class indices.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
+from ..checkpoint import load_image_processor
 from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
-from .attention_maps import load_image_processor
 
 
 @dataclass
@@ -50,21 +50,6 @@ class QueryAnalysis:
     num_tokens: int
 
 
-@contextlib.contextmanager
-def uniform_attention(pooling: torch.nn.Module, queries: Iterable[int]) -> Iterator[None]:
-    """Within the block, the given queries of ``pooling`` attend uniformly over the tokens."""
-    if not hasattr(pooling, "uniform_queries"):
-        raise ValueError(
-            f"{type(pooling).__name__} has no `uniform_queries` switch; the per-query analysis is defined for EP."
-        )
-    previous = pooling.uniform_queries
-    pooling.uniform_queries = tuple(queries)
-    try:
-        yield
-    finally:
-        pooling.uniform_queries = previous
-
-
 def attention_entropy(attentions: torch.Tensor) -> torch.Tensor:
     """``[B, Q, N]`` attention -> ``[B, Q]`` entropy in nats (0 log 0 taken as 0)."""
     return -(attentions * attentions.clamp_min(torch.finfo(attentions.dtype).tiny).log()).sum(-1)
@@ -81,30 +66,24 @@ def query_contributions(
         batches: ``(pixel_values [B, 3, H, W], labels [B])`` pairs.
     """
     model.eval()
-    pooling = model.probe.pooling
-    num_queries = getattr(pooling, "num_queries", None)
-    if num_queries is None or not hasattr(pooling, "uniform_queries"):
+    num_queries = getattr(model.probe.pooling, "num_queries", None)
+    if num_queries is None or not model.probe.pooling.supports_uniform_queries:
         raise ValueError(f"The {model.config.pooling_name!r} probe has no queries to analyse; use an EP probe.")
     correct = torch.zeros(num_queries + 1, dtype=torch.long)  # [0]: the probe as trained; [j + 1]: query j uniform
     entropy = torch.zeros(num_queries, dtype=torch.float64)
     seen = 0
     for pixel_values, labels in batches:
-        read = model.token_reader(model.backbone, pixel_values.to(device=model.device, dtype=model.dtype))
-        tokens = read.tokens.to(model.probe.classifier.weight.dtype)
+        read = model.read_tokens(pixel_values.to(device=model.device, dtype=model.dtype))
+        inputs = {"tokens": read.tokens, "grid_size": read.grid_size, "token_mask": read.mask}
         labels = labels.to(model.device)
-        head = model.probe(
-            tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
-        )
-        correct[0] += int((head.logits.argmax(-1) == labels).sum())
-        entropy += attention_entropy(head.attentions.double()).sum(0).cpu()
+        outputs = model(**inputs, output_attentions=True)
+        correct[0] += int((outputs.logits.argmax(-1) == labels).sum())
+        entropy += attention_entropy(outputs.probe_attentions.double()).sum(0).cpu()
         for query in range(num_queries):
-            with uniform_attention(pooling, [query]):
-                logits = model.probe(
-                    tokens, num_prefix_tokens=read.num_prefix_tokens, grid_size=read.grid_size, token_mask=read.mask
-                ).logits
+            logits = model(**inputs, uniform_queries=[query]).logits
             correct[query + 1] += int((logits.argmax(-1) == labels).sum())
         seen += len(labels)
-        num_tokens = tokens.shape[1]
+        num_tokens = read.tokens.shape[1]
     if seen == 0:
         raise ValueError("The evaluation set is empty.")
     accuracy = 100.0 * correct.double() / seen

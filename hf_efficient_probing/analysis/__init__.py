@@ -1,0 +1,28 @@
+"""What a trained probe looks at: attention maps over the patch grid and what each EP query contributes.
+
+Built on the models (``analysis -> modeling_probing``) and run through the model's own forward (``tokens=...``,
+``output_attentions=True``, ``uniform_queries=...``), never a copy of it.
+"""
+
+from .attention_maps import (
+    attention_to_grid,
+    attention_unit,
+    count_attention_maps,
+    plot_attention_maps,
+    probe_attention_maps,
+    save_attention_maps,
+)
+from .query_analysis import QueryAnalysis, QueryContribution, attention_entropy, query_contributions
+
+__all__ = [
+    "QueryAnalysis",
+    "QueryContribution",
+    "attention_entropy",
+    "attention_to_grid",
+    "attention_unit",
+    "count_attention_maps",
+    "plot_attention_maps",
+    "probe_attention_maps",
+    "query_contributions",
+    "save_attention_maps",
+]
