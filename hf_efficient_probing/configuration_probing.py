@@ -18,7 +18,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
 from .checkpoint import CheckpointKind
-from .probes import BASELINE_POOLINGS, LINEAR_FEATURES, POOLINGS, valid_num_queries
+from .probes import LINEAR_FEATURES, POOLINGS, attentive_poolings, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
 
@@ -242,7 +242,8 @@ class AttentiveProbingConfig(ProbingConfig):
     Args:
         pooler_type (`str`, *optional*, defaults to `"aim"`):
             The pooling, by its official name: `abmilp`, `simpool`, `esimpool`, `clip`, `siglip`, `aim`, `coca`,
-            `cait`, `dinovit`, `jepa`, `dolg`, `cae`, `cbam` or `mhca`.
+            `cait`, `dinovit`, `jepa`, `dolg`, `cae`, `cbam` or `mhca`, or one registered with
+            `hf_efficient_probing.probes.register_pooling`.
         pooler_kwargs (`dict`, *optional*):
             Hyper-parameters of that pooling, by the names of its constructor (e.g. `{"num_heads": 16}` for `aim`,
             `{"self_attention": "none", "depth": 1}` for `abmilp`); omitted ones take the official defaults. See the
@@ -268,9 +269,9 @@ class AttentiveProbingConfig(ProbingConfig):
         return self.pooler_type
 
     def validate_pooler(self):
-        if self.pooler_type not in BASELINE_POOLINGS:
+        if self.pooler_type not in attentive_poolings():
             raise ValueError(
-                f"pooler_type must be one of {list(BASELINE_POOLINGS)}, got {self.pooler_type!r} (EP and linear "
+                f"pooler_type must be one of {list(attentive_poolings())}, got {self.pooler_type!r} (EP and linear "
                 "probes have their own configs: EfficientProbingConfig, LinearProbingConfig)."
             )
         parameters = inspect.signature(POOLINGS[self.pooler_type]).parameters

@@ -45,7 +45,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
-from .probes import BASELINE_POOLINGS, ProbeHead, build_pooling
+from .probes import POOLINGS, ProbeHead, build_pooling
 from .probes.grid import square_grid
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
@@ -377,11 +377,15 @@ GENERIC_PROBE_CLASSES.update(
     }
 )
 
-PROBE_CONFIGS: dict[str, type[ProbingConfig]] = {
-    EfficientProbingConfig.pooling_name: EfficientProbingConfig,
-    LinearProbingConfig.pooling_name: LinearProbingConfig,
-    **{name: AttentiveProbingConfig for name in BASELINE_POOLINGS},
-}
+
+def probe_config_class(probe: str) -> type[ProbingConfig]:
+    """The config class of a probe kind (a registered pooling name): EP and the linear probe have their own, every
+    other pooling is configured by ``AttentiveProbingConfig``. Read from the registry, so a pooling registered with
+    ``probes.register_pooling`` is a probe kind at once."""
+    if probe not in POOLINGS:
+        raise ValueError(f"Unknown probe {probe!r}; choose one of {sorted(POOLINGS)}.")
+    own = {config.pooling_name: config for config in (EfficientProbingConfig, LinearProbingConfig)}
+    return own.get(probe, AttentiveProbingConfig)
 
 
 def probe_class_for(config: ProbingConfig) -> type[ProbingPreTrainedModel]:
@@ -427,11 +431,9 @@ class AutoModelForEfficientProbing:
     @classmethod
     def from_backbone(cls, backbone, probe: str = "ep", **kwargs) -> ProbingPreTrainedModel:
         """A new probe of kind ``probe`` (a registered pooling name) on a pretrained backbone."""
-        if probe not in PROBE_CONFIGS:
-            raise ValueError(f"Unknown probe {probe!r}; choose one of {sorted(PROBE_CONFIGS)}.")
+        probe_config = probe_config_class(probe)  # an unknown kind fails before a backbone is loaded
         if isinstance(backbone, (str, os.PathLike)):
             backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
-        probe_config = PROBE_CONFIGS[probe]
         if probe_config is AttentiveProbingConfig:
             kwargs["pooler_type"] = probe
         model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)

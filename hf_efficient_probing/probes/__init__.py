@@ -1,7 +1,9 @@
 """Poolings (the attention math) as plain ``torch.nn.Module``s, and the name -> class registry.
 
-Adding a probe: write its pooling in a module of this package, subclassing :class:`Pooling`, and add one entry to
-``POOLINGS``. The configs, models, converter and parameter tests pick it up from the registry.
+Adding a probe: write its pooling as a subclass of :class:`Pooling` and register it with
+``@register_pooling("name")`` (or one entry in ``POOLINGS`` for a pooling of this package). Configs
+(``AttentiveProbingConfig(pooler_type="name")``), ``AutoModelForEfficientProbing.from_backbone(probe="name")``,
+``--probe name`` and the parameter tests find it in the registry.
 """
 
 from __future__ import annotations
@@ -45,8 +47,30 @@ POOLINGS: dict[str, type[Pooling]] = {
     "mhca": MultiHeadCrossAttentionPooling,
 }
 
-# The attentive-probing baselines (every registered pooling but EP and the linear probe), in the paper's order.
+# The paper's attentive-probing baselines (every pooling of this package but EP and the linear probe), in its order.
 BASELINE_POOLINGS: tuple[str, ...] = tuple(name for name in POOLINGS if name not in ("ep", "linear"))
+
+
+def register_pooling(name: str):
+    """Class decorator registering a :class:`Pooling` subclass as probe kind ``name`` (an attentive probe: it is
+    configured by ``AttentiveProbingConfig(pooler_type=name, pooler_kwargs=...)``)."""
+
+    def register(pooling: type[Pooling]) -> type[Pooling]:
+        if not (isinstance(pooling, type) and issubclass(pooling, Pooling)):
+            raise TypeError(f"register_pooling({name!r}) takes a subclass of Pooling, got {pooling!r}.")
+        if name in POOLINGS:
+            raise ValueError(
+                f"A pooling is already registered as {name!r} ({POOLINGS[name].__name__}); pick another name."
+            )
+        POOLINGS[name] = pooling
+        return pooling
+
+    return register
+
+
+def attentive_poolings() -> tuple[str, ...]:
+    """Every registered pooling but EP and the linear probe (which have their own configs), the paper's first."""
+    return tuple(name for name in POOLINGS if name not in ("ep", "linear"))
 
 
 def build_pooling(name: str, hidden_size: int, **kwargs) -> Pooling:
@@ -66,7 +90,9 @@ __all__ = [
     "PoolingOutput",
     "ProbeHead",
     "ProbeHeadOutput",
+    "attentive_poolings",
     "build_pooling",
     "linear_features",
+    "register_pooling",
     "valid_num_queries",
 ]

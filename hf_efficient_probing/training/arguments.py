@@ -114,7 +114,9 @@ class ProbeArguments:
     )
     probe: list[str] = field(
         default_factory=lambda: ["ep"],
-        metadata={"help": "Probe kinds (names of PROBE_CONFIGS: ep, linear, ...); several train in the same grid."},
+        metadata={
+            "help": "Probe kinds (registered pooling names: ep, linear, aim, ...); several train in the same grid."
+        },
     )
     learning_rates: list[float] | None = field(
         default=None,

@@ -12,7 +12,8 @@ from transformers import AutoImageProcessor, set_seed
 from ..backbones import load_backbone, vision_config
 from ..cache.features import global_features
 from ..cache.key import normalize_layers
-from ..modeling_probing import PROBE_CONFIGS, AutoModelForEfficientProbing
+from ..modeling_probing import AutoModelForEfficientProbing, probe_config_class
+from ..probes import POOLINGS
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import SELECTION, TRAIN, VALIDATION, PreparedData, prepare_data, probing_collator
 from .grid import ProbingGridModel, grid_members
@@ -42,9 +43,9 @@ def load_backbone_and_processor(model_args: ModelArguments):
 def probe_config_kwargs(probe_args: ProbeArguments) -> dict[str, dict]:
     """Per probe kind of ``--probe``, the probe-config fields from the arguments that its config class has. A field
     that no kind has is an error (a typo, or a setting for a kind that is not trained)."""
-    unknown_kinds = [kind for kind in probe_args.probe if kind not in PROBE_CONFIGS]
+    unknown_kinds = [kind for kind in probe_args.probe if kind not in POOLINGS]
     if unknown_kinds or not probe_args.probe:
-        raise ValueError(f"Unknown probe {unknown_kinds or probe_args.probe}; choose from {sorted(PROBE_CONFIGS)}.")
+        raise ValueError(f"Unknown probe {unknown_kinds or probe_args.probe}; choose from {sorted(POOLINGS)}.")
     given = json.loads(probe_args.probe_config_json) if probe_args.probe_config_json else {}
     for name, value in (
         ("num_queries", probe_args.num_queries),
@@ -56,13 +57,13 @@ def probe_config_kwargs(probe_args: ProbeArguments) -> dict[str, dict]:
             given[name] = value
     per_kind, used = {}, set()
     for kind in probe_args.probe:
-        allowed = {f.name for f in dataclasses.fields(PROBE_CONFIGS[kind])}
+        allowed = {f.name for f in dataclasses.fields(probe_config_class(kind))}
         per_kind[kind] = {name: value for name, value in given.items() if name in allowed}
         used |= set(per_kind[kind])
     unknown = sorted(set(given) - used)
     if unknown:
         fields = sorted(
-            {f.name for kind in probe_args.probe for f in dataclasses.fields(PROBE_CONFIGS[kind])}
+            {f.name for kind in probe_args.probe for f in dataclasses.fields(probe_config_class(kind))}
             - {"backbone_config", "backbone_name_or_path", "backbone_revision"}
         )
         raise ValueError(f"The {probe_args.probe} probes have no settings {unknown}; their config fields are {fields}.")
