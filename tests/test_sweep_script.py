@@ -3,6 +3,7 @@ reloadable and reproducing its reported accuracy."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,9 @@ def test_sweep_trains_every_probe_once_and_writes_the_table(tmp_path):
              "linear_featurescls_layer4_lr1.00e-03", "linear_featuresgap_layer4_lr1.00e-03"]  # fmt: skip
     rows = {row["name"]: row for row in json.loads((output / "results.json").read_text())}
     assert sorted(rows) == sorted(names) and all(name in table for name in names)
-    assert "k-NN gap" in table
+    # k-NN's (k, T) is chosen on the held-out split: its row shows that split's top-1 beside the evaluation's
+    knn_row = next(line for line in table.splitlines() if line.startswith("| k-NN gap (k="))
+    assert re.fullmatch(r"\| k-NN gap \(k=\d+, T=[\d.]+\) \| 0 \| \d+\.\d\d \| - \| \d+\.\d\d \|", knn_row), knn_row
     validation = next(TokenCache(p) for p in cache.iterdir() if TokenCache(p).key["split"] == "validation").dataset()
     tokens = torch.stack([validation[i]["tokens"] for i in range(len(validation))])
     labels = validation.labels
