@@ -97,8 +97,8 @@ def test_killed_rank_resumes_its_own_slice_without_duplicated_or_missing_rows(tm
 def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tmp_path):  # noqa: F811
     """The default protocol on 2 processes from one token cache both fill: 9 selection and 15 evaluation images (odd,
     and not multiples of the batch of 6) are gathered exactly once at every evaluation, the k-NN features read
-    back from the cache (bank, held-out selection, evaluation) are every image's own, in order, on both ranks; one process then reuses that cache and
-    reaches the same results."""
+    back from the cache (bank, held-out selection, evaluation) are every image's own, in order, on both ranks; one
+    process then reuses that cache and reaches the same results."""
     cache = tmp_path / "cache"
     settings = ("--probe", "linear", "--protocol", "default", "--token_cache_dir", str(cache), "--num_train_epochs",
                 "4", "--selection_fraction", "0.375", "--knn_eval", "--knn_k", "1", "3", "--knn_features", "gap")  # fmt: skip

@@ -134,7 +134,8 @@ def test_knn_reads_the_token_cache(backbone_dir, image_folder, tmp_path):
     """The default protocol, live and from the token cache: the same held-out selection split and bank, so the same
     selection sweep, choice and evaluation figures."""
     knn_args = ("--probe", "linear", "--protocol", "default", "--learning_rates", "1e-2", "--num_train_epochs", "1",
-                "--knn_eval", "--knn_features", "gap", "--knn_k", "1", "3", "--knn_temperatures", "0.07", "0.5")  # fmt: skip
+                "--knn_eval", "--knn_features", "gap", "--knn_k", "1", "3",
+                "--knn_temperatures", "0.07", "0.5")  # fmt: skip
     _load_script().main(_args(backbone_dir, image_folder, tmp_path / "live", *knn_args, "--use_token_cache", "false"))
     cache = tmp_path / "cache"  # the default protocol: the token cache is on by default
     _load_script().main(

@@ -3,9 +3,10 @@
 Each image is one global feature ([CLS] or the mean of the patch tokens, GAP), L2-normalised. A test image's k
 nearest training features (cosine similarity) vote for their class with weight ``exp(sim / T)``; the sweep over
 ``k`` and ``T`` reports top-1/top-5 for every pair, and :func:`select_knn` chooses the pair on a split held out from
-train before it classifies the evaluation split once with it. :func:`knn_classify` works on feature tensors only, so features
-from a token cache feed it as well as features computed here; it walks the test set in chunks and the training bank
-in blocks, keeping a running top-k, so it never holds more than ``test_chunk x train_block`` similarities.
+train before it classifies the evaluation split once with it. :func:`knn_classify` works on feature tensors only,
+so features from a token cache feed it as well as features computed here; it walks the test set in chunks and the
+training bank in blocks, keeping a running top-k, so it never holds more than ``test_chunk x train_block``
+similarities.
 """
 
 from __future__ import annotations

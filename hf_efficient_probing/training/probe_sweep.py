@@ -134,10 +134,10 @@ def run_probe_sweep(args: argparse.Namespace, backbone, data: PreparedData) -> l
     if args.use_token_cache:
         layer = grid.layout.feature_layers[-1:]
         for features in args.knn_features:  # (k, T) chosen on the held-out split, like every probe's epoch
-            bank, selection, evaluation = (
+            bank, held_out, evaluation = (
                 global_features(caches[split], features, feature_layers=layer) for split in SPLITS
             )
-            knn = select_knn(bank, selection, evaluation, num_classes=data.num_labels)
+            knn = select_knn(bank, held_out, evaluation, num_classes=data.num_labels)
             chosen, evaluated = knn["chosen"], knn["evaluation"]
             table += (
                 f"\n| k-NN {features} (k={chosen['k']}, T={chosen['temperature']}) | 0 | "
