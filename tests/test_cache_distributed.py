@@ -1,6 +1,6 @@
 """Every process extracts: two ranks under ``accelerate launch`` fill one cache, a killed rank resumes its own slice,
-and the default protocol on two processes reads every cached sample exactly once (evaluation, k-NN) and matches one
-process."""
+and the default protocol on two processes reads every cached sample exactly once (evaluation; k-NN's bank, selection
+and evaluation splits) and matches one process."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from hf_efficient_probing.backbones import load_backbone
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.cache.store import MANIFEST_NAME, RANK_RECORDS_PATTERN
 from hf_efficient_probing.training import build_transforms, probing_collator
-from hf_efficient_probing.training.data import ImageClassificationDataset, load_image_dataset
+from hf_efficient_probing.training.data import ImageClassificationDataset, hold_out_for_selection, load_image_dataset
 from hf_efficient_probing.training.knn import extract_global_features
 
 HERE = Path(__file__).parent
@@ -97,8 +97,8 @@ def test_killed_rank_resumes_its_own_slice_without_duplicated_or_missing_rows(tm
 def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tmp_path):  # noqa: F811
     """The default protocol on 2 processes from one token cache both fill: 9 selection and 15 evaluation images (odd,
     and not multiples of the batch of 6) are gathered exactly once at every evaluation, the k-NN features read
-    back from the cache are every image's own, in order, on both ranks; one process then reuses that cache and
-    reaches the same results."""
+    back from the cache (bank, held-out selection, evaluation) are every image's own, in order, on both ranks; one
+    process then reuses that cache and reaches the same results."""
     cache = tmp_path / "cache"
     settings = ("--probe", "linear", "--protocol", "default", "--token_cache_dir", str(cache), "--num_train_epochs",
                 "4", "--selection_fraction", "0.375", "--knn_eval", "--knn_k", "1", "3", "--knn_features", "gap")  # fmt: skip
@@ -119,17 +119,18 @@ def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tm
         assert len(per_process) == 2 and all(per_process), "both ranks extract"
 
     seen = [json.loads((tmp_path / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
-    live = live_knn_features(backbone_dir, image_folder)
+    live = live_knn_features(backbone_dir, image_folder, selection_fraction=0.375)
     for rank in seen:
         assert len(rank["selection"]) == 4 and len(rank["evaluation"]) == 1  # every epoch; the chosen probe, once
         for gathered in rank["selection"]:
             assert sorted(gathered) == list(range(9)), gathered
         assert sorted(rank["evaluation"][0]) == list(range(15)), rank["evaluation"][0]
-        for split in ("train", "test"):  # each row is its own image's feature: none dropped, repeated or moved
-            features, labels = live["train" if split == "train" else "validation"]
-            cached = torch.tensor(rank["knn"][f"{split}_features"])
+        # k-NN's bank and selection are the grid's train and held-out images, its evaluation the validation split;
+        # each row is its own image's feature: none dropped, repeated or moved
+        for split, (features, labels) in live.items():
+            cached = torch.tensor(rank["knn"][split]["features"])
             assert torch.cdist(cached, features).argmin(dim=1).tolist() == list(range(len(features)))
-            assert rank["knn"][f"{split}_labels"] == labels.tolist()
+            assert rank["knn"][split]["labels"] == labels.tolist()
             torch.testing.assert_close(cached, features, rtol=0, atol=CACHED_FEATURE_ATOL)
     assert seen[0]["knn"] == seen[1]["knn"]
 
@@ -139,7 +140,7 @@ def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tm
     assert single["token_cache"]["reused"], "one process finds the cache two processes built"
     accuracy = {run: json.loads((run / "all_results.json").read_text())["eval_accuracy"] for run in (two, one)}
     assert accuracy[two] == pytest.approx(accuracy[one])
-    knn = {run: json.loads((run / "knn_results.json").read_text())["sweep"] for run in (two, one)}
+    knn = {run: json.loads((run / "knn_results.json").read_text()) for run in (two, one)}
     assert knn[two] == knn[one]
 
 
@@ -148,14 +149,16 @@ def test_two_processes_extract_and_train_like_one(backbone_dir, image_folder, tm
 CACHED_FEATURE_ATOL = 3e-3
 
 
-def live_knn_features(backbone_path, image_root) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The GAP features of the last layer of every image, in data set order, through the live backbone."""
+def live_knn_features(backbone_path, image_root, selection_fraction) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The GAP features of the last layer of every image, in data set order, through the live backbone: of train
+    without the images the default protocol holds out (``bank``), of those (``selection``) and of ``evaluation``."""
     _, eval_transform = build_transforms(ViTImageProcessor.from_pretrained(backbone_path))
     backbone = load_backbone(backbone_path)
     dataset, image_column, label_column = load_image_dataset(image_root)
+    bank, selection = hold_out_for_selection(dataset["train"], label_column, selection_fraction, seed=0)
     features = {}
-    for split in ("train", "validation"):
-        items = ImageClassificationDataset(dataset[split], image_column, label_column, eval_transform, split)
+    for split, images in (("bank", bank), ("selection", selection), ("evaluation", dataset["validation"])):
+        items = ImageClassificationDataset(images, image_column, label_column, eval_transform, split)
         batches = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=probing_collator)
         with torch.no_grad():
             features[split] = extract_global_features(backbone, batches, "gap", [-1])

@@ -10,6 +10,8 @@ import torch
 
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.cache.features import global_features
+from hf_efficient_probing.training.knn import knn_classify
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_probe_sweep.py"
 
@@ -27,8 +29,19 @@ def test_sweep_trains_every_probe_once_and_writes_the_table(tmp_path):
              "linear_featurescls_layer4_lr1.00e-03", "linear_featuresgap_layer4_lr1.00e-03"]  # fmt: skip
     rows = {row["name"]: row for row in json.loads((output / "results.json").read_text())}
     assert sorted(rows) == sorted(names) and all(name in table for name in names)
-    assert "k-NN gap" in table
-    validation = next(TokenCache(p) for p in cache.iterdir() if TokenCache(p).key["split"] == "validation").dataset()
+    caches = {TokenCache(p).key["split"]: TokenCache(p) for p in cache.iterdir()}
+    # k-NN's (k, T) is chosen on the held-out split (the rest of train as the bank), the evaluation split read once
+    bank, selection, evaluation = (
+        global_features(caches[split], "gap") for split in ("train", "selection", "validation")
+    )
+    chosen = max(knn_classify(*bank, *selection), key=lambda r: r["top1"])
+    (evaluated,) = knn_classify(*bank, *evaluation, ks=(chosen["k"],), temperatures=(chosen["temperature"],))
+    knn_row = (
+        f"| k-NN gap (k={chosen['k']}, T={chosen['temperature']}) | 0 | {100 * chosen['top1']:.2f} | - | "
+        f"{100 * evaluated['top1']:.2f} |"
+    )
+    assert knn_row in table.splitlines(), table
+    validation = caches["validation"].dataset()
     tokens = torch.stack([validation[i]["tokens"] for i in range(len(validation))])
     labels = validation.labels
     for name in names:

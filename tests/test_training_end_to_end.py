@@ -125,18 +125,33 @@ def test_layerwise_low_shot_and_knn(backbone_dir, image_folder, tmp_path):
         assert json.loads((output / f"layer_{layer}" / "all_results.json").read_text())["train_samples"] == 12
     knn = json.loads((output / "knn_results.json").read_text())
     assert {(r["k"], r["temperature"]) for r in knn["sweep"]} == {(1, 0.07), (3, 0.07), (1, 0.5), (3, 0.5)}
+    # the paper's protocol sweeps on the evaluation split and says that its best figure is optimistic
+    assert knn["protocol"] == "paper" and "optimistic" in knn["selection"]
+    assert knn["best"] == max(knn["sweep"], key=lambda r: r["top1"])
 
 
 def test_knn_reads_the_token_cache(backbone_dir, image_folder, tmp_path):
-    knn_args = ("--probe", "linear", "--num_train_epochs", "1", "--knn_eval", "--knn_features", "gap")
-    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "live", *knn_args))
+    """The default protocol, live and from the token cache: the same held-out selection split and bank, so the same
+    selection sweep, choice and evaluation figures."""
+    knn_args = ("--probe", "linear", "--protocol", "default", "--learning_rates", "1e-2", "--num_train_epochs", "1",
+                "--knn_eval", "--knn_features", "gap", "--knn_k", "1", "3",
+                "--knn_temperatures", "0.07", "0.5")  # fmt: skip
+    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "live", *knn_args, "--use_token_cache", "false"))
     cache = tmp_path / "cache"  # the default protocol: the token cache is on by default
-    _load_script().main(_args(backbone_dir, image_folder, tmp_path / "cached", *knn_args, "--protocol", "default",
-                              "--learning_rates", "1e-2", "--token_cache_dir", str(cache)))  # fmt: skip
+    _load_script().main(
+        _args(backbone_dir, image_folder, tmp_path / "cached", *knn_args, "--token_cache_dir", str(cache))
+    )
     live, cached = (json.loads((tmp_path / run / "knn_results.json").read_text()) for run in ("live", "cached"))
-    assert [r["top1"] for r in cached["sweep"]] == pytest.approx([r["top1"] for r in live["sweep"]])
-    # train/selection/validation tokens of the probe grid ([CLS]), train/validation tokens of k-NN (GAP)
-    assert len(list(cache.glob("*/manifest.json"))) == 5
+    assert cached["protocol"] == live["protocol"] == "default"
+    summary = json.loads((tmp_path / "cached" / "run_summary.json").read_text())
+    counts = ("bank_samples", "selection_samples", "eval_samples")
+    assert [cached[n] for n in counts] == [live[n] for n in counts] == [summary["train_samples"], 6, 15]  # 2 per class
+    assert [r["top1"] for r in cached["selection_sweep"]] == pytest.approx([r["top1"] for r in live["selection_sweep"]])
+    chosen = [(run["chosen"]["k"], run["chosen"]["temperature"]) for run in (cached, live)]
+    assert chosen[0] == chosen[1]
+    assert cached["evaluation"]["top1"] == pytest.approx(live["evaluation"]["top1"])
+    # train/selection/validation tokens of the probe grid ([CLS]) and of k-NN (GAP)
+    assert len(list(cache.glob("*/manifest.json"))) == 6
 
 
 def test_lora_adapter_and_probe_saved_together(backbone_dir, image_folder, tmp_path):
@@ -186,7 +201,8 @@ def _env():
 # The example script, with every evaluation sample numbered: the number rides with its label through the
 # Trainer's gathering across processes (label + 1000 x index), and each process writes down the indices it received
 # for each evaluation (on the evaluation split; in a grid run also every evaluation on the selection split), and the
-# k-NN features it used.
+# k-NN features it used (the paper protocol's train and test features; the default protocol's bank, selection and
+# evaluation features).
 INDEXED_RUN = """
 import json, os, runpy, sys
 import numpy as np, torch
@@ -239,11 +255,16 @@ def knn_classify(train_features, train_labels, test_features, test_labels, *args
                    "train_features": train_features.tolist(), "test_features": test_features.tolist()}
     return real(train_features, train_labels, test_features, test_labels, *args, **kwargs)
 
+def select_knn(*splits, real=run.select_knn, **kwargs):
+    names = ("bank", "selection", "evaluation")
+    seen["knn"] = {name: {"features": f.tolist(), "labels": l.tolist()} for name, (f, l) in zip(names, splits)}
+    return real(*splits, **kwargs)
+
 Trainer.prediction_step = prediction_step
 probing_trainer.probing_collator = sweep.probing_collator = collate
 probing_trainer.build_compute_metrics = sweep.build_compute_metrics = build_compute_metrics
 sweep.grid_compute_metrics, run.train_probe, run.train_grid = grid_compute_metrics, train_probe, train_grid
-run.knn_classify = knn_classify
+run.knn_classify, run.select_knn = knn_classify, select_knn
 sys.argv = [script, *argv]
 runpy.run_path(script, run_name="__main__")
 with open(f"{report}-{os.environ.get('RANK', 0)}.json", "w") as handle:

@@ -2,9 +2,11 @@
 
 Each image is one global feature ([CLS] or the mean of the patch tokens, GAP), L2-normalised. A test image's k
 nearest training features (cosine similarity) vote for their class with weight ``exp(sim / T)``; the sweep over
-``k`` and ``T`` reports top-1/top-5 for every pair. :func:`knn_classify` works on feature tensors only, so features
-from a token cache feed it as well as features computed here; it walks the test set in chunks and the training bank
-in blocks, keeping a running top-k, so it never holds more than ``test_chunk x train_block`` similarities.
+``k`` and ``T`` reports top-1/top-5 for every pair, and :func:`select_knn` chooses the pair on a split held out from
+train before it classifies the evaluation split once with it. :func:`knn_classify` works on feature tensors only,
+so features from a token cache feed it as well as features computed here; it walks the test set in chunks and the
+training bank in blocks, keeping a running top-k, so it never holds more than ``test_chunk x train_block``
+similarities.
 """
 
 from __future__ import annotations
@@ -92,6 +94,31 @@ def knn_classify(
 def best_knn_result(results: Iterable[dict]) -> dict:
     """The ``(k, T)`` with the best top-1 accuracy (the first one on ties)."""
     return max(results, key=lambda result: result["top1"])
+
+
+def select_knn(
+    bank: tuple[torch.Tensor, torch.Tensor],
+    selection: tuple[torch.Tensor, torch.Tensor],
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+) -> dict:
+    """Choose ``(k, T)`` on ``selection``, then classify ``evaluation`` once with that choice, both against ``bank``,
+    so that the reported figure was never used to choose (``selection`` is held out from train, ``bank`` is the
+    rest of train; each a ``(features, labels)`` pair).
+
+    Returns ``{"selection_sweep": [...], "chosen": {...}, "evaluation": {...}}``: the sweep on ``selection`` as
+    :func:`knn_classify` gives it, its best row (the first one on ties) and the evaluation split's row at that
+    ``(k, T)``. ``num_classes`` defaults to the largest bank label + 1 (the classes a neighbour can vote for).
+    """
+    num_classes = num_classes or int(bank[1].max()) + 1
+    sweep = knn_classify(*bank, *selection, num_classes=num_classes, ks=ks, temperatures=temperatures)
+    chosen = best_knn_result(sweep)
+    (evaluated,) = knn_classify(
+        *bank, *evaluation, num_classes=num_classes, ks=(chosen["k"],), temperatures=(chosen["temperature"],)
+    )
+    return {"selection_sweep": sweep, "chosen": chosen, "evaluation": evaluated}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from hf_efficient_probing.probes import valid_num_queries
 from hf_efficient_probing.training.arguments import ProbingTrainingArguments
 from hf_efficient_probing.training.data import SELECTION, TRAIN, VALIDATION, PreparedData
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
-from hf_efficient_probing.training.knn import best_knn_result, knn_classify
+from hf_efficient_probing.training.knn import select_knn
 from hf_efficient_probing.training.sweep import train_grid
 
 SPLITS = (TRAIN, SELECTION, VALIDATION)
@@ -66,7 +66,12 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="probe initialisation, batch order, held-out split")
     parser.add_argument("--use_token_cache", action="store_true", help="extract the tokens once, train from disk")
     parser.add_argument("--token_cache_dir", default=None, help="default: $HF_HOME/hf_efficient_probing/token-cache")
-    parser.add_argument("--knn_features", nargs="*", default=[], help="with the cache: k-NN of cls and/or gap features")
+    parser.add_argument(
+        "--knn_features",
+        nargs="*",
+        default=[],
+        help="with the cache: k-NN of cls and/or gap features, (k, T) chosen on the held-out split",
+    )
     return parser
 
 
@@ -128,13 +133,15 @@ def run_probe_sweep(args: argparse.Namespace, backbone, data: PreparedData) -> l
     table = "\n".join(lines)
     if args.use_token_cache:
         layer = grid.layout.feature_layers[-1:]
-        for features in args.knn_features:
-            train, test = (
-                global_features(caches[split], features, feature_layers=layer) for split in (TRAIN, VALIDATION)
+        for features in args.knn_features:  # (k, T) chosen on the held-out split, like every probe's epoch
+            bank, held_out, evaluation = (
+                global_features(caches[split], features, feature_layers=layer) for split in SPLITS
             )
-            best = best_knn_result(knn_classify(*train, *test, num_classes=data.num_labels))
+            knn = select_knn(bank, held_out, evaluation, num_classes=data.num_labels)
+            chosen, evaluated = knn["chosen"], knn["evaluation"]
             table += (
-                f"\n| k-NN {features} (k={best['k']}, T={best['temperature']}) | 0 | - | - | {100 * best['top1']:.2f} |"
+                f"\n| k-NN {features} (k={chosen['k']}, T={chosen['temperature']}) | 0 | "
+                f"{100 * chosen['top1']:.2f} | - | {100 * evaluated['top1']:.2f} |"
             )
     (Path(args.output_dir) / "results.md").write_text(table + "\n")
     (Path(args.output_dir) / "results.json").write_text(json.dumps(rows, indent=1))

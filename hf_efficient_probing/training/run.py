@@ -18,7 +18,7 @@ from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTra
 from .data import SELECTION, TRAIN, VALIDATION, PreparedData, prepare_data, probing_collator
 from .grid import ProbingGridModel, grid_members
 from .images import suited_crop_scale_min
-from .knn import best_knn_result, extract_global_features, knn_classify
+from .knn import best_knn_result, extract_global_features, knn_classify, select_knn
 from .lora import add_lora
 from .recipe import DEFAULT_BASE_LEARNING_RATES, PROTOCOLS, default_feature_layers, scaled_grid
 from .sweep import GridResult, grid_training_arguments, train_grid
@@ -201,6 +201,12 @@ PAPER_SELECTION_NOTE = (
 GRID_SPLITS = (TRAIN, SELECTION, VALIDATION)
 
 
+def with_selection_split(data: PreparedData, data_args: DataArguments) -> PreparedData:
+    """``data`` with the default protocol's selection split held out of train: the same images for the probe grid
+    and for k-NN, since both use this fraction and seed."""
+    return data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+
+
 def run_default_protocol(
     backbone,
     data: PreparedData,
@@ -212,7 +218,7 @@ def run_default_protocol(
     """The default protocol: hold out ``data_args.selection_fraction`` of train (stratified, seeded), train the grid
     (``--probe`` kinds x ``--feature_layers`` x learning rates) in one run, from the token cache unless
     ``use_token_cache`` is off, and evaluate each kind's chosen probe once on the evaluation split."""
-    data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+    data = with_selection_split(data, data_args)
     args = grid_training_arguments(training_args, len(data.splits[TRAIN]))
     effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch)
@@ -262,6 +268,12 @@ def run_default_protocol(
     return train_grid(grid, args, *sets, image_processor=data.image_processor, run_info=info)
 
 
+KNN_PAPER_SELECTION_NOTE = (
+    "the paper's protocol: the sweep ran on the evaluation split and 'best' is its best (k, T), chosen on that split "
+    "itself, so its accuracy is optimistic (the default protocol chooses (k, T) on data held out from train)"
+)
+
+
 def run_knn(
     backbone,
     data: PreparedData,
@@ -271,10 +283,17 @@ def run_knn(
     use_token_cache: bool = False,
 ) -> dict:
     """k-NN of the frozen backbone's global features (train images with the evaluation transform, as officially).
-    With ``use_token_cache`` the features are read from the token cache, which is filled first if this backbone,
-    layer and split were never cached."""
+
+    The default protocol holds out the same selection split as its probe grid (``data_args.selection_fraction`` of
+    train, ``data_args.subset_seed``), chooses ``(k, T)`` on it with the rest of train as the bank, and classifies
+    the evaluation split once (`select_knn`); ``--protocol paper`` sweeps on the evaluation split and reports the
+    best pair, which the result names as optimistic. With ``use_token_cache`` the features are read from the token
+    cache, which is filled first if this backbone, layer and split were never cached."""
     import torch
 
+    paper = probe_args.protocol == "paper"
+    if not paper:
+        data = with_selection_split(data, data_args)
     features = {}
     layers = probe_args.feature_layers[-1:]
     if use_token_cache:
@@ -285,7 +304,7 @@ def run_knn(
             num_labels=data.num_labels,
             feature_layers=layers,
         )
-    for split in (TRAIN, VALIDATION):
+    for split in (TRAIN, VALIDATION) if paper else GRID_SPLITS:
         if use_token_cache:
             # every process extracts its own slice of the cache (the extraction synchronises the ranks itself)
             cache = data.token_cache(
@@ -302,14 +321,23 @@ def run_knn(
             data.images(split), batch_size=training_args.per_device_eval_batch_size, collate_fn=probing_collator
         )
         features[split] = extract_global_features(backbone, loader, probe_args.knn_features, layers)
-    sweep = knn_classify(
-        *features[TRAIN],
-        *features[VALIDATION],
-        num_classes=data.num_labels,
-        ks=probe_args.knn_k,
-        temperatures=probe_args.knn_temperatures,
-    )
-    result = {"features": probe_args.knn_features, "sweep": sweep, "best": best_knn_result(sweep)}
+    settings = {"num_classes": data.num_labels, "ks": probe_args.knn_k, "temperatures": probe_args.knn_temperatures}
+    result = {"protocol": probe_args.protocol, "features": probe_args.knn_features}
+    if paper:
+        sweep = knn_classify(*features[TRAIN], *features[VALIDATION], **settings)
+        result.update(selection=KNN_PAPER_SELECTION_NOTE, sweep=sweep, best=best_knn_result(sweep))
+    else:
+        result.update(
+            selection=(
+                f"(k, T) chosen on the selection split ({data_args.selection_fraction} of every class of train, "
+                "held out), with the rest of train as the bank; the evaluation split was classified once, with "
+                "that choice"
+            ),
+            bank_samples=len(data.splits[TRAIN]),
+            selection_samples=len(data.splits[SELECTION]),
+            eval_samples=len(data.splits[VALIDATION]),
+            **select_knn(features[TRAIN], features[SELECTION], features[VALIDATION], **settings),
+        )
     if training_args.process_index == 0:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "knn_results.json"), "w") as handle:
