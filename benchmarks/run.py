@@ -50,7 +50,9 @@ from hf_efficient_probing.backbones import build_backbone  # noqa: E402
 from hf_efficient_probing.cache import cache_tokens_for_model  # noqa: E402
 from hf_efficient_probing.probes import EfficientProbing  # noqa: E402
 from hf_efficient_probing.training.arguments import ProbingTrainingArguments  # noqa: E402
+from hf_efficient_probing.training.data import probing_collator  # noqa: E402
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel  # noqa: E402
+from hf_efficient_probing.training.optim import optimizer_for_groups  # noqa: E402
 from hf_efficient_probing.training.sweep import train_grid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -314,12 +316,17 @@ def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
     def fit(chosen, name):
         return grid_fit(backbone, chosen, *sets, sizes, sizes.grid_epochs, str(workdir / name))
 
+    def compute(chosen):
+        grid = ProbingGridModel.from_backbone(backbone, chosen, num_labels=sizes.num_labels)
+        return probe_compute(grid, sets[0], sizes.grid_epochs, sizes.batch_size)
+
     with one_thread():
         grid_s, _ = timed(lambda: fit(members, "grid"))
         single_s, _ = timed(lambda: fit(members[:1], "single"))
         separate_s, _ = timed(lambda: [fit([member], f"alone-{i}") for i, member in enumerate(members)])
         grid_s = (grid_s + timed(lambda: fit(members, "grid"))[0]) / 2
         single_s = (single_s + timed(lambda: fit(members[:1], "single"))[0]) / 2
+        grid_compute_s, single_compute_s = compute(members), compute(members[:1])
     return {
         "probes": len(members),
         "images": sizes.grid_images,
@@ -329,7 +336,29 @@ def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
         "single_s": single_s,
         "ratio": separate_s / grid_s,
         "grid_vs_single": grid_s / single_s,
+        "grid_compute_s": grid_compute_s,
+        "single_compute_s": single_compute_s,
     }
+
+
+def probe_compute(grid: ProbingGridModel, train, epochs: int, batch_size: int) -> float:
+    """The training steps' own arithmetic, outside any `Trainer`: forward, backward and AdamW step of ``grid`` over
+    ``epochs`` of ``train`` in batches of ``batch_size``, timed alone (the rest of a run's time is its fixed cost)."""
+    optimizer = optimizer_for_groups(grid.parameter_groups(), "adamw")
+    batches = [
+        probing_collator([train[i] for i in range(start, min(start + batch_size, len(train)))])
+        for start in range(0, len(train) - batch_size + 1, batch_size)
+    ]
+    grid.train()
+
+    def steps():
+        for _ in range(epochs):
+            for batch in batches:
+                grid(tokens=batch["tokens"], labels=batch["labels"])["loss"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+    return timed(steps)[0]
 
 
 def bench_ep_order(sizes: Sizes, repeats: int = 15) -> dict:
@@ -426,6 +455,8 @@ def markdown(results: dict, sizes: Sizes, machine: str) -> str:
         f"one grid run (1 thread) | {g['separate_s']:.1f} s | {g['grid_s']:.1f} s | {g['ratio']:.1f}x |",
         f"| the same grid vs. one single-probe run (1 thread) | {g['single_s']:.1f} s | {g['grid_s']:.1f} s "
         f"| {g['grid_vs_single']:.2f}x the time |",
+        f"| of which the training steps' own arithmetic (forward, backward, AdamW; no Trainer) | "
+        f"{g['single_compute_s']:.1f} s | {g['grid_compute_s']:.1f} s | {g['grid_compute_s'] / g['single_compute_s']:.1f}x |",
         f"| EP forward+backward, B={e['batch']}, N={e['N']}, M={e['M']}, D={e['D']}: naive order vs. aggregate-first (1 thread) "
         f"| {e['naive_ms']:.1f} ms | {e['aggregate_first_ms']:.1f} ms | {e['ratio']:.1f}x |",
         f"| peak memory, 1 epoch from the cache, {mem['rows'][0]} vs. {mem['rows'][1]} rows "

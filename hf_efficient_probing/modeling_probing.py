@@ -167,6 +167,11 @@ class ProbingPreTrainedModel(PreTrainedModel):
             return native
         return square_grid(num_patches)
 
+    def token_layout(self, tokens: torch.Tensor, grid_size: tuple[int, int] | None = None) -> tuple[int, tuple | None]:
+        """For tokens given directly (``forward(tokens=...)``): how many lead the patches ([CLS]), and their grid."""
+        num_prefix = int(self.config.reads_cls_token)
+        return num_prefix, grid_size or self.default_grid_size(tokens.shape[1] - num_prefix)
+
     def read_tokens(
         self,
         pixel_values: torch.Tensor,
@@ -217,8 +222,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
             read = self.read_tokens(pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes)
             tokens, num_prefix, grid_size, token_mask = read.tokens, read.num_prefix_tokens, read.grid_size, read.mask
         else:
-            num_prefix = int(self.config.reads_cls_token)
-            grid_size = grid_size or self.default_grid_size(tokens.shape[1] - num_prefix)
+            num_prefix, grid_size = self.token_layout(tokens, grid_size)
         pooling_inputs = {}
         if uniform_queries is not None:
             if not self.probe.pooling.supports_uniform_queries:

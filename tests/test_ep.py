@@ -6,11 +6,14 @@ import torch
 from hf_efficient_probing.probes import EfficientProbing, ProbeHead, valid_num_queries
 
 
-def naive_ep(tokens, queries, value_weight, value_bias=None):
+def naive_ep(tokens, queries, value_weight, value_bias=None, token_mask=None):
     """The formula as written: project every token, then each query reads its slice of the values."""
     dim = tokens.shape[-1]
     num_queries = queries.shape[1]
-    attn = torch.softmax(queries @ tokens.transpose(1, 2) / dim**0.5, dim=-1)  # B, M, N
+    logits = queries @ tokens.transpose(1, 2) / dim**0.5
+    if token_mask is not None:
+        logits = logits.masked_fill(~token_mask[:, None], float("-inf"))
+    attn = torch.softmax(logits, dim=-1)  # B, M, N
     values = tokens @ value_weight.T  # B, N, D/D_o
     if value_bias is not None:
         values = values + value_bias
@@ -69,3 +72,36 @@ def test_ep_invalid_shape_lists_valid_values():
 def test_ep_rejects_tokens_of_another_width():
     with pytest.raises(ValueError, match="hidden size 32"):
         EfficientProbing(32, num_queries=4)(torch.randn(2, 5, 16))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_eps_pooled_together_equal_each_alone_in_output_and_gradient(masked):
+    """A grid pools its EP members of one group size as one EP; each must still get the output and gradients of its
+    own naive-order formula (two share a group size: M=4 and M=4 with d_out=1, M=2 with d_out=2; one does not)."""
+    torch.manual_seed(0)
+    dim = 32
+    poolings = [
+        EfficientProbing(dim, 4),
+        EfficientProbing(dim, 4, value_bias=True),
+        EfficientProbing(dim, 2, d_out=2),
+        EfficientProbing(dim, 8),
+    ]
+    torch.nn.init.normal_(poolings[1].value.bias)
+    tokens = torch.randn(3, 10, dim)
+    mask = torch.rand(3, 10) > 0.3 if masked else None
+    mask = None if mask is None else mask.index_fill(1, torch.tensor([0]), True)
+    for group in ([0, 2], [0, 1, 2, 3]):  # one group size (fused), and a mix (each alone)
+        members = [poolings[i] for i in group]
+        together = EfficientProbing.pool_together(members, tokens, token_mask=mask)
+        sum(output.pooled.square().sum() for output in together).backward()
+        fused_grads = [(p.queries.grad.clone(), p.value.weight.grad.clone()) for p in members]
+        for pooling in members:
+            pooling.zero_grad()
+        for pooling, output, grads in zip(members, together, fused_grads, strict=True):
+            expected, attn = naive_ep(tokens, pooling.queries, pooling.value.weight, pooling.value.bias, mask)
+            torch.testing.assert_close(output.pooled, expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(output.attentions, attn)
+            expected.square().sum().backward()
+            torch.testing.assert_close(grads[0], pooling.queries.grad, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grads[1], pooling.value.weight.grad, rtol=1e-5, atol=1e-6)
+            pooling.zero_grad()

@@ -3,6 +3,7 @@ grid run resumes to the same end, and bad input fails before training with a mes
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 
@@ -16,6 +17,7 @@ from test_cache import single_thread  # noqa: F401
 from transformers import TrainerCallback, set_seed
 
 import hf_efficient_probing as hep
+from hf_efficient_probing.probes import efficient as efficient_module
 from hf_efficient_probing.training import grid as grid_module
 from hf_efficient_probing.training.arguments import DataArguments, ProbeArguments, ProbingTrainingArguments
 from hf_efficient_probing.training.data import DataError, hold_out_for_selection, probing_collator
@@ -32,6 +34,9 @@ MEMBERS = [
     GridMember("ep", 1, 3e-2, (("num_queries", 2),)),
     GridMember("linear", 2, 1e-1),
 ]
+LR_GRID = [GridMember("ep", 2, rate, (("num_queries", 4),)) for rate in (3e-3, 1e-2, 3e-2)] + [
+    GridMember("linear", 2, rate) for rate in (3e-2, 1e-1)
+]  # members that read one view: their poolings run together
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -64,20 +69,26 @@ def grid_args(output_dir, **overrides) -> ProbingTrainingArguments:
     return ProbingTrainingArguments(**{**settings, **overrides})
 
 
+def token_splits(grid: ProbingGridModel) -> tuple[Tokens, Tokens, Tokens]:
+    """Train, selection and evaluation tokens in ``grid``'s layout."""
+    return Tokens(grid, 40, seed=1), Tokens(grid, 12, seed=2), Tokens(grid, 12, seed=3)
+
+
 @pytest.fixture
 def data():
     backbone = tiny_backbone("vit")
-    grid = new_grid(backbone)
-    return backbone, Tokens(grid, 40, seed=1), Tokens(grid, 12, seed=2), Tokens(grid, 12, seed=3)
+    return backbone, *token_splits(new_grid(backbone))
 
 
-def test_each_member_gets_what_an_independent_single_probe_trainer_run_gets(data, tmp_path):
-    backbone, train, selection, evaluation = data
-    grid = new_grid(backbone)
+@pytest.mark.parametrize("members", [MEMBERS, LR_GRID], ids=["kinds_and_layers", "learning_rates"])
+def test_each_member_gets_what_an_independent_single_probe_trainer_run_gets(data, tmp_path, members):
+    backbone = data[0]
+    grid = new_grid(backbone, members)
+    train, selection, evaluation = token_splits(grid)
     train_grid(grid, grid_args(tmp_path / "grid", keep_checkpoints=True), train, selection, evaluation)
     history = json.loads((tmp_path / "grid" / "trainer_state.json").read_text())["log_history"]
     last = load_file(next((tmp_path / "grid").glob("checkpoint-*")) / "model.safetensors")
-    for index, member in enumerate(MEMBERS):
+    for index, member in enumerate(members):
         set_seed(0)
         alone = hep.AutoModelForEfficientProbing.from_backbone(
             backbone, probe=member.kind, feature_layers=[member.layer], num_labels=NUM_LABELS, **dict(member.settings)
@@ -97,6 +108,47 @@ def test_each_member_gets_what_an_independent_single_probe_trainer_run_gets(data
         assert grid_curve == alone_curve and len(alone_curve) == 4
         for key, value in alone.probe.state_dict().items():
             torch.testing.assert_close(last[f"heads.{index}.{key}"], value, rtol=1e-5, atol=1e-6)
+
+
+def test_members_that_read_one_view_are_pooled_in_one_computation(data, monkeypatch):
+    """The learning-rate grid's EP members run one attention over the tokens per batch, not one each (the grid's
+    cost from the cache), and each one's logits are those of its own model."""
+    grid = new_grid(data[0], LR_GRID)
+    train = token_splits(grid)[0]
+    attends = []
+    original = efficient_module._attend
+    monkeypatch.setattr(efficient_module, "_attend", lambda *args: attends.append(1) or original(*args))
+    batch = probing_collator([train[i] for i in range(6)])
+    grid.eval()
+    with torch.no_grad():
+        for index, head in enumerate(grid.heads):  # the members start equal (one seed): make them differ
+            for parameter in head.parameters():
+                parameter.add_(0.1 * index * torch.randn_like(parameter))
+        logits = grid(tokens=batch["tokens"])["logits"]
+        assert len(attends) == 1
+        for index, model in enumerate(grid.member_models):
+            view = grid.layout.view(batch["tokens"], *grid.views[index])
+            torch.testing.assert_close(logits[:, index], model(tokens=view).logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False], ids=["print", "progress_bar"])
+def test_printed_log_names_each_kinds_best_member_and_the_history_keeps_every_member(
+    data, tmp_path, capsys, disable_tqdm
+):
+    backbone, train, selection, evaluation = data
+    args = grid_args(tmp_path, num_train_epochs=2, disable_tqdm=disable_tqdm)
+    train_grid(new_grid(backbone), args, train, selection, evaluation)
+    printed = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{'eval_")]
+    printed = [line for line in printed if "eval_accuracy" not in line]  # the chosen probes' final evaluations
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    evaluations = [entry for entry in history if "eval_loss" in entry]
+    assert len(printed) == len(evaluations) == 2
+    for line, entry in zip(printed, evaluations, strict=True):
+        assert not any(member.name in key for key in line for member in MEMBERS)  # no per-member columns
+        for kind in ("ep", "linear"):
+            scores = {m.name: entry[f"eval_{m.name}_accuracy"] for m in MEMBERS if m.kind == kind}
+            assert float(line[f"eval_best_{kind}_accuracy"]) == pytest.approx(max(scores.values()), abs=1e-4)
+            assert scores[line[f"eval_best_{kind}"]] == max(scores.values())
 
 
 def _permuted(dataset: Tokens) -> Tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -281,3 +282,28 @@ def test_knn_k_and_temperature_each_change_the_vote():
     assert top1 == {(1, 0.07): 1.0, (1, 1.0): 1.0, (3, 0.07): 1.0, (3, 1.0): 0.0}
     top5 = {(r["k"], r["temperature"]): r["top5"] for r in results}
     assert top5 == {(1, 0.07): 1.0, (1, 1.0): 1.0, (3, 0.07): 1.0, (3, 1.0): 1.0}
+
+
+def test_adamw_runs_the_fused_kernel_on_cpu_with_the_reference_update():
+    """A grid's optimizer step is one fused pass per member on CPU and CUDA; it must stay AdamW's update."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 3))
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, "adamw", 0.05, weight_decay=0.1)
+    expected = torch.optim.AdamW(
+        [
+            {"params": [p for p in reference.parameters() if p.ndim > 1], "weight_decay": 0.1},
+            {"params": [p for p in reference.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=0.05,
+        foreach=False,
+    )
+    assert optimizer.defaults["fused"] is True
+    inputs = torch.randn(8, 6)
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (reference, expected)):
+            opt.zero_grad()
+            net(inputs).square().mean().backward()
+            opt.step()
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

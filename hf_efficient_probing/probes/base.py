@@ -7,6 +7,7 @@ family, or of whether the tokens came live from a backbone or from a token cache
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,6 +53,22 @@ class Pooling(nn.Module):
         token_mask: torch.Tensor | None = None,
     ) -> PoolingOutput:
         raise NotImplementedError
+
+    @classmethod
+    def pool_together(
+        cls,
+        poolings: Sequence[Pooling],
+        tokens: torch.Tensor,
+        num_prefix_tokens: int = 0,
+        grid_size: tuple[int, int] | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> list[PoolingOutput]:
+        """What each of ``poolings`` (instances of this class) returns for the same ``tokens``, in their order.
+
+        A grid of probes reads one batch of tokens many times; a class whose members can share one larger
+        computation (EP: their queries side by side) overrides this, so that their math stays in one place and only
+        the kernels grow. Each result equals that pooling's own forward, to float rounding."""
+        return [pooling(tokens, num_prefix_tokens, grid_size, token_mask) for pooling in poolings]
 
 
 def check_tokens(tokens: torch.Tensor, hidden_size: int, token_mask: torch.Tensor | None = None) -> None:

@@ -70,26 +70,57 @@ class EfficientProbing(Pooling):
         self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None, uniform_queries: Sequence[int] = ()
     ) -> torch.Tensor:
         """``[B, M, N]`` softmax attention of each query over the (real) tokens; uniform for ``uniform_queries``."""
-        logits = torch.matmul(self.queries * self.scale, tokens.transpose(1, 2))
-        attn = masked_softmax(logits, token_mask)
+        attn = _attend(self.queries * self.scale, tokens, token_mask)
         if len(uniform_queries):
             uniform = torch.zeros(self.num_queries, 1, dtype=torch.bool, device=attn.device)
             uniform[list(uniform_queries)] = True
-            attn = torch.where(uniform, masked_softmax(torch.zeros_like(logits), token_mask), attn)
+            attn = torch.where(uniform, masked_softmax(torch.zeros_like(attn), token_mask), attn)
         return attn
+
+    def value_blocks(self) -> torch.Tensor:
+        """The value projection as ``[M, s, D]``: block ``j`` projects query ``j``'s aggregate."""
+        return self.value.weight.view(self.num_queries, self.group_size, self.hidden_size)
 
     def forward(
         self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None, uniform_queries: Sequence[int] = ()
     ) -> PoolingOutput:
         check_tokens(tokens, self.hidden_size, token_mask)
         attn = self.attention(tokens, token_mask, uniform_queries)  # B, M, N
-        aggregated = torch.matmul(attn, tokens)  # B, M, D: aggregate the raw tokens first ...
-        weight = self.value.weight.view(self.num_queries, self.group_size, self.hidden_size)
-        pooled = torch.einsum("bmd,msd->bms", aggregated, weight)  # ... then project each group by its block
-        pooled = pooled.reshape(tokens.shape[0], self.out_features)
+        return self._output(attn, _aggregate_and_project(attn, tokens, self.value_blocks()))
+
+    @classmethod
+    def pool_together(cls, poolings, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None):
+        """K EPs of one width and group size are one EP with their queries and value blocks side by side (each query
+        still reads its own block): one attention and one aggregation of K*M queries instead of K small ones."""
+        if len({(p.hidden_size, p.group_size, p.value.bias is None) for p in poolings}) > 1:
+            return super().pool_together(poolings, tokens, num_prefix_tokens, grid_size, token_mask)
+        first = poolings[0]
+        check_tokens(tokens, first.hidden_size, token_mask)
+        queries = torch.cat([pooling.queries for pooling in poolings], dim=1) * first.scale
+        attn = _attend(queries, tokens, token_mask)
+        pooled = _aggregate_and_project(attn, tokens, torch.cat([pooling.value_blocks() for pooling in poolings]))
+        sizes = [pooling.num_queries for pooling in poolings]
+        return [
+            pooling._output(a, p)
+            for pooling, a, p in zip(poolings, attn.split(sizes, dim=1), pooled.split(sizes, dim=1), strict=True)
+        ]
+
+    def _output(self, attn: torch.Tensor, pooled: torch.Tensor) -> PoolingOutput:
+        """``pooled`` ``[B, M, s]`` (each query's projected aggregate) concatenated to ``[B, D / D_o]``."""
+        pooled = pooled.reshape(pooled.shape[0], self.out_features)
         if self.value.bias is not None:
             pooled = pooled + self.value.bias
         return PoolingOutput(pooled=pooled, attentions=attn)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_queries={self.num_queries}, d_out={self.d_out}"
+
+
+def _attend(scaled_queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B, M, N]``: each of the ``[1, M, D]`` (scaled) queries' softmax over the raw tokens (no key projection)."""
+    return masked_softmax(torch.matmul(scaled_queries, tokens.transpose(1, 2)), token_mask)
+
+
+def _aggregate_and_project(attn: torch.Tensor, tokens: torch.Tensor, value_blocks: torch.Tensor) -> torch.Tensor:
+    """``[B, M, s]``: the tokens aggregated first (``[B, M, D]``), then each aggregate projected by its own block."""
+    return torch.einsum("bmd,msd->bms", torch.matmul(attn, tokens), value_blocks)

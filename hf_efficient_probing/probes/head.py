@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Pooling
+from .base import Pooling, PoolingOutput
 
 
 @dataclass
@@ -48,5 +48,10 @@ class ProbeHead(nn.Module):
         pooled = self.pooling(
             tokens, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size, token_mask=token_mask, **pooling_inputs
         )
+        return self.classify(pooled)
+
+    def classify(self, pooled: PoolingOutput) -> ProbeHeadOutput:
+        """The BatchNorm and the classifier on this head's pooling output (computed by ``forward``, or by
+        ``Pooling.pool_together`` with other heads' poolings: a grid of probes)."""
         logits = self.classifier(self.norm(pooled.pooled))
         return ProbeHeadOutput(logits=logits, features=pooled.pooled, attentions=pooled.attentions)

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
-from transformers import TrainerCallback, set_seed
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
 
 from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
@@ -100,6 +100,12 @@ class ProbingGridModel(nn.Module):
         self.views = [
             (self.layout.view_index(model.config.feature_layers), model.config.reads_cls_token) for model in models
         ]
+        # Members that read the same view with the same kind of pooling are pooled together (one larger computation)
+        self.pooling_groups: dict[tuple, list[int]] = {}
+        for index, model in enumerate(models):
+            layers = tuple(normalize_layers(model.config.feature_layers, num_layers))
+            key = (layers, model.config.reads_cls_token, type(model.probe.pooling))
+            self.pooling_groups.setdefault(key, []).append(index)
 
     @classmethod
     def from_backbone(
@@ -154,12 +160,21 @@ class ProbingGridModel(nn.Module):
             with torch.no_grad():
                 read = self.reader(self.backbone, pixel_values)
             tokens, grid_size = read.tokens, read.grid_size
-        logits, loss = [], None
-        for model, (channels, reads_cls) in zip(self._models, self.views, strict=True):
-            output = model(tokens=self.layout.view(tokens, channels, reads_cls), labels=labels, grid_size=grid_size)
-            logits.append(output.logits)
-            if labels is not None:
-                loss = output.loss if loss is None else loss + output.loss
+        tokens = tokens.to(self.heads[0].classifier.weight.dtype)  # once, for every member's view
+        logits, loss, views = [None] * len(self._models), None, {}
+        for (layers, reads_cls, _), group in self.pooling_groups.items():
+            if (layers, reads_cls) not in views:
+                views[layers, reads_cls] = self.layout.view(tokens, self.views[group[0]][0], reads_cls).contiguous()
+            view = views[layers, reads_cls]
+            num_prefix, view_grid = self._models[group[0]].token_layout(view, grid_size)
+            poolings = [self.heads[index].pooling for index in group]
+            pooled = type(poolings[0]).pool_together(poolings, view, num_prefix, view_grid)
+            for index, output in zip(group, pooled, strict=True):
+                model = self._models[index]
+                logits[index] = model.probe.classify(output).logits
+                if labels is not None:
+                    member_loss = model.loss_function(labels, logits[index], model.config)
+                    loss = member_loss if loss is None else loss + member_loss
         return {"loss": loss, "logits": torch.stack(logits, dim=1)}
 
     def train(self, mode: bool = True):
@@ -244,6 +259,48 @@ class GridSelection(TrainerCallback):
                 model.best_heads[index].load_state_dict(model.heads[index].state_dict())
                 model.best_accuracy[index] = accuracy
                 model.best_epoch[index] = state.epoch
+
+
+def condensed_logs(logs: dict, members: Sequence[GridMember]) -> dict:
+    """A grid's log entry for people: each member's selection metrics (2 per member, in every entry) replaced by the
+    best member of each probe kind and its accuracy. The Trainer's log history keeps every member's metrics."""
+    condensed = dict(logs)
+    best: dict[str, tuple[float, str]] = {}
+    for member in members:
+        accuracy = condensed.pop(f"eval_{member.name}_accuracy", None)
+        condensed.pop(f"eval_{member.name}_top5_accuracy", None)
+        if accuracy is not None and accuracy > best.get(member.kind, (-math.inf, ""))[0]:
+            best[member.kind] = (accuracy, member.name)
+    epoch = condensed.pop("epoch", None)
+    for kind, (accuracy, name) in best.items():
+        condensed[f"eval_best_{kind}_accuracy"], condensed[f"eval_best_{kind}"] = accuracy, name
+    return condensed if epoch is None else {**condensed, "epoch": epoch}
+
+
+class _CondensedGridLogs:
+    def __init__(self, members: Sequence[GridMember], **kwargs):
+        super().__init__(**kwargs)
+        self.members = list(members)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return super().on_log(args, state, control, logs=condensed_logs(logs or {}, self.members), **kwargs)
+
+
+class GridPrinterCallback(_CondensedGridLogs, PrinterCallback):
+    """`PrinterCallback` (``--disable_tqdm``) with a grid's log entries condensed."""
+
+
+class GridProgressCallback(_CondensedGridLogs, ProgressCallback):
+    """`ProgressCallback` (the progress bar) with a grid's log entries condensed."""
+
+
+def condense_printed_logs(trainer, members: Sequence[GridMember]) -> None:
+    """Swap the Trainer's printer (bar or plain print) for its condensed version; a notebook's display stays."""
+    for printer, condensed in ((PrinterCallback, GridPrinterCallback), (ProgressCallback, GridProgressCallback)):
+        found = [callback for callback in trainer.callback_handler.callbacks if type(callback) is printer]
+        if found:
+            trainer.remove_callback(found[0])
+            trainer.add_callback(condensed(members))
 
 
 def chosen_members(grid: ProbingGridModel) -> dict[str, int]:

@@ -15,7 +15,7 @@ from ..probes.counting import count_trainable_parameters
 from ..probes.grid import as_pair
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
-from .grid import GridSelection, ProbingGridModel, check_grid_fits, chosen_members
+from .grid import GridSelection, ProbingGridModel, check_grid_fits, chosen_members, condense_printed_logs
 from .metrics import TOP_K_ACCURACY_PATH
 from .recipe import resolve_recipe
 from .trainer import (
@@ -126,6 +126,7 @@ def train_grid(
         preprocess_logits_for_metrics=rank_top_k,
         callbacks=[GridSelection(), *(callbacks or [])],
     )
+    condense_printed_logs(trainer, grid.members)
     if resume_from_checkpoint is None:
         resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
         if resume_from_checkpoint:
