@@ -463,7 +463,7 @@ def markdown(results: dict, sizes: Sizes, machine: str) -> str:
         f"({mem['cache_mib'][0]:.0f} vs. {mem['cache_mib'][1]:.0f} MiB of shards) "
         f"| anon {mem['peak_anon_mib'][0]:.0f} MiB, RSS {mem['peak_rss_mib'][0]:.0f} MiB "
         f"| anon {mem['peak_anon_mib'][1]:.0f} MiB, RSS {mem['peak_rss_mib'][1]:.0f} MiB "
-        f"| +{mem['anon_growth_mib']:.0f} MiB anon for +{mem['data_growth_mib']:.0f} MiB data |",
+        f"| {mem['anon_growth_mib']:+.0f} MiB anon for +{mem['data_growth_mib']:.0f} MiB data |",
     ]
     return "\n".join(lines)
 
