@@ -213,6 +213,27 @@ def test_top_k_accuracy_metric_loads_offline_by_path():
     assert result == {"accuracy": pytest.approx(1 / 3), "top5_accuracy": pytest.approx(1 / 3)}
 
 
+def test_top_k_accuracy_scores_several_probes_in_one_call_as_each_alone():
+    import evaluate
+
+    from hf_efficient_probing.training.metrics import TOP_K_ACCURACY_PATH
+
+    metric = evaluate.load(TOP_K_ACCURACY_PATH, keep_in_memory=True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, 40)
+    ranked = np.stack([rng.permutation(8) for _ in range(40 * 3)]).reshape(40, 3, 8)
+    ranked[:, 1, 0] = labels  # probe 1 is always right, probe 2 has the truth first in about half the examples
+    ranked[::2, 2, 0] = labels[::2]
+    together = metric.compute(predictions=ranked.reshape(-1, 8), references=np.repeat(labels, 3), k=5, num_probes=3)
+    for probe in range(3):
+        alone = metric.compute(predictions=ranked[:, probe], references=labels, k=5)
+        assert together["accuracy"][probe] == alone["accuracy"]
+        assert together["top5_accuracy"][probe] == alone["top5_accuracy"]
+    assert together["accuracy"][1] == 1.0 and together["accuracy"][0] != together["accuracy"][2]
+    with pytest.raises(ValueError, match="cannot hold 3 probes"):
+        metric.compute(predictions=ranked.reshape(-1, 8)[:-1], references=np.repeat(labels, 3)[:-1], num_probes=3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # k-NN
 

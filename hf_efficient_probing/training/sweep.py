@@ -50,7 +50,7 @@ class GridResult:
 
 def grid_compute_metrics(names: list[str]):
     """Top-1/top-5 accuracy of every member (``<name>_accuracy``, ``<name>_top5_accuracy``) from ``[N, K, 5]`` ranked
-    class indices, through the package's offline `evaluate` module."""
+    class indices, through the package's offline `evaluate` module: one call scores all K members."""
     import evaluate
     import numpy as np
 
@@ -59,11 +59,13 @@ def grid_compute_metrics(names: list[str]):
     def compute_metrics(prediction) -> dict[str, float]:
         ranked = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         ranked, labels = np.asarray(ranked), np.asarray(prediction.label_ids)
-        results = {}
-        for index, name in enumerate(names):
-            scores = metric.compute(predictions=ranked[:, index], references=labels, k=TOP_K)
-            results.update({f"{name}_{key}": value for key, value in scores.items()})
-        return results
+        scores = metric.compute(
+            predictions=ranked.reshape(-1, ranked.shape[-1]),
+            references=np.repeat(labels, len(names)),
+            k=TOP_K,
+            num_probes=len(names),
+        )
+        return {f"{name}_{key}": values[index] for key, values in scores.items() for index, name in enumerate(names)}
 
     return compute_metrics
 
