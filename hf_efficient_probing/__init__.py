@@ -4,6 +4,8 @@ Importing the package registers its configs and heads with the `transformers` Au
 with ``AutoModelForEfficientProbing``, ``AutoModelForImageClassification`` or ``pipeline`` without remote code.
 """
 
+import importlib.metadata
+
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
@@ -20,7 +22,7 @@ from .modeling_probing import (
 )
 from .probes.counting import count_trainable_parameters, probe_parameter_count
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("hf-efficient-probing")
 
 for _model_class in GENERIC_PROBE_CLASSES.values():
     AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)

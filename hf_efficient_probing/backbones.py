@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
-from .probes.grid import as_pair
+from .probes.patch_grid import as_pair
 
 # Where a family's per-layer states come from.
 STATE_SOURCES = ("hidden_states", "reshaped_hidden_states", "naflex", "timm")

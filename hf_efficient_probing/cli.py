@@ -27,18 +27,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_efficient_probing.cli:sweep",
         "train many probes on one backbone pass, one results table",
     ),
-    "convert": ("hf_efficient_probing.conversion:main", "turn one official-code head into a probe directory"),
+    "convert": ("hf_efficient_probing.official.conversion:main", "turn one official-code head into a probe directory"),
     "import-official": (
-        "hf_efficient_probing.hub.official_release:main",
+        "hf_efficient_probing.official.release:main",
         "import the official release of EP heads as probe repositories",
     ),
     "push": ("hf_efficient_probing.cli:push", "publish a trained probe directory on the Hub, with its model card"),
     "find": ("hf_efficient_probing.hub.find:main", "list the probes on the Hub for a backbone"),
     "attention-maps": (
-        "hf_efficient_probing.analysis.attention_maps:main",
+        "hf_efficient_probing.analysis.commands:attention_maps",
         "draw a probe's attention maps over an image",
     ),
-    "analyze": ("hf_efficient_probing.analysis.query_analysis:main", "per-query attention entropy and accuracy drop"),
+    "analyze": ("hf_efficient_probing.analysis.commands:analyze", "per-query attention entropy and accuracy drop"),
     "plan": ("hf_efficient_probing.cache.plan:main", "plan a token-cache extraction (disk, time) before running it"),
 }
 
@@ -50,7 +50,6 @@ def train(argv: list[str] | None = None):
     from transformers import HfArgumentParser
 
     from .demo import offline_inputs, run_embedded_default
-    from .hub import push_training_run
     from .training import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments, run_probing
     from .training.run import check_protocol_arguments
 
@@ -77,7 +76,7 @@ def train(argv: list[str] | None = None):
         print(json.dumps(results, indent=2, default=str))
         if push_to_hub:  # --push_to_hub [--hub_model_id user/name] [--hub_private_repo] [--hub_token ...]
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
-            commit = push_training_run(
+            commit = publish_run(
                 training_args.output_dir,
                 repo_id,
                 example_image=data.splits["validation"][0][data.image_column],  # for the attention-map figure
@@ -103,8 +102,6 @@ def sweep(argv: list[str] | None = None) -> list[dict]:
 
 def push(argv: list[str] | None = None):
     """Publish a probe directory written by ``train`` (its ``run_summary.json`` fills the card's results)."""
-    from .hub import push_training_run
-
     parser = argparse.ArgumentParser(
         description="Publish a trained probe directory on the Hub, with its model card.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -116,7 +113,7 @@ def push(argv: list[str] | None = None):
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", default=None, help="Hub token (None: HF_TOKEN or the saved login)")
     args = parser.parse_args(argv)
-    commit = push_training_run(
+    commit = publish_run(
         args.output_dir,
         args.repo_id,
         example_image=args.example_image,
@@ -126,6 +123,14 @@ def push(argv: list[str] | None = None):
     )
     print(f"Pushed {args.output_dir} to {commit.repo_url}")
     return commit
+
+
+def publish_run(output_dir: str, repo_id: str, **push_kwargs):
+    """Publish the probe a training run saved in ``output_dir``, its card filled from the run's summary."""
+    from . import AutoModelForEfficientProbing
+
+    model = AutoModelForEfficientProbing.from_pretrained(output_dir)
+    return model.push_to_hub(repo_id, run_dir=output_dir, **push_kwargs)
 
 
 @contextlib.contextmanager

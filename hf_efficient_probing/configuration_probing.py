@@ -18,7 +18,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
 from .checkpoint import CheckpointKind
-from .probes import LINEAR_FEATURES, POOLINGS, attentive_poolings, valid_num_queries
+from .probes import LINEAR_FEATURES, attentive_kinds, probe_kind, valid_num_queries
 
 TOKEN_SELECTIONS = ("patch", "all")
 
@@ -269,12 +269,13 @@ class AttentiveProbingConfig(ProbingConfig):
         return self.pooler_type
 
     def validate_pooler(self):
-        if self.pooler_type not in attentive_poolings():
+        if self.pooler_type not in attentive_kinds():
             raise ValueError(
-                f"pooler_type must be one of {list(attentive_poolings())}, got {self.pooler_type!r} (EP and linear "
+                f"pooler_type must be one of {list(attentive_kinds())}, got {self.pooler_type!r} (EP and linear "
                 "probes have their own configs: EfficientProbingConfig, LinearProbingConfig)."
             )
-        parameters = inspect.signature(POOLINGS[self.pooler_type]).parameters
+        pooling = probe_kind(self.pooler_type).pooling
+        parameters = inspect.signature(pooling).parameters
         accepted = [name for name in parameters if name != "hidden_size"]
         unknown = sorted(set(self.pooler_kwargs or {}) - set(accepted))
         if unknown:
@@ -284,10 +285,28 @@ class AttentiveProbingConfig(ProbingConfig):
         if self.token_width is None:  # the feature layers are invalid: validate_probe_settings says why
             return
         with torch.device("meta"):  # surfaces shape errors (e.g. width not divisible by num_heads) now, for free
-            POOLINGS[self.pooler_type](self.token_width, **self.pooling_kwargs())
+            pooling(self.token_width, **self.pooling_kwargs())
 
     def pooling_kwargs(self):
         return dict(self.pooler_kwargs or {})
 
 
-__all__ = ["AttentiveProbingConfig", "EfficientProbingConfig", "LinearProbingConfig", "ProbingConfig"]
+# Each probe kind names its config by ``model_type`` (`probes.registry`); this is where those names lead.
+PROBE_CONFIG_CLASSES: dict[str, type[ProbingConfig]] = {
+    config.model_type: config for config in (EfficientProbingConfig, LinearProbingConfig, AttentiveProbingConfig)
+}
+
+
+def probe_config_class(probe: str) -> type[ProbingConfig]:
+    """The config class of probe kind ``probe`` (an unknown kind is an error listing the known ones)."""
+    return PROBE_CONFIG_CLASSES[probe_kind(probe).config_type]
+
+
+__all__ = [
+    "PROBE_CONFIG_CLASSES",
+    "AttentiveProbingConfig",
+    "EfficientProbingConfig",
+    "LinearProbingConfig",
+    "ProbingConfig",
+    "probe_config_class",
+]

@@ -44,9 +44,16 @@ from .checkpoint import (
     resolve_weights,
     write_checkpoint,
 )
-from .configuration_probing import AttentiveProbingConfig, EfficientProbingConfig, LinearProbingConfig, ProbingConfig
-from .probes import POOLINGS, ProbeHead, build_pooling
-from .probes.grid import square_grid
+from .configuration_probing import (
+    AttentiveProbingConfig,
+    EfficientProbingConfig,
+    LinearProbingConfig,
+    ProbingConfig,
+    probe_config_class,
+)
+from .hub import push_probe_to_hub
+from .probes import ATTENTIVE_CONFIG_TYPE, ProbeHead, build_pooling
+from .probes.patch_grid import square_grid
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 _BACKBONE_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "dtype")
@@ -343,11 +350,9 @@ class ProbingPreTrainedModel(PreTrainedModel):
         backbone's image processor, a model card and (with ``example_image=``) an attention-map figure.
 
         Takes the arguments of `hf_efficient_probing.hub.push_probe_to_hub` (``token``, ``revision``, ``card_info``,
-        ``example_image``, ``image_processor``, ...) instead of `transformers`' own, whose card would say
+        ``example_image``, ``image_processor``, ``run_dir`` for a training run's folder, ...) instead of `transformers`' own, whose card would say
         ``library_name: transformers`` and omit the results.
         """
-        from .hub import push_probe_to_hub  # the hub layer builds on the models: import it only when publishing
-
         return push_probe_to_hub(self, repo_id, commit_message=commit_message, private=private, **kwargs)
 
 
@@ -380,16 +385,6 @@ GENERIC_PROBE_CLASSES.update(
         for head in (VisionModelForEfficientProbing, VisionModelForLinearProbing, VisionModelForAttentiveProbing)
     }
 )
-
-
-def probe_config_class(probe: str) -> type[ProbingConfig]:
-    """The config class of a probe kind (a registered pooling name): EP and the linear probe have their own, every
-    other pooling is configured by ``AttentiveProbingConfig``. Read from the registry, so a pooling registered with
-    ``probes.register_pooling`` is a probe kind at once."""
-    if probe not in POOLINGS:
-        raise ValueError(f"Unknown probe {probe!r}; choose one of {sorted(POOLINGS)}.")
-    own = {config.pooling_name: config for config in (EfficientProbingConfig, LinearProbingConfig)}
-    return own.get(probe, AttentiveProbingConfig)
 
 
 def probe_class_for(config: ProbingConfig) -> type[ProbingPreTrainedModel]:
@@ -438,7 +433,7 @@ class AutoModelForEfficientProbing:
         probe_config = probe_config_class(probe)  # an unknown kind fails before a backbone is loaded
         if isinstance(backbone, (str, os.PathLike)):
             backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
-        if probe_config is AttentiveProbingConfig:
+        if probe_config.model_type == ATTENTIVE_CONFIG_TYPE:
             kwargs["pooler_type"] = probe
         model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)
         return model_class.from_backbone(backbone, **kwargs)

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.analysis import attention_maps, query_analysis
+from hf_efficient_probing.analysis import attention_maps, commands
 from hf_efficient_probing.analysis.attention_maps import attention_to_grid, count_attention_maps, probe_attention_maps
 from hf_efficient_probing.analysis.query_analysis import attention_entropy, query_contributions
 from hf_efficient_probing.probes import BASELINE_POOLINGS, EfficientProbing
@@ -103,7 +103,7 @@ def test_attention_maps_command(tmp_path, saved_backbone):
     model = AutoModelForEfficientProbing.from_backbone(backbone_dir, probe="ep", num_queries=4, num_labels=3)
     model.save_pretrained(tmp_path / "probe")
     random_image().save(tmp_path / "image.png")
-    output = attention_maps.main(
+    output = commands.attention_maps(
         [
             "--model",
             str(tmp_path / "probe"),
@@ -208,7 +208,7 @@ def test_query_analysis_command(tmp_path, saved_backbone):
         (tmp_path / "data" / label).mkdir(parents=True)
         for index in range(3):
             random_image(seed=index + 10 * (label == "b")).save(tmp_path / "data" / label / f"{index}.png")
-    paths = query_analysis.main(
+    paths = commands.analyze(
         [
             "--model",
             str(tmp_path / "probe"),

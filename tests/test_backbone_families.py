@@ -14,7 +14,7 @@ import hf_efficient_probing as hep
 from hf_efficient_probing.analysis.attention_maps import probe_attention_maps
 from hf_efficient_probing.backbones import FAMILIES, TokenReader, naflex_patches
 from hf_efficient_probing.cache.store import cache_tokens_for_model
-from hf_efficient_probing.probes import POOLINGS
+from hf_efficient_probing.probes import PROBE_KINDS
 
 # LeViT, MobileNetV2 and MobileViT downsample 32x or more: they need larger images for a grid of several tokens.
 IMAGE_SIZE = {"levit": 64, "mobilenet_v2": 64, "mobilevit": 64}
@@ -228,7 +228,7 @@ def naflex_batch(backbone, images: list[torch.Tensor]):
     return patches, mask, torch.cat([shapes for _, _, shapes in parts])
 
 
-@pytest.mark.parametrize("probe", sorted(POOLINGS))
+@pytest.mark.parametrize("probe", sorted(PROBE_KINDS))
 def test_padded_naflex_batches_give_the_logits_of_each_image_alone(probe):
     backbone = tiny_backbone("siglip2_vision_model")
     kwargs = {"ep": dict(num_queries=4), "linear": dict(features="gap")}.get(probe, {})
@@ -297,7 +297,7 @@ def test_timm_class_token_and_final_norm_follow_the_timm_model():
 @pytest.mark.parametrize("probe, norm", [("aim", "token_norm"), ("dolg", "norm")])
 def test_token_batch_norms_learn_their_statistics_from_real_tokens_only(probe, norm):
     torch.manual_seed(0)
-    pooling = POOLINGS[probe](32).train()
+    pooling = PROBE_KINDS[probe].pooling(32).train()
     tokens = torch.randn(2, 6, 32)
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
     tokens[~mask] = 1e3  # padding: were it counted, the running mean would be far off

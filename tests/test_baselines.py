@@ -23,9 +23,9 @@ from hf_efficient_probing import (
     AttentiveProbingConfig,
     AutoModelForEfficientProbing,
     ViTForAttentiveProbing,
-    conversion,
 )
-from hf_efficient_probing.conversion import load_official_head
+from hf_efficient_probing.official import conversion
+from hf_efficient_probing.official.conversion import load_official_head
 from hf_efficient_probing.probes import BASELINE_POOLINGS, ProbeHead, build_pooling
 from hf_efficient_probing.probes.counting import probe_parameter_count
 

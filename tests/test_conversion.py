@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.conversion import load_official_head, main
+from hf_efficient_probing.official.conversion import load_official_head, main
 from hf_efficient_probing.probes import ProbeHead
 
 

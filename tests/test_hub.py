@@ -39,7 +39,6 @@ from hf_efficient_probing.hub import (
     ProbeCardInfo,
     build_model_card,
     push_probe_to_hub,
-    push_training_run,
     save_probe_repository,
 )
 
@@ -268,7 +267,9 @@ def test_training_run_is_published_with_its_results(local_hub, tmp_path):
         "seed": 0,
     }
     (output_dir / "run_summary.json").write_text(json.dumps(summary))
-    push_training_run(output_dir, "tester/run-probe", example_image=example_image(), private=True)
+    AutoModelForEfficientProbing.from_pretrained(output_dir).push_to_hub(
+        "tester/run-probe", run_dir=output_dir, example_image=example_image(), private=True
+    )
     data = ModelCard.load("tester/run-probe").data
     assert [r.metric_value for r in data.eval_results] == [62.5, 100.0]
     assert data.datasets == ["tester/tiny-shapes"]

@@ -6,7 +6,7 @@ from conftest import tiny_backbone
 from huggingface_hub.errors import StrictDataclassError
 
 import hf_efficient_probing as hep
-from hf_efficient_probing.probes import POOLINGS, Pooling, PoolingOutput, register_pooling
+from hf_efficient_probing.probes import PROBE_KINDS, Pooling, PoolingOutput, register_pooling
 from hf_efficient_probing.training.arguments import ProbeArguments
 from hf_efficient_probing.training.run import probe_config_kwargs
 
@@ -15,7 +15,7 @@ NAME = "throwaway_max"
 
 @pytest.fixture
 def max_pooling():
-    assert NAME not in POOLINGS
+    assert NAME not in PROBE_KINDS
 
     @register_pooling(NAME)
     class MaxPooling(Pooling):
@@ -30,7 +30,7 @@ def max_pooling():
             return PoolingOutput(self.scale * tokens[:, num_prefix_tokens:].amax(dim=1))
 
     yield MaxPooling
-    del POOLINGS[NAME]
+    del PROBE_KINDS[NAME]
 
 
 def test_a_registered_pooling_is_a_probe_kind(max_pooling, tmp_path):

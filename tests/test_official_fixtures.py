@@ -17,8 +17,9 @@ from conftest import tiny_backbone
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hf_efficient_probing import AutoModelForEfficientProbing, conversion
-from hf_efficient_probing.conversion import OFFICIAL_POOLINGS, load_official_head
+from hf_efficient_probing import AutoModelForEfficientProbing
+from hf_efficient_probing.official import conversion
+from hf_efficient_probing.official.conversion import OFFICIAL_POOLINGS, load_official_head
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_heads.safetensors"
 with safe_open(FIXTURE, "pt") as _handle:

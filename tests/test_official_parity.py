@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_efficient_probing.conversion import load_official_head
+from hf_efficient_probing.official.conversion import load_official_head
 
 OFFICIAL_REPO = os.environ.get("EP_OFFICIAL_REPO")
 SHIMS = Path(

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_backbone
 
 import hf_efficient_probing as hep
-from hf_efficient_probing.probes.grid import as_pair, patch_grid
+from hf_efficient_probing.probes.patch_grid import as_pair, patch_grid
 
 
 def test_sizes_are_an_int_or_a_pair():

@@ -23,15 +23,13 @@ from transformers import AutoConfig, AutoImageProcessor, ViTImageProcessor, pipe
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.backbones import build_backbone
 from hf_efficient_probing.hub import ProbeCardInfo, find_probes, push_probe_to_hub
-from hf_efficient_probing.hub.official_release import (
+from hf_efficient_probing.official.mapping import (
     IMAGENET_MEAN,
     OFFICIAL_BACKBONES,
-    RELEASE_REPO,
-    import_official_release,
     mapping_table,
     official_image_processor,
-    resolve_release,
 )
+from hf_efficient_probing.official.release import RELEASE_REPO, import_official_release, resolve_release
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

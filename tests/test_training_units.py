@@ -13,6 +13,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from hf_efficient_probing.images import to_rgb
 from hf_efficient_probing.training import (
     LARS,
     DataError,
@@ -22,7 +23,6 @@ from hf_efficient_probing.training import (
     knn_classify,
     low_shot_indices,
     probing_collator,
-    to_rgb,
     warmup_cosine_schedule,
 )
 from hf_efficient_probing.training.data import detect_image_column, detect_label_column, find_unreadable_images

@@ -14,11 +14,11 @@ from safetensors.torch import load as safetensors_load
 from test_cache import extract, single_thread  # noqa: F401
 
 import hf_efficient_probing as hep
-from hf_efficient_probing import conversion
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.cache.store import MANIFEST_NAME, sha256_file
-from hf_efficient_probing.conversion import load_official_head
 from hf_efficient_probing.demo import embedded_training_arguments
+from hf_efficient_probing.official import conversion
+from hf_efficient_probing.official.conversion import load_official_head
 from hf_efficient_probing.training import train_probe
 
 CLEAN_ERRORS = (ValueError, OSError, SafetensorError, RuntimeError)

@@ -1,7 +1,7 @@
 """What a trained probe looks at: attention maps over the patch grid and what each EP query contributes.
 
-Built on the models (``analysis -> modeling_probing``) and run through the model's own forward (``tokens=...``,
-``output_attentions=True``, ``uniform_queries=...``), never a copy of it.
+Run through the model's own forward (``tokens=...``, ``output_attentions=True``, ``uniform_queries=...``), never a
+copy of it. The analyses take a loaded probe model; only the commands (`analysis.commands`) load one.
 """
 
 from .attention_maps import (

@@ -3,12 +3,14 @@
 Works for every probe that returns ``probe_attentions`` ``[B, Q, N]`` (EP and the attentive baselines); leading
 [CLS] tokens are dropped and the remaining ``N - prefix`` weights are laid out on the patch grid.
 
-    python -m hf_efficient_probing.analysis.attention_maps --model user/probe --image cat.jpg --output maps.png
+    hf-probe attention-maps --model user/probe --image cat.jpg --output maps.png   # (analysis.commands)
+
+The functions take a loaded probe model (``model.read_tokens``, ``model(tokens=..., output_attentions=True)``), so
+this module imports no model class: the publishing layer (`hub`) draws its card figure with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -19,8 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend switch, no 
 from PIL import Image
 
 from ..backbones import layer_states
-from ..checkpoint import load_image_processor
-from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
+from ..images import decode_image
 from ..probes import EfficientProbing
 
 
@@ -49,7 +50,7 @@ def attention_unit(pooling) -> str:
 
 
 @torch.no_grad()
-def count_attention_maps(model: ProbingPreTrainedModel) -> int | None:
+def count_attention_maps(model) -> int | None:
     """How many attention maps the probe returns per image (``None`` if its pooling has no attention), found by
     running the pooling once on blank tokens on the grid the probe reads at the backbone's native size."""
     pooling = model.probe.pooling
@@ -109,9 +110,7 @@ def plot_attention_maps(
 
 
 @torch.no_grad()
-def probe_attention_maps(
-    model: ProbingPreTrainedModel, pixel_values: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_attention_maps(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[B, num_labels]`` and attention maps ``[B, Q, rows, columns]`` of a probe on a batch of images."""
     read = model.read_tokens(pixel_values.to(device=model.device, dtype=model.dtype))
     outputs = model(tokens=read.tokens, grid_size=read.grid_size, token_mask=read.mask, output_attentions=True)
@@ -124,7 +123,7 @@ def probe_attention_maps(
 
 
 def save_attention_maps(
-    model: ProbingPreTrainedModel,
+    model,
     image: Image.Image | str | os.PathLike,
     output: str | os.PathLike,
     image_processor,
@@ -132,9 +131,8 @@ def save_attention_maps(
 ) -> Path:
     """Draw the probe's attention maps on one image, prepared by ``image_processor`` (the backbone's), and save them
     as a PNG. Returns the path written."""
-    if not isinstance(image, Image.Image):
-        image = Image.open(image)
-    pixel_values = image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    image = decode_image(image, f"the image {image}" if not isinstance(image, Image.Image) else "the image")
+    pixel_values = image_processor(image, return_tensors="pt")["pixel_values"]
     pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
     logits, maps = probe_attention_maps(model.eval(), pixel_values)
     label = int(logits[0].argmax())
@@ -150,27 +148,3 @@ def save_attention_maps(
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     return output
-
-
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description="Draw a probe's attention maps over an image as a PNG grid.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="probe directory or Hub id")
-    parser.add_argument("--image", required=True, help="image file")
-    parser.add_argument("--output", default="attention_maps.png", help="PNG file to write")
-    parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
-    parser.add_argument("--columns", type=int, default=8, help="panels per row")
-    args = parser.parse_args(argv)
-    model = AutoModelForEfficientProbing.from_pretrained(args.model, revision=args.revision)
-    processor = load_image_processor(args.model, args.revision, model.config)
-    if processor is None:
-        parser.error(f"Neither {args.model} nor its backbone has an image processor (preprocessor_config.json).")
-    path = save_attention_maps(model, args.image, args.output, processor, columns=args.columns)
-    print(f"Wrote {path}")
-    return path
-
-
-if __name__ == "__main__":
-    main()

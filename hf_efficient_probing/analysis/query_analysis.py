@@ -10,7 +10,7 @@ For every query j, over a labelled evaluation set:
 The backbone runs once per batch; the model's own forward then runs ``M + 1`` times on the same tokens, with
 ``uniform_queries=[j]`` for the runs without query j.
 
-    python -m hf_efficient_probing.analysis.query_analysis --model user/probe --data_dir val_images/ --output_dir analysis/
+    hf-probe analyze --model user/probe --data_dir val_images/ --output_dir analysis/   # (analysis.commands)
 
 Defined for EP probes (their pooling takes ``uniform_queries``); the labels of the data set must be the probe's
 class indices.
@@ -18,7 +18,6 @@ class indices.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from collections.abc import Iterable
@@ -27,9 +26,6 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-
-from ..checkpoint import load_image_processor
-from ..modeling_probing import AutoModelForEfficientProbing, ProbingPreTrainedModel
 
 
 @dataclass
@@ -56,9 +52,7 @@ def attention_entropy(attentions: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def query_contributions(
-    model: ProbingPreTrainedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> QueryAnalysis:
+def query_contributions(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> QueryAnalysis:
     """Accuracy of the probe and each query's entropy and accuracy drop over the labelled ``batches``.
 
     Args:
@@ -146,54 +140,3 @@ def write_analysis(analysis: QueryAnalysis, output_dir: str | os.PathLike) -> di
     paths["md"].write_text(contribution_table(analysis))
     contribution_plot(analysis).savefig(paths["png"], dpi=120)
     return paths
-
-
-def _image_batches(dataset, image_processor, batch_size: int, image_column: str, label_column: str):
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset[start : start + batch_size]
-        images = [image.convert("RGB") for image in batch[image_column]]
-        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
-        yield pixel_values, torch.as_tensor(batch[label_column])
-
-
-def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(
-        description="Per-query attention entropy and accuracy drop of an EP probe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="probe directory or Hub id")
-    parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data_dir", help="an image folder (one sub-folder per class, in the probe's label order)")
-    source.add_argument("--dataset", help="a data set on the Hub, with the probe's labels")
-    parser.add_argument("--dataset_config", default=None, help="configuration of --dataset")
-    parser.add_argument("--split", default="validation", help="split of --dataset")
-    parser.add_argument("--image_column", default="image", help="column of the images")
-    parser.add_argument("--label_column", default="label", help="column of the labels")
-    parser.add_argument("--max_samples", type=int, default=None, help="analyse the first N images only")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--output_dir", default="query_analysis", help="where the table and figures go")
-    args = parser.parse_args(argv)
-
-    from datasets import load_dataset
-
-    if args.data_dir:
-        dataset = load_dataset("imagefolder", data_dir=args.data_dir, split="train")
-    else:
-        dataset = load_dataset(args.dataset, args.dataset_config, split=args.split)
-    if args.max_samples is not None:
-        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    model = AutoModelForEfficientProbing.from_pretrained(args.model, revision=args.revision)
-    processor = load_image_processor(args.model, args.revision, model.config)
-    if processor is None:
-        parser.error(f"Neither {args.model} nor its backbone has an image processor (preprocessor_config.json).")
-    batches = _image_batches(dataset, processor, args.batch_size, args.image_column, args.label_column)
-    analysis = query_contributions(model, batches)
-    paths = write_analysis(analysis, args.output_dir)
-    print(contribution_table(analysis))
-    print("Wrote " + ", ".join(str(path) for path in paths.values()))
-    return paths
-
-
-if __name__ == "__main__":
-    main()

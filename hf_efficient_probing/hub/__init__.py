@@ -1,12 +1,12 @@
-"""Publishing probes on the Hugging Face Hub: model cards, push, find, the import of the official release.
+"""Publishing probes on the Hugging Face Hub: model cards, push, find.
 
-Builds on the models, their checkpoints and the attention-map figures (``hub -> modeling_probing, checkpoint,
-analysis``), never the other way round; ``ProbingPreTrainedModel.push_to_hub`` imports this package only when called.
+The publishing layer: it works on a loaded probe model and imports no model class (``hub -> checkpoint, analysis``),
+so the models call it (``ProbingPreTrainedModel.push_to_hub``) and nothing loops back.
 """
 
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 from .find import ProbeListing, find_probes
-from .push import push_probe_to_hub, push_training_run, save_probe_repository
+from .push import push_probe_to_hub, save_probe_repository
 
 __all__ = [
     "LIBRARY_NAME",
@@ -16,6 +16,5 @@ __all__ = [
     "card_info_from_summary",
     "find_probes",
     "push_probe_to_hub",
-    "push_training_run",
     "save_probe_repository",
 ]

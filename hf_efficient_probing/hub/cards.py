@@ -18,7 +18,6 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, hf_hub_download
 
 from ..analysis.attention_maps import attention_unit, count_attention_maps
-from ..modeling_probing import ProbingPreTrainedModel
 
 LIBRARY_NAME = "hf-efficient-probing"
 TEMPLATE = Path(__file__).parent / "model_cards" / "probe.md"
@@ -130,7 +129,7 @@ def backbone_license(
         return None
 
 
-def _hyper_parameters(model: ProbingPreTrainedModel) -> list[tuple[str, Any]]:
+def _hyper_parameters(model) -> list[tuple[str, Any]]:
     config = model.config
     rows = [("probe", config.pooling_name)]
     rows += list(config.pooling_kwargs().items())
@@ -146,7 +145,7 @@ def _hyper_parameters(model: ProbingPreTrainedModel) -> list[tuple[str, Any]]:
 
 
 def build_model_card(
-    model: ProbingPreTrainedModel,
+    model,
     repo_id: str,
     card_info: ProbeCardInfo | dict | None = None,
     *,

@@ -8,10 +8,17 @@ model card) and, when the probe attends, ``attention_maps.png`` (drawn on the ex
 
 Uploads go through `huggingface_hub.HfApi` (``create_repo`` then one ``upload_folder`` commit), so the token comes
 from the usual places (``token=``, ``HF_TOKEN``, ``hf auth login``) and ``HF_ENDPOINT`` is honoured.
+
+This is the publishing layer: it takes a loaded probe model (``model.save_pretrained``, ``model.config``, its
+attention) and imports no model class, so the models can call it (``push_to_hub``) without an import cycle. A
+training run's folder is published with ``AutoModelForEfficientProbing.from_pretrained(dir).push_to_hub(repo,
+run_dir=dir)``: ``run_dir`` fills the card from the run's ``run_summary.json`` and takes the run's image
+processor.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -27,15 +34,14 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..analysis.attention_maps import count_attention_maps, save_attention_maps
 from ..backbones import vision_config
 from ..checkpoint import load_image_processor
-from ..modeling_probing import ProbingPreTrainedModel
-from ..probes.grid import as_pair
+from ..probes.patch_grid import as_pair
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
 ATTENTION_MAPS_FILE = "attention_maps.png"
 RUN_SUMMARY_FILE = "run_summary.json"
 
 
-def _check_names_backbone(model: ProbingPreTrainedModel) -> None:
+def _check_names_backbone(model) -> None:
     if not model.config.backbone_name_or_path:
         raise ValueError(
             "A probe repository names its backbone instead of holding it, but config.backbone_name_or_path is not "
@@ -66,7 +72,7 @@ def sample_image(size: int = 224) -> Image.Image:
 
 
 def save_probe_repository(
-    model: ProbingPreTrainedModel,
+    model,
     save_directory: str | os.PathLike,
     repo_id: str,
     *,
@@ -118,7 +124,7 @@ def save_probe_repository(
 
 
 def push_probe_to_hub(
-    model: ProbingPreTrainedModel,
+    model,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -130,6 +136,7 @@ def push_probe_to_hub(
     commit_message: str = "Upload probe",
     commit_description: str | None = None,
     create_pr: bool = False,
+    run_dir: str | os.PathLike | None = None,
 ) -> CommitInfo:
     """Create (if needed) the Hub repository ``repo_id`` and upload a probe repository to it in one commit.
 
@@ -141,14 +148,16 @@ def push_probe_to_hub(
         revision: branch to push to (created from ``main`` if missing); ``main`` by default.
         card_info, example_image, image_processor: see `save_probe_repository`.
         commit_message, commit_description, create_pr: passed to `HfApi.upload_folder`.
+        run_dir: the folder a training run saved this probe in: its ``run_summary.json`` fills the card (fields of
+            ``card_info``, a dict here, override them) and its image processor is the repository's.
 
     Returns:
         The `huggingface_hub.CommitInfo` of the commit (``.commit_url``, ``.oid``, ``.repo_url``).
     """
-    from .. import __version__
-
     _check_names_backbone(model)  # before anything is created on the Hub
-    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+    if run_dir is not None:
+        card_info, image_processor = _from_training_run(Path(run_dir), card_info, image_processor)
+    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=importlib.metadata.version(LIBRARY_NAME))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
     if revision not in (None, "main"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -173,36 +182,12 @@ def push_probe_to_hub(
         )
 
 
-def push_training_run(
-    output_dir: str | os.PathLike,
-    repo_id: str,
-    *,
-    example_image: Image.Image | str | os.PathLike | None = None,
-    card_info: dict | None = None,
-    **push_kwargs,
-) -> CommitInfo:
-    """Publish the probe a training run saved in ``output_dir``, with the run's results and recipe in its card.
-
-    Args:
-        output_dir: the run's output folder (``config.json``, ``model.safetensors``, ``run_summary.json`` and the
-            image processor, as ``train_probe`` writes them).
-        repo_id: the Hub repository.
-        example_image: an image for the attention-map figure.
-        card_info: fields of `ProbeCardInfo` that override those read from the run summary.
-        **push_kwargs: ``private``, ``token``, ``revision``, ``commit_message`` of `push_probe_to_hub`.
-    """
-    from ..modeling_probing import AutoModelForEfficientProbing
-
-    output_dir = Path(output_dir)
-    summary_path = output_dir / RUN_SUMMARY_FILE
+def _from_training_run(run_dir: Path, card_info: dict | None, image_processor):
+    """The card details and the image processor of the probe a training run saved in ``run_dir``."""
+    summary_path = run_dir / RUN_SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    model = AutoModelForEfficientProbing.from_pretrained(output_dir)
-    image_processor = load_image_processor(str(output_dir), config=model.config)
-    return push_probe_to_hub(
-        model,
-        repo_id,
-        card_info=card_info_from_summary(summary, **(card_info or {})),
-        example_image=example_image,
-        image_processor=image_processor,
-        **push_kwargs,
-    )
+    if isinstance(card_info, ProbeCardInfo):
+        raise TypeError("With run_dir, give card_info as a dict of the fields that override the run summary's.")
+    if image_processor is None:
+        image_processor = load_image_processor(str(run_dir))
+    return card_info_from_summary(summary, **(card_info or {})), image_processor

@@ -1,9 +1,9 @@
-"""Poolings (the attention math) as plain ``torch.nn.Module``s, and the name -> class registry.
+"""Poolings (the attention math) as plain ``torch.nn.Module``s, and the registry of probe kinds.
 
 Adding a probe: write its pooling as a subclass of :class:`Pooling` and register it with
-``@register_pooling("name")`` (or one entry in ``POOLINGS`` for a pooling of this package). Configs
+``@register_pooling("name")`` (or one row of the table below for a pooling of this package). Configs
 (``AttentiveProbingConfig(pooler_type="name")``), ``AutoModelForEfficientProbing.from_backbone(probe="name")``,
-``--probe name`` and the parameter tests find it in the registry.
+``--probe name`` and the parameter tests find it in the registry (`probes.registry`).
 """
 
 from __future__ import annotations
@@ -24,75 +24,61 @@ from .dinovit import DinoViTBlockPooling
 from .efficient import EfficientProbing, valid_num_queries
 from .head import ProbeHead, ProbeHeadOutput
 from .linear import LINEAR_FEATURES, LinearPooling, linear_features
+from .registry import (
+    ATTENTIVE_CONFIG_TYPE,
+    PROBE_KINDS,
+    ProbeKind,
+    attentive_kinds,
+    build_pooling,
+    probe_kind,
+    register_pooling,
+    register_probe_kind,
+)
 from .simpool import EfficientSimPool, SimPool
 from .spatial import CBAMPooling, DOLGPooling
 
-# Keys are the official code's pooling names (its --cls_features values), plus "linear" and "mhca".
-POOLINGS: dict[str, type[Pooling]] = {
-    "ep": EfficientProbing,
-    "linear": LinearPooling,
-    "abmilp": ABMILPPooling,
-    "simpool": SimPool,
-    "esimpool": EfficientSimPool,
-    "clip": CLIPAttentionPooling,
-    "siglip": MAPPooling,
-    "aim": AIMPooling,
-    "coca": CoCaPooling,
-    "cait": ClassAttentionPooling,
-    "dinovit": DinoViTBlockPooling,
-    "jepa": JEPAPooling,
-    "dolg": DOLGPooling,
-    "cae": CAEPooling,
-    "cbam": CBAMPooling,
-    "mhca": MultiHeadCrossAttentionPooling,
-}
+# The official code's pooling names (its --cls_features values), plus "linear" and "mhca". EP and the linear probe
+# have configs of their own; every other kind is configured by the attentive config.
+for _name, _pooling, _config_type in [
+    ("ep", EfficientProbing, "efficient_probing"),
+    ("linear", LinearPooling, "linear_probing"),
+    ("abmilp", ABMILPPooling, ATTENTIVE_CONFIG_TYPE),
+    ("simpool", SimPool, ATTENTIVE_CONFIG_TYPE),
+    ("esimpool", EfficientSimPool, ATTENTIVE_CONFIG_TYPE),
+    ("clip", CLIPAttentionPooling, ATTENTIVE_CONFIG_TYPE),
+    ("siglip", MAPPooling, ATTENTIVE_CONFIG_TYPE),
+    ("aim", AIMPooling, ATTENTIVE_CONFIG_TYPE),
+    ("coca", CoCaPooling, ATTENTIVE_CONFIG_TYPE),
+    ("cait", ClassAttentionPooling, ATTENTIVE_CONFIG_TYPE),
+    ("dinovit", DinoViTBlockPooling, ATTENTIVE_CONFIG_TYPE),
+    ("jepa", JEPAPooling, ATTENTIVE_CONFIG_TYPE),
+    ("dolg", DOLGPooling, ATTENTIVE_CONFIG_TYPE),
+    ("cae", CAEPooling, ATTENTIVE_CONFIG_TYPE),
+    ("cbam", CBAMPooling, ATTENTIVE_CONFIG_TYPE),
+    ("mhca", MultiHeadCrossAttentionPooling, ATTENTIVE_CONFIG_TYPE),
+]:
+    register_probe_kind(_name, _pooling, _config_type)
 
-# The paper's attentive-probing baselines (every pooling of this package but EP and the linear probe), in its order.
-BASELINE_POOLINGS: tuple[str, ...] = tuple(name for name in POOLINGS if name not in ("ep", "linear"))
-
-
-def register_pooling(name: str):
-    """Class decorator registering a :class:`Pooling` subclass as probe kind ``name`` (an attentive probe: it is
-    configured by ``AttentiveProbingConfig(pooler_type=name, pooler_kwargs=...)``)."""
-
-    def register(pooling: type[Pooling]) -> type[Pooling]:
-        if not (isinstance(pooling, type) and issubclass(pooling, Pooling)):
-            raise TypeError(f"register_pooling({name!r}) takes a subclass of Pooling, got {pooling!r}.")
-        if name in POOLINGS:
-            raise ValueError(
-                f"A pooling is already registered as {name!r} ({POOLINGS[name].__name__}); pick another name."
-            )
-        POOLINGS[name] = pooling
-        return pooling
-
-    return register
-
-
-def attentive_poolings() -> tuple[str, ...]:
-    """Every registered pooling but EP and the linear probe (which have their own configs), the paper's first."""
-    return tuple(name for name in POOLINGS if name not in ("ep", "linear"))
-
-
-def build_pooling(name: str, hidden_size: int, **kwargs) -> Pooling:
-    """Build the pooling registered as ``name`` for tokens of width ``hidden_size``."""
-    if name not in POOLINGS:
-        raise ValueError(f"Unknown pooling {name!r}; the registered poolings are {sorted(POOLINGS)}.")
-    return POOLINGS[name](hidden_size, **kwargs)
-
+# The paper's attentive-probing baselines, in its order (every kind of this package but EP and the linear probe).
+BASELINE_POOLINGS: tuple[str, ...] = attentive_kinds()
 
 __all__ = [
+    "ATTENTIVE_CONFIG_TYPE",
     "BASELINE_POOLINGS",
     "LINEAR_FEATURES",
-    "POOLINGS",
+    "PROBE_KINDS",
     "EfficientProbing",
     "LinearPooling",
     "Pooling",
     "PoolingOutput",
     "ProbeHead",
     "ProbeHeadOutput",
-    "attentive_poolings",
+    "ProbeKind",
+    "attentive_kinds",
     "build_pooling",
     "linear_features",
+    "probe_kind",
     "register_pooling",
+    "register_probe_kind",
     "valid_num_queries",
 ]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, masked_softmax
-from .grid import patch_grid
+from .patch_grid import patch_grid
 
 SELF_ATTENTION_MODES = ("none", "map", "both")
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}

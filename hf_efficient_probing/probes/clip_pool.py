@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, refuse_padding
 from .cross_attention import _check_heads, folded_cross_attention
-from .grid import as_pair, patch_tokens_and_grid
+from .patch_grid import as_pair, patch_tokens_and_grid
 from .spatial import _pad_prefix
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Pooling, PoolingOutput, check_tokens, masked_batch_norm, masked_mean, refuse_padding
-from .grid import patch_tokens_and_grid
+from .patch_grid import patch_tokens_and_grid
 
 
 def _pad_prefix(attention: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .data import (
     probing_collator,
 )
 from .grid import GridMember, ProbingGridModel, grid_members
-from .images import build_transforms, to_rgb
+from .images import build_transforms
 from .knn import knn_classify
 from .lora import add_lora
 from .optim import LARS, build_optimizer, warmup_cosine_schedule
@@ -60,7 +60,6 @@ __all__ = [
     "prepare_data",
     "probing_collator",
     "run_probing",
-    "to_rgb",
     "train_grid",
     "train_probe",
     "warmup_cosine_schedule",

@@ -1,51 +1,18 @@
-"""Images as the backbone expects them: RGB, then the paper's train/eval transforms with the processor's statistics.
+"""Images as the backbone expects them: the paper's train/eval transforms with the processor's statistics.
 
-Data sets hold images in every PIL mode. ``convert("RGB")`` gets several of them wrong: 16-bit images saturate to
-white, transparent pixels turn into whatever colour hides under them. :func:`to_rgb` handles each mode explicitly.
+Every transform starts from the package's checked decoder (`hf_efficient_probing.images.to_rgb`), so images of any
+PIL mode reach the backbone as 8-bit RGB.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
 from torchvision import transforms
+
+from ..images import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_RESIZE_RATIO = 256 / 224  # the official recipe: resize the shorter side to 256/224 of the crop, then crop
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert an image of any PIL mode to 8-bit RGB.
-
-    High-bit-depth grey images (``I;16*``, ``I``, ``F``) are rescaled to 0-255 rather than clipped; images with
-    transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) are composited over ``background``;
-    CMYK, YCbCr, palette and 1-bit images use PIL's conversion.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        return Image.fromarray(_grey_to_uint8(np.asarray(image), image.mode)).convert("RGB")
-    if (image.mode == "P" and "transparency" in image.info) or image.mode == "PA":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "RGBa", "La"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (*background, 255))
-        return Image.alpha_composite(canvas, image).convert("RGB")
-    return image.convert("RGB")
-
-
-def _grey_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    """Map a high-bit-depth grey array to 0-255: 16-bit by its full range, float by [0, 1] (or its own range)."""
-    array = array.astype(np.float64)
-    if mode == "F":
-        low, high = (
-            (0.0, 1.0) if array.size == 0 or (array.min() >= 0 and array.max() <= 1) else (array.min(), array.max())
-        )
-    else:  # 16-bit PNG/TIFF data (PIL opens it as "I;16" or "I")
-        low, high = 0.0, 65535.0 if array.size and array.max() > 255 else 255.0
-    scaled = (array - low) / max(high - low, 1e-12) * 255.0
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def processor_image_settings(image_processor) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]:

@@ -12,8 +12,9 @@ from transformers import AutoImageProcessor, set_seed
 from ..backbones import load_backbone, vision_config
 from ..cache.features import global_features
 from ..cache.key import normalize_layers
-from ..modeling_probing import AutoModelForEfficientProbing, probe_config_class
-from ..probes import POOLINGS
+from ..configuration_probing import probe_config_class
+from ..modeling_probing import AutoModelForEfficientProbing
+from ..probes import PROBE_KINDS
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import SELECTION, TRAIN, VALIDATION, PreparedData, prepare_data, probing_collator
 from .grid import ProbingGridModel, grid_members
@@ -43,9 +44,9 @@ def load_backbone_and_processor(model_args: ModelArguments):
 def probe_config_kwargs(probe_args: ProbeArguments) -> dict[str, dict]:
     """Per probe kind of ``--probe``, the probe-config fields from the arguments that its config class has. A field
     that no kind has is an error (a typo, or a setting for a kind that is not trained)."""
-    unknown_kinds = [kind for kind in probe_args.probe if kind not in POOLINGS]
+    unknown_kinds = [kind for kind in probe_args.probe if kind not in PROBE_KINDS]
     if unknown_kinds or not probe_args.probe:
-        raise ValueError(f"Unknown probe {unknown_kinds or probe_args.probe}; choose from {sorted(POOLINGS)}.")
+        raise ValueError(f"Unknown probe {unknown_kinds or probe_args.probe}; choose from {sorted(PROBE_KINDS)}.")
     given = json.loads(probe_args.probe_config_json) if probe_args.probe_config_json else {}
     for name, value in (
         ("num_queries", probe_args.num_queries),

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..probes.counting import count_trainable_parameters
-from ..probes.grid import as_pair
+from ..probes.patch_grid import as_pair
 from .arguments import ProbingTrainingArguments
 from .data import probing_collator
 from .grid import GridSelection, ProbingGridModel, check_grid_fits, chosen_members, condense_printed_logs

@@ -5,7 +5,7 @@ The official head is ``nn.Sequential(pooling, BatchNorm1d(affine=False, eps=1e-6
 the BatchNorm and ``1.*`` the classifier. The released ``ep_head.pth`` files wrap the head's state dict as
 ``{"state_dict": ..., "meta": {...}}``. Files are read with ``torch.load(weights_only=True)`` only.
 
-``python -m hf_efficient_probing.conversion ep_head.pth --backbone facebook/vit-mae-base --output my-probe`` writes a
+``python -m hf_efficient_probing.official.conversion ep_head.pth --backbone facebook/vit-mae-base --output my-probe`` writes a
 probe directory ready for ``from_pretrained`` and ``push_to_hub``.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .probes import ProbeHead, build_pooling
+from ..modeling_probing import AutoModelForEfficientProbing
+from ..probes import ProbeHead, build_pooling, probe_kind
 
 
 @dataclass(frozen=True)
@@ -345,15 +346,13 @@ def build_official_probe(
     ``_all`` pooling reads the [CLS] token before the patches, as the official code does. ``apply_final_norm`` says
     whether the tokens are read after the backbone's final norm (``None``: the family's default), ``feature_layers``
     which layers they are read from (``None``: the last)."""
-    from .modeling_probing import AutoModelForEfficientProbing
-
     pooling = pooling or meta.get("cls_features")
     head = load_official_head({"state_dict": state_dict, "meta": meta}, pooling=pooling, **official_args)
     spec = OFFICIAL_POOLINGS[(pooling or "").removesuffix("_all")]
     args = {**{k: v for k, v in meta.items() if k in OFFICIAL_ARGS}, **official_args}
     pooling_state = {k[2:]: v for k, v in _strip_prefix(state_dict).items() if k.startswith("0.")}
     probe_kwargs = {**spec.pooling_kwargs(args), **spec.kwargs_from_weights(pooling_state)}
-    if spec.pooling not in ("ep", "linear"):  # the baselines' hyper-parameters live in AttentiveProbingConfig
+    if probe_kind(spec.pooling).is_attentive:  # the baselines' hyper-parameters live in AttentiveProbingConfig
         probe_kwargs = {"pooler_kwargs": probe_kwargs}
     if pooling and pooling.endswith("_all"):
         probe_kwargs["token_selection"] = "all"
