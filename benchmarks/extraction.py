@@ -34,7 +34,13 @@ import torch  # noqa: E402
 from transformers import ViTConfig  # noqa: E402
 
 from hf_efficient_probing.backbones import TokenReader, build_backbone  # noqa: E402
-from hf_efficient_probing.cache import TokenCacheKey, extract_tokens  # noqa: E402
+from hf_efficient_probing.cache import (  # noqa: E402
+    CachedSplit,
+    ExtractionOptions,
+    ExtractionPlan,
+    TokenCacheKey,
+    extract_tokens,
+)
 from hf_efficient_probing.cache.key import bfloat16_is_native  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -65,11 +71,10 @@ def make_backbone(backbone_kwargs: dict, device: str = "cpu"):
 def extraction_speed(backbone, images: Images, root: Path, compute_dtype: str, batch_size: int, **kwargs) -> dict:
     """The extraction's report (images/s of all ranks together) for the last layer's patch tokens, float16."""
     reader = TokenReader(backbone.config, [-1])
-    key = TokenCacheKey.from_reader(
-        backbone, reader, preprocessing="random", dataset=f"random-{len(images)}", split="train",
-        compute_dtype=compute_dtype,
-    )  # fmt: skip
-    cache = extract_tokens(backbone, reader, images, key, root, batch_size=batch_size, progress=False, **kwargs)
+    split = CachedSplit(f"random-{len(images)}", "train", "random", "pixel_values", "labels", ())
+    key = TokenCacheKey.from_reader(backbone, reader, split, compute_dtype=compute_dtype)
+    options = ExtractionOptions(root, batch_size=batch_size, progress=False, **kwargs)
+    cache = extract_tokens(ExtractionPlan(backbone, reader, images, key, options))
     return cache.extraction_report
 
 

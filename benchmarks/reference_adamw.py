@@ -31,13 +31,15 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_efficient_probing.backbones import vision_config
+from hf_efficient_probing.cache import ExtractionOptions
 from hf_efficient_probing.demo import embedded_backbone, fashion_mnist, random_tiny_vit
 from hf_efficient_probing.modeling_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments
-from hf_efficient_probing.training.data import SELECTION, TRAIN, VALIDATION, prepare_data
-from hf_efficient_probing.training.images import EVAL_RESIZE_RATIO
-from hf_efficient_probing.training.recipe import default_feature_layers
-from hf_efficient_probing.training.run import load_backbone_and_processor
+from hf_efficient_probing.training.data import TRAIN, VALIDATION
+from hf_efficient_probing.training.job import load_backbone_and_processor
+from hf_efficient_probing.training.prepared import SELECTION, prepare_data
+from hf_efficient_probing.training.recipes import default_feature_layers
+from hf_efficient_probing.training.transforms import EVAL_RESIZE_RATIO
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 EPOCHS = 30
@@ -82,8 +84,12 @@ def reference(
     data = prepare_data(data_args, processor).hold_out_selection(HELD_OUT, seed)
     layers = default_feature_layers(vision_config(backbone.config).num_hidden_layers)
     reader = AutoModelForEfficientProbing.from_backbone(backbone, probe="linear", num_labels=data.num_labels)
+    options, all_layers = (
+        ExtractionOptions(cache_root=token_cache_dir),
+        reader.token_reader.reading(sorted(layers), "all"),
+    )
     tokens = {
-        split: data.token_cache(split, reader, token_cache_dir, sorted(layers), token_selection="all").dataset()
+        split: data.token_cache(split, reader, options, reader=all_layers).dataset()
         for split in (TRAIN, SELECTION, VALIDATION)
     }
     stacked = {split: _stack(items) for split, items in tokens.items()}

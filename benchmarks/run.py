@@ -47,13 +47,13 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 import hf_efficient_probing as hep  # noqa: E402
 from hf_efficient_probing.backbones import build_backbone  # noqa: E402
-from hf_efficient_probing.cache import cache_tokens_for_model  # noqa: E402
+from hf_efficient_probing.cache import CachedSplit, ExtractionOptions, cache_tokens_for_model  # noqa: E402
 from hf_efficient_probing.probes import EfficientProbing  # noqa: E402
 from hf_efficient_probing.training.arguments import ProbingTrainingArguments  # noqa: E402
-from hf_efficient_probing.training.data import probing_collator  # noqa: E402
+from hf_efficient_probing.training.engine import GridSplits, RunOptions, train_grid  # noqa: E402
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel  # noqa: E402
-from hf_efficient_probing.training.optim import optimizer_for_groups  # noqa: E402
-from hf_efficient_probing.training.sweep import train_grid  # noqa: E402
+from hf_efficient_probing.training.prepared import probing_collator  # noqa: E402
+from hf_efficient_probing.training.recipes import grid_arguments, optimizer_for_groups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -186,12 +186,8 @@ def bench_cache(backbone, sizes: Sizes, workdir: Path) -> dict:
             lambda: cache_tokens_for_model(
                 model,
                 data,
-                workdir / f"cache-{run}",
-                preprocessing="random tensors",
-                split="train",
-                dataset_fingerprint=f"bench-{sizes.cache_images}",
-                batch_size=sizes.batch_size,
-                progress=False,
+                random_split(f"bench-{sizes.cache_images}", "train", sizes.num_labels),
+                ExtractionOptions(workdir / f"cache-{run}", batch_size=sizes.batch_size, progress=False),
             )
         )
         with one_thread():  # the probe's matrices are small: a second thread costs more than it gives
@@ -236,8 +232,15 @@ def sweep_members(config: ViTConfig) -> list[GridMember]:
     ]
 
 
-def grid_fit(backbone, members, train, selection, evaluation, sizes: Sizes, epochs: int, output_dir: str):
-    """One `train_grid` run (the default protocol's training) of ``members``; its result."""
+def random_split(fingerprint: str, split: str, num_labels: int) -> CachedSplit:
+    """The data side of a benchmark cache: random tensors, named by ``fingerprint``."""
+    names = tuple(str(label) for label in range(num_labels))
+    return CachedSplit(fingerprint, split, "random tensors", "pixel_values", "labels", names)
+
+
+def grid_fit(backbone, members, splits: GridSplits, sizes: Sizes, epochs: int, output_dir: str, every_member=False):
+    """One `train_grid` run (the default protocol's training) of ``members``; its result. ``every_member``: every
+    member is also evaluated once on the evaluation split (and saved), not just each kind's chosen one."""
     grid = ProbingGridModel.from_backbone(backbone, members, num_labels=sizes.num_labels)
     args = ProbingTrainingArguments(
         output_dir=output_dir,
@@ -250,24 +253,25 @@ def grid_fit(backbone, members, train, selection, evaluation, sizes: Sizes, epoc
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    return train_grid(grid, args, train, selection, evaluation, resume_from_checkpoint=False)
+    options = RunOptions(resume_from_checkpoint=False, evaluate_every_member=every_member)
+    return train_grid(grid, grid_arguments(args, len(splits.train)), splits, options)
 
 
 def bench_multiprobe(backbone, sizes: Sizes, workdir: Path) -> dict:
     """K probes trained for one epoch in one grid (one live backbone pass per batch for all) vs. K separate live
-    runs."""
+    runs. Both sides do the same work besides training: every probe is scored on the selection split every epoch and
+    on the evaluation split once (the grid evaluates every member, not just each kind's chosen one)."""
     members = sweep_members(backbone.config)[: sizes.grid_probes]
     train = Images(sizes.multi_images, sizes.image_size, sizes.num_labels, seed=1)
     evaluation = Images(sizes.eval_images, sizes.image_size, sizes.num_labels, seed=2)
 
+    splits = GridSplits(train, evaluation, evaluation)
+
     def one_pass():
-        return grid_fit(backbone, members, train, evaluation, evaluation, sizes, 1, str(workdir / "multi"))
+        return grid_fit(backbone, members, splits, sizes, 1, str(workdir / "multi"), every_member=True)
 
     def separate():
-        return [
-            grid_fit(backbone, [member], train, evaluation, evaluation, sizes, 1, str(workdir / "alone"))
-            for member in members
-        ]
+        return [grid_fit(backbone, [member], splits, sizes, 1, str(workdir / "alone")) for member in members]
 
     first_s, together = timed(one_pass)  # one pass, separate runs, one pass: see bench_cache
     separate_s, alone = timed(separate)
@@ -304,17 +308,13 @@ def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
         cache = cache_tokens_for_model(
             reader,
             Images(count, sizes.image_size, sizes.num_labels, seed=seed),
-            workdir / "grid-cache",
-            preprocessing="random tensors",
-            split=split,
-            dataset_fingerprint=f"grid-{split}-{count}",
-            batch_size=sizes.batch_size,
-            progress=False,
+            random_split(f"grid-{split}-{count}", split, sizes.num_labels),
+            ExtractionOptions(workdir / "grid-cache", batch_size=sizes.batch_size, progress=False),
         )
         sets.append(cache.dataset())
 
     def fit(chosen, name):
-        return grid_fit(backbone, chosen, *sets, sizes, sizes.grid_epochs, str(workdir / name))
+        return grid_fit(backbone, chosen, GridSplits(*sets), sizes, sizes.grid_epochs, str(workdir / name))
 
     def compute(chosen):
         grid = ProbingGridModel.from_backbone(backbone, chosen, num_labels=sizes.num_labels)
@@ -410,12 +410,8 @@ def bench_memory(sizes: Sizes, workdir: Path) -> dict:
         cache = cache_tokens_for_model(
             model,
             data,
-            workdir / "memory",
-            preprocessing="random tensors",
-            split="train",
-            dataset_fingerprint=f"memory-{count}",
-            batch_size=32,
-            progress=False,
+            random_split(f"memory-{count}", "train", sizes.num_labels),
+            ExtractionOptions(workdir / "memory", batch_size=32, progress=False),
         )
         output = subprocess.run(
             [sys.executable, str(HERE / "memory_probe.py"), str(cache.directory)],

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """A Figure-2-style sweep on one frozen backbone: many probes trained together, one table of probe, params, top-1
-(same as ``hf-probe sweep``; the job is `hf_efficient_probing.training.probe_sweep.run_probe_sweep`).
+(same as ``hf-probe sweep``; the job is `hf_efficient_probing.training.sweep.run_probe_sweep`).
 
     python examples/run_probe_sweep.py                  # offline: the embedded synthetic backbone and data set
     python examples/run_probe_sweep.py --model_name_or_path facebook/vit-mae-base --dataset_name cifar-100 \

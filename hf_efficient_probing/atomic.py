@@ -1,12 +1,13 @@
 """Atomic files and folders: a reader, or a process killed part-way, sees the old content or the new, never a mix.
 
-The one implementation every writer of the package uses (probe checkpoints, token-cache shards and manifests, the
-demo's converted backbone): write aside, fsync, rename into place, fsync the folder that holds the rename.
+The one implementation every writer of the package uses (probe checkpoints, token-cache shards and manifests, result
+files and summaries, the demo's converted backbone): write aside, fsync, rename into place, fsync the folder that holds the rename.
 Standard library only, so that the lowest layers (``cache/``) can use it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -37,6 +38,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, value, indent: int = 2) -> None:
+    """Write ``value`` as JSON to ``path`` atomically: every result file of the package goes through here."""
+    atomic_write_text(path, json.dumps(value, indent=indent, default=str) + "\n")
 
 
 def fsync_tree(directory: str | os.PathLike) -> None:

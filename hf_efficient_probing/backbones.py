@@ -301,8 +301,17 @@ class TokenReader:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
         if token_selection == "all" and not has_cls_token(self.config):
             raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
-        if self.feature_layers:
-            layer_states(self.config, self.feature_layers)
+        # the layers read, non-negative (-1 and num_hidden_layers are one layer): what caches and layouts record
+        self.layers = resolve_layers(self.config, self.feature_layers) if self.feature_layers else ()
+
+    def reading(self, feature_layers=None, token_selection: str | None = None) -> TokenReader:
+        """A reader of the same backbone and final-norm choice that reads other layers or tokens."""
+        return TokenReader(
+            self.config,
+            self.feature_layers if feature_layers is None else list(feature_layers),
+            token_selection or self.token_selection,
+            self.apply_final_norm,
+        )
 
     # ---------------------------------------------------------------------------------------------------------
     # What the backbone holds, found by running it on the meta device (shapes only, no weights, no compute)
@@ -538,6 +547,15 @@ def normalize_layers(layers, num_hidden_layers: int, first: str | None = None, d
             + described
         )
     return tuple(layer % count for layer in layers)
+
+
+def resolve_layers(config: PreTrainedConfig, feature_layers, concatenated: bool = True) -> tuple[int, ...]:
+    """``feature_layers`` of a backbone checked and made non-negative: the one place layer indices are normalised
+    (a reader's ``layers``, a grid's members, a cache's key all come from here). ``concatenated``: read together
+    (one width and grid), else each on its own (a grid's members)."""
+    for group in [feature_layers] if concatenated else [[layer] for layer in feature_layers]:
+        layer_states(config, list(group))
+    return normalize_layers(feature_layers, len(backbone_states(config)) - 1)
 
 
 def layer_states(config: PreTrainedConfig, feature_layers: list[int]) -> list[State]:

@@ -51,7 +51,7 @@ def train(argv: list[str] | None = None):
 
     from .demo import offline_inputs, run_embedded_default
     from .training import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments, run_probing
-    from .training.run import check_protocol_arguments
+    from .training.job import check_arguments
 
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -68,7 +68,7 @@ def train(argv: list[str] | None = None):
         model_args, data_args, probe_args, training_args = parser.parse_json_file(argv[0])
     else:
         model_args, data_args, probe_args, training_args = parser.parse_args_into_dataclasses(argv)
-    check_protocol_arguments(data_args, probe_args)  # before the backbone and data are loaded
+    check_arguments(data_args, probe_args, training_args)  # before the backbone and data are loaded
     backbone_and_processor, data = offline_inputs(model_args, data_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # published below, with our card
     results = run_probing(model_args, data_args, probe_args, training_args, backbone_and_processor, data)
@@ -88,16 +88,14 @@ def train(argv: list[str] | None = None):
 
 
 def sweep(argv: list[str] | None = None) -> list[dict]:
-    """Train many probes on one backbone pass (see `training.probe_sweep`); without ``--model_name_or_path`` or
+    """Train many probes on one backbone pass (see `training.sweep`); without ``--model_name_or_path`` or
     ``--dataset_name``, on the synthetic demo backbone or data set."""
     from .demo import offline_inputs
-    from .training import DataArguments, ModelArguments
-    from .training.probe_sweep import parse_sweep_arguments, run_probe_sweep
+    from .training.sweep import parse_sweep_arguments, run_probe_sweep
 
-    args = parse_sweep_arguments(argv)
-    model_args = ModelArguments(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision)
-    (backbone, _), data = offline_inputs(model_args, DataArguments(dataset_name=args.dataset_name))
-    return run_probe_sweep(args, backbone, data)
+    model_args, data_args, sweep_args, training_args = parse_sweep_arguments(argv)
+    (backbone, _), data = offline_inputs(model_args, data_args)
+    return run_probe_sweep(data_args, sweep_args, training_args, backbone, data)
 
 
 def push(argv: list[str] | None = None):

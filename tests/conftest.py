@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing a test runs writes into the developer's caches: token caches and the HF home live in a folder of this run
+_SCRATCH = tempfile.mkdtemp(prefix="hf-probing-tests-")
+os.environ["HF_PROBING_TOKEN_CACHE"] = os.path.join(_SCRATCH, "token-cache")
+os.environ["HF_EFFICIENT_PROBING_CACHE"] = os.path.join(_SCRATCH, "demo-cache")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_SCRATCH, "datasets")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from hf_efficient_probing.backbones import FAMILIES, build_backbone  # noqa: E402
+from hf_efficient_probing.cache import CachedSplit, TokenCacheKey  # noqa: E402
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
@@ -93,6 +100,27 @@ TINY_CONFIGS = {
 }
 # The ViT-like families (sequences on the config's patch grid), which share the ViT-style tiny config.
 SEQUENCE_FAMILIES = sorted(name for name, row in FAMILIES.items() if row.patch_sequence)
+
+
+def cached_split(**overrides) -> CachedSplit:
+    """The data side of a test cache key (a made-up data set of 10 images, labels 0-9)."""
+    settings = dict(
+        dataset="images-v1",
+        split="train",
+        preprocessing="eval-transform-v1",
+        image_column="image",
+        label_column="label",
+        label_names=tuple(str(i) for i in range(10)),
+    )
+    return CachedSplit(**{**settings, **overrides})
+
+
+def cache_key(backbone, reader, **overrides) -> TokenCacheKey:
+    """A test cache key: float32 storage and float32 compute (tests that compare cached with live tokens at float32
+    tolerance pin the precision: bf16 autocast is the default on CPUs that have bf16 units)."""
+    data = {name: overrides.pop(name) for name in list(overrides) if name in CachedSplit.__dataclass_fields__}
+    settings = dict(dtype="float32", compute_dtype="float32")
+    return TokenCacheKey.from_reader(backbone, reader, cached_split(**data), **{**settings, **overrides})
 
 
 def tiny_backbone_config(model_type: str, **overrides):

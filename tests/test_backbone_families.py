@@ -6,14 +6,14 @@ the models' own outputs (and timm's own forward), padding (NaFlex) against the i
 
 import pytest
 import torch
-from conftest import tiny_backbone, tiny_backbone_config
+from conftest import cached_split, tiny_backbone, tiny_backbone_config
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
 import hf_efficient_probing as hep
 from hf_efficient_probing.analysis.attention_maps import probe_attention_maps
 from hf_efficient_probing.backbones import FAMILIES, TokenReader, naflex_patches
-from hf_efficient_probing.cache.store import cache_tokens_for_model
+from hf_efficient_probing.cache import ExtractionOptions, cache_tokens_for_model
 from hf_efficient_probing.probes import PROBE_KINDS
 
 # LeViT, MobileNetV2 and MobileViT downsample 32x or more: they need larger images for a grid of several tokens.
@@ -89,12 +89,9 @@ def test_every_family_trains_saves_reloads_and_caches(any_family, saved_backbone
     cache = cache_tokens_for_model(
         reloaded,
         LabelledImages(images),
-        tmp_path / "cache",
-        preprocessing="none",
-        split="train",
-        dataset_fingerprint="images-v1",
-        dtype="float32",
-        progress=False,
+        cached_split(),
+        ExtractionOptions(tmp_path / "cache", progress=False),
+        storage=("float32", "float32"),  # compared with live float32 logits below
     )
     rows = cache.dataset()
     cached = torch.stack([rows[index]["tokens"] for index in range(len(rows))])

@@ -331,7 +331,9 @@ def test_batch_of_one_matches_batch(name):
     tokens, grid = tokens_and_grid(0, (2, 3))
     with torch.no_grad():
         single = torch.cat([pooling(tokens[i : i + 1], grid_size=grid).pooled for i in range(3)])
-        torch.testing.assert_close(single, pooling(tokens, grid_size=grid).pooled, rtol=1e-5, atol=1e-6)
+        # float32 rounding only: a batch of 3 and a batch of 1 take other matrix-product kernels (AVX-512 machines
+        # block them differently, up to 4e-5 relative); an image leaking into another one's output is far above it
+        torch.testing.assert_close(single, pooling(tokens, grid_size=grid).pooled, rtol=1e-4, atol=1e-5)
 
 
 def test_abmilp_options():

@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import cache_key, cached_split, tiny_backbone
 from safetensors import safe_open
 
 import hf_efficient_probing as hep
 from hf_efficient_probing.backbones import TokenReader
 from hf_efficient_probing.cache import (
     CorruptCacheError,
+    ExtractionOptions,
+    ExtractionPlan,
     TokenCache,
     TokenCacheDataset,
-    TokenCacheKey,
     cache_tokens_for_model,
     extract_tokens,
     weights_fingerprint,
 )
-from hf_efficient_probing.cache.store import MANIFEST_NAME, RANK_RECORDS_PATTERN, exclusive_lock
+from hf_efficient_probing.cache.extraction import exclusive_lock
+from hf_efficient_probing.cache.manifest import MANIFEST_NAME, RANK_RECORDS_PATTERN
 
 NUM_ROWS = 10
 
@@ -56,9 +58,19 @@ class Images(torch.utils.data.Dataset):
         return {"pixel_values": self.images[index], "labels": index}
 
 
-def make_key(backbone, reader, **overrides) -> TokenCacheKey:
-    settings = dict(preprocessing="eval-transform-v1", dataset="images-v1", split="train", dtype="float32")
-    return TokenCacheKey.from_reader(backbone, reader, **{**settings, **overrides})
+make_key = cache_key
+
+
+def run(backbone, reader, key, root, **options):
+    """``extract_tokens`` of the test images, quietly."""
+    plan = ExtractionPlan(
+        backbone,
+        reader,
+        options.pop("images", None) or Images(),
+        key,
+        ExtractionOptions(root, progress=False, **options),
+    )
+    return extract_tokens(plan)
 
 
 def extract(
@@ -68,9 +80,8 @@ def extract(
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [1, -1], token_selection="all")
     key = make_key(backbone, reader, **key_overrides)
-    images = Images(num_rows, delay=delay)
-    return extract_tokens(
-        backbone, reader, images, key, cache_root, batch_size=2, shard_size=shard_size, progress=False
+    return run(
+        backbone, reader, key, cache_root, images=Images(num_rows, delay=delay), batch_size=2, shard_size=shard_size
     )
 
 
@@ -102,7 +113,7 @@ def test_second_run_reuses_the_cache(tmp_path):
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    again = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, progress=False)
+    again = run(backbone, reader, make_key(backbone, reader), tmp_path)
     assert again.directory == first.directory and seen == []
 
 
@@ -113,7 +124,11 @@ def test_second_run_reuses_the_cache(tmp_path):
         dict(dataset="images-v2"),
         dict(split="validation"),
         dict(dtype="float16"),
-        dict(backbone_name_or_path="org/vit", backbone_revision="abc123"),
+        dict(backbone_name=("org/vit", "abc123")),
+        dict(image_column="image2"),
+        dict(label_column="coarse_label"),
+        dict(label_names=tuple(str(i) for i in range(9, -1, -1))),
+        dict(compute_dtype="bfloat16"),
     ],
 )
 def test_a_changed_input_names_another_cache(change):
@@ -176,9 +191,7 @@ def test_resume_after_sigkill_has_no_duplicated_or_missing_rows(tmp_path):
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    resumed = extract_tokens(
-        backbone, reader, Images(), make_key(backbone, reader), killed_root, batch_size=2, shard_size=3, progress=False
-    )
+    resumed = run(backbone, reader, make_key(backbone, reader), killed_root, batch_size=2, shard_size=3)
     assert resumed.directory == directory
     assert sum(seen) == NUM_ROWS - done, "the complete shards are not extracted again"
     tokens, labels = all_rows(resumed)
@@ -203,9 +216,7 @@ def test_truncated_shard_is_detected_and_extracted_again(tmp_path):
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    rebuilt = extract_tokens(
-        backbone, reader, Images(), make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3, progress=False
-    )
+    rebuilt = run(backbone, reader, make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3)
     assert sum(seen) == 3, "only the bad shard is extracted again, every shard that verifies is kept"
     assert all_rows(rebuilt)[1].tolist() == list(range(NUM_ROWS))
     assert not [p for p in cache.directory.iterdir() if ".tmp-" in p.name]
@@ -218,9 +229,7 @@ def test_all_shards_present_but_not_marked_complete_needs_no_extraction(tmp_path
     backbone = tiny_backbone("vit")
     seen = count_backbone_rows(backbone)
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
-    again = extract_tokens(
-        backbone, reader, Images(), make_key(backbone, reader), tmp_path, shard_size=3, progress=False
-    )
+    again = run(backbone, reader, make_key(backbone, reader), tmp_path, shard_size=3)
     assert seen == [] and again.num_rows == NUM_ROWS
 
 
@@ -240,7 +249,7 @@ def test_one_extraction_per_cache_at_a_time(tmp_path):
     key = make_key(backbone, reader)
     (tmp_path / key.fingerprint).mkdir()
     with exclusive_lock(tmp_path / key.fingerprint), pytest.raises(RuntimeError, match="Another process"):
-        extract_tokens(backbone, reader, Images(), key, tmp_path, progress=False)
+        run(backbone, reader, key, tmp_path)
 
 
 def test_views_select_layers_and_drop_cls(tmp_path):
@@ -283,12 +292,9 @@ def test_probe_trained_on_cached_tokens_gives_the_same_logits_on_images(tmp_path
     cache = cache_tokens_for_model(
         model,
         Images(),
-        tmp_path / "cache",
-        preprocessing="none",
-        split="train",
-        dataset_fingerprint="images-v1",
-        dtype="float32",
-        progress=False,
+        cached_split(),
+        ExtractionOptions(tmp_path / "cache", progress=False),
+        storage=("float32", "float32"),
     )
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"),
@@ -312,3 +318,22 @@ def test_probe_trained_on_cached_tokens_gives_the_same_logits_on_images(tmp_path
         from_images = loaded(pixel_values=Images().images).logits
         from_cache = loaded(tokens=tokens).logits
     torch.testing.assert_close(from_images, from_cache, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reused_cache_is_verified_and_an_altered_shard_is_extracted_again(tmp_path):
+    """A complete cache is reused only after every shard is re-hashed: an altered one is never served."""
+    cache = extract(tmp_path)
+    clean = all_rows(cache)[0]
+    shard = cache.directory / cache.shards[1].file
+    tokens = torch.zeros_like(TokenCacheDataset(cache).tokens(3))
+    data = bytearray(shard.read_bytes())
+    data[-len(tokens.numpy().tobytes()) :] = tokens.numpy().tobytes()  # same size: only the hash can tell
+    shard.write_bytes(bytes(data))
+    backbone = tiny_backbone("vit")
+    seen = count_backbone_rows(backbone)
+    reader = TokenReader(backbone.config, [1, 2], token_selection="all")
+    again = run(backbone, reader, make_key(backbone, reader), tmp_path, batch_size=2, shard_size=3)
+    assert sum(seen) == 3, "the altered shard (3 rows) is extracted again, the others are reused"
+    assert not again.extraction_report["reused"]
+    torch.testing.assert_close(all_rows(again)[0], clean)
+    again.verify()

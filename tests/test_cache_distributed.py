@@ -28,10 +28,16 @@ from transformers import ViTImageProcessor
 
 from hf_efficient_probing.backbones import load_backbone
 from hf_efficient_probing.cache import TokenCache
-from hf_efficient_probing.cache.store import MANIFEST_NAME, RANK_RECORDS_PATTERN
-from hf_efficient_probing.training import build_transforms, probing_collator
-from hf_efficient_probing.training.data import ImageClassificationDataset, hold_out_for_selection, load_image_dataset
-from hf_efficient_probing.training.knn import extract_global_features
+from hf_efficient_probing.cache.manifest import MANIFEST_NAME, RANK_RECORDS_PATTERN
+from hf_efficient_probing.training import (
+    ImageClassificationDataset,
+    evaluation_processor,
+    hold_out_for_selection,
+    load_image_dataset,
+    probing_collator,
+)
+from hf_efficient_probing.training.protocols import live_global_features
+from hf_efficient_probing.training.transforms import ProcessorTransform
 
 HERE = Path(__file__).parent
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -152,7 +158,7 @@ CACHED_FEATURE_ATOL = 3e-3
 def live_knn_features(backbone_path, image_root, selection_fraction) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The GAP features of the last layer of every image, in data set order, through the live backbone: of train
     without the images the default protocol holds out (``bank``), of those (``selection``) and of ``evaluation``."""
-    _, eval_transform = build_transforms(ViTImageProcessor.from_pretrained(backbone_path))
+    eval_transform = ProcessorTransform(evaluation_processor(ViTImageProcessor.from_pretrained(backbone_path)))
     backbone = load_backbone(backbone_path)
     dataset, image_column, label_column = load_image_dataset(image_root)
     bank, selection = hold_out_for_selection(dataset["train"], label_column, selection_fraction, seed=0)
@@ -161,5 +167,5 @@ def live_knn_features(backbone_path, image_root, selection_fraction) -> dict[str
         items = ImageClassificationDataset(images, image_column, label_column, eval_transform, split)
         batches = torch.utils.data.DataLoader(items, batch_size=8, collate_fn=probing_collator)
         with torch.no_grad():
-            features[split] = extract_global_features(backbone, batches, "gap", [-1])
+            features[split] = live_global_features(backbone, batches, "gap", [-1])
     return features

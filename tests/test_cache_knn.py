@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_backbone
-from test_cache import Images, extract, make_key, single_thread  # noqa: F401
+from test_cache import Images, extract, make_key, run, single_thread  # noqa: F401
 from torch.utils.data import DataLoader
 
 from hf_efficient_probing.backbones import TokenReader
-from hf_efficient_probing.cache import extract_tokens
 from hf_efficient_probing.cache.features import global_features
-from hf_efficient_probing.training.knn import extract_global_features, knn_classify
+from hf_efficient_probing.evaluation.knn import knn_classify
+from hf_efficient_probing.training.protocols import live_global_features
 
 
 @pytest.mark.parametrize("features", ["cls", "gap"])
@@ -19,7 +19,7 @@ def test_knn_on_cached_features_equals_knn_on_live_features(tmp_path, features):
     cache = extract(tmp_path)  # layers 1 and 2, [CLS] + patches, float32
     cached, cached_labels = global_features(cache, features, feature_layers=[-1], batch_size=4)
     loader = DataLoader(Images(), batch_size=4)
-    live, live_labels = extract_global_features(tiny_backbone("vit"), loader, features, feature_layers=[-1])
+    live, live_labels = live_global_features(tiny_backbone("vit"), loader, features, feature_layers=[-1])
     torch.testing.assert_close(cached, live)
     assert torch.equal(cached_labels, live_labels)
     split = 6
@@ -32,6 +32,6 @@ def test_cls_features_need_a_cache_with_the_cls_token(tmp_path):
 
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [-1])
-    cache = extract_tokens(backbone, reader, Images(), make_key(backbone, reader), tmp_path, progress=False)
+    cache = run(backbone, reader, make_key(backbone, reader), tmp_path)
     with pytest.raises(ValueError, match="token_selection='all'"):
         global_features(cache, "cls")

@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 from conftest import tiny_backbone
-from test_cache import Images, all_rows, extract, make_key, single_thread  # noqa: F401
+from test_cache import Images, all_rows, extract, make_key, run, single_thread  # noqa: F401
 
+import hf_efficient_probing.cache.extraction as extraction
 import hf_efficient_probing.cache.key as cache_key
 import hf_efficient_probing.cache.location as location
-import hf_efficient_probing.cache.store as store
 from hf_efficient_probing.backbones import TokenReader
 from hf_efficient_probing.cache import listing, plan
 from hf_efficient_probing.cache.location import CACHE_ENV, default_cache_root
@@ -43,7 +43,7 @@ def test_bfloat16_extraction_runs_the_backbone_under_autocast(tmp_path):
 
 def test_extraction_stops_before_writing_when_the_cache_will_not_fit(tmp_path, monkeypatch):
     free = {"bytes": 10_000}
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free["bytes"]}))
+    monkeypatch.setattr(extraction.shutil, "disk_usage", lambda path: type("Usage", (), {"free": free["bytes"]}))
     # 10 rows x 17 tokens x 64 channels x 4 bytes = 43,520 bytes of tokens
     with pytest.raises(OSError, match=r"needs 0\.00 GB more.*python -m hf_efficient_probing\.cache\.plan"):
         extract(tmp_path)
@@ -59,7 +59,7 @@ def test_default_cache_root_is_under_hf_home_or_the_environment(monkeypatch, tmp
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "elsewhere"))
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [-1])
-    cache = store.extract_tokens(backbone, reader, Images(), make_key(backbone, reader), progress=False)
+    cache = run(backbone, reader, make_key(backbone, reader), None)
     assert cache.directory.parent == tmp_path / "elsewhere"
 
 
@@ -156,10 +156,10 @@ def test_plan_prices_a_convnext_from_its_measured_states(saved_backbone, tmp_pat
 def test_default_workers_get_the_cores_the_compute_leaves_idle(
     monkeypatch, device, cores, threads, local_world_size, workers
 ):
-    monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(extraction.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world_size))
     torch.set_num_threads(threads)  # the autouse fixture restores it
-    assert store.default_num_workers(torch.device(device)) == workers
+    assert extraction.default_num_workers(torch.device(device)) == workers
 
 
 def test_extraction_loads_with_the_default_workers(tmp_path, monkeypatch):
@@ -171,8 +171,8 @@ def test_extraction_loads_with_the_default_workers(tmp_path, monkeypatch):
             used.append(num_workers)
             super().__init__(*args, num_workers=num_workers, **kwargs)
 
-    monkeypatch.setattr(store, "DataLoader", RecordingLoader)
-    monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(extraction, "DataLoader", RecordingLoader)
+    monkeypatch.setattr(extraction.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     torch.set_num_threads(2)
     extract(tmp_path)
@@ -182,8 +182,8 @@ def test_extraction_loads_with_the_default_workers(tmp_path, monkeypatch):
 def test_extraction_seconds_leave_out_the_wait_for_the_other_ranks(tmp_path, monkeypatch):
     """A rank that starts first waits at the barrier for the others' start-up; that is not extraction time."""
     clock = {"offset": 0.0}
-    real_perf_counter = store.time.perf_counter
-    monkeypatch.setattr(store.time, "perf_counter", lambda: real_perf_counter() + clock["offset"])
-    monkeypatch.setattr(store, "_wait_for_everyone", lambda world_size: clock.update(offset=clock["offset"] + 1000))
+    real_perf_counter = extraction.time.perf_counter
+    monkeypatch.setattr(extraction.time, "perf_counter", lambda: real_perf_counter() + clock["offset"])
+    monkeypatch.setattr(extraction, "wait_for_everyone", lambda world_size: clock.update(offset=clock["offset"] + 1000))
     report = extract(tmp_path).extraction_report
     assert 0 < report["seconds"] < 1000

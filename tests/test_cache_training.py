@@ -11,7 +11,7 @@ import hf_efficient_probing as hep
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.demo import embedded_training_arguments, offline_inputs
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
-from hf_efficient_probing.training.run import run_probing
+from hf_efficient_probing.training.job import run_probing
 
 
 def test_run_probing_trains_from_the_token_cache_and_reuses_it(tmp_path):

@@ -20,13 +20,21 @@ import hf_efficient_probing as hep
 from hf_efficient_probing.probes import efficient as efficient_module
 from hf_efficient_probing.training import grid as grid_module
 from hf_efficient_probing.training.arguments import DataArguments, ProbeArguments, ProbingTrainingArguments
-from hf_efficient_probing.training.data import DataError, hold_out_for_selection, probing_collator
+from hf_efficient_probing.training.data import DataError
+from hf_efficient_probing.training.engine import GridSplits, RunOptions, train_grid
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
-from hf_efficient_probing.training.optim import MAX_WARMUP_FRACTION
-from hf_efficient_probing.training.recipe import MIN_STEPS_PER_EPOCH, default_feature_layers, resolve_recipe
-from hf_efficient_probing.training.run import check_protocol_arguments
-from hf_efficient_probing.training.sweep import train_grid
-from hf_efficient_probing.training.trainer import ProbingTrainer, build_compute_metrics, rank_top_k
+from hf_efficient_probing.training.job import check_arguments
+from hf_efficient_probing.training.prepared import probing_collator
+from hf_efficient_probing.training.recipes import (
+    MAX_WARMUP_FRACTION,
+    MIN_STEPS_PER_EPOCH,
+    default_feature_layers,
+    grid_arguments,
+    resolve_recipe,
+)
+from hf_efficient_probing.training.resume import RunMismatchError
+from hf_efficient_probing.training.selection import hold_out_for_selection
+from hf_efficient_probing.training.trainer import ProbingTrainer, build_trainer
 
 NUM_LABELS = 3
 MEMBERS = [
@@ -69,6 +77,13 @@ def grid_args(output_dir, **overrides) -> ProbingTrainingArguments:
     return ProbingTrainingArguments(**{**settings, **overrides})
 
 
+def run_grid(grid, args, train, selection, evaluation, **options):
+    """``train_grid`` on three token splits, with the default recipe filled for ``args``."""
+    return train_grid(
+        grid, grid_arguments(args, len(train)), GridSplits(train, selection, evaluation), RunOptions(**options)
+    )
+
+
 def token_splits(grid: ProbingGridModel) -> tuple[Tokens, Tokens, Tokens]:
     """Train, selection and evaluation tokens in ``grid``'s layout."""
     return Tokens(grid, 40, seed=1), Tokens(grid, 12, seed=2), Tokens(grid, 12, seed=3)
@@ -85,7 +100,7 @@ def test_each_member_gets_what_an_independent_single_probe_trainer_run_gets(data
     backbone = data[0]
     grid = new_grid(backbone, members)
     train, selection, evaluation = token_splits(grid)
-    train_grid(grid, grid_args(tmp_path / "grid", keep_checkpoints=True), train, selection, evaluation)
+    run_grid(grid, grid_args(tmp_path / "grid", keep_checkpoints=True), train, selection, evaluation)
     history = json.loads((tmp_path / "grid" / "trainer_state.json").read_text())["log_history"]
     last = load_file(next((tmp_path / "grid").glob("checkpoint-*")) / "model.safetensors")
     for index, member in enumerate(members):
@@ -97,14 +112,12 @@ def test_each_member_gets_what_an_independent_single_probe_trainer_run_gets(data
             tmp_path / f"alone-{index}", optimizer="adamw", learning_rate=member.learning_rate, max_grad_norm=0.0,
             eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", load_best_model_at_end=False,
         )  # fmt: skip
-        trainer = ProbingTrainer(
-            model=alone, args=args, data_collator=probing_collator,
-            train_dataset=grid.member_dataset(index, train), eval_dataset=grid.member_dataset(index, selection),
-            compute_metrics=build_compute_metrics(), preprocess_logits_for_metrics=rank_top_k,
-        )  # fmt: skip
+        trainer = build_trainer(alone, args, (grid.member_dataset(index, train), grid.member_dataset(index, selection)))
         trainer.train()
         alone_curve = [e["eval_accuracy"] for e in trainer.state.log_history if "eval_accuracy" in e]
-        grid_curve = [e[f"eval_{member.name}_accuracy"] for e in history if f"eval_{member.name}_accuracy" in e]
+        grid_curve = [
+            e[f"selection_{member.name}_accuracy"] for e in history if f"selection_{member.name}_accuracy" in e
+        ]
         assert grid_curve == alone_curve and len(alone_curve) == 4
         for key, value in alone.probe.state_dict().items():
             torch.testing.assert_close(last[f"heads.{index}.{key}"], value, rtol=1e-5, atol=1e-6)
@@ -137,18 +150,19 @@ def test_printed_log_names_each_kinds_best_member_and_the_history_keeps_every_me
 ):
     backbone, train, selection, evaluation = data
     args = grid_args(tmp_path, num_train_epochs=2, disable_tqdm=disable_tqdm)
-    train_grid(new_grid(backbone), args, train, selection, evaluation)
-    printed = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{'eval_")]
-    printed = [line for line in printed if "eval_accuracy" not in line]  # the chosen probes' final evaluations
+    run_grid(new_grid(backbone), args, train, selection, evaluation)
+    out = capsys.readouterr().out.splitlines()
+    printed = [ast.literal_eval(line) for line in out if line.startswith("{'selection_")]
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
-    evaluations = [entry for entry in history if "eval_loss" in entry]
+    evaluations = [entry for entry in history if "selection_loss" in entry]
+    assert not [entry for entry in history if any(key.startswith("eval_") for key in entry)], "selection is named so"
     assert len(printed) == len(evaluations) == 2
     for line, entry in zip(printed, evaluations, strict=True):
         assert not any(member.name in key for key in line for member in MEMBERS)  # no per-member columns
         for kind in ("ep", "linear"):
-            scores = {m.name: entry[f"eval_{m.name}_accuracy"] for m in MEMBERS if m.kind == kind}
-            assert float(line[f"eval_best_{kind}_accuracy"]) == pytest.approx(max(scores.values()), abs=1e-4)
-            assert scores[line[f"eval_best_{kind}"]] == max(scores.values())
+            scores = {m.name: entry[f"selection_{m.name}_accuracy"] for m in MEMBERS if m.kind == kind}
+            assert float(line[f"selection_best_{kind}_accuracy"]) == pytest.approx(max(scores.values()), abs=1e-4)
+            assert scores[line[f"selection_best_{kind}"]] == max(scores.values())
 
 
 def _permuted(dataset: Tokens) -> Tokens:
@@ -161,7 +175,7 @@ def test_selection_never_reads_the_evaluation_split(data, tmp_path):
     backbone, train, selection, evaluation = data
     runs = {}
     for name, evaluation_split in (("true", evaluation), ("permuted", _permuted(evaluation))):
-        result = train_grid(new_grid(backbone), grid_args(tmp_path / name), train, selection, evaluation_split)
+        result = run_grid(new_grid(backbone), grid_args(tmp_path / name), train, selection, evaluation_split)
         runs[name] = result
     true, permuted = runs["true"], runs["permuted"]
     assert true.summary["members"] == permuted.summary["members"]  # same selection accuracies and epochs
@@ -182,7 +196,9 @@ def test_selection_never_reads_the_evaluation_split(data, tmp_path):
         m["selection_accuracy"] for m in true.summary["members"] if m["kind"] == "ep"
     )
     assert (tmp_path / "true" / "run_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| ep | 2 | 0.01 |" in (tmp_path / "true" / "run_summary.md").read_text()
+    table = (tmp_path / "true" / "run_summary.md").read_text().splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if line.startswith("|")]
+    assert ["ep", "2", "0.01"] in [row[:3] for row in rows]
 
 
 class KillAfterSave(TrainerCallback):
@@ -198,15 +214,15 @@ class KillAfterSave(TrainerCallback):
 
 def test_a_killed_grid_run_resumes_to_the_same_weights_and_history(data, tmp_path):
     backbone, train, selection, evaluation = data
-    train_grid(new_grid(backbone), grid_args(tmp_path / "whole"), train, selection, evaluation)
+    run_grid(new_grid(backbone), grid_args(tmp_path / "whole"), train, selection, evaluation)
     with pytest.raises(KeyboardInterrupt):
-        train_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation,
+        run_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation,
                    callbacks=[KillAfterSave(step=10)])  # fmt: skip
     assert [p.name for p in (tmp_path / "killed").glob("checkpoint-*")] == ["checkpoint-10"]
     other = [GridMember("ep", 2, 1e-3, (("num_queries", 4),)), *MEMBERS[1:]]  # another grid, same shapes
-    with pytest.raises(ValueError, match="checkpoint of another grid"):
-        train_grid(new_grid(backbone, other), grid_args(tmp_path / "killed"), train, selection, evaluation)
-    train_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation)  # the same command
+    with pytest.raises(RunMismatchError, match="checkpoint of another run: members differ"):
+        run_grid(new_grid(backbone, other), grid_args(tmp_path / "killed"), train, selection, evaluation)
+    run_grid(new_grid(backbone), grid_args(tmp_path / "killed"), train, selection, evaluation)  # the same command
 
     def timeless(path):  # minus timings, and the Trainer's mean train loss of the steps run in the last process
         history = json.loads((path / "trainer_state.json").read_text())["log_history"]
@@ -225,7 +241,7 @@ def test_a_grid_too_large_for_memory_fails_before_training(data, tmp_path, monke
     needed = grid.estimated_training_bytes(8, train[0]["tokens"].shape[0])
     monkeypatch.setattr(grid_module, "available_memory_bytes", lambda device: needed - 1)
     with pytest.raises(MemoryError, match=r"3 probes needs about .* GiB .*--per_device_train_batch_size"):
-        train_grid(grid, grid_args(tmp_path / "out"), train, selection, evaluation)
+        run_grid(grid, grid_args(tmp_path / "out"), train, selection, evaluation)
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(grid_module, "available_memory_bytes", lambda device: needed)
     grid_module.check_grid_fits(grid, 8, train[0]["tokens"].shape[0], torch.device("cpu"))
@@ -245,7 +261,7 @@ def test_a_held_out_fraction_that_empties_a_class_names_it():
 
 def test_paper_protocol_with_the_token_cache_explains_what_it_drops():
     with pytest.raises(ValueError, match="augmentation") as error:
-        check_protocol_arguments(DataArguments(use_token_cache=True), ProbeArguments(protocol="paper"))
+        check_arguments(DataArguments(use_token_cache=True), ProbeArguments(protocol="paper"))
     assert "drop --use_token_cache" in str(error.value) and "drop --protocol paper" in str(error.value)
 
 
@@ -264,7 +280,7 @@ def test_live_augmentation_crops_small_images_less():
     from PIL import Image
     from transformers import ViTImageProcessor
 
-    from hf_efficient_probing.training.images import suited_crop_scale_min
+    from hf_efficient_probing.training.transforms import suited_crop_scale_min
 
     processor = ViTImageProcessor(size={"height": 224, "width": 224})
 

@@ -146,7 +146,7 @@ def forbidden_paths(graph: dict[str, set[str]]) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def graph():
     modules = module_files()
-    assert {"hf_efficient_probing.training.run", "hf_efficient_probing.cache.store"} <= set(modules)
+    assert {"hf_efficient_probing.training.job", "hf_efficient_probing.cache.extraction"} <= set(modules)
     return graph_of(import_edges(modules))
 
 
@@ -183,3 +183,31 @@ def test_the_checks_see_relative_lazy_and_forbidden_imports(tmp_path):
     graph = graph_of(import_edges(module_files(package)))
     assert find_cycle(graph) == [f"{PACKAGE}.cache.store", f"{PACKAGE}.training.run", f"{PACKAGE}.cache.store"]
     assert forbidden_paths(graph) == [[f"{PACKAGE}.cache.store", f"{PACKAGE}.training.run"]]
+
+
+TRAINING = f"{PACKAGE}.training"
+# what reporting renders comes to it as plain records: it reads no model, trainer or grid
+REPORTING_MUST_NOT_REACH = {
+    f"{TRAINING}.{name}" for name in ("grid", "engine", "trainer", "resume", "protocols", "job")
+}
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, queue = set(), [start]
+    while queue:
+        for successor in graph.get(queue.pop(), ()):
+            if successor not in seen:
+                seen.add(successor)
+                queue.append(successor)
+    return seen
+
+
+def test_reporting_reads_nothing_of_the_grid_engine(graph):
+    assert reach(graph, f"{TRAINING}.reporting") & REPORTING_MUST_NOT_REACH == set()
+
+
+def test_the_job_is_the_top_of_training_and_reaches_every_other_room_of_it(graph):
+    rooms = {module for module in module_files() if module.startswith(f"{TRAINING}.")}
+    importers = {importer for importer, targets in graph.items() if f"{TRAINING}.job" in targets}
+    assert importers <= {TRAINING, f"{PACKAGE}.cli", f"{PACKAGE}.demo.job"}, importers
+    assert rooms - {f"{TRAINING}.job", f"{TRAINING}.sweep"} <= reach(graph, f"{TRAINING}.job")

@@ -11,15 +11,17 @@ import pytest
 import torch
 from test_training_end_to_end import backbone_dir, image_folder  # noqa: F401
 
+from hf_efficient_probing.evaluation.knn import knn_classify, select_knn
 from hf_efficient_probing.training import (
     DataArguments,
     ModelArguments,
     ProbeArguments,
+    ProbingJob,
     ProbingTrainingArguments,
     prepare_data,
 )
-from hf_efficient_probing.training.knn import knn_classify, select_knn
-from hf_efficient_probing.training.run import load_backbone_and_processor, run_knn
+from hf_efficient_probing.training.job import load_backbone_and_processor
+from hf_efficient_probing.training.protocols import run_knn
 
 
 def unit(cosine):  # a 2-D unit vector at this cosine with [1, 0]
@@ -46,12 +48,16 @@ def test_select_knn_chooses_on_selection_and_evaluates_once_with_that_choice():
 
 def _run_knn(backbone, processor, images, output_dir):
     data_args = DataArguments(dataset_name=images, selection_fraction=0.375)
-    probe_args = ProbeArguments(knn_features="gap", knn_k=[1, 3, 10], knn_temperatures=[0.07, 1.0], feature_layers=[-1])
+    probe_args = ProbeArguments(
+        knn_eval=True, knn_features="gap", knn_k=[1, 3, 10], knn_temperatures=[0.07, 1.0], feature_layers=[-1]
+    )
     training_args = ProbingTrainingArguments(
         output_dir=str(output_dir), use_cpu=True, per_device_eval_batch_size=8, report_to="none"
     )
     data = prepare_data(data_args, processor)
-    run_knn(backbone, data, data_args, probe_args, training_args)
+    run_knn(
+        ProbingJob.from_arguments(ModelArguments(), data_args, probe_args, training_args, (backbone, processor), data)
+    )
     return json.loads((output_dir / "knn_results.json").read_text())
 
 

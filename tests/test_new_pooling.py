@@ -8,7 +8,7 @@ from huggingface_hub.errors import StrictDataclassError
 import hf_efficient_probing as hep
 from hf_efficient_probing.probes import PROBE_KINDS, Pooling, PoolingOutput, register_pooling
 from hf_efficient_probing.training.arguments import ProbeArguments
-from hf_efficient_probing.training.run import probe_config_kwargs
+from hf_efficient_probing.training.job import probe_config_kwargs
 
 NAME = "throwaway_max"
 

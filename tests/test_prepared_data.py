@@ -11,7 +11,8 @@ from PIL import Image
 from transformers import ViTImageProcessor
 
 from hf_efficient_probing.training import DataArguments, DataError, prepare_data
-from hf_efficient_probing.training.data import SELECTION, TRAIN, VALIDATION
+from hf_efficient_probing.training.data import TRAIN, VALIDATION
+from hf_efficient_probing.training.prepared import SELECTION
 
 CLASSES = ["cat", "dog", "eel"]
 
@@ -34,13 +35,15 @@ def processor():
 
 def test_prepared_data_finds_columns_applies_subsets_and_names_the_classes(processor):
     dataset = images_dataset({TRAIN: 6, VALIDATION: 4})
-    data_args = DataArguments(shots_per_class=5, max_eval_samples=7)
-    data = prepare_data(data_args, processor, dataset=dataset, name="animals")
+    data_args = DataArguments(dataset_name="animals", shots_per_class=5, max_eval_samples=7)
+    data = prepare_data(data_args, processor, dataset=dataset)
     assert (data.image_column, data.label_column, data.class_names) == ("picture", "kind", CLASSES)
     assert data.label_maps == {"id2label": {0: "cat", 1: "dog", 2: "eel"}, "label2id": {"cat": 0, "dog": 1, "eel": 2}}
     assert len(data.splits[TRAIN]) == 15 and len(data.splits[VALIDATION]) == 7
     assert data.info == {
         "dataset": "animals",
+        "image_column": "picture",
+        "label_column": "kind",
         "shots_per_class": 5,
         "train_fraction": None,
         "train_samples": 15,

@@ -11,7 +11,7 @@ import torch
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.cache.features import global_features
-from hf_efficient_probing.training.knn import knn_classify
+from hf_efficient_probing.evaluation.knn import knn_classify
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_probe_sweep.py"
 
@@ -36,11 +36,15 @@ def test_sweep_trains_every_probe_once_and_writes_the_table(tmp_path):
     )
     chosen = max(knn_classify(*bank, *selection), key=lambda r: r["top1"])
     (evaluated,) = knn_classify(*bank, *evaluation, ks=(chosen["k"],), temperatures=(chosen["temperature"],))
-    knn_row = (
-        f"| k-NN gap (k={chosen['k']}, T={chosen['temperature']}) | 0 | {100 * chosen['top1']:.2f} | - | "
-        f"{100 * evaluated['top1']:.2f} |"
-    )
-    assert knn_row in table.splitlines(), table
+    knn_row = [
+        f"k-NN gap (k={chosen['k']}, T={chosen['temperature']})",
+        "0",
+        f"{100 * chosen['top1']:.2f}",
+        "-",
+        f"{100 * evaluated['top1']:.2f}",
+    ]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    assert knn_row in cells, table
     validation = caches["validation"].dataset()
     tokens = torch.stack([validation[i]["tokens"] for i in range(len(validation))])
     labels = validation.labels

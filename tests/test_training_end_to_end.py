@@ -18,11 +18,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from test_cache import single_thread  # noqa: F401
-from transformers import Trainer, ViTImageProcessor
+from transformers import ViTImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.training import build_transforms, probing_collator
-from hf_efficient_probing.training.data import ImageClassificationDataset, load_image_dataset
+from hf_efficient_probing.training import (
+    ImageClassificationDataset,
+    evaluation_processor,
+    load_image_dataset,
+    probing_collator,
+)
+from hf_efficient_probing.training.trainer import ProbingTrainer
+from hf_efficient_probing.training.transforms import ProcessorTransform
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "run_probing.py"
@@ -63,10 +69,13 @@ def backbone_dir(saved_backbone) -> str:
 
 
 def _args(backbone_dir, image_folder, output_dir, *extra):
+    """The paper protocol's command line (``--protocol default`` in ``extra`` drops the paper's learning rate)."""
+    default = "--protocol" in extra and extra[extra.index("--protocol") + 1] == "default"
+    paper_only = [] if default else ["--base_learning_rate", "20"]
     return [
         "--model_name_or_path", backbone_dir, "--dataset_name", image_folder, "--output_dir", str(output_dir),
         "--protocol", "paper", "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "6", "--base_learning_rate", "20", "--warmup_epochs", "0", "--use_cpu",
+        "--per_device_eval_batch_size", "6", *paper_only, "--warmup_epochs", "0", "--use_cpu",
         "--disable_tqdm", "true",
         "--dataloader_num_workers", "0", *extra,
     ]  # fmt: skip
@@ -74,7 +83,7 @@ def _args(backbone_dir, image_folder, output_dir, *extra):
 
 def _evaluate(model, image_folder) -> float:
     dataset, image_column, label_column = load_image_dataset(image_folder)
-    _, eval_transform = build_transforms(ViTImageProcessor(size={"height": 32, "width": 32}))
+    eval_transform = ProcessorTransform(evaluation_processor(ViTImageProcessor(size={"height": 32, "width": 32})))
     items = ImageClassificationDataset(dataset["validation"], image_column, label_column, eval_transform)
     batch = probing_collator([items[i] for i in range(len(items))])
     with torch.no_grad():
@@ -208,7 +217,7 @@ import json, os, runpy, sys
 import numpy as np, torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalPrediction
-from hf_efficient_probing.training import run, sweep, trainer as probing_trainer
+from hf_efficient_probing.training import engine, protocols, trainer as probing_trainer
 report, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 seen = {"evaluation": [], "selection": [], "knn": None}
 
@@ -238,33 +247,31 @@ def numbered(compute, split):
         return compute(EvalPrediction(predictions=prediction.predictions, label_ids=encoded % 1000))
     return compute_metrics
 
-def build_compute_metrics(real=probing_trainer.build_compute_metrics):
-    return numbered(real(), "evaluation")
+def top_k_metrics(names=None, real=probing_trainer.top_k_metrics):
+    return numbered(real(names), "evaluation" if names is None else "selection")
 
-def grid_compute_metrics(names, real=sweep.grid_compute_metrics):
-    return numbered(real(names), "selection")
-
-def train_probe(model, args, train_dataset, eval_dataset, *rest, real=run.train_probe, **kwargs):
+def train_probe(model, args, train_dataset, eval_dataset, *rest, real=protocols.train_probe, **kwargs):
     return real(model, args, train_dataset, Numbered(eval_dataset), *rest, **kwargs)
 
-def train_grid(grid, args, train, selection, evaluation, *rest, real=run.train_grid, **kwargs):
-    return real(grid, args, train, Numbered(selection), Numbered(evaluation), *rest, **kwargs)
+def train_grid(grid, args, splits, *rest, real=protocols.train_grid, **kwargs):
+    numbered_splits = engine.GridSplits(splits.train, Numbered(splits.selection), Numbered(splits.evaluation))
+    return real(grid, args, numbered_splits, *rest, **kwargs)
 
-def knn_classify(train_features, train_labels, test_features, test_labels, *args, real=run.knn_classify, **kwargs):
+def knn_classify(train_features, train_labels, test_features, test_labels, *args, real=protocols.knn_classify, **kwargs):
     seen["knn"] = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(),
                    "train_features": train_features.tolist(), "test_features": test_features.tolist()}
     return real(train_features, train_labels, test_features, test_labels, *args, **kwargs)
 
-def select_knn(*splits, real=run.select_knn, **kwargs):
+def select_knn(*splits, real=protocols.select_knn, **kwargs):
     names = ("bank", "selection", "evaluation")
     seen["knn"] = {name: {"features": f.tolist(), "labels": l.tolist()} for name, (f, l) in zip(names, splits)}
     return real(*splits, **kwargs)
 
 Trainer.prediction_step = prediction_step
-probing_trainer.probing_collator = sweep.probing_collator = collate
-probing_trainer.build_compute_metrics = sweep.build_compute_metrics = build_compute_metrics
-sweep.grid_compute_metrics, run.train_probe, run.train_grid = grid_compute_metrics, train_probe, train_grid
-run.knn_classify, run.select_knn = knn_classify, select_knn
+probing_trainer.probing_collator = collate
+probing_trainer.top_k_metrics = top_k_metrics
+protocols.train_probe, protocols.train_grid = train_probe, train_grid
+protocols.knn_classify, protocols.select_knn = knn_classify, select_knn
 sys.argv = [script, *argv]
 runpy.run_path(script, run_name="__main__")
 with open(f"{report}-{os.environ.get('RANK', 0)}.json", "w") as handle:
@@ -428,10 +435,17 @@ def test_a_killed_cached_grid_run_resumes_from_its_newest_complete_checkpoint_to
 
 
 def test_best_probe_reload_reports_no_missing_backbone_keys(backbone_dir, image_folder, tmp_path, monkeypatch):
-    """The best epoch's probe-only checkpoint is reloaded at the end, and the Trainer is told of no missing key:
-    the backbone's keys, absent from the checkpoint by design, are not reported as missing."""
+    """The best epoch's probe-only checkpoint is reloaded at the end; only the backbone's keys, absent from the
+    checkpoint by design, are missing (a missing or unexpected probe key is an error, not a warning)."""
     reported = []
-    monkeypatch.setattr(Trainer, "_issue_warnings_after_load", lambda self, result: reported.append(result))
+    real = ProbingTrainer._issue_warnings_after_load
+    monkeypatch.setattr(
+        ProbingTrainer, "_issue_warnings_after_load", lambda self, result: reported.append(result) or real(self, result)
+    )
     _load_script().main(_args(backbone_dir, image_folder, tmp_path / "out", "--probe", "linear"))
     assert len(reported) == 1, "the best checkpoint was not reloaded at the end of training"
-    assert reported[0].missing_keys == [] and reported[0].unexpected_keys == []
+    assert reported[0].missing_keys and all(key.startswith("backbone.") for key in reported[0].missing_keys)
+    assert reported[0].unexpected_keys == []
+    broken = reported[0]._replace(missing_keys=["probe.classifier.weight"])
+    with pytest.raises(ValueError, match="does not hold this run's probes"):
+        real(None, broken)

@@ -13,6 +13,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from hf_efficient_probing.evaluation.knn import knn_classify, nearest_neighbors
 from hf_efficient_probing.images import to_rgb
 from hf_efficient_probing.training import (
     LARS,
@@ -20,13 +21,11 @@ from hf_efficient_probing.training import (
     ImageClassificationDataset,
     build_optimizer,
     check_dataset,
-    knn_classify,
     low_shot_indices,
     probing_collator,
     warmup_cosine_schedule,
 )
 from hf_efficient_probing.training.data import detect_image_column, detect_label_column, find_unreadable_images
-from hf_efficient_probing.training.knn import nearest_neighbors
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images
@@ -187,15 +186,15 @@ def test_build_optimizer_never_decays_1d_parameters():
 
 def test_warmup_cosine_schedule():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    schedule = warmup_cosine_schedule(optimizer, warmup_steps=4, total_steps=12)
+    schedule = warmup_cosine_schedule(optimizer, warmup_epochs=1, epochs=5, total_steps=20)  # 4 warm-up steps
     lrs = []
-    for _ in range(13):
+    for _ in range(21):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
     assert lrs[:5] == [0.0, 0.5, 1.0, 1.5, 2.0]
-    assert lrs[8] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
-    assert lrs[12] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[12] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert lrs[20] == pytest.approx(0.0, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def test_warmup_cosine_schedule():
 def test_top_k_accuracy_metric_loads_offline_by_path():
     import evaluate
 
-    from hf_efficient_probing.training.metrics import TOP_K_ACCURACY_PATH
+    from hf_efficient_probing.evaluation.metrics import TOP_K_ACCURACY_PATH
 
     metric = evaluate.load(TOP_K_ACCURACY_PATH, keep_in_memory=True)
     ranked = [[3, 1, 2, 0, 4, 5], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]
@@ -216,7 +215,7 @@ def test_top_k_accuracy_metric_loads_offline_by_path():
 def test_top_k_accuracy_scores_several_probes_in_one_call_as_each_alone():
     import evaluate
 
-    from hf_efficient_probing.training.metrics import TOP_K_ACCURACY_PATH
+    from hf_efficient_probing.evaluation.metrics import TOP_K_ACCURACY_PATH
 
     metric = evaluate.load(TOP_K_ACCURACY_PATH, keep_in_memory=True)
     rng = np.random.default_rng(0)

@@ -15,11 +15,12 @@ from test_cache import extract, single_thread  # noqa: F401
 
 import hf_efficient_probing as hep
 from hf_efficient_probing.cache import TokenCache
-from hf_efficient_probing.cache.store import MANIFEST_NAME, sha256_file
+from hf_efficient_probing.cache.manifest import MANIFEST_NAME, sha256_file
 from hf_efficient_probing.demo import embedded_training_arguments
 from hf_efficient_probing.official import conversion
 from hf_efficient_probing.official.conversion import load_official_head
 from hf_efficient_probing.training import train_probe
+from hf_efficient_probing.training.recipes import resolve_recipe
 
 CLEAN_ERRORS = (ValueError, OSError, SafetensorError, RuntimeError)
 
@@ -201,18 +202,19 @@ def test_resuming_refuses_pickled_trainer_state_with_a_payload(saved_backbone, t
     torch.manual_seed(0)
     items = [{"tokens": torch.randn(17, 32), "labels": i % 3} for i in range(8)]
 
-    def train(output, epochs):
-        model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3, probe="linear")
+    def train(output):
+        model = hep.ViTForEfficientProbing.from_backbone(saved_backbone("vit"), num_labels=3)
         args = embedded_training_arguments(
-            str(output), num_train_epochs=epochs, per_device_train_batch_size=4, warmup_epochs=0, keep_checkpoints=True
+            str(output), num_train_epochs=2, per_device_train_batch_size=4, warmup_epochs=0, keep_checkpoints=True
         )
-        return train_probe(model, args, items, items)
+        return train_probe(model, resolve_recipe(args, "paper", len(items)), items, items)
 
-    train(tmp_path / "run", 1)
+    train(tmp_path / "run")
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         output = tmp_path / f"planted-{name}"
         shutil.copytree(tmp_path / "run", output)
+        shutil.rmtree(output / "checkpoint-4")  # as if killed after the first epoch
         assert (output / "checkpoint-2" / name).exists()
         plant(output / "checkpoint-2" / name, sentinel)
         with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-            train(output, 2)  # resumes from checkpoint-2
+            train(output)  # resumes from checkpoint-2

@@ -1,18 +1,31 @@
 """Never run the frozen backbone twice: a token cache on disk, read by many probes.
 
-``key`` names a cache by every input that changes its tokens; ``store`` extracts, resumes and memory-maps it;
-``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view; ``streams`` hands
-batches of tokens (cached or live) to whatever trains on them (``training.grid`` trains many probes at once);
-``features`` turns cached tokens into global features for k-NN; ``location`` says where caches live, ``listing``
-lists and deletes them (``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs.
-Nothing here imports ``training`` or ``hub``.
+``key`` names a cache by every input that changes what it holds; ``manifest`` records its shards and checks them;
+``extraction`` fills it on every process, resumably (one ``ExtractionPlan``); ``dataset`` opens a complete cache and
+memory-maps its rows; ``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view;
+``streams`` hands batches of tokens (cached or live) to whatever trains on them; ``features`` turns cached tokens into
+global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them
+(``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs. Storage only: nothing
+here imports ``training``, the models or ``hub``.
 """
 
-from .key import TokenCacheKey, backbone_identity, dataset_fingerprint, preprocessing_description, weights_fingerprint
-from .store import CorruptCacheError, TokenCache, TokenCacheDataset, cache_tokens_for_model, extract_tokens
+from .dataset import TokenCache, TokenCacheDataset
+from .extraction import ExtractionOptions, ExtractionPlan, cache_tokens_for_model, extract_tokens
+from .key import (
+    CachedSplit,
+    TokenCacheKey,
+    backbone_identity,
+    dataset_fingerprint,
+    preprocessing_description,
+    weights_fingerprint,
+)
+from .manifest import CorruptCacheError
 
 __all__ = [
+    "CachedSplit",
     "CorruptCacheError",
+    "ExtractionOptions",
+    "ExtractionPlan",
     "TokenCache",
     "TokenCacheDataset",
     "TokenCacheKey",

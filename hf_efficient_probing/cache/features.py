@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..probes import linear_features
-from .store import TokenCache, TokenCacheDataset
+from .dataset import TokenCache, TokenCacheDataset
 
 GLOBAL_FEATURES = ("cls", "gap")
 

@@ -1,9 +1,12 @@
 """What names a token cache: every input that changes the tokens, hashed into one fingerprint.
 
-Two extractions give the same tokens only if they run the same backbone weights at the same compute precision, read
+Two extractions give the same rows only if they run the same backbone weights at the same compute precision, read
 the same layers with the same token selection and final-norm choice, store them in the same dtype, and see the same
-images after the same preprocessing. :class:`TokenCacheKey` records exactly these inputs; its fingerprint names the cache directory, so a
-second run with the same inputs reuses the cache and a change in any of them builds a new one.
+images, with the same labels, after the same preprocessing. :class:`CachedSplit` names the data side (the data set's
+fingerprint, the split, the image and label columns and the label mapping: the labels are stored in the shards, so a
+cache of another label column or mapping would serve wrong labels); :class:`TokenCacheKey` adds the backbone side.
+Its fingerprint names the cache directory, so a second run with the same inputs reuses the cache and a change in any
+of them builds a new one.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..backbones import TokenReader, normalize_layers
+from ..backbones import TokenReader
 
-CACHE_FORMAT_VERSION = 2  # 2: the compute precision is part of the key
+CACHE_FORMAT_VERSION = 3  # 2: the compute precision is part of the key; 3: the columns and the label mapping too
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Fields of a config dict that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = {
@@ -117,6 +120,19 @@ def preprocessing_description(image_processor=None, transform=None) -> str:
 
 
 @dataclass(frozen=True)
+class CachedSplit:
+    """The data side of a cache: which rows (a data set's fingerprint and split), which columns (the images read,
+    the labels stored), which label mapping (class names by id), and the preprocessing the images went through."""
+
+    dataset: str
+    split: str
+    preprocessing: str
+    image_column: str
+    label_column: str
+    label_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TokenCacheKey:
     """Every input of a token extraction. ``fingerprint`` hashes them all."""
 
@@ -130,6 +146,9 @@ class TokenCacheKey:
     preprocessing: str
     dataset: str
     split: str
+    image_column: str
+    label_column: str
+    label_names: tuple[str, ...]
     format_version: int = CACHE_FORMAT_VERSION
 
     @classmethod
@@ -137,31 +156,32 @@ class TokenCacheKey:
         cls,
         backbone: nn.Module,
         reader: TokenReader,
+        data: CachedSplit,
         *,
-        preprocessing: str,
-        dataset: str,
-        split: str,
         dtype: str | torch.dtype = "float16",
         compute_dtype: str = "auto",
         device: torch.device | str | None = None,
-        backbone_name_or_path: str | None = None,
-        backbone_revision: str | None = None,
+        backbone_name: tuple[str | None, str | None] = (None, None),
     ) -> TokenCacheKey:
-        """``compute_dtype`` is resolved on ``device`` (where the extraction runs; the backbone's by default):
-        ``"auto"`` becomes bfloat16 or float32."""
+        """The key of ``reader``'s tokens of ``backbone`` over ``data``. ``backbone_name`` is the backbone's Hub id
+        and revision (its weights are hashed without one). ``compute_dtype`` is resolved on ``device`` (where the
+        extraction runs; the backbone's by default): ``"auto"`` becomes bfloat16 or float32."""
         config = {k: v for k, v in reader.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
         parameter = next(backbone.parameters())
         return cls(
-            backbone=backbone_identity(backbone, backbone_name_or_path, backbone_revision) + f"|{parameter.dtype}",
+            backbone=backbone_identity(backbone, *backbone_name) + f"|{parameter.dtype}",
             backbone_config=json.dumps(config, sort_keys=True, default=str),
-            feature_layers=normalize_layers(reader.feature_layers, reader.num_hidden_layers),
+            feature_layers=reader.layers,
             token_selection=reader.token_selection,
             apply_final_norm=bool(reader.apply_final_norm),
             dtype=str(storage_dtype(dtype)).removeprefix("torch."),
             compute_dtype=resolve_compute_dtype(compute_dtype, device if device is not None else parameter.device),
-            preprocessing=preprocessing,
-            dataset=dataset,
-            split=split,
+            preprocessing=data.preprocessing,
+            dataset=data.dataset,
+            split=data.split,
+            image_column=data.image_column,
+            label_column=data.label_column,
+            label_names=tuple(data.label_names),
         )
 
     def to_dict(self) -> dict:

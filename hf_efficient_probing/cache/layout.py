@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .key import normalize_layers
+from ..backbones import normalize_layers
 
 
 @dataclass(frozen=True)

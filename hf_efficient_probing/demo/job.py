@@ -7,16 +7,16 @@ backbone or data set for whatever the command line does not name, so that any co
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
 from datasets import DatasetDict
 
-from ..backbones import vision_config
+from ..atomic import atomic_write_json
 from ..training.arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
-from ..training.data import PreparedData, prepare_data
-from ..training.recipe import default_feature_layers
-from ..training.run import load_backbone_and_processor, run_default_protocol
+from ..training.job import ProbingJob, load_backbone_and_processor
+from ..training.prepared import PreparedData, prepare_data
+from ..training.protocols import run_default_protocol
 from .backbones import dinov2_small_imgfocus, random_tiny_vit
 from .data import fashion_mnist, synthetic_shapes
 
@@ -53,9 +53,10 @@ def offline_inputs(model_args: ModelArguments, data_args: DataArguments) -> tupl
         backbone_and_processor = load_backbone_and_processor(model_args)
     processor = backbone_and_processor[1]
     if data_args.dataset_name is None:
-        data = prepare_data(data_args, processor, dataset=embedded_dataset("synthetic", seed=0), name=EMBEDDED_NAME)
+        named = dataclasses.replace(data_args, dataset_name=EMBEDDED_NAME)
+        data = prepare_data(named, processor, dataset=embedded_dataset("synthetic", seed=0))
     else:
-        data = prepare_data(data_args, processor)
+        data = prepare_data(data_args, processor, hub=model_args.hub_kwargs)
     return backbone_and_processor, data
 
 
@@ -87,19 +88,22 @@ def run_embedded_default(
     ``<output_dir>/token_cache``); the learning rate, layer and epoch are chosen on a tenth of the training split.
     ``output_dir`` defaults to ``probing-output/embedded`` (``embedded-synthetic`` for the other kind)."""
     output_dir = output_dir or os.path.join("probing-output", "embedded" if kind == "real" else f"embedded-{kind}")
-    dataset = embedded_dataset(kind, seed=0)
-    backbone, processor = embedded_backbone(kind)
+    backbone_and_processor = embedded_backbone(kind)
     # the whole (small) image, resized to the input
-    data_args = DataArguments(token_cache_dir=os.path.join(output_dir, "token_cache"), eval_resize_ratio=1.0)
-    data = prepare_data(data_args, processor, dataset=dataset, name=f"{EMBEDDED_NAME} ({kind})")
-    probe_args = ProbeArguments(probe=EMBEDDED_PROBES)
-    probe_args.feature_layers = default_feature_layers(vision_config(backbone.config).num_hidden_layers)
+    data_args = DataArguments(
+        dataset_name=f"{EMBEDDED_NAME} ({kind})",
+        token_cache_dir=os.path.join(output_dir, "token_cache"),
+        eval_resize_ratio=1.0,
+    )
+    data = prepare_data(data_args, backbone_and_processor[1], dataset=embedded_dataset(kind, seed=0))
     args = embedded_training_arguments(output_dir, seed=seed, **overrides)
-    grid = run_default_protocol(backbone, data, data_args, probe_args, args)
+    job = ProbingJob.from_arguments(
+        ModelArguments(), data_args, ProbeArguments(probe=EMBEDDED_PROBES), args, backbone_and_processor, data
+    )
+    grid = run_default_protocol(job)
     results = {
         kind: {**metrics, "probe_parameters": grid.summary["chosen"][kind]["probe_parameters"]}
         for kind, metrics in grid.metrics.items()
     }
-    with open(os.path.join(output_dir, EMBEDDED_RESULTS), "w") as handle:
-        json.dump(results, handle, indent=2)
+    atomic_write_json(os.path.join(output_dir, EMBEDDED_RESULTS), results)
     return results

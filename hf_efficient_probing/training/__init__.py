@@ -1,35 +1,35 @@
-"""Training and evaluating probes: the paper's recipe on `datasets` benchmarks with the `transformers` Trainer.
+"""Training and evaluating probes: the paper's recipe and the default protocol on `datasets` benchmarks, through the
+`transformers` Trainer.
 
-``prepare_data`` loads and checks a job's data once (``PreparedData``: splits, columns, classes, transforms, token
-caches). ``run_probing`` does a whole job from the script's arguments. Its default protocol trains a grid of probes
-(``ProbingGridModel``: kinds x layers x learning rates) in one Trainer run with ``train_grid``, chosen on a split
-held out from train (``PreparedData.hold_out_selection``); ``--protocol paper`` trains one probe with
-``train_probe``, the paper's recipe. The offline default job lives in ``hf_efficient_probing.demo``.
+The rooms, in the order a run passes through them: ``arguments`` (the command line's dataclasses), ``job`` (one run
+resolved once: backbone, data, recipe, layers, grid, protocol), ``data`` and ``prepared`` (loading and checking a
+data set; a job's ``PreparedData``), ``transforms`` (live augmentation, the evaluation preprocessing), ``recipes``
+(the protocols' values for unset fields, LARS/AdamW, the schedule), ``protocols`` (the default one, the paper's,
+k-NN), ``grid`` (many probes as one model), ``engine`` (the training loops through the one ``trainer``, with
+``resume`` and ``selection``), ``reporting`` (summaries, tables, plots, the printed log) and ``sweep`` (the
+``hf-probe sweep`` job). The offline default job lives in ``hf_efficient_probing.demo``.
 """
 
-from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
+from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments, SweepArguments
 from .data import (
     BENCHMARKS,
     BenchmarkSpec,
     DataError,
-    ImageClassificationDataset,
-    PreparedData,
     check_dataset,
-    hold_out_for_selection,
     load_image_dataset,
     low_shot_indices,
     low_shot_subset,
-    prepare_data,
-    probing_collator,
 )
+from .engine import GridResult, GridSplits, ProbingResult, RunOptions, train_grid, train_probe
 from .grid import GridMember, ProbingGridModel, grid_members
-from .images import build_transforms
-from .knn import knn_classify
+from .job import ProbingJob, run_probing
 from .lora import add_lora
-from .optim import LARS, build_optimizer, warmup_cosine_schedule
-from .run import run_probing
-from .sweep import GridResult, train_grid
-from .trainer import ProbingResult, ProbingTrainer, train_probe
+from .prepared import ImageClassificationDataset, PreparedData, prepare_data, probing_collator
+from .recipes import LARS, build_optimizer, warmup_cosine_schedule
+from .resume import RunMismatchError
+from .selection import hold_out_for_selection
+from .trainer import ProbingTrainer
+from .transforms import evaluation_processor, training_transform
 
 __all__ = [
     "BENCHMARKS",
@@ -39,21 +39,25 @@ __all__ = [
     "DataError",
     "GridMember",
     "GridResult",
+    "GridSplits",
     "ImageClassificationDataset",
     "ModelArguments",
     "PreparedData",
     "ProbeArguments",
     "ProbingGridModel",
+    "ProbingJob",
     "ProbingResult",
     "ProbingTrainer",
     "ProbingTrainingArguments",
+    "RunMismatchError",
+    "RunOptions",
+    "SweepArguments",
     "add_lora",
     "build_optimizer",
-    "build_transforms",
     "check_dataset",
+    "evaluation_processor",
     "grid_members",
     "hold_out_for_selection",
-    "knn_classify",
     "load_image_dataset",
     "low_shot_indices",
     "low_shot_subset",
@@ -62,5 +66,6 @@ __all__ = [
     "run_probing",
     "train_grid",
     "train_probe",
+    "training_transform",
     "warmup_cosine_schedule",
 ]

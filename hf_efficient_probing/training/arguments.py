@@ -1,9 +1,11 @@
-"""Command-line arguments of the probing script, as dataclasses for `HfArgumentParser`.
+"""Command-line arguments of ``hf-probe train`` and ``hf-probe sweep``, as dataclasses for one `HfArgumentParser`.
 
 ``ProbingTrainingArguments`` is `TrainingArguments` plus the probing recipe's own settings. The recipe fields left
-unset (``None``) are filled by the protocol (`training.recipe`): the default one (AdamW, a learning-rate grid,
+unset (``None``) are filled by the protocol (`training.recipes`): the default one (AdamW, a learning-rate grid,
 epochs and batch that follow the data size) or the paper's (90 epochs, LARS, base lr 0.1 scaled by batch / 256, 10
-warm-up epochs then cosine). Every value given on the command line wins over both.
+warm-up epochs then cosine). Every value given on the command line wins over both; a value the chosen protocol does
+not read is an error (`training.job.check_arguments`). ``SweepArguments`` are the sweep's own (its grid of EP shapes
+and linear features).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .images import EVAL_RESIZE_RATIO
+from .transforms import EVAL_RESIZE_RATIO
 
 
 @dataclass
@@ -23,8 +25,15 @@ class ModelArguments:
     )
     model_revision: str | None = field(default=None, metadata={"help": "Backbone revision (branch, tag or commit)."})
     image_processor_name: str | None = field(default=None, metadata={"help": "Image processor, if not the backbone's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache directory for Hub downloads."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache directory for Hub downloads (the backbone's and the data set's)."}
+    )
     token: str | None = field(default=None, metadata={"help": "Hub token for private or gated backbones/data sets."})
+
+    @property
+    def hub_kwargs(self) -> dict:
+        """``cache_dir`` and ``token`` as `from_pretrained` and `load_dataset` take them (the ones given)."""
+        return {name: value for name, value in (("cache_dir", self.cache_dir), ("token", self.token)) if value}
 
 
 @dataclass
@@ -204,4 +213,31 @@ class ProbingTrainingArguments(TrainingArguments):
     keep_checkpoints: bool = field(
         default=False,
         metadata={"help": "Keep the checkpoint-* folders (pickled optimizer/RNG state) after a finished run."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in --output_dir: delete this library's checkpoints there instead of resuming from "
+            "them (a checkpoint of another run is otherwise an error)."
+        },
+    )
+
+
+@dataclass
+class SweepArguments:
+    """``hf-probe sweep``: a Figure-2-style grid on one backbone pass: EP at every valid (num_queries, d_out) and the
+    linear probes, at every learning rate and layer, each chosen at its best epoch on the held-out split."""
+
+    num_queries: list[int] = field(default_factory=lambda: [1, 4, 16, 32], metadata={"help": "EP queries M."})
+    d_out: list[int] = field(default_factory=lambda: [1], metadata={"help": "EP output reductions D_o."})
+    linear_features: list[str] = field(
+        default_factory=lambda: ["cls", "gap"], metadata={"help": "Linear probes: cls, gap and/or cls+gap."}
+    )
+    learning_rates: list[float] = field(default_factory=lambda: [1e-3], metadata={"help": "Peak learning rates."})
+    feature_layers: list[int] = field(default_factory=lambda: [-1], metadata={"help": "Hidden states read."})
+    knn_features: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With the token cache: k-NN of cls and/or gap features, (k, T) chosen on the held-out split."
+        },
     )

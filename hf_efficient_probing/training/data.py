@@ -2,30 +2,24 @@
 
 Loading gives a ``DatasetDict`` with a ``train`` and a ``validation`` split, the image and label columns found (or
 given) and every label checked against the class list, so that a wrong data set fails before training with an
-error that names the split, the column and the fix. :class:`ImageClassificationDataset` then decodes images one by
-one and names the data-set index of any image it cannot read. :func:`prepare_data` does all of it once for a job and
-returns a :class:`PreparedData`: the splits with their columns, classes and transforms, from which every job reads
-its images and token caches.
+error that names the split, the column and the fix. Low-shot subsets and unreadable images are handled here too;
+`training.prepared` turns the result into a job's :class:`PreparedData`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import torch
 from datasets import ClassLabel, DatasetDict
 from datasets import Image as ImageFeature
 
-from ..cache import TokenCache, cache_tokens_for_model, dataset_fingerprint, preprocessing_description
+from ..images import ImageDecodeError, decode_image
 from .arguments import DataArguments
-from .images import EVAL_RESIZE_RATIO, build_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +37,9 @@ class BenchmarkSpec:
     """
 
     hub_id: str
-    image_column: str = "image"
-    label_column: str = "label"
-    train_split: str = "train"
+    image_column: str | None = "image"
+    label_column: str | None = "label"
+    train_split: str | None = "train"
     eval_split: str | None = "test"
     config_name: str | None = None
     val_fraction_of_train: float | None = None
@@ -74,76 +68,58 @@ class DataError(ValueError):
     """A data set that cannot be trained on as given; the message says what is wrong and how to fix it."""
 
 
-def load_image_dataset(
-    name_or_path: str,
-    config_name: str | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    train_split: str | None = None,
-    eval_split: str | None = None,
-    val_fraction_of_train: float | None = None,
-    split_seed: int = 0,
-    cache_dir: str | None = None,
-    token: str | None = None,
-) -> tuple[DatasetDict, str, str]:
-    """Load a data set and return ``(DatasetDict(train=..., validation=...), image_column, label_column)``.
+def load_image_dataset(data_args: DataArguments | str, hub: dict | None = None) -> tuple[DatasetDict, str, str]:
+    """Load the data set ``data_args`` names (or a name/path given alone) and return
+    ``(DatasetDict(train=..., validation=...), image_column, label_column)``.
 
-    Args:
-        name_or_path: a benchmark name of :data:`BENCHMARKS`, a Hub id, a directory saved with
-            ``save_to_disk``, or an image folder (``train/<class>/*.jpg`` and ``validation/<class>/*.jpg``).
-        image_column, label_column: column names; found from the features when not given.
-        train_split, eval_split: split names in the data set (``eval_split`` defaults to ``validation``, then
-            ``val``, then ``test``).
-        val_fraction_of_train: make the validation split from this stratified fraction of the training split
-            (used when the data set has no evaluation split, or when asked).
-    """
-    spec = BENCHMARKS.get(name_or_path)
-    if spec is not None:
-        name_or_path, config_name = spec.hub_id, config_name or spec.config_name
-        image_column, label_column = image_column or spec.image_column, label_column or spec.label_column
-        train_split, eval_split = train_split or spec.train_split, eval_split or spec.eval_split
-        val_fraction_of_train = val_fraction_of_train or spec.val_fraction_of_train
-    raw = _load(name_or_path, config_name, cache_dir, token)
-    train_split = train_split or TRAIN
+    ``data_args.dataset_name`` is a benchmark name of :data:`BENCHMARKS`, a Hub id, a directory saved with
+    ``save_to_disk``, or an image folder (``train/<class>/*.jpg`` and ``validation/<class>/*.jpg``); the columns are
+    found from the features when not given; the evaluation split defaults to ``validation``, then ``val``, then
+    ``test``, or is a stratified ``val_fraction_of_train`` of the training split. ``hub`` holds ``cache_dir`` and
+    ``token`` for Hub data sets (``--cache_dir``, ``--token``)."""
+    data_args = DataArguments(dataset_name=data_args) if isinstance(data_args, str) else data_args
+    spec = BENCHMARKS.get(data_args.dataset_name) or BenchmarkSpec(data_args.dataset_name, None, None, None, None)
+    name = spec.hub_id
+    raw = _load(name, data_args.dataset_config_name or spec.config_name, hub or {})
+    train_split = data_args.train_split or spec.train_split or TRAIN
     if train_split not in raw:
-        raise DataError(
-            f"{name_or_path!r} has no split {train_split!r}; its splits are {sorted(raw)}. Pass --train_split."
-        )
-    if val_fraction_of_train is None:
-        eval_split = eval_split or next((s for s in (VALIDATION, "val", "test") if s in raw and s != train_split), None)
-        if eval_split is None:
-            raise DataError(
-                f"{name_or_path!r} has no evaluation split (its splits are {sorted(raw)}). Pass --eval_split, or "
-                "--val_fraction_of_train 0.1 to hold out a stratified part of the training split."
-            )
-        if eval_split not in raw:
-            raise DataError(
-                f"{name_or_path!r} has no split {eval_split!r}; its splits are {sorted(raw)}. Pass --eval_split."
-            )
+        raise DataError(f"{name!r} has no split {train_split!r}; its splits are {sorted(raw)}. Pass --train_split.")
     train = raw[train_split]
-    image_column = image_column or detect_image_column(train)
-    label_column = label_column or detect_label_column(train)
-    for column in (image_column, label_column):
+    image_column = data_args.image_column_name or spec.image_column or detect_image_column(train)
+    label_column = data_args.label_column_name or spec.label_column or detect_label_column(train)
+    for column, flag in ((image_column, "--image_column_name"), (label_column, "--label_column_name")):
         if column not in train.column_names:
-            flag = "--image_column_name" if column == image_column else "--label_column_name"
             raise DataError(
                 f"Split {train_split!r} has no column {column!r}; its columns are {train.column_names}. Pass {flag}."
             )
-    if val_fraction_of_train is not None:
-        train, validation = stratified_split(train, label_column, val_fraction_of_train, split_seed)
+    fraction = data_args.val_fraction_of_train or spec.val_fraction_of_train
+    if fraction is not None:
+        train, validation = stratified_split(train, label_column, fraction, data_args.subset_seed)
     else:
-        validation = raw[eval_split]
+        validation = raw[_evaluation_split(name, raw, train_split, data_args.eval_split or spec.eval_split)]
     return DatasetDict({TRAIN: train, VALIDATION: validation}), image_column, label_column
 
 
-def _load(name_or_path: str, config_name: str | None, cache_dir: str | None, token: str | None) -> DatasetDict:
+def _evaluation_split(name: str, raw: DatasetDict, train_split: str, asked: str | None) -> str:
+    split = asked or next((s for s in (VALIDATION, "val", "test") if s in raw and s != train_split), None)
+    if split is None:
+        raise DataError(
+            f"{name!r} has no evaluation split (its splits are {sorted(raw)}). Pass --eval_split, or "
+            "--val_fraction_of_train 0.1 to hold out a stratified part of the training split."
+        )
+    if split not in raw:
+        raise DataError(f"{name!r} has no split {split!r}; its splits are {sorted(raw)}. Pass --eval_split.")
+    return split
+
+
+def _load(name_or_path: str, config_name: str | None, hub: dict) -> DatasetDict:
     if os.path.isdir(name_or_path):
         if os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
             return datasets.load_from_disk(name_or_path)
         subdirs = [d for d in os.listdir(name_or_path) if os.path.isdir(os.path.join(name_or_path, d))]
         if TRAIN in subdirs:  # an image folder: train/<class>/..., validation/<class>/...
-            return datasets.load_dataset("imagefolder", data_dir=name_or_path, cache_dir=cache_dir)
-    loaded = datasets.load_dataset(name_or_path, config_name, cache_dir=cache_dir, token=token)
+            return datasets.load_dataset("imagefolder", data_dir=name_or_path, cache_dir=hub.get("cache_dir"))
+    loaded = datasets.load_dataset(name_or_path, config_name, **hub)
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict({TRAIN: loaded})
     return loaded
@@ -182,13 +158,19 @@ def class_names(dataset: DatasetDict, label_column: str) -> list[str]:
     feature = dataset[TRAIN].features[label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    labels = _labels(dataset[TRAIN], label_column, TRAIN)
+    labels = class_labels(dataset[TRAIN], label_column, TRAIN)
     return [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
 
 
 def check_dataset(dataset: DatasetDict, label_column: str, num_labels: int) -> None:
-    """Fail with a clear message on empty splits, non-integer labels, labels outside ``[0, num_labels)`` and
-    validation classes that the training split never shows."""
+    """Fail with a clear message on empty splits, fewer than two classes, non-integer labels, labels outside
+    ``[0, num_labels)`` and validation classes that the training split never shows: before any backbone runs."""
+    if num_labels < 2:
+        raise DataError(
+            f"Column {label_column!r} names {num_labels} class{'es' if num_labels != 1 else ''}: a classifier needs "
+            "at least two (with one, every prediction is right and transformers would train a regression instead). "
+            "Check --label_column_name, or give the data set a ClassLabel feature with every class."
+        )
     seen = {}
     for split in (TRAIN, VALIDATION):
         if split not in dataset or len(dataset[split]) == 0:
@@ -196,7 +178,7 @@ def check_dataset(dataset: DatasetDict, label_column: str, num_labels: int) -> N
                 f"The {split!r} split is empty. Check the split names (--train_split/--eval_split), the data directory, "
                 "or the low-shot settings."
             )
-        labels = _labels(dataset[split], label_column, split)
+        labels = class_labels(dataset[split], label_column, split)
         bad = labels[(labels < 0) | (labels >= num_labels)]
         if bad.size:
             raise DataError(
@@ -214,13 +196,15 @@ def check_dataset(dataset: DatasetDict, label_column: str, num_labels: int) -> N
         )
 
 
-def _labels(dataset: datasets.Dataset, label_column: str, split: str) -> np.ndarray:
+def class_labels(dataset: datasets.Dataset, label_column: str, split: str) -> np.ndarray:
     if label_column not in dataset.column_names:
         raise DataError(
             f"Split {split!r} has no column {label_column!r}; its columns are {dataset.column_names}. Pass "
             "--label_column_name."
         )
     values = list(dataset[label_column])
+    if not values:
+        raise DataError(f"Column {label_column!r} of split {split!r} holds no labels: the split is empty.")
     if values and not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         example = next(v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
         raise DataError(
@@ -238,7 +222,7 @@ def stratified_split(
     """Split off ``fraction`` of every class (at least one image of classes with two or more) as a validation set."""
     if not 0 < fraction < 1:
         raise DataError(f"val_fraction_of_train must be in (0, 1), got {fraction}.")
-    labels = _labels(dataset, label_column, TRAIN)
+    labels = class_labels(dataset, label_column, TRAIN)
     rng = np.random.default_rng(seed)
     held_out = []
     for label in np.unique(labels):
@@ -247,39 +231,6 @@ def stratified_split(
         held_out.extend(members[:count].tolist())
     held = np.zeros(len(labels), dtype=bool)
     held[held_out] = True
-    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
-
-
-MIN_SELECTION_PER_CLASS = 2  # held out per class, at least: one image says too little about a class
-
-
-def hold_out_for_selection(
-    dataset: datasets.Dataset,
-    label_column: str,
-    fraction: float,
-    seed: int = 0,
-    class_names: Sequence[str] | None = None,
-    min_per_class: int = MIN_SELECTION_PER_CLASS,
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """``(train, selection)``: ``fraction`` of every class of the training split (at least ``min_per_class``), drawn
-    with ``seed``, held out to choose learning rate, layer and epoch, so that the evaluation split is never read for
-    a choice. A class too small to give that and keep one training image is an error that names it."""
-    if not 0 < fraction < 1:
-        raise DataError(f"--selection_fraction must be in (0, 1), got {fraction}.")
-    labels = _labels(dataset, label_column, TRAIN)
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = max(min_per_class, int(round(fraction * len(members))))
-        if count >= len(members):
-            name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
-            raise DataError(
-                f"Class {name!r} (label {label}) has {len(members)} training images: holding out {count} of them to "
-                f"choose the probe (--selection_fraction {fraction}, at least {min_per_class} per class) would leave "
-                f"none to train on. Add images of that class (at least {min_per_class + 1}), or remove it."
-            )
-        held[members[:count]] = True
     return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
 
 
@@ -317,188 +268,24 @@ def low_shot_subset(
     seed: int = 0,
 ) -> datasets.Dataset:
     """The stratified low-shot subset of a training split (see :func:`low_shot_indices`)."""
-    return dataset.select(low_shot_indices(_labels(dataset, label_column, TRAIN), shots_per_class, fraction, seed))
+    return dataset.select(low_shot_indices(class_labels(dataset, label_column, TRAIN), shots_per_class, fraction, seed))
 
 
 def find_unreadable_images(dataset: datasets.Dataset, image_column: str) -> list[int]:
-    """Indices of the rows whose image cannot be decoded."""
+    """Indices of the rows whose image cannot be decoded (by the package's checked decoder)."""
+    raw = undecoded(dataset, image_column)
     bad = []
-    for index in range(len(dataset)):
+    for index in range(len(raw)):
         try:
-            dataset[index][image_column].load()
-        except Exception:  # noqa: BLE001 - any decoding failure means the image is unusable
+            decode_image(raw[index][image_column])
+        except ImageDecodeError:
             bad.append(index)
     return bad
 
 
-class ImageClassificationDataset(torch.utils.data.Dataset):
-    """A `datasets` split seen as ``{"pixel_values", "labels"}`` items, decoded and transformed on access.
-
-    A torch data set rather than ``set_transform`` so that an image that cannot be read fails with its index in the
-    source data set, and so that the Trainer has no columns to drop (no ``remove_unused_columns`` trap).
-    """
-
-    def __init__(
-        self, dataset: datasets.Dataset, image_column: str, label_column: str, transform: Callable, split: str = ""
-    ):
-        self.dataset = dataset
-        self.image_column = image_column
-        self.label_column = label_column
-        self.transform = transform
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            row = self.dataset[index]
-            pixel_values = self.transform(row[self.image_column])
-        except Exception as error:
-            raise DataError(
-                f"Cannot read the image at index {index} of the {self.split or 'data'} split (column "
-                f"{self.image_column!r}): {type(error).__name__}: {error}. Fix or remove that file, or run with "
-                "--skip_unreadable_images to leave such images out."
-            ) from error
-        return {"pixel_values": pixel_values, "labels": int(row[self.label_column])}
-
-
-def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack a batch of ``pixel_values`` (images) or ``tokens`` (cached backbone tokens) with their ``labels``."""
-    batch = {}
-    for key in ("pixel_values", "tokens"):
-        if key in examples[0]:
-            batch[key] = torch.stack([torch.as_tensor(example[key]) for example in examples])
-    if not batch:
-        raise ValueError(f"Examples need 'pixel_values' or 'tokens'; got keys {sorted(examples[0])}.")
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
-    return batch
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """The data of one job, loaded and checked once (see :func:`prepare_data`): its splits, columns, classes and the
-    backbone processor's transforms. Jobs read images (:meth:`images`) and token caches (:meth:`token_cache`)
-    through it, so a split never travels without its columns and its transform.
-
-    ``splits`` holds ``train`` and ``validation`` (the evaluation split), and ``selection`` once
-    :meth:`hold_out_selection` has split it off ``train``. ``info`` describes the data for the run summary.
-    """
-
-    splits: DatasetDict
-    image_column: str
-    label_column: str
-    class_names: list[str]
-    image_processor: Any
-    eval_resize_ratio: float = EVAL_RESIZE_RATIO
-    info: dict = field(default_factory=dict)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def label_maps(self) -> dict[str, dict]:
-        """``id2label`` and ``label2id``, as a probe config takes them."""
-        return {
-            "id2label": dict(enumerate(self.class_names)),
-            "label2id": {name: i for i, name in enumerate(self.class_names)},
-        }
-
-    @cached_property
-    def eval_transform(self) -> Callable:
-        """Resize and center crop (bicubic), normalised: what evaluation, selection and the token cache see."""
-        return build_transforms(self.image_processor, eval_resize_ratio=self.eval_resize_ratio)[1]
-
-    def train_transform(self, crop_scale: tuple[float, float]) -> Callable:
-        """RandomResizedCrop over ``crop_scale`` + horizontal flip, normalised: live training's augmentation."""
-        return build_transforms(self.image_processor, crop_scale=crop_scale, eval_resize_ratio=self.eval_resize_ratio)[
-            0
-        ]
-
-    def images(self, split: str, transform: Callable | None = None) -> ImageClassificationDataset:
-        """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform)."""
-        transform = transform or self.eval_transform
-        return ImageClassificationDataset(self.splits[split], self.image_column, self.label_column, transform, split)
-
-    def token_cache(self, split: str, model, cache_dir=None, feature_layers=None, **extract_kwargs) -> TokenCache:
-        """The token cache of ``split`` for ``model``'s token reader (images through the eval transform), extracted
-        first if it does not exist yet; ``extract_kwargs`` go to `cache_tokens_for_model` (``token_selection``,
-        ``batch_size``, ``compute_dtype``, ``device``)."""
-        return cache_tokens_for_model(
-            model,
-            self.images(split),
-            cache_dir,
-            preprocessing=preprocessing_description(self.image_processor, self.eval_transform),
-            split=split,
-            dataset_fingerprint=dataset_fingerprint(self.splits[split]),
-            feature_layers=feature_layers,
-            **extract_kwargs,
-        )
-
-    def hold_out_selection(self, fraction: float, seed: int = 0) -> PreparedData:
-        """The same data with ``fraction`` of every class of ``train`` moved to a ``selection`` split (see
-        :func:`hold_out_for_selection`): what learning rate, layer and epoch are chosen on."""
-        splits = DatasetDict(self.splits)
-        splits[TRAIN], splits[SELECTION] = hold_out_for_selection(
-            splits[TRAIN], self.label_column, fraction, seed, self.class_names
-        )
-        return replace(self, splits=splits)
-
-
-def prepare_data(
-    data_args: DataArguments,
-    image_processor,
-    dataset: DatasetDict | None = None,
-    name: str | None = None,
-) -> PreparedData:
-    """The job's :class:`PreparedData`: the data set ``data_args`` names (or ``dataset``, a ``DatasetDict`` of
-    ``train`` and ``validation`` already in memory, which ``name`` names in the run summary), with unreadable
-    images left out if asked, the low-shot subset and the evaluation cap applied and every label checked; its
-    transforms are ``image_processor``'s."""
-    if dataset is None:
-        if data_args.dataset_name is None:
-            raise DataError(
-                "No data set: pass --dataset_name (a benchmark name, a Hub id, a save_to_disk directory or an image "
-                "folder). `hf-probe train` with no arguments at all runs the offline demo instead."
-            )
-        dataset, image_column, label_column = load_image_dataset(
-            data_args.dataset_name,
-            config_name=data_args.dataset_config_name,
-            image_column=data_args.image_column_name,
-            label_column=data_args.label_column_name,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            val_fraction_of_train=data_args.val_fraction_of_train,
-            split_seed=data_args.subset_seed,
-        )
-    else:
-        dataset = DatasetDict(dataset)
-        image_column = data_args.image_column_name or detect_image_column(dataset[TRAIN])
-        label_column = data_args.label_column_name or detect_label_column(dataset[TRAIN])
-    info: dict = {"dataset": name or data_args.dataset_name}
-    if data_args.skip_unreadable_images:
-        skipped = {}
-        for split in (TRAIN, VALIDATION):
-            bad = find_unreadable_images(dataset[split], image_column)
-            if bad:
-                logger.warning("Leaving out %d unreadable images of %r: indices %s", len(bad), split, bad[:20])
-                dataset[split] = dataset[split].select(sorted(set(range(len(dataset[split]))) - set(bad)))
-            skipped[split] = len(bad)
-        info["skipped_unreadable_images"] = skipped
-    if data_args.shots_per_class is not None or data_args.train_fraction is not None:
-        dataset[TRAIN] = low_shot_subset(
-            dataset[TRAIN], label_column, data_args.shots_per_class, data_args.train_fraction, data_args.subset_seed
-        )
-        info.update(shots_per_class=data_args.shots_per_class, train_fraction=data_args.train_fraction)
-    if data_args.max_eval_samples is not None:
-        dataset[VALIDATION] = dataset[VALIDATION].select(
-            range(min(data_args.max_eval_samples, len(dataset[VALIDATION])))
-        )
-    labels = class_names(dataset, label_column)
-    check_dataset(dataset, label_column, len(labels))
-    info.update(train_samples=len(dataset[TRAIN]), eval_samples=len(dataset[VALIDATION]))
-    return PreparedData(
-        dataset, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info=info
-    )
+def undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    """``dataset`` with its image column left as the stored bytes or path (``Image(decode=False)``), so that images
+    are decoded one by one by `images.decode_image`, whose error names the row."""
+    if isinstance(dataset.features.get(image_column), ImageFeature):
+        return dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset

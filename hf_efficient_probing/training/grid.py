@@ -8,29 +8,26 @@ same seed. Each member has its own optimizer parameter group (its own learning r
 same warm-up + cosine factor) and its own metrics.
 
 During training the members are evaluated every epoch on the *selection* split (held out from train); each member's
-best epoch is snapshotted into the model's own state (``best_heads``, ``best_accuracy``, ``best_epoch``), so the
-snapshots are in every checkpoint and survive a resume. The evaluation split is read once, after training, by the
-chosen member of each probe kind at its chosen epoch.
+best epoch is snapshotted into the model's own state (``best_heads``, ``best_accuracy``, ``best_epoch``, filled by
+`training.selection.GridSelection`), so the snapshots are in every checkpoint and survive a resume. The evaluation
+split is read once, after training, by the chosen member of each probe kind at its chosen epoch
+(`training.engine.train_grid`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
-from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+from transformers import set_seed
 
 from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
-from ..cache.key import normalize_layers
 from ..cache.layout import TokenLayout
 from ..modeling_probing import AutoModelForEfficientProbing
 from ..probes.counting import count_trainable_parameters
@@ -88,23 +85,18 @@ class ProbingGridModel(nn.Module):
         self.best_heads = nn.ModuleList(copy.deepcopy(model.probe).requires_grad_(False) for model in models)
         self.register_buffer("best_accuracy", torch.full((len(models),), -1.0))
         self.register_buffer("best_epoch", torch.full((len(models),), -1.0))
-        config = models[0].token_reader.config
-        num_layers = config.num_hidden_layers
-        layers = sorted(
-            {layer for model in models for layer in normalize_layers(model.config.feature_layers, num_layers)}
-        )
+        layers = sorted({layer for model in models for layer in model.token_reader.layers})
         reads_cls = any(model.config.reads_cls_token for model in models)
         self.token_selection = "all" if reads_cls else "patch"
-        self.layout = TokenLayout(tuple(layers), config.hidden_size, int(reads_cls), config.num_hidden_layers)
         self.reader = TokenReader(models[0].config.backbone_config, layers, self.token_selection, norms.pop())
+        self.layout = TokenLayout(tuple(layers), self.reader.layer_width, int(reads_cls), self.reader.num_hidden_layers)
         self.views = [
             (self.layout.view_index(model.config.feature_layers), model.config.reads_cls_token) for model in models
         ]
         # Members that read the same view with the same kind of pooling are pooled together (one larger computation)
         self.pooling_groups: dict[tuple, list[int]] = {}
         for index, model in enumerate(models):
-            layers = tuple(normalize_layers(model.config.feature_layers, num_layers))
-            key = (layers, model.config.reads_cls_token, type(model.probe.pooling))
+            key = (model.token_reader.layers, model.config.reads_cls_token, type(model.probe.pooling))
             self.pooling_groups.setdefault(key, []).append(index)
 
     @classmethod
@@ -189,20 +181,7 @@ class ProbingGridModel(nn.Module):
         os.makedirs(save_directory, exist_ok=True)
         state = state_dict if state_dict is not None else self.state_dict()
         tensors = {key: value.detach().contiguous() for key, value in state.items() if not key.startswith("backbone.")}
-        metadata = {"format": "pt", "members": json.dumps(self.metric_names())}
-        atomic_write_bytes(os.path.join(save_directory, "model.safetensors"), save(tensors, metadata=metadata))
-
-    def check_checkpoint(self, checkpoint_dir) -> None:
-        """Refuse to resume from a checkpoint of another grid (other kinds, layers or learning rates: e.g. a run
-        started again in the same ``output_dir`` with other arguments), which would load into the wrong members."""
-        with safe_open(os.path.join(checkpoint_dir, "model.safetensors"), "pt") as handle:
-            saved = json.loads((handle.metadata() or {}).get("members", "null"))
-        if saved != self.metric_names():
-            raise ValueError(
-                f"{checkpoint_dir} is a checkpoint of another grid (members {saved}); this run trains "
-                f"{self.metric_names()}. Use a new --output_dir, or pass the arguments of the run it came from to "
-                "resume it."
-            )
+        atomic_write_bytes(os.path.join(save_directory, "model.safetensors"), save(tensors, metadata={"format": "pt"}))
 
     def parameter_groups(self, learning_rates: Sequence[float] | None = None, weight_decay: float = 0.0) -> list[dict]:
         """One optimizer group per member: its head's trainable parameters at its own learning rate."""
@@ -242,76 +221,6 @@ class _MemberView(torch.utils.data.Dataset):
             return item
         tokens = self.layout.view(item["tokens"][None], self.channels, self.reads_cls_token)[0]
         return {**item, "tokens": tokens}
-
-
-class GridSelection(TrainerCallback):
-    """After every evaluation on the selection split: snapshot each member whose selection accuracy improved (the
-    earliest epoch wins ties)."""
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if not isinstance(model, ProbingGridModel) or not metrics:
-            return
-        with torch.no_grad():
-            for index, name in enumerate(model.metric_names()):
-                accuracy = metrics.get(f"eval_{name}_accuracy")
-                if accuracy is None or math.isnan(accuracy) or accuracy <= model.best_accuracy[index].item():
-                    continue
-                model.best_heads[index].load_state_dict(model.heads[index].state_dict())
-                model.best_accuracy[index] = accuracy
-                model.best_epoch[index] = state.epoch
-
-
-def condensed_logs(logs: dict, members: Sequence[GridMember]) -> dict:
-    """A grid's log entry for people: each member's selection metrics (2 per member, in every entry) replaced by the
-    best member of each probe kind and its accuracy. The Trainer's log history keeps every member's metrics."""
-    condensed = dict(logs)
-    best: dict[str, tuple[float, str]] = {}
-    for member in members:
-        accuracy = condensed.pop(f"eval_{member.name}_accuracy", None)
-        condensed.pop(f"eval_{member.name}_top5_accuracy", None)
-        if accuracy is not None and accuracy > best.get(member.kind, (-math.inf, ""))[0]:
-            best[member.kind] = (accuracy, member.name)
-    epoch = condensed.pop("epoch", None)
-    for kind, (accuracy, name) in best.items():
-        condensed[f"eval_best_{kind}_accuracy"], condensed[f"eval_best_{kind}"] = accuracy, name
-    return condensed if epoch is None else {**condensed, "epoch": epoch}
-
-
-class _CondensedGridLogs:
-    def __init__(self, members: Sequence[GridMember], **kwargs):
-        super().__init__(**kwargs)
-        self.members = list(members)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return super().on_log(args, state, control, logs=condensed_logs(logs or {}, self.members), **kwargs)
-
-
-class GridPrinterCallback(_CondensedGridLogs, PrinterCallback):
-    """`PrinterCallback` (``--disable_tqdm``) with a grid's log entries condensed."""
-
-
-class GridProgressCallback(_CondensedGridLogs, ProgressCallback):
-    """`ProgressCallback` (the progress bar) with a grid's log entries condensed."""
-
-
-def condense_printed_logs(trainer, members: Sequence[GridMember]) -> None:
-    """Swap the Trainer's printer (bar or plain print) for its condensed version; a notebook's display stays."""
-    for printer, condensed in ((PrinterCallback, GridPrinterCallback), (ProgressCallback, GridProgressCallback)):
-        found = [callback for callback in trainer.callback_handler.callbacks if type(callback) is printer]
-        if found:
-            trainer.remove_callback(found[0])
-            trainer.add_callback(condensed(members))
-
-
-def chosen_members(grid: ProbingGridModel) -> dict[str, int]:
-    """Per probe kind, the index of the member with the best selection accuracy (the first one on ties: the lowest
-    layer order and learning rate as the grid lists them)."""
-    chosen: dict[str, int] = {}
-    for index, member in enumerate(grid.members):
-        best = chosen.get(member.kind)
-        if best is None or grid.best_accuracy[index] > grid.best_accuracy[best]:
-            chosen[member.kind] = index
-    return chosen
 
 
 def available_memory_bytes(device: torch.device) -> int:

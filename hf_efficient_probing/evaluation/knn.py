@@ -1,4 +1,4 @@
-"""k-NN evaluation of frozen features (nothing trained), as the official benchmark runs it.
+"""k-NN classification of frozen features (nothing trained), as the official benchmark runs it.
 
 Each image is one global feature ([CLS] or the mean of the patch tokens, GAP), L2-normalised. A test image's k
 nearest training features (cosine similarity) vote for their class with weight ``exp(sim / T)``; the sweep over
@@ -15,10 +15,6 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-
-from ..backbones import TokenReader
-from ..cache.features import GLOBAL_FEATURES
-from ..probes import linear_features
 
 DEFAULT_KS = (5, 10, 20, 50, 100, 200)
 DEFAULT_TEMPERATURES = (0.07,)
@@ -119,28 +115,3 @@ def select_knn(
         *bank, *evaluation, num_classes=num_classes, ks=(chosen["k"],), temperatures=(chosen["temperature"],)
     )
     return {"selection_sweep": sweep, "chosen": chosen, "evaluation": evaluated}
-
-
-@torch.no_grad()
-def extract_global_features(
-    backbone: torch.nn.Module,
-    batches: Iterable[dict],
-    features: str = "cls",
-    feature_layers: Sequence[int] = (-1,),
-    apply_final_norm: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features [N, D], labels [N])`` of the images in ``batches`` (dicts with ``pixel_values`` and ``labels``):
-    the [CLS] token (``"cls"``) or the mean of the patch tokens (``"gap"``) of the frozen backbone."""
-    if features not in GLOBAL_FEATURES:
-        raise ValueError(f"k-NN features must be one of {GLOBAL_FEATURES}, got {features!r}.")
-    reader = TokenReader(
-        backbone.config, list(feature_layers), "all" if features == "cls" else "patch", apply_final_norm
-    )
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    collected, labels = [], []
-    for batch in batches:
-        read = reader(backbone, batch["pixel_values"].to(device))
-        collected.append(linear_features(read.tokens, features, read.num_prefix_tokens, read.mask).float().cpu())
-        labels.append(batch["labels"].cpu())
-    return torch.cat(collected), torch.cat(labels)

@@ -1,0 +1,361 @@
+"""The job: one probing run, resolved once at the boundary from the parsed arguments (`hf-probe train`).
+
+:meth:`ProbingJob.from_arguments` checks the arguments against the chosen protocol (a flag the protocol does not read
+is an error that names the protocol that reads it), loads the backbone and the data, and resolves everything a run
+decides before it trains: the probe kinds and their config fields, the layers (non-negative), the recipe, the
+learning-rate grid and its members, where the tokens come from. Every later step reads the job; nothing re-resolves.
+:meth:`ProbingJob.identity` is what the run trains on and how, recorded in its checkpoints so that only the same run
+resumes them. :func:`run_probing` is the whole job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoImageProcessor
+
+from ..backbones import backbone_states, load_backbone, resolve_layers
+from ..cache import backbone_identity
+from ..cache.key import resolve_compute_dtype
+from ..configuration_probing import probe_config_class
+from ..probes import probe_kind
+from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
+from .data import TRAIN
+from .grid import GridMember, grid_members
+from .prepared import SELECTION, PreparedData, prepare_data
+from .protocols import run_default_protocol, run_knn, run_paper_protocol
+from .recipes import (
+    DEFAULT_BASE_LEARNING_RATES,
+    PROTOCOLS,
+    default_feature_layers,
+    effective_batch_size,
+    grid_arguments,
+    recipe_identity,
+    resolve_recipe,
+    scaled_grid,
+)
+from .transforms import suited_crop_scale_min
+
+PAPER_CROP_SCALE_MIN = 0.08
+_PAPER_ONLY = {
+    "probe": ("layerwise", "lora_rank"),
+    "training": ("learning_rate", "base_learning_rate", "early_stopping_patience"),
+}
+_DEFAULT_ONLY = {"probe": ("learning_rates",), "data": ("selection_fraction",)}
+_KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where a run's tokens come from: the token cache (``cached``; its root and the backbone's compute precision),
+    or the live backbone with augmentation over ``crop_scale``."""
+
+    cached: bool
+    cache_root: str | None = None
+    compute_dtype: str = "auto"
+    crop_scale: tuple[float, float] | None = None
+
+
+@dataclass
+class ProbingJob:
+    """One probing run, resolved: what every step reads.
+
+    Attributes:
+        protocol: ``"default"`` (a grid chosen on held-out train data) or ``"paper"`` (one probe, the paper's recipe).
+        backbone, processor: the frozen backbone and its image processor.
+        revision: the backbone's revision, recorded in every probe config.
+        data: the prepared data; under the default protocol with its ``selection`` split held out of train.
+        kinds: per probe kind, the config fields the arguments give it.
+        layers: the layers read (non-negative): each one a grid member (default), or concatenated (paper).
+        args: the training arguments with the protocol's recipe filled (and, for a grid, its evaluation cadence).
+        members: the grid (kind x layer x learning rate) of the default protocol; empty for the paper's.
+        tokens: where the tokens come from.
+        probe_args: the probe arguments as given (LoRA, layer-wise, k-NN settings).
+    """
+
+    protocol: str
+    backbone: Any
+    processor: Any
+    revision: str | None
+    data: PreparedData
+    kinds: dict[str, dict]
+    layers: tuple[int, ...]
+    args: ProbingTrainingArguments
+    members: tuple[GridMember, ...]
+    tokens: TokenSource
+    probe_args: ProbeArguments = field(repr=False)
+
+    @classmethod
+    def from_arguments(
+        cls,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        probe_args: ProbeArguments,
+        training_args: ProbingTrainingArguments,
+        backbone_and_processor: tuple | None = None,
+        data: PreparedData | None = None,
+    ) -> ProbingJob:
+        """Check the arguments, load what they name (unless ``backbone_and_processor`` and ``data`` are given) and
+        resolve the run."""
+        if isinstance(probe_args.probe, str):  # ProbeArguments(probe="ep") from Python
+            probe_args = dataclasses.replace(probe_args, probe=[probe_args.probe])
+        check_arguments(data_args, probe_args, training_args)
+        backbone, processor = backbone_and_processor or load_backbone_and_processor(model_args)
+        data = data or prepare_data(data_args, processor, hub=model_args.hub_kwargs)
+        paper = probe_args.protocol == "paper"
+        layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
+        if paper:
+            args, members = resolve_recipe(training_args, "paper", len(data.splits[TRAIN])), ()
+        else:
+            data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+            args = grid_arguments(training_args, len(data.splits[TRAIN]))
+            rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
+        layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        if not paper:
+            members = tuple(grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates))
+        return cls(
+            protocol=probe_args.protocol,
+            backbone=backbone,
+            processor=processor,
+            revision=model_args.model_revision,
+            data=data,
+            kinds=probe_config_kwargs(probe_args),
+            layers=layers,
+            args=args,
+            members=members,
+            tokens=_token_source(data_args, probe_args.protocol, data),
+            probe_args=probe_args,
+        )
+
+    def run(self) -> dict:
+        """Train (and k-NN-evaluate) as resolved: the default protocol returns the chosen probe's metrics (per kind
+        when several kinds train); the paper's its final metrics (per layer when layer-wise)."""
+        if self.protocol == "paper":
+            results = run_paper_protocol(self)
+        else:
+            metrics = run_default_protocol(self).metrics
+            results = next(iter(metrics.values())) if len(metrics) == 1 else dict(metrics)
+        if not self.probe_args.knn_eval:
+            return results
+        knn = run_knn(self)
+        # one probe's metrics go under "probe"; per-layer or per-kind metrics keep their keys
+        return {"probe": results, "knn": knn} if "eval_accuracy" in results else {**results, "knn": knn}
+
+    def identity(self) -> dict:
+        """What this run trains on and how: recorded in every checkpoint; a run resumes only a checkpoint of the same
+        identity (`training.resume`)."""
+        data = self.data
+        config = self.backbone.config
+        return json.loads(
+            json.dumps(
+                {
+                    "protocol": self.protocol,
+                    "backbone": backbone_identity(
+                        self.backbone, getattr(self.backbone, "name_or_path", None), self.revision
+                    ),
+                    "backbone_type": config.model_type,
+                    "data": {
+                        "splits": {
+                            name: {"fingerprint": split._fingerprint, "rows": len(split)}
+                            for name, split in data.splits.items()
+                        },
+                        "columns": [data.image_column, data.label_column],
+                        "labels": data.class_names,
+                        "selection_split": {
+                            k: v for k, v in data.info.get("selection_split", {}).items() if k != "rule"
+                        },
+                    },
+                    "probes": {
+                        "members": [member.name for member in self.members],
+                        "kinds": self.kinds,
+                        "layers": self.layers,
+                    },
+                    "recipe": recipe_identity(self.args),
+                    "tokens": {
+                        **dataclasses.asdict(self.tokens),
+                        "compute_dtype": resolve_compute_dtype(self.tokens.compute_dtype, self.args.device),
+                        "preprocessing": data.eval_processor.to_dict(),
+                    },
+                },
+                default=str,
+            )
+        )
+
+    def run_info(self) -> dict:
+        """The data's entries of the run summary."""
+        info = {**self.data.info, "protocol": self.protocol, "preprocessing": describe_preprocessing(self.data)}
+        if SELECTION in self.data.splits:
+            info.update(selection_samples=len(self.data.splits[SELECTION]), train_samples=len(self.data.splits[TRAIN]))
+        return info
+
+
+def describe_preprocessing(data: PreparedData) -> str:
+    """The evaluation preprocessing in words (the cards and summaries show it)."""
+    processor = data.eval_processor
+    crop = processor.crop_size
+    size = processor.size.get("shortest_edge") or f"{processor.size['height']}x{processor.size['width']}"
+    return (
+        f"resize the shorter side to {size} px (bicubic), centre-crop {crop['height']}x{crop['width']}, normalise "
+        f"with mean {list(processor.image_mean)} and std {list(processor.image_std)}"
+    )
+
+
+def _num_layers(backbone) -> int:
+    return len(backbone_states(backbone.config)) - 1
+
+
+def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -> TokenSource:
+    """The cache by default under the default protocol (nothing trains in the backbone), the live backbone under the
+    paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images."""
+    cached = data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
+    if cached:
+        return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype)
+    lower = data_args.crop_scale_min
+    if lower is None:
+        lower = (
+            PAPER_CROP_SCALE_MIN
+            if protocol == "paper"
+            else suited_crop_scale_min(data.splits[TRAIN], data.image_column, data.image_processor)
+        )
+    return TokenSource(False, data_args.token_cache_dir, data_args.backbone_dtype, (lower, 1.0))
+
+
+def load_backbone_and_processor(model_args: ModelArguments):
+    """The frozen backbone ``model_args`` names (a Hub id or a local folder) and its image processor."""
+    if model_args.model_name_or_path is None:
+        raise ValueError(
+            "No backbone: pass --model_name_or_path (a Hub id or a local folder). `hf-probe train` with no arguments "
+            "at all runs the offline demo instead."
+        )
+    hub = model_args.hub_kwargs
+    backbone = load_backbone(model_args.model_name_or_path, revision=model_args.model_revision, **hub)
+    processor = AutoImageProcessor.from_pretrained(
+        model_args.image_processor_name or model_args.model_name_or_path, revision=model_args.model_revision, **hub
+    )
+    return backbone, processor
+
+
+def probe_config_kwargs(probe_args: ProbeArguments) -> dict[str, dict]:
+    """Per probe kind of ``--probe``, the probe-config fields from the arguments that its config class has. A field
+    that no kind has is an error (a typo, or a setting for a kind that is not trained)."""
+    if not probe_args.probe:
+        raise ValueError("No probe kind: pass --probe (e.g. ep linear).")
+    given = json.loads(probe_args.probe_config_json) if probe_args.probe_config_json else {}
+    for name, value in (
+        ("num_queries", probe_args.num_queries),
+        ("d_out", probe_args.d_out),
+        ("features", probe_args.linear_features),
+        ("token_selection", probe_args.token_selection),
+    ):
+        if value is not None:
+            given[name] = value
+    config_fields = {kind: {f.name for f in dataclasses.fields(probe_config_class(kind))} for kind in probe_args.probe}
+    per_kind = {
+        kind: {name: value for name, value in given.items() if name in fields} for kind, fields in config_fields.items()
+    }
+    unknown = sorted(set(given) - {name for fields in per_kind.values() for name in fields})
+    if unknown:
+        every = sorted(
+            set().union(*config_fields.values()) - {"backbone_config", "backbone_name_or_path", "backbone_revision"}
+        )
+        raise ValueError(f"The {probe_args.probe} probes have no settings {unknown}; their config fields are {every}.")
+    return per_kind
+
+
+def check_arguments(
+    data_args: DataArguments, probe_args: ProbeArguments, training_args: ProbingTrainingArguments | None = None
+) -> None:
+    """Arguments the chosen protocol cannot honour, or does not read, fail here, before anything is loaded."""
+    if probe_args.protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown --protocol {probe_args.protocol!r}; choose one of {PROTOCOLS}.")
+    for kind in probe_args.probe if not isinstance(probe_args.probe, str) else [probe_args.probe]:
+        probe_kind(kind)  # an unknown kind names the registered ones
+    given = {
+        "probe": _given(probe_args),
+        "data": _given(data_args),
+        "training": _given(training_args) if training_args is not None else set(),
+    }
+    unread = _DEFAULT_ONLY if probe_args.protocol == "paper" else _PAPER_ONLY
+    reader = "the default protocol" if probe_args.protocol == "paper" else "--protocol paper"
+    for group, names in unread.items():
+        for name in sorted(given[group] & set(names)):
+            raise ValueError(
+                f"--{name} is read only by {reader}, not by --protocol {probe_args.protocol}. "
+                + _PROTOCOL_HINTS.get(name, "Drop it, or choose the protocol that reads it.")
+            )
+    if not probe_args.knn_eval and given["probe"] & set(_KNN_ONLY):
+        raise ValueError(
+            f"{sorted(given['probe'] & set(_KNN_ONLY))} are read only with --knn_eval: add it, or drop them."
+        )
+    if (
+        data_args.use_token_cache is not False
+        and probe_args.protocol == "default"
+        and "crop_scale_min" in given["data"]
+    ):
+        raise ValueError("--crop_scale_min is read only when training live: add --use_token_cache false, or drop it.")
+    if probe_args.protocol == "paper":
+        _check_paper(data_args, probe_args, training_args)
+    elif training_args is not None and training_args.optimizer == "trainer":
+        raise ValueError(
+            "--optimizer trainer gives every parameter one learning rate, but the default protocol trains a grid of "
+            "--learning_rates, one per member: choose adamw, lars or sgd, or --protocol paper."
+        )
+
+
+_PROTOCOL_HINTS = {
+    "learning_rate": "The default protocol trains a grid of --learning_rates (base rates scaled by sqrt(batch/256)).",
+    "base_learning_rate": "The default protocol trains a grid of --learning_rates (base rates scaled by sqrt(batch/256)).",
+    "learning_rates": "--protocol paper trains one rate: --base_learning_rate, scaled by batch / 256.",
+    "selection_fraction": "--protocol paper chooses its epoch on the evaluation split (and says so).",
+    "layerwise": "The default protocol already trains every layer of --feature_layers as its own grid member.",
+    "lora_rank": "LoRA trains the backbone, which the default protocol's grid of probes shares.",
+}
+
+
+def _check_paper(data_args: DataArguments, probe_args: ProbeArguments, training_args) -> None:
+    if training_args is not None and _given(training_args) & {"learning_rate"} and training_args.optimizer != "trainer":
+        raise ValueError(
+            "--learning_rate is read only with --optimizer trainer; the paper's recipe scales --base_learning_rate by "
+            "batch / 256."
+        )
+    if data_args.use_token_cache:
+        raise ValueError(
+            "--protocol paper trains through the live backbone with RandomResizedCrop and flips on every epoch; "
+            "the token cache stores one deterministic view per image, so it would drop that augmentation. "
+            "Choose: drop --use_token_cache (the paper's protocol, exactly), or drop --protocol paper (the "
+            "default protocol: cached tokens, a learning-rate grid chosen on held-out train data)."
+        )
+    if len(probe_args.probe) != 1:
+        raise ValueError(f"--protocol paper trains one probe kind per run; got --probe {probe_args.probe}.")
+
+
+def _given(arguments) -> set[str]:
+    """The fields of an arguments dataclass set to something else than their default."""
+    defaults = {f.name: _default(f) for f in dataclasses.fields(arguments)}
+    return {name for name, default in defaults.items() if getattr(arguments, name) != default}
+
+
+def _default(field_):
+    if field_.default is not dataclasses.MISSING:
+        return field_.default
+    if field_.default_factory is not dataclasses.MISSING:
+        return field_.default_factory()
+    return None
+
+
+def run_probing(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    probe_args: ProbeArguments,
+    training_args: ProbingTrainingArguments,
+    backbone_and_processor: tuple | None = None,
+    data: PreparedData | None = None,
+) -> dict:
+    """The whole job: :meth:`ProbingJob.from_arguments` then :meth:`ProbingJob.run`. ``backbone_and_processor`` and
+    ``data`` are what the job runs on when already loaded; by default the backbone ``model_args`` names and the data
+    ``data_args`` names."""
+    job = ProbingJob.from_arguments(model_args, data_args, probe_args, training_args, backbone_and_processor, data)
+    return job.run()

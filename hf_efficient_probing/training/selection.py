@@ -1,0 +1,107 @@
+"""Selection: the split held out from train, and the choices made on it (each member's best epoch, each kind's
+member), never on the split a run reports.
+
+The default protocol holds out a stratified, seeded fraction of every class of the training split
+(:func:`hold_out_for_selection`). During training, :class:`GridSelection` snapshots each member at its best epoch on
+that split (``selection_<member>_accuracy`` in the log); at the end :func:`chosen_members` picks each probe kind's
+best member. Ties go to the earliest epoch, and to the member listed first (lower layer order, lower learning rate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import datasets
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .data import DataError, class_labels
+
+SELECTION_PREFIX = "selection"  # the metric prefix of the held-out split's figures (the evaluation split's: "eval")
+MIN_SELECTION_PER_CLASS = 2  # held out per class, at least: one image says too little about a class
+
+
+def hold_out_for_selection(
+    dataset: datasets.Dataset,
+    label_column: str,
+    fraction: float,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    min_per_class: int = MIN_SELECTION_PER_CLASS,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(train, selection)``: ``fraction`` of every class of the training split (at least ``min_per_class``), drawn
+    with ``seed``, held out to choose learning rate, layer and epoch, so that the evaluation split is never read for
+    a choice. A class too small to give that and keep one training image is an error that names it."""
+    held = selection_mask(class_labels(dataset, label_column, "train"), fraction, seed, class_names, min_per_class)
+    return dataset.select(np.flatnonzero(~held)), dataset.select(np.flatnonzero(held))
+
+
+def selection_mask(
+    labels: np.ndarray,
+    fraction: float,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    min_per_class: int = MIN_SELECTION_PER_CLASS,
+) -> np.ndarray:
+    """The rows of ``labels`` that :func:`hold_out_for_selection` holds out, as a boolean mask."""
+    if not 0 < fraction < 1:
+        raise DataError(f"--selection_fraction must be in (0, 1), got {fraction}.")
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = max(min_per_class, int(round(fraction * len(members))))
+        if count >= len(members):
+            name = class_names[label] if class_names is not None and label < len(class_names) else str(label)
+            raise DataError(
+                f"Class {name!r} (label {label}) has {len(members)} training images: holding out {count} of them to "
+                f"choose the probe (--selection_fraction {fraction}, at least {min_per_class} per class) would leave "
+                f"none to train on. Add images of that class (at least {min_per_class + 1}), or remove it."
+            )
+        held[members[:count]] = True
+    return held
+
+
+def indices_fingerprint(indices: Sequence[int]) -> str:
+    """A short hash of a list of row indices: which rows a split holds, comparable across runs and files."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def best_epoch(log_history: list[dict], metric: str = "eval_accuracy") -> dict | None:
+    """The evaluation log entry with the highest ``metric`` (the earliest on ties)."""
+    evaluations = [entry for entry in log_history if metric in entry and "epoch" in entry]
+    if not evaluations:
+        return None
+    return max(evaluations, key=lambda entry: entry[metric])
+
+
+class GridSelection(TrainerCallback):
+    """After every evaluation on the selection split: snapshot each member whose selection accuracy improved (the
+    earliest epoch wins ties). Works on any model with ``metric_names()``, ``heads``, ``best_heads``,
+    ``best_accuracy`` and ``best_epoch`` (`training.grid.ProbingGridModel`)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not hasattr(model, "best_heads") or not metrics:
+            return
+        with torch.no_grad():
+            for index, name in enumerate(model.metric_names()):
+                accuracy = metrics.get(f"{SELECTION_PREFIX}_{name}_accuracy")
+                if accuracy is None or math.isnan(accuracy) or accuracy <= model.best_accuracy[index].item():
+                    continue
+                model.best_heads[index].load_state_dict(model.heads[index].state_dict())
+                model.best_accuracy[index] = accuracy
+                model.best_epoch[index] = state.epoch
+
+
+def chosen_members(kinds: Sequence[str], best_accuracy: torch.Tensor) -> dict[str, int]:
+    """Per probe kind, the index of the member with the best selection accuracy (the first one on ties: the lowest
+    layer order and learning rate as the grid lists them). ``kinds[i]`` is member ``i``'s kind."""
+    chosen: dict[str, int] = {}
+    for index, kind in enumerate(kinds):
+        best = chosen.get(kind)
+        if best is None or best_accuracy[index] > best_accuracy[best]:
+            chosen[kind] = index
+    return chosen
