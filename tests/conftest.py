@@ -92,7 +92,7 @@ TINY_CONFIGS = {
     ),
     # Video: clips of 4 frames of 32x32 px, 8 px patches; tubelets of 2 frames (TimeSformer: one frame per token).
     "videomae": dict(TINY, num_frames=4, tubelet_size=2),
-    "vivit": dict(TINY, num_frames=4, tubelet_size=[2, 8, 8]),
+    "vivit": dict(TINY, num_frames=4, tubelet_size=(2, 8, 8)),  # a tuple, as its default: saved configs hold lists
     "timesformer": dict(TINY, num_frames=4),
     "vjepa2": dict(
         hidden_size=32,

@@ -262,6 +262,8 @@ def test_video_figure_has_a_row_per_frame_and_a_column_per_query():
     figure = attention_maps.plot_video_attention_maps(frames, torch.rand(4, 3, 4, 4))
     panels = [axis for axis in figure.axes if axis.images]
     assert len(panels) == 3 * (1 + 4)
+    assert [axis.get_title() for axis in panels[:5]] == ["frame 0", "query 0", "query 1", "query 2", "query 3"]
+    assert [axis.get_title() for axis in panels[::5]] == ["frame 0", "frame 1", "frame 2"]
     assert sum(len(axis.images) == 2 for axis in panels) == 3 * 4  # frame + overlay, for each query and frame
 
 

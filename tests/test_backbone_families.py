@@ -364,7 +364,7 @@ def test_image_and_video_backbones_refuse_the_other_input(saved_backbone):
     [
         ("videomae", {"num_frames": 8}, "num_frames=4, but the backbone given has num_frames=8"),
         ("videomae", {"tubelet_size": 1}, "tubelet_size=2, but the backbone given has tubelet_size=1"),
-        ("vivit", {"tubelet_size": [1, 8, 8]}, r"tubelet_size=\[2, 8, 8\], but the backbone given has"),
+        ("vivit", {"tubelet_size": (1, 8, 8)}, r"tubelet_size=\[2, 8, 8\], but the backbone given has"),
         ("vjepa2", {"crop_size": 48}, "crop_size=32, but the backbone given has crop_size=48"),
         ("timesformer", {"patch_size": 16}, "patch_size=8, but the backbone given has patch_size=16"),
     ],
@@ -403,6 +403,21 @@ def test_frames_per_clip_is_recorded_and_checked():
     assert (
         hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4).frames_per_clip is None
     )
+
+
+def test_vjepa2_is_read_as_its_eval_reads_it():
+    """By default, the encoder's final-normed output (what V-JEPA 2's probes read), without running the predictor."""
+    backbone = tiny_backbone("vjepa2")
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4)
+    clips = random_clips()
+    with torch.no_grad():
+        expected = backbone(pixel_values_videos=clips, skip_predictor=True).last_hidden_state
+
+        def refuse(*_):
+            raise AssertionError("the predictor ran")
+
+        backbone.predictor.register_forward_pre_hook(refuse)
+        torch.testing.assert_close(model.read_tokens(clips).tokens, expected, rtol=0, atol=0)
 
 
 def test_video_backbones_refuse_clips_they_would_misread():
