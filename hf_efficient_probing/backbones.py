@@ -230,7 +230,9 @@ FAMILIES: dict[str, BackboneFamily] = {
         BackboneFamily("videomae", has_cls_token=False, interpolates_pos_encoding=False, video=VideoLayout()),
         # ViViT's interpolate_pos_encoding lays its positions on one square frame grid: never asked for
         BackboneFamily(
-            "vivit", interpolates_pos_encoding=False, video=VideoLayout(tubelet=lambda c: tuple(c.tubelet_size))
+            "vivit",
+            interpolates_pos_encoding=False,
+            video=VideoLayout(tubelet=lambda config: tuple(int(size) for size in config.tubelet_size)),
         ),
         BackboneFamily(
             "timesformer",
