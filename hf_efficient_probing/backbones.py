@@ -5,9 +5,12 @@ Families differ in what decides what a probe reads: where the per-layer states l
 for Swin-like models, NaFlex patch sequences with padding for SigLIP2, timm's ``forward_intermediates`` for
 ``TimmWrapperModel``), how many leading tokens precede the patches ([CLS], distillation, registers), which module
 is the final norm and whether the paper's protocol reads tokens before or after it, and how to make the model
-deterministic (ViT-MAE shuffles its patches). ``FAMILIES`` holds these facts; ``TokenReader`` applies them. Every
-state becomes tokens ``[B, N, C]`` (maps are flattened row-major) with its patch grid; a new family is one row, and
-a family not in the table still works (its states are read as they come, leading tokens counted from the grid).
+deterministic (ViT-MAE shuffles its patches). Video families (V-JEPA 2, VideoMAE, ViViT, TimeSformer) read clips
+``[B, T, 3, H, W]`` and cut them into tubelets: their row says how (``VideoLayout``). ``FAMILIES`` holds these facts;
+``TokenReader`` applies them. Every state becomes tokens ``[B, N, C]`` (maps are flattened row-major, a clip's
+space-time tokens frame after frame) with its grid, ``(rows, columns)`` for an image and ``(frames, rows, columns)``
+for a clip; a new family is one row, and a family not in the table still works (its states are read as they come,
+leading tokens counted from the grid).
 """
 
 from __future__ import annotations
@@ -31,11 +34,77 @@ def _no_forward_kwargs(config: PreTrainedConfig, pixel_values: torch.Tensor) -> 
     return {}
 
 
+def _encoder_only(config: PreTrainedConfig, pixel_values: torch.Tensor) -> dict:
+    """V-JEPA 2's model also runs its predictor by default, which a probe never reads."""
+    return {"skip_predictor": True}
+
+
 def _identity_patch_order(config: PreTrainedConfig, pixel_values: torch.Tensor) -> dict:
     """ViT-MAE draws a random patch permutation on every call, even at mask_ratio=0: ask for the identity order."""
     height, width = patch_grid(config, pixel_values)
     noise = torch.arange(height * width, device=pixel_values.device, dtype=torch.float32)
     return {"noise": noise.expand(pixel_values.shape[0], -1)}
+
+
+def _tubelet_of_patches(config: PreTrainedConfig) -> tuple[int, int, int]:
+    return (int(config.tubelet_size), *as_pair(config.patch_size))
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """How a video family cuts clips ``[B, T, 3, H, W]`` into space-time tokens ``[B, prefix + T' * H' * W', C]``.
+
+    Attributes:
+        frames_field: config field holding the frames per clip the model is built for.
+        size_field: config field holding the frame size the model reads.
+        tubelet: ``(frames, height, width)`` of one tubelet (one token) from the config.
+        fixed_frames: clips must have exactly ``frames_field`` frames (temporal position embeddings, or layers that
+            read the count from the config); ``False`` for V-JEPA 2 (rotary positions), which reads any multiple of
+            its tubelet.
+        frames_last: the model orders its tokens (rows, columns, frames) (TimeSformer); they are reordered frame
+            after frame, as the other families give them.
+    """
+
+    frames_field: str = "num_frames"
+    size_field: str = "image_size"
+    tubelet: Callable[[PreTrainedConfig], tuple[int, int, int]] = _tubelet_of_patches
+    fixed_frames: bool = True
+    frames_last: bool = False
+
+    def native_frames(self, config: PreTrainedConfig) -> int:
+        return int(getattr(config, self.frames_field))
+
+    def frame_size(self, config: PreTrainedConfig) -> tuple[int, int]:
+        return as_pair(getattr(config, self.size_field))
+
+    def token_grid(
+        self, config: PreTrainedConfig, num_frames: int, size: tuple[int, int] | None = None
+    ) -> tuple[int, int, int]:
+        """``(frames, rows, columns)`` of the tokens of a clip of ``num_frames`` frames (of the native size)."""
+        frames, patch_height, patch_width = self.tubelet(config)
+        height, width = size or self.frame_size(config)
+        return num_frames // frames, height // patch_height, width // patch_width
+
+    def check_clip(self, config: PreTrainedConfig, pixel_values: torch.Tensor) -> None:
+        """Refuse clips the model would misread (other frame counts, frames of another size) with what to do."""
+        num_frames, height, width = pixel_values.shape[1], *pixel_values.shape[-2:]
+        native, size, tubelet = self.native_frames(config), self.frame_size(config), self.tubelet(config)[0]
+        problems = []
+        if self.fixed_frames and num_frames != native:
+            problems.append(f"{num_frames} frames, but it reads exactly {native} (its config's {self.frames_field})")
+        elif num_frames < tubelet or num_frames % tubelet:
+            problems.append(f"{num_frames} frames, which do not split into tubelets of {tubelet} frames")
+        # every video family's positions are laid out for this size (V-JEPA 2's rotary ones too: from its config)
+        if (height, width) != size:
+            problems.append(
+                f"frames of {height}x{width} pixels, but it reads {size[0]}x{size[1]} (its {self.size_field})"
+            )
+        if problems:
+            raise ValueError(
+                f"This {config.model_type!r} backbone was given clips of "
+                + "; and ".join(problems)
+                + ". Sample clips it reads (hf_efficient_probing.video) and prepare them with its video processor."
+            )
 
 
 @dataclass(frozen=True)
@@ -54,12 +123,14 @@ class BackboneFamily:
         channels_last: 4-D states are ``[B, H, W, C]`` (Hiera) rather than ``[B, C, H, W]``.
         has_cls_token: whether the first token is a [CLS] token.
         extra_prefix_tokens: number of tokens between [CLS] and the patches (distillation, registers).
-        final_norm: attribute of the backbone that holds its final norm, or ``None``.
+        final_norm: attribute (dotted path) of the backbone that holds its final norm, or ``None``.
         apply_final_norm: whether the paper's protocol reads the tokens after that norm.
         interpolates_pos_encoding: whether ``forward`` takes ``interpolate_pos_encoding`` (``False`` for families
             that always interpolate, or never can).
         config_overrides: settings forced on the backbone config so that it yields every patch deterministically.
         forward_kwargs: extra inputs of ``forward`` for the same purpose.
+        input_name: the name ``forward`` takes the pixels by (V-JEPA 2: ``pixel_values_videos``).
+        video: how a video family cuts clips into tokens; ``None`` for image families.
     """
 
     model_type: str
@@ -74,6 +145,8 @@ class BackboneFamily:
     interpolates_pos_encoding: bool = True
     config_overrides: dict = field(default_factory=dict)
     forward_kwargs: Callable[[PreTrainedConfig, torch.Tensor], dict] = _no_forward_kwargs
+    input_name: str = "pixel_values"
+    video: VideoLayout | None = None
 
     def num_prefix_tokens(self, config: PreTrainedConfig) -> int:
         return int(self.has_cls_token) + self.extra_prefix_tokens(config)
@@ -142,8 +215,33 @@ FAMILIES: dict[str, BackboneFamily] = {
         _stages("pvt", states="hidden_states", final_norm=None),  # sequences per stage; the last leads with a [CLS]
         _stages("levit", states="hidden_states", final_norm=None),  # sequences per stage
         _stages("timm_wrapper", states="timm", final_norm="norm"),  # timm's own ``norm`` (ViTs), via timm
+        # Video: space-time tokens. V-JEPA 2's eval reads the encoder's final-normed output; the others, like their
+        # image counterparts (MAE, ViT), the last block's. VideoMAE's ``layernorm`` is None with use_mean_pooling.
+        BackboneFamily(
+            "vjepa2",
+            has_cls_token=False,
+            final_norm="encoder.layernorm",
+            apply_final_norm=True,
+            interpolates_pos_encoding=False,
+            forward_kwargs=_encoder_only,
+            input_name="pixel_values_videos",
+            video=VideoLayout(frames_field="frames_per_clip", size_field="crop_size", fixed_frames=False),
+        ),
+        BackboneFamily("videomae", has_cls_token=False, interpolates_pos_encoding=False, video=VideoLayout()),
+        # ViViT's interpolate_pos_encoding lays its positions on one square frame grid: never asked for
+        BackboneFamily(
+            "vivit",
+            interpolates_pos_encoding=False,
+            video=VideoLayout(tubelet=lambda config: tuple(int(size) for size in config.tubelet_size)),
+        ),
+        BackboneFamily(
+            "timesformer",
+            interpolates_pos_encoding=False,
+            video=VideoLayout(tubelet=lambda config: (1, *as_pair(config.patch_size)), frames_last=True),
+        ),
     ]
 }
+VIDEO_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.video is not None)
 
 # Multi-modal configs whose vision tower is what a probe reads.
 _VISION_TOWERS = {
@@ -216,21 +314,22 @@ def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolde
 @dataclass
 class Tokens:
     """Tokens a probe reads: ``tokens`` ``[B, N, D]`` of which the first ``num_prefix_tokens`` are [CLS], on a
-    ``grid_size`` patch grid (``None`` when images of a batch have different grids, as NaFlex's), and ``mask``
+    ``grid_size`` grid: ``(rows, columns)`` of an image's patches, ``(frames, rows, columns)`` of a clip's space-time
+    tokens (frame after frame), ``None`` when images of a batch have different grids (NaFlex); and ``mask``
     ``[B, N]`` (``True`` for real tokens) when some are padding."""
 
     tokens: torch.Tensor
     num_prefix_tokens: int
-    grid_size: tuple[int, int] | None
+    grid_size: tuple[int, ...] | None
     mask: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class State:
-    """One per-layer state of a backbone at its native image size: its token width and patch grid."""
+    """One per-layer state of a backbone at its native image (or clip) size: its token width and grid."""
 
     width: int
-    grid_size: tuple[int, int] | None
+    grid_size: tuple[int, ...] | None
     num_prefix_tokens: int = 0
 
     def __str__(self) -> str:
@@ -240,7 +339,10 @@ class State:
 
 
 def native_image_size(config: PreTrainedConfig, backbone: nn.Module | None = None) -> tuple[int, int]:
-    """The image size the backbone was built for (224 when it does not say)."""
+    """The image (or frame) size the backbone was built for (224 when it does not say)."""
+    video = backbone_family(config).video
+    if video is not None:
+        return video.frame_size(config)
     size = getattr(config, "image_size", None)
     timm_model = getattr(backbone, "timm_model", None)
     if timm_model is not None:
@@ -338,7 +440,16 @@ class TokenReader:
     def final_norm(self, backbone: nn.Module) -> nn.Module | None:
         if not self.apply_final_norm or self.family.states == "timm":
             return None
-        return getattr(backbone, self.family.final_norm)
+        norm = backbone
+        for name in self.family.final_norm.split("."):
+            norm = getattr(norm, name, None)
+        if norm is None:
+            raise ValueError(
+                f"apply_final_norm=True, but this {self.config.model_type!r} backbone has no final norm "
+                f"({self.family.final_norm} is None, e.g. VideoMAE built with use_mean_pooling=True); set "
+                "apply_final_norm=False."
+            )
+        return norm
 
     # ---------------------------------------------------------------------------------------------------------
 
@@ -350,8 +461,10 @@ class TokenReader:
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> Tokens:
-        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, or, for NaFlex (SigLIP2), the image processor's
-        patches ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and ``spatial_shapes``."""
+        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, ``[B, T, 3, H, W]`` clips for a video backbone, or,
+        for NaFlex (SigLIP2), the image processor's patches ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and
+        ``spatial_shapes``."""
+        self.check_input(pixel_values)
         if self.family.states == "naflex":
             return self._read_naflex(backbone, pixel_values, pixel_attention_mask, spatial_shapes)
         image_size = tuple(pixel_values.shape[-2:])
@@ -380,6 +493,26 @@ class TokenReader:
             return Tokens(torch.cat([cls_token, patches], dim=1), num_prefix_tokens=1, grid_size=grid)
         return Tokens(patches, num_prefix_tokens=0, grid_size=grid)
 
+    def check_input(self, pixel_values: torch.Tensor) -> None:
+        """Images for an image backbone, clips for a video backbone: the other way round fails here, clearly."""
+        name, shape = self.config.model_type, tuple(pixel_values.shape)
+        video = self.family.video
+        if video is None and pixel_values.ndim == 5:
+            raise ValueError(
+                f"{name!r} is an image backbone, but it was given video clips of shape {shape} ([B, T, 3, H, W]). "
+                f"Probe videos with a video backbone ({', '.join(VIDEO_FAMILIES)}), or give it frames as images "
+                "[B, 3, H, W]."
+            )
+        if video is None:
+            return
+        if pixel_values.ndim != 5:
+            raise ValueError(
+                f"{name!r} is a video backbone: it reads clips [B, T, 3, H, W] (T frames, as its video processor "
+                f"returns them), but it was given a tensor of shape {shape}"
+                + (": images. Probe images with an image backbone." if pixel_values.ndim == 4 else ".")
+            )
+        video.check_clip(self.config, pixel_values)
+
     def read_states(
         self,
         backbone: nn.Module,
@@ -396,7 +529,8 @@ class TokenReader:
             if interpolate_pos_encoding is None:
                 interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native_image_size(self.config)
             kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
-        outputs = backbone(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+        kwargs[self.family.input_name] = pixel_values
+        outputs = backbone(output_hidden_states=True, **kwargs)
         states = tuple(outputs[self.family.states])
         if self.family.appends_last_hidden_state:
             states = (*states, outputs.last_hidden_state)
@@ -431,8 +565,10 @@ class TokenReader:
 
     def _to_tokens(
         self, state: torch.Tensor, image_size: tuple[int, int], pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[int, int], int]:
+    ) -> tuple[torch.Tensor, tuple[int, ...], int]:
         """``[B, N, C]`` tokens, their grid and their number of leading tokens, from a map or a sequence."""
+        if self.family.video is not None:
+            return self._clip_tokens(state, image_size, pixel_values.shape[1])
         if state.ndim == 4:
             if not self.family.channels_last:
                 state = state.permute(0, 2, 3, 1)
@@ -452,6 +588,23 @@ class TokenReader:
                 f"{self.config.model_type!r} returned {num_tokens} tokens for a {grid[0]}x{grid[1]} patch grid; "
                 f"expected {self.family.num_prefix_tokens(self.config)} leading tokens before the patches."
             )
+        return state, grid, num_prefix
+
+    def _clip_tokens(
+        self, state: torch.Tensor, image_size: tuple[int, int], num_frames: int
+    ) -> tuple[torch.Tensor, tuple[int, int, int], int]:
+        """A video family's state ``[B, prefix + T' * H' * W', C]`` with its space-time tokens frame after frame."""
+        video = self.family.video
+        frames, rows, columns = grid = video.token_grid(self.config, num_frames, image_size)
+        num_prefix = self.family.num_prefix_tokens(self.config)
+        if state.ndim != 3 or state.shape[1] != num_prefix + frames * rows * columns:
+            raise ValueError(
+                f"{self.config.model_type!r} returned a state of shape {tuple(state.shape)} for a {frames}x{rows}x"
+                f"{columns} grid of space-time tokens; expected [B, {num_prefix} + {frames * rows * columns}, C]."
+            )
+        if video.frames_last:
+            patches = state[:, num_prefix:].unflatten(1, (rows, columns, frames)).permute(0, 3, 1, 2, 4)
+            state = torch.cat([state[:, :num_prefix], patches.flatten(1, 3)], dim=1)
         return state, grid, num_prefix
 
     def _read_naflex(self, backbone, pixel_values, pixel_attention_mask, spatial_shapes) -> Tokens:
@@ -521,7 +674,8 @@ def _run_on_meta(config: PreTrainedConfig) -> BackboneLayout:
     with torch.device("meta"):
         backbone = build_backbone(config).eval()
         size = native_image_size(config, backbone)
-        pixel_values = torch.empty(1, getattr(config, "num_channels", 3), *size)
+        frames = (family.video.native_frames(config),) if family.video is not None else ()
+        pixel_values = torch.empty(1, *frames, getattr(config, "num_channels", 3), *size)
         reader = TokenReader(config, feature_layers=[], apply_final_norm=False)
         read = [reader._to_tokens(state, size, pixel_values) for state in reader.read_states(backbone, pixel_values)[0]]
     cls = _timm_has_class_token(backbone.timm_model) if family.states == "timm" else family.has_cls_token

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, AutoVideoProcessor
 from transformers.utils import cached_file, logging
 
 from .atomic import atomic_write_bytes, fsync_directory, fsync_tree, staging_directory
@@ -122,6 +122,16 @@ def resolve_weights(name_or_path, hub_kwargs: dict) -> str | None:
 def load_image_processor(name_or_path: str | None, revision: str | None = None, config=None, **hub_kwargs):
     """The image processor saved with a probe, else the one of the backbone its ``config`` names (``None`` if
     neither has one)."""
+    return _load_processor(AutoImageProcessor, name_or_path, revision, config, hub_kwargs)
+
+
+def load_video_processor(name_or_path: str | None, revision: str | None = None, config=None, **hub_kwargs):
+    """The video processor (clips, for a video backbone) saved with a probe, else its backbone's (``None`` if
+    neither has one)."""
+    return _load_processor(AutoVideoProcessor, name_or_path, revision, config, hub_kwargs)
+
+
+def _load_processor(auto_class, name_or_path, revision, config, hub_kwargs):
     sources = [(name_or_path, revision)]
     if config is not None:
         sources.append((config.backbone_name_or_path, config.backbone_revision))
@@ -129,7 +139,7 @@ def load_image_processor(name_or_path: str | None, revision: str | None = None, 
         if not source:
             continue
         try:
-            return AutoImageProcessor.from_pretrained(source, revision=source_revision, **hub_kwargs)
+            return auto_class.from_pretrained(source, revision=source_revision, **hub_kwargs)
         except OSError:
             continue
     return None

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train many probes on one backbone pass, one results table",
     ),
     "convert": ("hf_efficient_probing.official.conversion:main", "turn one official-code head into a probe directory"),
+    "convert-vjepa2": (
+        "hf_efficient_probing.transformers_heads:main",
+        "turn a V-JEPA 2 video classifier's attentive probe into a probe directory",
+    ),
     "import-official": (
         "hf_efficient_probing.official.release:main",
         "import the official release of EP heads as probe repositories",

@@ -84,6 +84,15 @@ class ProbingConfig(PreTrainedConfig):
             Width of the tokens the probe reads (the layers' real width times their number), set from the
             backbone when the config is created. A probe-only checkpoint records it, so that loading it onto a
             backbone giving other tokens fails clearly.
+        frames_per_clip (`int`, *optional*):
+            Video backbones only: the frames of each clip the probe reads, set from the backbone config when the
+            config is created (VideoMAE, ViViT and TimeSformer read exactly their `num_frames`; V-JEPA 2 any
+            multiple of its tubelet). With the tubelet and patch sizes of `backbone_config`, it fixes the
+            `(frames / tubelet, rows, columns)` grid of the space-time tokens: a probe-only checkpoint refuses a
+            backbone cutting clips otherwise, and the probe refuses clips of another length. `None` for images.
+        batch_norm (`bool`, *optional*, defaults to `True`):
+            Whether a non-affine BatchNorm standardises the pooled feature before the classifier (the paper's
+            head). `False`: pooling -> classifier, as V-JEPA 2's probes are trained (its converted heads).
     """
 
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
@@ -101,6 +110,8 @@ class ProbingConfig(PreTrainedConfig):
     batch_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     token_width: int | None = None
+    frames_per_clip: int | None = None
+    batch_norm: bool = True
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS)
@@ -127,6 +138,9 @@ class ProbingConfig(PreTrainedConfig):
             states = backbone_states(self.backbone_config)
             if all(-len(states) <= layer < len(states) for layer in self.feature_layers):
                 self.token_width = states[self.feature_layers[0]].width * len(self.feature_layers)
+        video = backbone_family(self.backbone_config).video
+        if self.frames_per_clip is None and video is not None:
+            self.frames_per_clip = video.native_frames(self.backbone_config)
 
     def _layers_are_ints(self) -> bool:
         return bool(self.feature_layers) and all(isinstance(layer, int) for layer in self.feature_layers)
@@ -144,11 +158,39 @@ class ProbingConfig(PreTrainedConfig):
             raise ValueError(f"feature_layers must be a non-empty list of ints, got {self.feature_layers!r}.")
         layer_states(self.backbone_config, self.feature_layers)
         family = backbone_family(self.backbone_config)
+        self._check_frames_per_clip(family)
         if self.reads_cls_token and not has_cls_token(self.backbone_config):
             raise ValueError(
                 f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "
                 "token_selection='patch' (and 'gap' features for a linear probe)."
             )
+
+    def _check_frames_per_clip(self, family) -> None:
+        frames, video = self.frames_per_clip, family.video
+        if video is None:
+            if frames is not None:
+                raise ValueError(
+                    f"frames_per_clip={frames} is for video backbones, but {family.model_type!r} reads images; leave "
+                    "it unset."
+                )
+            return
+        tubelet, native = video.tubelet(self.backbone_config)[0], video.native_frames(self.backbone_config)
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < tubelet or frames % tubelet:
+            raise ValueError(
+                f"frames_per_clip must be a positive multiple of the tubelet ({tubelet} frames) of this "
+                f"{family.model_type!r} backbone, got {frames!r}."
+            )
+        if video.fixed_frames and frames != native:
+            raise ValueError(
+                f"{family.model_type!r} backbones read clips of exactly their {video.frames_field} ({native} "
+                f"frames here), so frames_per_clip={frames} cannot be read; leave it unset or use {native}."
+            )
+
+    @property
+    def clip_token_grid(self) -> tuple[int, int, int] | None:
+        """``(frames, rows, columns)`` of the space-time tokens of the clips the probe reads (``None``: images)."""
+        video = backbone_family(self.backbone_config).video
+        return None if video is None else video.token_grid(self.backbone_config, self.frames_per_clip)
 
     @property
     def reads_cls_token(self) -> bool:

@@ -350,3 +350,51 @@ class TimmWrapperForLinearProbing(VisionModelForLinearProbing, family="timm_wrap
 
 class TimmWrapperForAttentiveProbing(VisionModelForAttentiveProbing, family="timm_wrapper"):
     """An attentive-probing baseline over timm backbones."""
+
+
+class VJEPA2ForEfficientProbing(VisionModelForEfficientProbing, family="vjepa2"):
+    """Efficient Probing over V-JEPA 2 video backbones (space-time tokens)."""
+
+
+class VJEPA2ForLinearProbing(VisionModelForLinearProbing, family="vjepa2"):
+    """Linear probing over V-JEPA 2 video backbones."""
+
+
+class VJEPA2ForAttentiveProbing(VisionModelForAttentiveProbing, family="vjepa2"):
+    """An attentive-probing baseline (or V-JEPA 2's probe, ``vjepa2``) over V-JEPA 2 video backbones."""
+
+
+class VideoMAEForEfficientProbing(VisionModelForEfficientProbing, family="videomae"):
+    """Efficient Probing over VideoMAE video backbones (space-time tokens)."""
+
+
+class VideoMAEForLinearProbing(VisionModelForLinearProbing, family="videomae"):
+    """Linear probing over VideoMAE video backbones."""
+
+
+class VideoMAEForAttentiveProbing(VisionModelForAttentiveProbing, family="videomae"):
+    """An attentive-probing baseline (or V-JEPA 2's probe, ``vjepa2``) over VideoMAE video backbones."""
+
+
+class VivitForEfficientProbing(VisionModelForEfficientProbing, family="vivit"):
+    """Efficient Probing over ViViT video backbones (space-time tokens)."""
+
+
+class VivitForLinearProbing(VisionModelForLinearProbing, family="vivit"):
+    """Linear probing over ViViT video backbones."""
+
+
+class VivitForAttentiveProbing(VisionModelForAttentiveProbing, family="vivit"):
+    """An attentive-probing baseline (or V-JEPA 2's probe, ``vjepa2``) over ViViT video backbones."""
+
+
+class TimesformerForEfficientProbing(VisionModelForEfficientProbing, family="timesformer"):
+    """Efficient Probing over TimeSformer video backbones (space-time tokens)."""
+
+
+class TimesformerForLinearProbing(VisionModelForLinearProbing, family="timesformer"):
+    """Linear probing over TimeSformer video backbones."""
+
+
+class TimesformerForAttentiveProbing(VisionModelForAttentiveProbing, family="timesformer"):
+    """An attentive-probing baseline (or V-JEPA 2's probe, ``vjepa2``) over TimeSformer video backbones."""

@@ -12,6 +12,7 @@ then the probe. What each kind of checkpoint holds, and how it is written, is `h
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,8 +73,24 @@ class ProbingOutput(ImageClassifierOutput):
     probe_attentions: torch.FloatTensor | None = None
 
 
-# Config fields that fix a backbone's architecture in some family or other (compared when both configs have them).
-_ARCHITECTURE_FIELDS = ("hidden_size", "hidden_sizes", "embed_dim", "patch_size", "image_size", "architecture")
+# Config fields that fix a backbone's architecture in some family or other (compared when both configs have them):
+# for video families also how clips become tokens (tubelet, frames per clip where it is fixed, V-JEPA 2's crop).
+_ARCHITECTURE_FIELDS = (
+    "hidden_size",
+    "hidden_sizes",
+    "embed_dim",
+    "patch_size",
+    "image_size",
+    "architecture",
+    "tubelet_size",
+    "num_frames",
+    "crop_size",
+)
+
+
+def _as_json(value):
+    """A config value as JSON would give it back (tuples as lists), so that a saved config compares equal."""
+    return [_as_json(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_backbone_matches(expected: dict | object, backbone_config, feature_layers=None, token_width=None) -> None:
@@ -88,7 +105,7 @@ def check_backbone_matches(expected: dict | object, backbone_config, feature_lay
         return f"{config.model_type!r}, " + ", ".join(f"{name}={value!r}" for name, value in fields.items())
 
     for attribute in ("model_type", *_ARCHITECTURE_FIELDS):
-        want, got = getattr(expected, attribute, None), getattr(actual, attribute, None)
+        want, got = _as_json(getattr(expected, attribute, None)), _as_json(getattr(actual, attribute, None))
         if want != got:
             raise ValueError(
                 f"This probe was built for a {expected.model_type!r} backbone with {attribute}={want!r}, but the "
@@ -148,7 +165,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
             config.backbone_config, config.feature_layers, config.token_selection, config.apply_final_norm
         )
         pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
-        self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps)
+        self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps, config.batch_norm)
         self.post_init()
         # Attached after `post_init` so that initialisation never touches pretrained backbone weights.
         self.backbone = backbone if backbone is not None else build_backbone(config.backbone_config)
@@ -165,12 +182,14 @@ class ProbingPreTrainedModel(PreTrainedModel):
             self.backbone.eval()  # no dropout, drop-path or BatchNorm updates in a frozen backbone
         return self
 
-    def default_grid_size(self, num_patches: int) -> tuple[int, int] | None:
-        """Patch grid of cached tokens: the grid the layers read have at the backbone's native image size, or a
-        square one when the count differs (``None`` when no grid fits, e.g. padded NaFlex tokens: the poolings that
-        need a grid then ask for ``grid_size``)."""
-        native = layer_states(self.token_reader.config, self.config.feature_layers)[0].grid_size
-        if native is not None and native[0] * native[1] == num_patches:
+    def default_grid_size(self, num_patches: int) -> tuple[int, ...] | None:
+        """Grid of cached tokens: the space-time grid of the clips the probe reads (video), else the grid the layers
+        read have at the backbone's native image size, or a square one when the count differs (``None`` when no
+        grid fits, e.g. padded NaFlex tokens: the poolings that need a grid then ask for ``grid_size``)."""
+        native = self.config.clip_token_grid
+        if native is None:
+            native = layer_states(self.token_reader.config, self.config.feature_layers)[0].grid_size
+        if native is not None and math.prod(native) == num_patches:
             return native
         return square_grid(num_patches)
 
@@ -188,6 +207,12 @@ class ProbingPreTrainedModel(PreTrainedModel):
     ) -> Tokens:
         """Run the backbone on ``pixel_values`` and return the tokens the probe reads (with their grid and mask), as
         ``forward`` does; ``forward(tokens=...)`` then runs the probe alone on them, e.g. many times per image."""
+        frames = self.config.frames_per_clip
+        if frames is not None and pixel_values.ndim == 5 and pixel_values.shape[1] != frames:
+            raise ValueError(
+                f"This probe reads clips of {frames} frames (config.frames_per_clip), but was given clips of "
+                f"{pixel_values.shape[1]} frames ({tuple(pixel_values.shape)}): sample clips of {frames} frames."
+            )
         backbone_grad = torch.is_grad_enabled() and not self.config.freeze_backbone
         with torch.set_grad_enabled(backbone_grad):
             return self.token_reader(
@@ -210,11 +235,13 @@ class ProbingPreTrainedModel(PreTrainedModel):
     ) -> ProbingOutput:
         r"""
         Args:
-            pixel_values: ``[B, 3, H, W]`` images prepared by the backbone's image processor.
+            pixel_values: ``[B, 3, H, W]`` images prepared by the backbone's image processor, or for a video backbone
+                ``[B, T, 3, H, W]`` clips of ``config.frames_per_clip`` frames prepared by its video processor.
             labels: ``[B]`` class indices; a loss is returned when given.
             tokens: instead of images, the tokens the probe reads (e.g. from a token cache): ``[B, N, D]`` with the
                 [CLS] token first when the config reads it. The backbone is not run.
-            grid_size: patch grid of ``tokens`` (defaults to the backbone's native grid).
+            grid_size: grid of ``tokens``: ``(rows, columns)``, or ``(frames, rows, columns)`` for a clip's
+                space-time tokens (defaults to the backbone's native grid, or the grid of the clips the probe reads).
             token_mask: ``[B, N]`` for ``tokens``, ``True`` for real tokens and ``False`` for padding, which every
                 pooling ignores (NaFlex tokens of images of different sizes, padded to one length).
             output_attentions: return ``probe_attentions``.
@@ -225,7 +252,12 @@ class ProbingPreTrainedModel(PreTrainedModel):
         """
         if tokens is None:
             if pixel_values is None:
-                raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
+                video = " (a video processor's pixel_values_videos are passed as pixel_values)"
+                raise ValueError(
+                    "Pass either pixel_values (images, or video clips) or tokens (e.g. from a token cache)"
+                    + (video if "pixel_values_videos" in kwargs else "")
+                    + "."
+                )
             read = self.read_tokens(pixel_values, interpolate_pos_encoding, pixel_attention_mask, spatial_shapes)
             tokens, num_prefix, grid_size, token_mask = read.tokens, read.num_prefix_tokens, read.grid_size, read.mask
         else:

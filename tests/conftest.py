@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from hf_efficient_probing.backbones import FAMILIES, build_backbone  # noqa: E402
+from hf_efficient_probing.backbones import FAMILIES, VIDEO_FAMILIES, build_backbone  # noqa: E402
 from hf_efficient_probing.cache import CachedSplit, TokenCacheKey  # noqa: E402
 
 TINY = dict(
@@ -97,9 +97,27 @@ TINY_CONFIGS = {
         architecture="vit_small_patch16_224",
         model_args=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, reg_tokens=2),
     ),
+    # Video: clips of 4 frames of 32x32 px, 8 px patches; tubelets of 2 frames (TimeSformer: one frame per token).
+    "videomae": dict(TINY, num_frames=4, tubelet_size=2),
+    "vivit": dict(TINY, num_frames=4, tubelet_size=(2, 8, 8)),  # a tuple, as its default: saved configs hold lists
+    "timesformer": dict(TINY, num_frames=4),
+    "vjepa2": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        crop_size=32,
+        patch_size=8,
+        frames_per_clip=4,
+        tubelet_size=2,
+        pred_hidden_size=16,
+        pred_num_hidden_layers=1,
+        pred_num_attention_heads=2,
+        num_pooler_layers=1,
+    ),
 }
-# The ViT-like families (sequences on the config's patch grid), which share the ViT-style tiny config.
-SEQUENCE_FAMILIES = sorted(name for name, row in FAMILIES.items() if row.patch_sequence)
+CLIP_FRAMES = 4
+# The ViT-like image families (sequences on the config's patch grid), which share the ViT-style tiny config.
+SEQUENCE_FAMILIES = sorted(name for name, row in FAMILIES.items() if row.patch_sequence and row.video is None)
 
 
 def cached_split(**overrides) -> CachedSplit:
@@ -133,6 +151,25 @@ def tiny_backbone_config(model_type: str, **overrides):
 def tiny_backbone(model_type: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return build_backbone(tiny_backbone_config(model_type, **overrides)).eval()
+
+
+def random_clips(batch: int = 2, seed: int = 1, frames: int = CLIP_FRAMES, size: int = 32) -> torch.Tensor:
+    """``[B, T, 3, H, W]`` clips as the video families' processors return them."""
+    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def write_video(path, frames: torch.Tensor, frame_rate: int = 8):
+    """Write ``uint8`` ``[T, 3, H, W]`` frames as an H.264 video file (torchcodec's encoder) and return its path."""
+    from torchcodec.encoders import VideoEncoder
+
+    VideoEncoder(frames, frame_rate=frame_rate).to_file(str(path))
+    return path
+
+
+@pytest.fixture(params=VIDEO_FAMILIES)
+def video_family(request) -> str:
+    """Every video backbone family of the adapter table."""
+    return request.param
 
 
 @pytest.fixture(params=SEQUENCE_FAMILIES)

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import random_clips, tiny_backbone, write_video
 from PIL import Image
 from transformers import ViTImageProcessor
 
@@ -225,3 +225,71 @@ def test_query_analysis_command(tmp_path, saved_backbone):
     assert [int(row["query"]) for row in rows] == [0, 1, 2, 3]
     assert "| query | entropy" in paths["md"].read_text()
     assert is_png(paths["png"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video probes: maps per frame
+
+
+def video_probe(kind: str = "ep", family: str = "videomae", **kwargs):
+    torch.manual_seed(0)
+    extra = {"num_queries": 4} if kind == "ep" else {}
+    backbone = tiny_backbone(family)
+    return AutoModelForEfficientProbing.from_backbone(backbone, probe=kind, num_labels=3, **extra, **kwargs).eval()
+
+
+def test_attention_to_grid_lays_a_clip_out_frame_after_frame():
+    attentions = torch.arange(2 * 3 * (1 + 2 * 2 * 3), dtype=torch.float32).view(2, 3, 13)
+    grid = attention_to_grid(attentions, (2, 2, 3))
+    assert grid.shape == (2, 3, 2, 2, 3)
+    assert torch.equal(grid[1, 2, 1, 0], attentions[1, 2, 1 + 6 : 1 + 9])  # second frame, first row, after [CLS]
+
+
+@pytest.mark.parametrize("family, kind", [("videomae", "ep"), ("timesformer", "vjepa2")])
+def test_video_maps_are_the_attention_over_each_frame(family, kind):
+    model = video_probe(kind, family, **({"pooler_kwargs": {"num_heads": 4}} if kind != "ep" else {}))
+    clips = random_clips()
+    logits, maps = probe_attention_maps(model, clips)
+    frames = 2 if family == "videomae" else 4  # VideoMAE: tubelets of 2 frames; TimeSformer: one frame a token
+    assert maps.shape == (2, count_attention_maps(model), frames, 4, 4) == (2, 4, frames, 4, 4)
+    with torch.no_grad():
+        outputs = model(pixel_values=clips, output_attentions=True)
+    assert torch.equal(maps.flatten(2), outputs.probe_attentions) and torch.equal(logits, outputs.logits)
+
+
+def test_video_figure_has_a_row_per_frame_and_a_column_per_query():
+    frames = torch.rand(3, 32, 32, 3).numpy()
+    figure = attention_maps.plot_video_attention_maps(frames, torch.rand(4, 3, 4, 4))
+    panels = [axis for axis in figure.axes if axis.images]
+    assert len(panels) == 3 * (1 + 4)
+    assert [axis.get_title() for axis in panels[:5]] == ["frame 0", "query 0", "query 1", "query 2", "query 3"]
+    assert [axis.get_title() for axis in panels[::5]] == ["frame 0", "frame 1", "frame 2"]
+    assert sum(len(axis.images) == 2 for axis in panels) == 3 * 4  # frame + overlay, for each query and frame
+
+
+def test_video_attention_maps_command(tmp_path, saved_backbone):
+    from transformers import VideoMAEVideoProcessor
+
+    backbone_dir = saved_backbone("videomae")
+    VideoMAEVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        backbone_dir
+    )
+    model = AutoModelForEfficientProbing.from_backbone(backbone_dir, probe="ep", num_queries=4, num_labels=3)
+    model.save_pretrained(tmp_path / "probe")
+    frames = (torch.rand(12, 3, 40, 48, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    video = write_video(tmp_path / "clip.mp4", frames)
+    output = commands.attention_maps(
+        [
+            "--model",
+            str(tmp_path / "probe"),
+            "--video",
+            str(video),
+            "--frame_stride",
+            "2",
+            "--output",
+            str(tmp_path / "o.png"),
+        ]
+    )
+    assert output == tmp_path / "o.png" and is_png(output)
+    with pytest.raises(SystemExit):  # an image for a video probe: the parser says to pass --video
+        commands.attention_maps(["--model", str(tmp_path / "probe"), "--image", str(video)])

@@ -1,18 +1,22 @@
-"""Every backbone family of the table: ViT-like sequences, CNN feature maps, hierarchical stages, NaFlex and timm.
+"""Every backbone family of the table: ViT-like sequences, CNN feature maps, hierarchical stages, NaFlex, timm and
+video (space-time tokens of clips).
 
 One table-driven test trains, saves, reloads and caches a probe on each family; the others check the tokens against
 the models' own outputs (and timm's own forward), padding (NaFlex) against the images one by one, and the errors.
 """
 
+import json
+import math
+
 import pytest
 import torch
-from conftest import cached_split, tiny_backbone, tiny_backbone_config
+from conftest import cached_split, random_clips, tiny_backbone, tiny_backbone_config
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel
 
 import hf_efficient_probing as hep
 from hf_efficient_probing.analysis.attention_maps import probe_attention_maps
-from hf_efficient_probing.backbones import FAMILIES, TokenReader, naflex_patches
+from hf_efficient_probing.backbones import FAMILIES, VIDEO_FAMILIES, TokenReader, naflex_patches
 from hf_efficient_probing.cache import ExtractionOptions, cache_tokens_for_model
 from hf_efficient_probing.probes import PROBE_KINDS
 
@@ -32,6 +36,8 @@ LEADING_TOKENS = {
     "clip_vision_model": 1,
     "pvt": 1,
     "timm_wrapper": 3,
+    "vivit": 1,
+    "timesformer": 1,
 }
 # Whether the model's own ``last_hidden_state`` is after its final norm; reading the last layer with that norm (or
 # without, where there is none) must then give exactly these tokens.
@@ -39,10 +45,14 @@ LAST_STATE_NORMED = {
     **dict.fromkeys(["vit", "vit_mae", "vit_msn", "deit", "beit", "data2vec-vision", "ijepa", "dinov2"], True),
     **dict.fromkeys(["dinov2_with_registers", "dinov3_vit", "siglip_vision_model"], True),
     **dict.fromkeys(["siglip2_vision_model", "swin", "swinv2", "focalnet", "timm_wrapper"], True),
+    **dict.fromkeys(["vjepa2", "vivit", "timesformer"], True),  # VideoMAE with use_mean_pooling has no final norm
 }
 
 
 def images_for(family: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    """Images, or for a video family clips ``[B, T, 3, H, W]``."""
+    if family in VIDEO_FAMILIES:
+        return random_clips(batch, seed)
     size = IMAGE_SIZE.get(family, 32)
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -110,16 +120,21 @@ def test_tokens_are_the_models_own_last_state(any_family):
         if any_family == "siglip2_vision_model":
             patches, mask, shapes = naflex_patches(images, backbone.config.patch_size)
             own = backbone(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        elif any_family == "vjepa2":
+            own = backbone(pixel_values_videos=images, skip_predictor=True)
         else:
             kwargs = {"noise": torch.arange(16.0).expand(2, -1)} if any_family == "vit_mae" else {}  # unshuffled
             own = backbone(pixel_values=images, **kwargs)
     expected = own.last_hidden_state
-    if expected.ndim == 4:
+    if any_family == "timesformer":  # its own order is (rows, columns, frames): the reader's is frame after frame
+        expected = expected[:, 1:].unflatten(1, (4, 4, 4)).permute(0, 3, 1, 2, 4).flatten(1, 3)
+        assert read.grid_size == (4, 4, 4)
+    elif expected.ndim == 4:
         assert read.grid_size == tuple(expected.shape[-2:])
         expected = expected.flatten(2).transpose(1, 2)
     else:
         expected = expected[:, LEADING_TOKENS.get(any_family, 0) :]
-    assert read.grid_size[0] * read.grid_size[1] == expected.shape[1]
+    assert math.prod(read.grid_size) == expected.shape[1]
     torch.testing.assert_close(read.tokens, expected)
 
 
@@ -302,3 +317,113 @@ def test_token_batch_norms_learn_their_statistics_from_real_tokens_only(probe, n
     normalised = tokens[mask] if probe == "aim" else pooling.conv1(tokens[mask])
     expected = 0.1 * normalised.mean(dim=0)  # momentum 0.1 from a zero running mean
     torch.testing.assert_close(getattr(pooling, norm).running_mean, expected.detach())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video: space-time tokens of clips
+
+
+@pytest.mark.parametrize("frame, row, column", [(1, 2, 3), (0, 0, 1)])
+def test_space_time_tokens_lie_frame_after_frame(video_family, frame, row, column):
+    """Changing the pixels of one tubelet changes exactly the embedding token at (frame, row, column) of the grid,
+    frame after frame and row-major: the layout every video family is read in (TimeSformer reordered)."""
+    backbone = tiny_backbone(video_family)
+    reader = TokenReader(backbone.config, [0])
+    clips = random_clips()
+    tubelet = reader.family.video.tubelet(backbone.config)[0]
+    changed = clips.clone()
+    changed[:, frame * tubelet : (frame + 1) * tubelet, :, row * 8 : (row + 1) * 8, column * 8 : (column + 1) * 8] += 1
+    with torch.no_grad():
+        before, after = reader(backbone, clips), reader(backbone, changed)
+    frames, rows, columns = before.grid_size
+    assert (frames, rows, columns) == (4 // tubelet, 4, 4)
+    moved = (after.tokens - before.tokens).abs().amax(dim=(0, 2)) > 1e-6
+    assert moved.nonzero().flatten().tolist() == [(frame * rows + row) * columns + column]
+
+
+def test_image_and_video_backbones_refuse_the_other_input(saved_backbone):
+    images, clips = torch.randn(2, 3, 32, 32), random_clips()
+    with pytest.raises(
+        ValueError, match=r"'vit' is an image backbone, but it was given video clips .*\[B, T, 3, H, W\]"
+    ):
+        TokenReader(tiny_backbone_config("vit"), [-1])(tiny_backbone("vit"), clips)
+    video = hep.AutoModelForEfficientProbing.from_backbone(saved_backbone("videomae"), num_labels=3, num_queries=4)
+    with pytest.raises(ValueError, match=r"'videomae' is a video backbone: it reads clips \[B, T, 3, H, W\].*images"):
+        video(pixel_values=images)
+    siglip2 = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone("siglip2_vision_model"), num_labels=3)
+    with pytest.raises(ValueError, match="is an image backbone, but it was given video clips"):
+        siglip2(pixel_values=clips)
+
+
+@pytest.mark.parametrize(
+    "family, changed, match",
+    [
+        ("videomae", {"num_frames": 8}, "num_frames=4, but the backbone given has num_frames=8"),
+        ("videomae", {"tubelet_size": 1}, "tubelet_size=2, but the backbone given has tubelet_size=1"),
+        ("vivit", {"tubelet_size": (1, 8, 8)}, r"tubelet_size=\[2, 8, 8\], but the backbone given has"),
+        ("vjepa2", {"crop_size": 48}, "crop_size=32, but the backbone given has crop_size=48"),
+        ("timesformer", {"patch_size": 16}, "patch_size=8, but the backbone given has patch_size=16"),
+    ],
+)
+def test_probe_only_video_probe_refuses_a_backbone_cutting_clips_otherwise(tmp_path, family, changed, match):
+    model = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone(family), num_labels=3, num_queries=4)
+    model.config.backbone_name_or_path = "some/video-backbone"
+    model.save_pretrained(tmp_path / "probe")
+    assert json.loads((tmp_path / "probe" / "config.json").read_text())["frames_per_clip"] == 4
+    with pytest.raises(ValueError, match=match):
+        hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe", backbone=tiny_backbone(family, **changed))
+    reloaded = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "probe", backbone=tiny_backbone(family))
+    assert reloaded.config.frames_per_clip == 4
+
+
+def test_frames_per_clip_is_recorded_and_checked():
+    """V-JEPA 2 reads clips of any multiple of its tubelet: a probe records the length it reads and refuses others;
+    the families with fixed temporal positions read their num_frames only; image backbones take no frames."""
+    backbone = tiny_backbone("vjepa2")
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4, frames_per_clip=8)
+    assert model.config.frames_per_clip == 8 and model.config.clip_token_grid == (4, 4, 4)
+    clips = random_clips(frames=8)
+    with torch.no_grad():
+        read = model.read_tokens(clips)
+        assert read.grid_size == (4, 4, 4) and read.tokens.shape == (2, 64, 32)
+        assert model.token_layout(read.tokens) == (0, (4, 4, 4))  # cached tokens get the clips' grid
+        with pytest.raises(ValueError, match=r"reads clips of 8 frames \(config.frames_per_clip\).* 4 frames"):
+            model(pixel_values=random_clips(frames=4))
+    config = tiny_backbone_config("vjepa2")
+    with pytest.raises(Exception, match="positive multiple of the tubelet \\(2 frames\\)"):
+        hep.EfficientProbingConfig(backbone_config=config, num_queries=4, frames_per_clip=5)
+    with pytest.raises(Exception, match="read clips of exactly their num_frames \\(4 frames here\\)"):
+        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("videomae"), num_queries=4, frames_per_clip=8)
+    with pytest.raises(Exception, match="frames_per_clip=4 is for video backbones, but 'vit' reads images"):
+        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4, frames_per_clip=4)
+    assert (
+        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4).frames_per_clip is None
+    )
+
+
+def test_vjepa2_is_read_as_its_eval_reads_it():
+    """By default, the encoder's final-normed output (what V-JEPA 2's probes read), without running the predictor."""
+    backbone = tiny_backbone("vjepa2")
+    model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4)
+    clips = random_clips()
+    with torch.no_grad():
+        expected = backbone(pixel_values_videos=clips, skip_predictor=True).last_hidden_state
+
+        def refuse(*_):
+            raise AssertionError("the predictor ran")
+
+        backbone.predictor.register_forward_pre_hook(refuse)
+        torch.testing.assert_close(model.read_tokens(clips).tokens, expected, rtol=0, atol=0)
+
+
+def test_video_backbones_refuse_clips_they_would_misread():
+    with pytest.raises(ValueError, match=r"frames of 48x48 pixels, but it reads 32x32 \(its crop_size\)"):
+        TokenReader(tiny_backbone_config("vjepa2"), [-1])(tiny_backbone("vjepa2"), random_clips(size=48))
+    with pytest.raises(ValueError, match="6 frames, but it reads exactly 4 .its config's num_frames"):
+        TokenReader(tiny_backbone_config("timesformer"), [-1])(tiny_backbone("timesformer"), random_clips(frames=6))
+
+
+def test_a_missing_final_norm_is_an_error_not_raw_tokens():
+    config = tiny_backbone_config("videomae", use_mean_pooling=True)  # VideoMAE then has no final LayerNorm
+    with pytest.raises(ValueError, match="has no final norm .layernorm is None"):
+        TokenReader(config, [-1], apply_final_norm=True)(tiny_backbone("videomae"), random_clips())

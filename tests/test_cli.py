@@ -19,10 +19,11 @@ HELP = {
     "train": ("--model_name_or_path", "--protocol", "--learning_rates", "(default: 0.1)"),
     "sweep": ("--model_name_or_path", "--learning_rates", "--selection_fraction"),
     "convert": ("--backbone", "--ep-queries", "--pooling"),
+    "convert-vjepa2": ("--output", "--frames_per_clip", "VJEPA2ForVideoClassification"),
     "import-official": ("--push_to_hub ORG", "--show_mapping", "manifest.json"),
     "push": ("--repo_id", "--example_image", "(default: None)"),
     "find": ("--backbone", "facebook/dinov2-small"),
-    "attention-maps": ("--image", "--columns", "(default: 8)"),
+    "attention-maps": ("--image", "--video", "--frame_stride", "(default: 8)"),
     "analyze": ("--data_dir", "--batch_size", "(default: 64)"),
     "plan": ("--model_name_or_path", "--dataset_name"),
 }

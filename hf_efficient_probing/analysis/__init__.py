@@ -1,4 +1,5 @@
-"""What a trained probe looks at: attention maps over the patch grid and what each EP query contributes.
+"""What a trained probe looks at: attention maps over the patch grid (per frame for video) and what each EP query
+contributes.
 
 Run through the model's own forward (``tokens=...``, ``output_attentions=True``, ``uniform_queries=...``), never a
 copy of it. The analyses take a loaded probe model; only the commands (`analysis.commands`) load one.
@@ -9,8 +10,10 @@ from .attention_maps import (
     attention_unit,
     count_attention_maps,
     plot_attention_maps,
+    plot_video_attention_maps,
     probe_attention_maps,
     save_attention_maps,
+    save_video_attention_maps,
 )
 from .query_analysis import QueryAnalysis, QueryContribution, attention_entropy, query_contributions
 
@@ -22,7 +25,9 @@ __all__ = [
     "attention_unit",
     "count_attention_maps",
     "plot_attention_maps",
+    "plot_video_attention_maps",
     "probe_attention_maps",
     "query_contributions",
     "save_attention_maps",
+    "save_video_attention_maps",
 ]

@@ -4,6 +4,7 @@ Loading a probe is the one thing here that needs the model classes; the analysis
 `query_analysis`) works on any loaded probe model.
 
     hf-probe attention-maps --model user/probe --image cat.jpg --output maps.png
+    hf-probe attention-maps --model user/video-probe --video clip.mp4 --frame_stride 4 --output maps.png
     hf-probe analyze --model user/probe --data_dir val_images/ --output_dir analysis/
 """
 
@@ -14,19 +15,22 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_image_processor
+from ..checkpoint import load_image_processor, load_video_processor
 from ..images import decode_image
 from ..modeling_probing import AutoModelForEfficientProbing
-from .attention_maps import save_attention_maps
+from .attention_maps import save_attention_maps, save_video_attention_maps
 from .query_analysis import contribution_table, query_contributions, write_analysis
 
 
 def load_probe_and_processor(parser: argparse.ArgumentParser, model_id: str, revision: str | None):
-    """The probe ``model_id`` names and the image processor saved with it (or its backbone's)."""
+    """The probe ``model_id`` names and the image (video, for a video probe) processor saved with it, or its
+    backbone's."""
     model = AutoModelForEfficientProbing.from_pretrained(model_id, revision=revision)
-    processor = load_image_processor(model_id, revision, model.config)
+    video = model.config.frames_per_clip is not None
+    processor = (load_video_processor if video else load_image_processor)(model_id, revision, model.config)
     if processor is None:
-        parser.error(f"Neither {model_id} nor its backbone has an image processor (preprocessor_config.json).")
+        kind = "a video processor (video_preprocessor_config.json)" if video else "an image processor"
+        parser.error(f"Neither {model_id} nor its backbone has {kind}.")
     return model, processor
 
 
@@ -36,13 +40,22 @@ def attention_maps(argv: list[str] | None = None) -> Path:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="probe directory or Hub id")
-    parser.add_argument("--image", required=True, help="image file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="image file")
+    source.add_argument("--video", help="video file, for a video probe: its centred clip is drawn frame by frame")
     parser.add_argument("--output", default="attention_maps.png", help="PNG file to write")
     parser.add_argument("--revision", default=None, help="revision of the probe on the Hub")
-    parser.add_argument("--columns", type=int, default=8, help="panels per row")
+    parser.add_argument("--columns", type=int, default=8, help="panels per row (images)")
+    parser.add_argument("--frame_stride", type=int, default=1, help="frames between the clip's frames (videos)")
     args = parser.parse_args(argv)
     model, processor = load_probe_and_processor(parser, args.model, args.revision)
-    path = save_attention_maps(model, args.image, args.output, processor, columns=args.columns)
+    if (args.video is not None) != (model.config.frames_per_clip is not None):
+        parser.error(f"{args.model} probes {'videos' if model.config.frames_per_clip else 'images'}: pass --"
+                     f"{'video' if model.config.frames_per_clip else 'image'}.")  # fmt: skip
+    if args.video is not None:
+        path = save_video_attention_maps(model, args.video, args.output, processor, frame_stride=args.frame_stride)
+    else:
+        path = save_attention_maps(model, args.image, args.output, processor, columns=args.columns)
     print(f"Wrote {path}")
     return path
 

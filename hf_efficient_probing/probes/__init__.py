@@ -36,6 +36,7 @@ from .registry import (
 )
 from .simpool import EfficientSimPool, SimPool
 from .spatial import CBAMPooling, DOLGPooling
+from .vjepa2 import VJEPA2Pooling
 
 # The official code's pooling names (its --cls_features values), plus "linear" and "mhca". EP and the linear probe
 # have configs of their own; every other kind is configured by the attentive config.
@@ -59,8 +60,11 @@ for _name, _pooling, _config_type in [
 ]:
     register_probe_kind(_name, _pooling, _config_type)
 
-# The paper's attentive-probing baselines, in its order (every kind of this package but EP and the linear probe).
+# The paper's attentive-probing baselines, in its order (every kind above but EP and the linear probe).
 BASELINE_POOLINGS: tuple[str, ...] = attentive_kinds()
+
+# Beyond the paper: V-JEPA 2's attentive probe, the standard probe of video encoders (an attentive kind as well).
+register_probe_kind("vjepa2", VJEPA2Pooling)
 
 __all__ = [
     "ATTENTIVE_CONFIG_TYPE",
@@ -74,6 +78,7 @@ __all__ = [
     "ProbeHead",
     "ProbeHeadOutput",
     "ProbeKind",
+    "VJEPA2Pooling",
     "attentive_kinds",
     "build_pooling",
     "linear_features",

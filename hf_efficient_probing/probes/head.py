@@ -27,14 +27,16 @@ class ProbeHead(nn.Module):
     """``pooling -> BatchNorm1d(affine=False) -> Linear``.
 
     The BatchNorm has no trainable parameters: in eval mode it is a fixed standardisation learned from the training
-    features, as in the official code (eps 1e-6, momentum 0.1).
+    features, as in the official code (eps 1e-6, momentum 0.1). ``batch_norm=False`` leaves it out (``pooling ->
+    Linear``), as V-JEPA 2's probes are trained: their converted heads then give V-JEPA 2's logits exactly.
     """
 
-    def __init__(self, pooling: Pooling, num_labels: int, batch_norm_eps: float = 1e-6):
+    def __init__(self, pooling: Pooling, num_labels: int, batch_norm_eps: float = 1e-6, batch_norm: bool = True):
         super().__init__()
         self.pooling = pooling
-        self.norm = nn.BatchNorm1d(pooling.out_features, affine=False, eps=batch_norm_eps)
-        self.classifier = nn.Linear(pooling.out_features, num_labels)
+        features = pooling.out_features
+        self.norm = nn.BatchNorm1d(features, affine=False, eps=batch_norm_eps) if batch_norm else nn.Identity()
+        self.classifier = nn.Linear(features, num_labels)
 
     def forward(
         self,

@@ -2,7 +2,9 @@
 
 The official modules reshape the tokens to a square ``sqrt(N) x sqrt(N)`` map, so they fail with a [CLS] token,
 with register tokens or with non-square images. These take the grid from ``grid_size`` (a square one is inferred
-when it is not given) and skip the ``num_prefix_tokens`` leading tokens, which therefore get zero attention.
+when it is not given) and skip the ``num_prefix_tokens`` leading tokens, which therefore get zero attention. On the
+space-time tokens of a video clip (grid ``(frames, rows, columns)``), DOLG's 1x1 convolutions read every token as
+they read an image's, and CBAM's spatial attention runs on each frame's map.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class DOLGPooling(Pooling):
         mask = token_mask[:, num_prefix_tokens:] if token_mask is not None else None
         patches = tokens[:, num_prefix_tokens:]
         if mask is None:
-            patches, _ = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "dolg")
+            patches, _ = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "dolg", frames=True)
         features = masked_batch_norm(self.norm, self.conv1(patches), mask)  # B, N, D
         scores = F.softplus(self.conv2(features.relu()))  # B, N, 1
         pooled = masked_mean(scores * F.normalize(features, dim=-1), mask)
@@ -60,7 +62,8 @@ class CBAMPooling(Pooling):
         X2 = X1 * sigmoid(BN(Conv7x7([mean_c X1; max_c X1])))          # spatial attention on the (h, w) grid
         y  = mean_n ReLU(X2 + X)
 
-    ``attentions`` ``[B, 1, N]`` is the spatial gate.
+    ``attentions`` ``[B, 1, N]`` is the spatial gate. A video clip's tokens get one channel gate for the clip and
+    the spatial gate of each of its frames (the 7x7 convolution runs on every frame's map).
 
     Args:
         kernel_size: size of the spatial convolution (7 officially).
@@ -79,14 +82,17 @@ class CBAMPooling(Pooling):
     def forward(self, tokens, num_prefix_tokens=0, grid_size=None, token_mask=None) -> PoolingOutput:
         check_tokens(tokens, self.hidden_size, token_mask)
         refuse_padding(token_mask, "cbam")
-        patches, (height, width) = patch_tokens_and_grid(tokens, num_prefix_tokens, grid_size, "cbam")
+        patches, (frames, height, width) = patch_tokens_and_grid(
+            tokens, num_prefix_tokens, grid_size, "cbam", frames=True
+        )
 
         def channel_mlp(x: torch.Tensor) -> torch.Tensor:
             return self.channel_fc2(self.channel_fc1(x).relu())
 
         channel_gate = torch.sigmoid(channel_mlp(patches.mean(dim=1)) + channel_mlp(patches.amax(dim=1)))
         x = patches * channel_gate.unsqueeze(1)  # B, N, D
-        summary = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=1).view(-1, 2, height, width)
-        spatial_gate = torch.sigmoid(self.spatial_norm(self.spatial_conv(summary))).flatten(1)  # B, N
+        summary = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=1)  # B, 2, N, frame after frame
+        summary = summary.view(-1, 2, frames, height * width).transpose(1, 2).reshape(-1, 2, height, width)
+        spatial_gate = torch.sigmoid(self.spatial_norm(self.spatial_conv(summary))).view(-1, frames * height * width)
         pooled = F.relu(x * spatial_gate.unsqueeze(-1) + patches).mean(dim=1)
         return PoolingOutput(pooled=pooled, attentions=_pad_prefix(spatial_gate.unsqueeze(1), num_prefix_tokens))
