@@ -2,9 +2,8 @@
 
 ``key`` names a cache by every input that changes what it holds; ``manifest`` records its shards and checks them;
 ``extraction`` fills it on every process, resumably (one ``ExtractionPlan``); ``dataset`` opens a complete cache and
-memory-maps its rows; ``layout`` says which layers and tokens a cache or stream holds and cuts each probe's view;
-``streams`` hands batches of tokens (cached or live) to whatever trains on them; ``features`` turns cached tokens into
-global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them
+memory-maps its rows; ``layout`` says which layers and tokens a cache (or a live batch) holds and cuts each probe's
+view; ``features`` turns cached tokens into global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them
 (``python -m hf_efficient_probing.cache``) and ``plan`` prices an extraction before it runs. Storage only: nothing
 here imports ``training``, the models or ``hub``.
 """

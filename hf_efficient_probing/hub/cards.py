@@ -48,6 +48,8 @@ class ProbeCardInfo:
         results_source: ``(name, url)`` of where the results were measured, when not by this library (credited in
             the ``model-index`` and the card).
         notes: paragraphs the card shows under "Notes" (provenance, caveats of the figures).
+        metric_suffix: appended to every metric name of the ``model-index`` (a caveat that must travel with the
+            figures, e.g. a best epoch selected on the reported split).
     """
 
     dataset: str | None = None
@@ -64,6 +66,7 @@ class ProbeCardInfo:
     extra_results: dict[str, float] = field(default_factory=dict)
     results_source: tuple[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    metric_suffix: str = ""
 
     def __post_init__(self):
         if (self.top1 is not None or self.top5 is not None or self.extra_results) and not self.dataset:
@@ -95,6 +98,9 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         "effective batch size": summary.get("effective_batch_size"),
         "epochs": summary.get("epochs"),
         "seed": summary.get("seed"),
+        "protocol": summary.get("protocol"),
+        "selection": summary.get("selection"),
+        "preprocessing": summary.get("preprocessing"),
     }
     fields = {
         "dataset": summary.get("dataset"),
@@ -102,8 +108,27 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         "top5": percent("eval_top5_accuracy"),
         "best_epoch": None if summary.get("best_epoch") is None else int(summary["best_epoch"]),
         "training": {name: value for name, value in recipe.items() if value is not None},
+        **_selection_caveat(summary),
     }
     return ProbeCardInfo(**{**fields, **overrides})
+
+
+SELECTED_ON_REPORTED_SPLIT = " (best epoch selected on this split)"
+
+
+def _selection_caveat(summary: dict) -> dict:
+    """A run that chose its epoch on the split it reports (the paper's protocol) says so in the card's prose and in
+    the name of every model-index figure, so that the figure never travels without its caveat."""
+    if summary.get("protocol") != "paper":
+        return {}
+    return {
+        "metric_suffix": SELECTED_ON_REPORTED_SPLIT,
+        "notes": [
+            "These figures come from the paper's protocol: the best epoch was selected on the evaluation split itself, "
+            "the split they are measured on, so they are optimistic. The default protocol of hf-efficient-probing "
+            "selects on data held out from train instead."
+        ],
+    }
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -177,7 +202,7 @@ def build_model_card(
     eval_results, result_rows = [], []
     source_name, source_url = info.results_source or (None, None)
     metrics = [("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5), *info.extra_results.items()]
-    for metric_name, value in metrics:
+    for metric_name, value in ((name + info.metric_suffix, value) for name, value in metrics):
         if value is None:
             continue
         eval_results.append(

@@ -57,6 +57,19 @@ def remove_checkpoints(output_dir: str | Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def rotate_checkpoints(output_dir: str | Path, keep: int | None, best: str | None = None) -> None:
+    """Delete the oldest library checkpoints beyond ``keep``, never the newest (to resume from) nor ``best``."""
+    if not keep or keep <= 0:
+        return
+    checkpoints = library_checkpoints(output_dir)
+    protected = {checkpoints[-1]} if checkpoints else set()
+    if best:
+        protected.add(Path(best))
+    surplus = len(checkpoints) - max(keep, len(protected))
+    for path in [path for path in checkpoints if path not in protected][: max(surplus, 0)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def differences(saved, current, prefix: str = "") -> list[str]:
     """The dotted keys where two identities differ."""
     if isinstance(saved, dict) and isinstance(current, dict):

@@ -21,7 +21,7 @@ from .arguments import ProbingTrainingArguments
 from .prepared import probing_collator
 from .recipes import build_optimizer, optimizer_for_groups, peak_learning_rate, warmup_cosine_schedule
 from .reporting import TOP_K
-from .resume import write_identity
+from .resume import rotate_checkpoints, write_identity
 
 
 class ProbingTrainer(Trainer):
@@ -90,6 +90,17 @@ class ProbingTrainer(Trainer):
         )
         if self.run_identity is not None:
             write_identity(output_dir, self.run_identity)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then the rotation of the library's own checkpoints only: a ``checkpoint-*``
+        folder the library did not write is never deleted (the Trainer's rotation would delete any)."""
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            rotate_checkpoints(self.args.output_dir, limit, self.state.best_model_checkpoint)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A checkpoint must hold exactly this run's probe tensors: a missing or unexpected probe key is an error,
