@@ -223,7 +223,7 @@ def test_query_analysis_command(tmp_path, saved_backbone):
     with open(paths["csv"]) as file:
         rows = list(csv.DictReader(file))
     assert [int(row["query"]) for row in rows] == [0, 1, 2, 3]
-    assert "| query | entropy" in paths["md"].read_text()
+    assert "query |   entropy (nats)" in paths["md"].read_text()
     assert is_png(paths["png"])
 
 

@@ -337,3 +337,28 @@ def test_a_reused_cache_is_verified_and_an_altered_shard_is_extracted_again(tmp_
     assert not again.extraction_report["reused"]
     torch.testing.assert_close(all_rows(again)[0], clean)
     again.verify()
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_a_probe_on_cached_tokens_gives_its_live_logits_within_the_extraction_precision(tmp_path, compute_dtype):
+    """The cache's precision is what the test names: float32 extraction equals the live float32 tokens and logits;
+    bfloat16 autocast (the default on CPUs with bf16 units and on GPUs, emulated elsewhere) equals the live reader
+    under the same autocast, and stays within bf16's rounding (8 bits of mantissa) of the float32 logits."""
+    backbone = tiny_backbone("vit")
+    model = hep.ViTForEfficientProbing.from_backbone(backbone, num_labels=NUM_ROWS, num_queries=4).eval()
+    storage = "float32" if compute_dtype == "float32" else "bfloat16"
+    cache = cache_tokens_for_model(
+        model, Images(), cached_split(), ExtractionOptions(tmp_path, progress=False), storage=(storage, compute_dtype)
+    )
+    assert cache.extraction_report["compute_dtype"] == compute_dtype
+    tokens, _ = all_rows(cache)
+    images = Images().images
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
+        live_tokens = model.token_reader(backbone, images).tokens
+    torch.testing.assert_close(tokens, live_tokens.to(tokens.dtype), rtol=0, atol=0)
+    with torch.no_grad():
+        from_cache, from_images = model(tokens=tokens).logits, model(pixel_values=images).logits
+    tolerance = {"float32": dict(rtol=1e-5, atol=1e-5), "bfloat16": dict(rtol=0.05, atol=0.05)}[compute_dtype]
+    torch.testing.assert_close(from_cache, from_images, **tolerance)
+    if compute_dtype == "bfloat16":
+        assert not torch.equal(from_cache, from_images), "bf16 rounding shows in the low bits"

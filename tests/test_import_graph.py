@@ -23,6 +23,7 @@ FORBIDDEN = {
         "probes": {"backbones", "configs", "modeling", "cache", "training", "hub", "analysis", "official", "package"},
         "images": {"probes", "backbones", "configs", "modeling", "cache", "training", "hub", "analysis", "package"},
         "atomic": {"probes", "backbones", "configs", "modeling", "cache", "training", "hub", "analysis", "package"},
+        "tables": {"probes", "backbones", "configs", "modeling", "cache", "training", "hub", "analysis", "package"},
         "backbones": {"configs", "modeling", "cache", "training", "hub", "analysis", "official"},
         "configs": {"modeling", "cache", "training", "hub", "analysis", "official"},
         "checkpoint": {"modeling", "cache", "training", "hub", "analysis", "official"},

@@ -79,7 +79,20 @@ def test_check_dataset_names_split_and_fix():
         check_dataset(DatasetDict(train=_split(["x", "y"], Value("string")), validation=good), "label", 3)
     with pytest.raises(DataError, match="no column 'target'"):
         check_dataset(DatasetDict(train=good, validation=good), "target", 3)
+    one_class = _split([0, 0], ClassLabel(names=["a"]))
+    with pytest.raises(DataError, match="names 1 class: a classifier needs at least two"):
+        check_dataset(DatasetDict(train=one_class, validation=one_class), "label", 1)
     check_dataset(DatasetDict(train=good, validation=good), "label", 3)
+
+
+def test_a_one_class_data_set_fails_when_the_data_is_prepared():
+    """Not a regression model trained in silence (transformers' loss for one label): the data check stops the job
+    before any backbone runs."""
+    from hf_efficient_probing.training import DataArguments, prepare_data
+
+    one_class = _split([0, 0, 0, 0], ClassLabel(names=["a"]))
+    with pytest.raises(DataError, match="at least two"):
+        prepare_data(DataArguments(), None, dataset=DatasetDict(train=one_class, validation=one_class))
 
 
 def test_column_detection():

@@ -19,6 +19,7 @@ class indices.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+
+from ..atomic import atomic_write_text
+from ..tables import markdown_table
 
 
 @dataclass
@@ -99,11 +103,13 @@ def contribution_table(analysis: QueryAnalysis) -> str:
         f"Top-1 accuracy of the probe: {analysis.accuracy:.2f} % ({analysis.num_tokens} tokens per image; uniform "
         f"attention has entropy {torch.tensor(float(analysis.num_tokens)).log():.3f})",
         "",
-        "| query | entropy (nats) | top-1 with uniform attention (%) | accuracy drop (points) |",
-        "|---|---|---|---|",
     ]
-    for row in sorted(analysis.queries, key=lambda r: -r.accuracy_drop):
-        lines.append(f"| {row.query} | {row.entropy:.3f} | {row.accuracy:.2f} | {row.accuracy_drop:.2f} |")
+    rows = [
+        (str(r.query), f"{r.entropy:.3f}", f"{r.accuracy:.2f}", f"{r.accuracy_drop:.2f}")
+        for r in sorted(analysis.queries, key=lambda r: -r.accuracy_drop)
+    ]
+    headers = ["query", "entropy (nats)", "top-1 with uniform attention (%)", "accuracy drop (points)"]
+    lines.append(markdown_table(headers, rows, ["right"] * 4))
     return "\n".join(lines) + "\n"
 
 
@@ -133,10 +139,11 @@ def write_analysis(analysis: QueryAnalysis, output_dir: str | os.PathLike) -> di
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: output_dir / f"query_analysis.{kind}" for kind in ("csv", "md", "png")}
-    with open(paths["csv"], "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["query", "entropy", "accuracy", "accuracy_drop"])
-        writer.writerows([r.query, r.entropy, r.accuracy, r.accuracy_drop] for r in analysis.queries)
-    paths["md"].write_text(contribution_table(analysis))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["query", "entropy", "accuracy", "accuracy_drop"])
+    writer.writerows([r.query, r.entropy, r.accuracy, r.accuracy_drop] for r in analysis.queries)
+    atomic_write_text(paths["csv"], table.getvalue())
+    atomic_write_text(paths["md"], contribution_table(analysis))
     contribution_plot(analysis).savefig(paths["png"], dpi=120)
     return paths

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tables import text_table
 from .location import CACHE_ENV, default_cache_root
 from .manifest import MANIFEST_NAME, RANK_RECORDS_GLOB
 
@@ -102,8 +103,8 @@ def format_size(size_bytes: int) -> str:
 
 
 def format_table(caches: list[CacheInfo]) -> str:
-    header = ("FINGERPRINT", "SIZE", "AGE", "STATE", "ROWS", "SPLIT", "LAYERS", "DTYPE", "COMPUTE", "BACKBONE")
-    rows = [header] + [
+    headers = ("FINGERPRINT", "SIZE", "AGE", "STATE", "ROWS", "SPLIT", "LAYERS", "DTYPE", "COMPUTE", "BACKBONE")
+    rows = [
         (
             cache.fingerprint,
             format_size(cache.size_bytes),
@@ -118,10 +119,7 @@ def format_table(caches: list[CacheInfo]) -> str:
         )
         for cache in caches
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+    return text_table(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,10 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
-from tabulate import tabulate
 from transformers import PrinterCallback, ProgressCallback
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..tables import markdown_table
 from .selection import SELECTION_PREFIX
 
 SUMMARY_JSON, SUMMARY_MARKDOWN, SUMMARY_PLOT = "run_summary.json", "run_summary.md", "run_summary.png"
@@ -35,11 +35,6 @@ EXTRA_ROWS = (
     "preprocessing",
     "runtime_s",
 )
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: Sequence[str] | None = None) -> str:
-    """A Markdown (pipe) table of already formatted cells."""
-    return tabulate(rows, headers=headers, tablefmt="pipe", colalign=align, disable_numparse=True)
 
 
 def percent(value) -> str:

@@ -27,6 +27,7 @@ from ..backbones import backbone_states, resolve_layers
 from ..cache.features import global_features
 from ..evaluation.knn import select_knn
 from ..probes import valid_num_queries
+from ..tables import markdown_table
 from .arguments import DataArguments, ModelArguments, ProbingTrainingArguments, SweepArguments
 from .data import TRAIN, VALIDATION
 from .engine import GridSplits, RunOptions, train_grid
@@ -34,7 +35,6 @@ from .grid import GridMember, ProbingGridModel
 from .prepared import SELECTION, PreparedData
 from .protocols import extraction_options
 from .recipes import grid_arguments
-from .reporting import markdown_table
 
 SPLITS = (TRAIN, SELECTION, VALIDATION)
 SWEEP_RECIPE = dict(optimizer="adamw", num_train_epochs=10.0, per_device_train_batch_size=64)
