@@ -24,7 +24,7 @@ from ..configuration_probing import probe_config_class
 from ..probes import probe_kind
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import TRAIN
-from .grid import GridMember, grid_members
+from .grid import GridMember, ProbingGridModel, grid_members
 from .prepared import SELECTION, PreparedData, prepare_data
 from .protocols import run_default_protocol, run_knn, run_paper_protocol
 from .recipes import (
@@ -71,7 +71,8 @@ class ProbingJob:
         kinds: per probe kind, the config fields the arguments give it.
         layers: the layers read (non-negative): each one a grid member (default), or concatenated (paper).
         args: the training arguments with the protocol's recipe filled (and, for a grid, its evaluation cadence).
-        members: the grid (kind x layer x learning rate) of the default protocol; empty for the paper's.
+        grid: the default protocol's grid of probes (kind x layer x learning rate), built on the backbone; ``None``
+            under the paper's.
         tokens: where the tokens come from.
         probe_args: the probe arguments as given (LoRA, layer-wise, k-NN settings).
     """
@@ -84,7 +85,7 @@ class ProbingJob:
     kinds: dict[str, dict]
     layers: tuple[int, ...]
     args: ProbingTrainingArguments
-    members: tuple[GridMember, ...]
+    grid: ProbingGridModel | None
     tokens: TokenSource
     probe_args: ProbeArguments = field(repr=False)
 
@@ -105,30 +106,44 @@ class ProbingJob:
         check_arguments(data_args, probe_args, training_args)
         backbone, processor = backbone_and_processor or load_backbone_and_processor(model_args)
         data = data or prepare_data(data_args, processor, hub=model_args.hub_kwargs)
-        paper = probe_args.protocol == "paper"
+        paper, kinds = probe_args.protocol == "paper", probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
+        layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        grid = None
         if paper:
-            args, members = resolve_recipe(training_args, "paper", len(data.splits[TRAIN])), ()
+            args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
         else:
             data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
             args = grid_arguments(training_args, len(data.splits[TRAIN]))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
-        layers = resolve_layers(backbone.config, layers, concatenated=paper)
-        if not paper:
-            members = tuple(grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates))
+            members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
+            grid = ProbingGridModel.from_backbone(
+                backbone,
+                members,
+                seed=args.seed,
+                kind_kwargs=kinds,
+                revision=model_args.model_revision,
+                num_labels=data.num_labels,
+                **data.label_maps,
+            )
         return cls(
             protocol=probe_args.protocol,
             backbone=backbone,
             processor=processor,
             revision=model_args.model_revision,
             data=data,
-            kinds=probe_config_kwargs(probe_args),
+            kinds=kinds,
             layers=layers,
             args=args,
-            members=members,
+            grid=grid,
             tokens=_token_source(data_args, probe_args.protocol, data),
             probe_args=probe_args,
         )
+
+    @property
+    def members(self) -> tuple[GridMember, ...]:
+        """The grid's members (kind x layer x learning rate); none under the paper's protocol."""
+        return tuple(self.grid.members) if self.grid is not None else ()
 
     def run(self) -> dict:
         """Train (and k-NN-evaluate) as resolved: the default protocol returns the chosen probe's metrics (per kind

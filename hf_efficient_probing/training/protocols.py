@@ -33,16 +33,7 @@ KNN_RESULTS = "knn_results.json"
 def run_default_protocol(job) -> GridResult:
     """Train the job's grid (``--probe`` kinds x layers x learning rates) in one run, from the token cache unless
     the job trains live, and evaluate each kind's chosen probe once on the evaluation split."""
-    grid = ProbingGridModel.from_backbone(
-        job.backbone,
-        job.members,
-        seed=job.args.seed,
-        kind_kwargs=job.kinds,
-        revision=job.revision,
-        num_labels=job.data.num_labels,
-        **job.data.label_maps,
-    )
-    info = job.run_info()
+    grid, info = job.grid, job.run_info()
     if job.tokens.cached:
         caches = [_grid_cache(job, split, grid) for split in GRID_SPLITS]
         splits = GridSplits(*(cache.dataset() for cache in caches))
