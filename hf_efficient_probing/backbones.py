@@ -12,13 +12,16 @@ a family not in the table still works (its states are read as they come, leading
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 
 from .probes.patch_grid import as_pair
@@ -58,6 +61,8 @@ class BackboneFamily:
         apply_final_norm: whether the paper's protocol reads the tokens after that norm.
         interpolates_pos_encoding: whether ``forward`` takes ``interpolate_pos_encoding`` (``False`` for families
             that always interpolate, or never can).
+        offset_interpolation: whether the reader can interpolate the position embeddings as torch.hub's DINOv2
+            does (``interpolate_offset``; see `offset_position_interpolation`).
         config_overrides: settings forced on the backbone config so that it yields every patch deterministically.
         forward_kwargs: extra inputs of ``forward`` for the same purpose.
     """
@@ -72,6 +77,7 @@ class BackboneFamily:
     final_norm: str | None = "layernorm"
     apply_final_norm: bool = False
     interpolates_pos_encoding: bool = True
+    offset_interpolation: bool = False
     config_overrides: dict = field(default_factory=dict)
     forward_kwargs: Callable[[PreTrainedConfig, torch.Tensor], dict] = _no_forward_kwargs
 
@@ -102,17 +108,25 @@ FAMILIES: dict[str, BackboneFamily] = {
         BackboneFamily("beit"),
         BackboneFamily("data2vec-vision"),
         BackboneFamily("ijepa", has_cls_token=False),
-        BackboneFamily("dinov2", apply_final_norm=True, interpolates_pos_encoding=False),
+        BackboneFamily("dinov2", apply_final_norm=True, interpolates_pos_encoding=False, offset_interpolation=True),
         BackboneFamily(
             "dinov2_with_registers",
             extra_prefix_tokens=lambda config: config.num_register_tokens,
             apply_final_norm=True,
             interpolates_pos_encoding=False,
+            offset_interpolation=True,
         ),
         BackboneFamily(
             "dinov3_vit",
             extra_prefix_tokens=lambda config: config.num_register_tokens,
             final_norm="norm",
+            apply_final_norm=True,
+            interpolates_pos_encoding=False,
+        ),
+        BackboneFamily(
+            "aimv2_vision_model",
+            has_cls_token=False,
+            final_norm="rms_norm",
             apply_final_norm=True,
             interpolates_pos_encoding=False,
         ),
@@ -194,10 +208,25 @@ def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
     return AutoModel.from_config(prepare_backbone_config(config))
 
 
-def load_backbone(name_or_path: str, revision: str | None = None, **hub_kwargs) -> PreTrainedModel:
-    """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower)."""
+def apply_backbone_overrides(config: PreTrainedConfig, overrides: dict | None) -> PreTrainedConfig:
+    """Set ``overrides`` (config field -> value; a dict value updates a dict field, such as a timm model's
+    ``model_args``) on the vision config, e.g. the activation a checkpoint was trained with when its Hub config
+    names another."""
+    config = vision_config(config)
+    for key, value in (overrides or {}).items():
+        current = getattr(config, key, None)
+        setattr(config, key, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
+    return config
+
+
+def load_backbone(
+    name_or_path: str, revision: str | None = None, overrides: dict | None = None, **hub_kwargs
+) -> PreTrainedModel:
+    """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower), its config first
+    changed by ``overrides`` (`apply_backbone_overrides`)."""
     config_kwargs = {key: value for key, value in hub_kwargs.items() if key != "dtype"}  # a config field otherwise
-    config = prepare_backbone_config(AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs))
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs)
+    config = prepare_backbone_config(apply_backbone_overrides(config, overrides))
     return AutoModel.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
 
 
@@ -211,6 +240,30 @@ def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolde
             f"{name_or_path} holds a backbone adapter ({subfolder}/) trained with peft: pip install peft."
         ) from error
     return PeftModel.from_pretrained(backbone, str(name_or_path), subfolder=subfolder, **hub_kwargs)
+
+
+def offset_position_interpolation(
+    embeddings_module: nn.Module, offset: float, embeddings: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Position embeddings for ``height`` x ``width`` images, interpolated as torch.hub's DINOv2
+    (``DinoVisionTransformer.interpolate_pos_encoding`` with ``interpolate_offset``, no antialias): bicubic with
+    ``scale_factor=(rows + offset) / M`` per axis on the ``M x M`` table, where transformers' DINOv2 gives
+    ``size=(rows, columns)``, which places the samples differently. The signature of transformers' ``Dinov2Embeddings.interpolate_pos_encoding``, which it stands in for."""
+    table = embeddings_module.position_embeddings
+    patch_height, patch_width = as_pair(embeddings_module.patch_embeddings.patch_size)
+    rows, columns = height // patch_height, width // patch_width
+    num_positions = table.shape[1] - 1
+    if rows * columns == num_positions and height == width:
+        return table
+    side = math.isqrt(num_positions)
+    patch_table = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch_table = F.interpolate(
+        patch_table, scale_factor=((rows + offset) / side, (columns + offset) / side), mode="bicubic", antialias=False
+    )
+    if tuple(patch_table.shape[-2:]) != (rows, columns):
+        raise ValueError(f"interpolate_offset={offset} does not give a {rows}x{columns} grid from {side}x{side}.")
+    patch_table = patch_table.permute(0, 2, 3, 1).reshape(1, rows * columns, -1)
+    return torch.cat([table[:, :1].float(), patch_table], dim=1).to(embeddings.dtype)
 
 
 @dataclass
@@ -283,6 +336,8 @@ class TokenReader:
             timm's block indices (``feature_info``). ``-1`` is the last.
         token_selection: ``"patch"`` or ``"all"`` ([CLS] + patches).
         apply_final_norm: ``None`` for the family's default.
+        interpolate_offset: interpolate the position embeddings as torch.hub's DINOv2 does, with this offset (0.1
+            there; `offset_position_interpolation`), instead of the family's own way; ``None`` for the latter.
     """
 
     def __init__(
@@ -291,14 +346,22 @@ class TokenReader:
         feature_layers: list[int],
         token_selection: str = "patch",
         apply_final_norm: bool | None = None,
+        interpolate_offset: float | None = None,
     ):
         self.config = vision_config(config)
         self.family = backbone_family(self.config)
         self.feature_layers = list(feature_layers)
         self.token_selection = token_selection
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
+        self.interpolate_offset = interpolate_offset
         if self.apply_final_norm and self.family.final_norm is None:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
+        if interpolate_offset is not None and not self.family.offset_interpolation:
+            supported = sorted(name for name, family in FAMILIES.items() if family.offset_interpolation)
+            raise ValueError(
+                f"interpolate_offset is torch.hub DINOv2's position interpolation ({supported} backbones); "
+                f"{self.config.model_type!r} backbones interpolate their own way: leave it None."
+            )
         if token_selection == "all" and not has_cls_token(self.config):
             raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
         if self.feature_layers:
@@ -387,11 +450,27 @@ class TokenReader:
             if interpolate_pos_encoding is None:
                 interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native_image_size(self.config)
             kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
-        outputs = backbone(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+        with self._position_interpolation(backbone):
+            outputs = backbone(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
         states = tuple(outputs[self.family.states])
         if self.family.appends_last_hidden_state:
             states = (*states, outputs.last_hidden_state)
         return (list(states) if layers is None else [states[layer] for layer in layers]), None
+
+    @contextlib.contextmanager
+    def _position_interpolation(self, backbone: nn.Module) -> Iterator[None]:
+        """With ``interpolate_offset``, the backbone's embeddings interpolate as torch.hub's DINOv2 for this call."""
+        if self.interpolate_offset is None:
+            yield
+            return
+        embeddings = backbone.embeddings
+        embeddings.interpolate_pos_encoding = functools.partial(
+            offset_position_interpolation, embeddings, self.interpolate_offset
+        )
+        try:
+            yield
+        finally:
+            del embeddings.interpolate_pos_encoding  # the class's method again
 
     def _timm_states(self, backbone, pixel_values, layers) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """timm's own ``forward_intermediates`` (timm's final ``norm`` applied there when asked), by block index;

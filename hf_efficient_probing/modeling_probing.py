@@ -145,7 +145,11 @@ class ProbingPreTrainedModel(PreTrainedModel):
             prepare_loaded_backbone(backbone)
             check_backbone_matches(config.backbone_config, backbone.config, config.feature_layers, config.token_width)
         self.token_reader = TokenReader(
-            config.backbone_config, config.feature_layers, config.token_selection, config.apply_final_norm
+            config.backbone_config,
+            config.feature_layers,
+            config.token_selection,
+            config.apply_final_norm,
+            config.interpolate_offset,
         )
         pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
         self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps)
@@ -271,7 +275,8 @@ class ProbingPreTrainedModel(PreTrainedModel):
         """
         if isinstance(backbone, (str, os.PathLike)):
             name = str(backbone)
-            backbone = load_backbone(name, revision=revision, **(hub_kwargs or {}))
+            overrides = config_kwargs.get("backbone_overrides")
+            backbone = load_backbone(name, revision=revision, overrides=overrides, **(hub_kwargs or {}))
         else:
             name = getattr(backbone, "name_or_path", None) or None
             prepare_loaded_backbone(backbone)
@@ -335,7 +340,12 @@ class ProbingPreTrainedModel(PreTrainedModel):
                     "(backbone_name_or_path). Pass the backbone: from_pretrained(..., backbone=model)."
                 )
             backbone_kwargs = {key: kwargs[key] for key in _BACKBONE_HUB_KWARGS if key in kwargs}
-            backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
+            backbone = load_backbone(
+                config.backbone_name_or_path,
+                revision=config.backbone_revision,
+                overrides=config.backbone_overrides,
+                **backbone_kwargs,
+            )
         if kind is CheckpointKind.PROBE_WITH_ADAPTER:
             adapter_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
             backbone = load_backbone_adapter(
@@ -432,7 +442,9 @@ class AutoModelForEfficientProbing:
         """A new probe of kind ``probe`` (a registered pooling name) on a pretrained backbone."""
         probe_config = probe_config_class(probe)  # an unknown kind fails before a backbone is loaded
         if isinstance(backbone, (str, os.PathLike)):
-            backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
+            name, hub_kwargs = str(backbone), kwargs.pop("hub_kwargs", None) or {}
+            overrides = kwargs.get("backbone_overrides")
+            backbone = load_backbone(name, revision=kwargs.get("revision"), overrides=overrides, **hub_kwargs)
         if probe_config.model_type == ATTENTIVE_CONFIG_TYPE:
             kwargs["pooler_type"] = probe
         model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)
