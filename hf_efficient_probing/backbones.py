@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
 from .probes.patch_grid import as_pair
 
@@ -63,6 +63,9 @@ class BackboneFamily:
             that always interpolate, or never can).
         offset_interpolation: whether the reader can interpolate the position embeddings as torch.hub's DINOv2
             does (``interpolate_offset``; see `offset_position_interpolation`).
+        projection: attribute path of the output projection ``project_tokens`` applies to every token (timm: the
+            model's ``head``, a CLIP tower's visual projection, kept by loading the backbone with
+            ``AutoModelForImageClassification``), or ``None``.
         config_overrides: settings forced on the backbone config so that it yields every patch deterministically.
         forward_kwargs: extra inputs of ``forward`` for the same purpose.
     """
@@ -78,6 +81,7 @@ class BackboneFamily:
     apply_final_norm: bool = False
     interpolates_pos_encoding: bool = True
     offset_interpolation: bool = False
+    projection: str | None = None
     config_overrides: dict = field(default_factory=dict)
     forward_kwargs: Callable[[PreTrainedConfig, torch.Tensor], dict] = _no_forward_kwargs
 
@@ -155,7 +159,7 @@ FAMILIES: dict[str, BackboneFamily] = {
         _stages("hiera", channels_last=True, final_norm=None),
         _stages("pvt", states="hidden_states", final_norm=None),  # sequences per stage; the last leads with a [CLS]
         _stages("levit", states="hidden_states", final_norm=None),  # sequences per stage
-        _stages("timm_wrapper", states="timm", final_norm="norm"),  # timm's own ``norm`` (ViTs), via timm
+        _stages("timm_wrapper", states="timm", final_norm="norm", projection="timm_model.head"),  # timm's own norm
     ]
 }
 
@@ -203,9 +207,24 @@ def prepare_loaded_backbone(backbone: PreTrainedModel) -> PreTrainedModel:
     return backbone
 
 
-def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
-    """A randomly initialised backbone from its config."""
-    return AutoModel.from_config(prepare_backbone_config(config))
+def _backbone_class(config: PreTrainedConfig, project_tokens: bool):
+    """The Auto class of a backbone: with ``project_tokens``, the one that keeps the output projection (timm's
+    ``head``, which ``TimmWrapperModel`` drops)."""
+    if not project_tokens:
+        return AutoModel
+    family = backbone_family(vision_config(config))
+    if family.projection is None:
+        supported = sorted(name for name, row in FAMILIES.items() if row.projection)
+        raise ValueError(
+            f"project_tokens reads the tokens through the backbone's output projection, which only {supported} "
+            f"backbones expose here, not {family.model_type!r}."
+        )
+    return AutoModelForImageClassification
+
+
+def build_backbone(config: PreTrainedConfig, project_tokens: bool = False) -> PreTrainedModel:
+    """A randomly initialised backbone from its config (with its output projection for ``project_tokens``)."""
+    return _backbone_class(config, project_tokens).from_config(prepare_backbone_config(config))
 
 
 def apply_backbone_overrides(config: PreTrainedConfig, overrides: dict | None) -> PreTrainedConfig:
@@ -220,14 +239,27 @@ def apply_backbone_overrides(config: PreTrainedConfig, overrides: dict | None) -
 
 
 def load_backbone(
-    name_or_path: str, revision: str | None = None, overrides: dict | None = None, **hub_kwargs
+    name_or_path: str,
+    revision: str | None = None,
+    overrides: dict | None = None,
+    project_tokens: bool = False,
+    **hub_kwargs,
 ) -> PreTrainedModel:
     """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower), its config first
-    changed by ``overrides`` (`apply_backbone_overrides`)."""
+    changed by ``overrides`` (`apply_backbone_overrides`), with its output projection for ``project_tokens``."""
     config_kwargs = {key: value for key, value in hub_kwargs.items() if key != "dtype"}  # a config field otherwise
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs)
     config = prepare_backbone_config(apply_backbone_overrides(config, overrides))
-    return AutoModel.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
+    auto_class = _backbone_class(config, project_tokens)
+    return auto_class.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
+
+
+def token_width(config: PreTrainedConfig, feature_layers: list[int], project_tokens: bool = False) -> int:
+    """The width of the tokens read from ``feature_layers`` (concatenated), or through the output projection: a
+    timm model's ``num_classes`` (``num_labels``), the width of its ``head``."""
+    if project_tokens:
+        return vision_config(config).num_labels
+    return layer_states(config, feature_layers)[0].width * len(feature_layers)
 
 
 def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolder: str, **hub_kwargs) -> nn.Module:
@@ -338,6 +370,8 @@ class TokenReader:
         apply_final_norm: ``None`` for the family's default.
         interpolate_offset: interpolate the position embeddings as torch.hub's DINOv2 does, with this offset (0.1
             there; `offset_position_interpolation`), instead of the family's own way; ``None`` for the latter.
+        project_tokens: pass every token read through the backbone's output projection (``family.projection``):
+            open_clip's ``_all`` tokens of a CLIP tower, ``[pooled; patches] @ proj``.
     """
 
     def __init__(
@@ -347,6 +381,7 @@ class TokenReader:
         token_selection: str = "patch",
         apply_final_norm: bool | None = None,
         interpolate_offset: float | None = None,
+        project_tokens: bool = False,
     ):
         self.config = vision_config(config)
         self.family = backbone_family(self.config)
@@ -354,6 +389,9 @@ class TokenReader:
         self.token_selection = token_selection
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
         self.interpolate_offset = interpolate_offset
+        self.project_tokens = project_tokens
+        if project_tokens:
+            _backbone_class(self.config, project_tokens)  # a family without a projection fails here, clearly
         if self.apply_final_norm and self.family.final_norm is None:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
         if interpolate_offset is not None and not self.family.offset_interpolation:
@@ -387,12 +425,24 @@ class TokenReader:
 
     @property
     def token_width(self) -> int:
-        return self.layer_width * len(self.feature_layers)
+        return token_width(self.config, self.feature_layers, self.project_tokens)
 
     def final_norm(self, backbone: nn.Module) -> nn.Module | None:
         if not self.apply_final_norm or self.family.states == "timm":
             return None
         return getattr(backbone, self.family.final_norm)
+
+    def projection(self, backbone: nn.Module) -> nn.Module | None:
+        """The output projection ``project_tokens`` applies, checked to be there (not dropped with the head)."""
+        if not self.project_tokens:
+            return None
+        projection = backbone.get_submodule(self.family.projection)
+        if not isinstance(projection, nn.Linear):
+            raise ValueError(
+                f"project_tokens reads the tokens through {self.family.projection}, but this backbone has none (a "
+                f"{type(projection).__name__}): load it with its projection, AutoModelForImageClassification."
+            )
+        return projection
 
     # ---------------------------------------------------------------------------------------------------------
 
@@ -431,8 +481,13 @@ class TokenReader:
         patches = tokens[:, num_prefix:]
         if self.token_selection == "all":
             cls_token = tokens[:, :1] if cls_tokens is None else cls_tokens
-            return Tokens(torch.cat([cls_token, patches], dim=1), num_prefix_tokens=1, grid_size=grid)
-        return Tokens(patches, num_prefix_tokens=0, grid_size=grid)
+            tokens, num_prefix = torch.cat([cls_token, patches], dim=1), 1
+        else:
+            tokens, num_prefix = patches, 0
+        projection = self.projection(backbone)
+        return Tokens(
+            tokens if projection is None else projection(tokens), num_prefix_tokens=num_prefix, grid_size=grid
+        )
 
     def read_states(
         self,

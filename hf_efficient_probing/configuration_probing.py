@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
+from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, token_width, vision_config
 from .checkpoint import CheckpointKind
 from .probes import LINEAR_FEATURES, attentive_kinds, probe_kind, valid_num_queries
 
@@ -82,6 +82,10 @@ class ProbingConfig(PreTrainedConfig):
             Interpolate the position embeddings as torch.hub's DINOv2 does (`scale_factor=(grid + offset) / M`; 0.1
             there) instead of transformers' way (`size=grid`), for probes trained on the torch.hub model at another
             image size than the backbone's. DINOv2 backbones only; `None` (the default) keeps transformers' way.
+        project_tokens (`bool`, *optional*, defaults to `False`):
+            Pass every token read through the backbone's output projection (a timm CLIP tower's `head`, its visual
+            projection; the backbone is then loaded with `AutoModelForImageClassification`, which keeps it): the
+            tokens of the official code's `_all` heads on open_clip CLIP towers, `[pooled; patches] @ proj`.
         freeze_backbone (`bool`, *optional*, defaults to `True`):
             Keep the backbone frozen (no gradients, eval mode). Set to `False` only to fine-tune it (e.g. with LoRA).
         batch_norm_eps (`float`, *optional*, defaults to 1e-6):
@@ -107,6 +111,7 @@ class ProbingConfig(PreTrainedConfig):
     token_selection: str = "patch"
     apply_final_norm: bool | None = None
     interpolate_offset: float | None = None
+    project_tokens: bool = False
     freeze_backbone: bool = True
     batch_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -136,7 +141,7 @@ class ProbingConfig(PreTrainedConfig):
         if self.token_width is None and self._layers_are_ints():
             states = backbone_states(self.backbone_config)
             if all(-len(states) <= layer < len(states) for layer in self.feature_layers):
-                self.token_width = states[self.feature_layers[0]].width * len(self.feature_layers)
+                self.token_width = token_width(self.backbone_config, self.feature_layers, self.project_tokens)
 
     def _layers_are_ints(self) -> bool:
         return bool(self.feature_layers) and all(isinstance(layer, int) for layer in self.feature_layers)

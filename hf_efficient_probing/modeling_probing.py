@@ -30,6 +30,7 @@ from .backbones import (
     load_backbone,
     load_backbone_adapter,
     prepare_loaded_backbone,
+    token_width,
     vision_config,
 )
 from .checkpoint import (
@@ -76,10 +77,12 @@ class ProbingOutput(ImageClassifierOutput):
 _ARCHITECTURE_FIELDS = ("hidden_size", "hidden_sizes", "embed_dim", "patch_size", "image_size", "architecture")
 
 
-def check_backbone_matches(expected: dict | object, backbone_config, feature_layers=None, token_width=None) -> None:
+def check_backbone_matches(
+    expected: dict | object, backbone_config, feature_layers=None, width=None, project_tokens: bool = False
+) -> None:
     """Fail clearly when a probe meets a backbone of another family, width or patch grid than it was trained on
-    (``token_width``: the width the probe reads from ``feature_layers``, checked against the tokens the backbone
-    really gives)."""
+    (``width``: the width of the tokens the probe reads from ``feature_layers``, checked against the tokens the
+    backbone really gives)."""
     expected = vision_config(expected)
     actual = vision_config(backbone_config)
 
@@ -95,11 +98,11 @@ def check_backbone_matches(expected: dict | object, backbone_config, feature_lay
                 f"backbone given has {attribute}={got!r} ({described(actual)}). Load the probe onto the backbone it "
                 "was trained on."
             )
-    if token_width is not None:
-        got = layer_states(actual, feature_layers)[0].width * len(feature_layers)
-        if got != token_width:
+    if width is not None:
+        got = token_width(actual, feature_layers, project_tokens)
+        if got != width:
             raise ValueError(
-                f"This probe reads tokens of width {token_width} (layers {list(feature_layers)}), but the backbone "
+                f"This probe reads tokens of width {width} (layers {list(feature_layers)}), but the backbone "
                 f"given ({described(actual)}) gives tokens of width {got} there. Load the probe onto the backbone it "
                 "was trained on."
             )
@@ -143,19 +146,29 @@ class ProbingPreTrainedModel(PreTrainedModel):
             )
         if backbone is not None:
             prepare_loaded_backbone(backbone)
-            check_backbone_matches(config.backbone_config, backbone.config, config.feature_layers, config.token_width)
+            check_backbone_matches(
+                config.backbone_config,
+                backbone.config,
+                config.feature_layers,
+                config.token_width,
+                config.project_tokens,
+            )
         self.token_reader = TokenReader(
             config.backbone_config,
             config.feature_layers,
             config.token_selection,
             config.apply_final_norm,
             config.interpolate_offset,
+            config.project_tokens,
         )
         pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
         self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps)
         self.post_init()
         # Attached after `post_init` so that initialisation never touches pretrained backbone weights.
-        self.backbone = backbone if backbone is not None else build_backbone(config.backbone_config)
+        self.backbone = (
+            backbone if backbone is not None else build_backbone(config.backbone_config, config.project_tokens)
+        )
+        self.token_reader.projection(self.backbone)  # a backbone loaded without its projection fails here
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -275,8 +288,10 @@ class ProbingPreTrainedModel(PreTrainedModel):
         """
         if isinstance(backbone, (str, os.PathLike)):
             name = str(backbone)
-            overrides = config_kwargs.get("backbone_overrides")
-            backbone = load_backbone(name, revision=revision, overrides=overrides, **(hub_kwargs or {}))
+            overrides, project = config_kwargs.get("backbone_overrides"), config_kwargs.get("project_tokens", False)
+            backbone = load_backbone(
+                name, revision=revision, overrides=overrides, project_tokens=project, **(hub_kwargs or {})
+            )
         else:
             name = getattr(backbone, "name_or_path", None) or None
             prepare_loaded_backbone(backbone)
@@ -344,6 +359,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
                 config.backbone_name_or_path,
                 revision=config.backbone_revision,
                 overrides=config.backbone_overrides,
+                project_tokens=config.project_tokens,
                 **backbone_kwargs,
             )
         if kind is CheckpointKind.PROBE_WITH_ADAPTER:
@@ -443,8 +459,10 @@ class AutoModelForEfficientProbing:
         probe_config = probe_config_class(probe)  # an unknown kind fails before a backbone is loaded
         if isinstance(backbone, (str, os.PathLike)):
             name, hub_kwargs = str(backbone), kwargs.pop("hub_kwargs", None) or {}
-            overrides = kwargs.get("backbone_overrides")
-            backbone = load_backbone(name, revision=kwargs.get("revision"), overrides=overrides, **hub_kwargs)
+            overrides, project = kwargs.get("backbone_overrides"), kwargs.get("project_tokens", False)
+            backbone = load_backbone(
+                name, revision=kwargs.get("revision"), overrides=overrides, project_tokens=project, **hub_kwargs
+            )
         if probe_config.model_type == ATTENTIVE_CONFIG_TYPE:
             kwargs["pooler_type"] = probe
         model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)
