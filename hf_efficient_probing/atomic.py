@@ -7,6 +7,7 @@ Standard library only, so that the lowest layers (``cache/``) can use it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -37,6 +38,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` (`atomic_write_bytes`): a result file is whole or absent."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def fsync_tree(directory: str | os.PathLike) -> None:
