@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_efficient_probing.cli:push",
         "publish a trained probe (or an imported release) on the Hub, with cards",
     ),
+    "verify": (
+        "hf_efficient_probing.official.verify:main",
+        "check that a probe's backbone gives the features its head was trained on",
+    ),
     "find": ("hf_efficient_probing.hub.find:main", "list the probes on the Hub for a backbone"),
     "attention-maps": (
         "hf_efficient_probing.analysis.commands:attention_maps",

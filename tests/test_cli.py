@@ -21,6 +21,7 @@ HELP = {
     "convert": ("--backbone", "--ep-queries", "--pooling"),
     "import-official": ("--push_to_hub ORG", "--show_mapping", "manifest.json", "--clip_activation", "SLUG=HUB_ID"),
     "push": ("--repo_id", "--repo_prefix", "--example_image", "(default: None)"),
+    "verify": ("--data_dir", "--num_images", "(default: 500)", "--expected_top1"),
     "find": ("--backbone", "facebook/dinov2-small"),
     "attention-maps": ("--image", "--columns", "(default: 8)"),
     "analyze": ("--data_dir", "--batch_size", "(default: 64)"),
