@@ -279,8 +279,9 @@ def offset_position_interpolation(
 ) -> torch.Tensor:
     """Position embeddings for ``height`` x ``width`` images, interpolated as torch.hub's DINOv2
     (``DinoVisionTransformer.interpolate_pos_encoding`` with ``interpolate_offset``, no antialias): bicubic with
-    ``scale_factor=(rows + offset) / M`` per axis on the ``M x M`` table, where transformers' DINOv2 gives
-    ``size=(rows, columns)``, which places the samples differently. The signature of transformers' ``Dinov2Embeddings.interpolate_pos_encoding``, which it stands in for."""
+    ``scale_factor=(rows + offset) / M`` per axis on the ``M x M`` table, where transformers' DINOv2 asks for
+    ``size=(rows, columns)``, which places the samples elsewhere. Has the signature of transformers'
+    ``Dinov2Embeddings.interpolate_pos_encoding`` (after ``embeddings_module`` and ``offset``), which it replaces."""
     table = embeddings_module.position_embeddings
     patch_height, patch_width = as_pair(embeddings_module.patch_embeddings.patch_size)
     rows, columns = height // patch_height, width // patch_width

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_backbone
 from safetensors import safe_open
 from transformers import AutoConfig
 
@@ -247,3 +248,16 @@ def test_the_torch_hub_interpolation_is_refused_where_it_does_not_apply():
         )  # fmt: skip
     with pytest.raises(Exception, match="interpolate_offset must be a positive number"):  # the config's validator
         AutoConfig.for_model("efficient_probing", backbone_config={"model_type": "dinov2"}, interpolate_offset=-1.0)
+
+
+def test_aimv2_probes_read_every_patch_after_the_final_rms_norm_by_default(images):
+    """The family's defaults are the official AIMv2Wrapper's tokens: every patch token (no [CLS]) after the final
+    RMSNorm, which is the model's own ``last_hidden_state``."""
+    backbone = tiny_backbone("aimv2_vision_model")
+    model = AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_queries=4, num_labels=2)
+    with torch.no_grad():
+        read = model.read_tokens(images)
+        torch.testing.assert_close(read.tokens, backbone(pixel_values=images).last_hidden_state)
+    assert (read.num_prefix_tokens, read.grid_size) == (0, (4, 4))
+    with pytest.raises(Exception, match=r"reads the \[CLS\] token, but 'aimv2_vision_model' backbones have none"):
+        AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=2, token_selection="all")

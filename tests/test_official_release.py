@@ -164,15 +164,14 @@ def test_every_mapped_row_imports_loads_from_the_hub_and_classifies(local_hub, t
         row, official = rows[slug], release[slug]
         classifier = pipeline("image-classification", model=item["repo_id"])  # the probe, then its backbone
         model, config = classifier.model, classifier.model.config
-        assert config.backbone_name_or_path == row.hub_id
-        assert (config.token_selection, config.apply_final_norm) == (
-            row.token_selection(official["meta"]["cls_features"]),
-            row.apply_final_norm,
-        )
-        assert (config.interpolate_offset, config.backbone_overrides) == (
-            row.interpolate_offset,
-            row.backbone_overrides(),
-        )
+        cls_features = official["meta"]["cls_features"]  # the settings the token tests prove give the official tokens
+        assert config.backbone_name_or_path == row.hub_id and config.backbone_overrides == row.backbone_overrides()
+        assert (config.token_selection, config.apply_final_norm, config.feature_layers) == (
+            row.token_selection(cls_features), row.apply_final_norm, list(row.feature_layers),
+        )  # fmt: skip
+        assert (config.interpolate_offset, config.project_tokens) == (
+            row.interpolate_offset, row.project_tokens(cls_features),
+        )  # fmt: skip
         pixel_values = classifier.image_processor(image, return_tensors="pt")["pixel_values"]  # the row's transform
         assert pixel_values.shape[-2:] == (row.image_size, row.image_size)
         with torch.no_grad():
@@ -196,7 +195,8 @@ def test_every_mapped_row_imports_loads_from_the_hub_and_classifies(local_hub, t
 
 
 def test_the_conditional_rows_have_their_alternative_one_flag_away(local_hub, tmp_path):
-    rows = [OFFICIAL_BACKBONES[("ViT-L-14", "openclip", "openai")], OFFICIAL_BACKBONES[("EVA02-E-14", "openclip", "laion2b_s4b_b115k")]]  # fmt: skip
+    rows = [OFFICIAL_BACKBONES[key] for key in [("ViT-L-14", "openclip", "openai"),
+                                                ("EVA02-E-14", "openclip", "laion2b_s4b_b115k")]]  # fmt: skip
     write_release(tmp_path / "release", rows)
     push_stand_ins(rows)
     other = "timm/eva02_enormous_patch14_clip_224.laion2b_plus"
@@ -232,6 +232,7 @@ def hostile_release(folder: Path, files: list[str]) -> None:
     "files, named",
     [
         (["a/../ep_head.pth"], "'a/../ep_head.pth' is not <slug>/<file>"),
+        (["../ep_head.pth"], "'../ep_head.pth' is not <slug>/<file>"),
         (["../outside/ep_head.pth"], "'../outside/ep_head.pth' is not <slug>/<file>"),
         (["mae_base/../../outside/ep_head.pth"], "is not <slug>/<file>"),
         (["/tmp/outside/ep_head.pth"], "'/tmp/outside/ep_head.pth' is absolute"),
@@ -269,7 +270,7 @@ def test_release_heads_are_the_slugs_of_the_export():
     }
 
 
-def test_a_failing_head_is_reported_the_others_imported_and_a_rerun_finishes(local_hub, tmp_path, monkeypatch):
+def test_a_failing_head_is_reported_the_others_imported_and_a_rerun_finishes(local_hub, tmp_path, monkeypatch, capsys):
     rows = [OFFICIAL_BACKBONES[key] for key in [("vit_base_patch16", "", "vit_base_patch16_224.mae"),
                                                 ("hiera_base_224.mae", "timm", ""), ("dinov2_vitb14", "hub", "")]]  # fmt: skip
     release = tmp_path / "release"
@@ -278,7 +279,10 @@ def test_a_failing_head_is_reported_the_others_imported_and_a_rerun_finishes(loc
     head = release / "hiera_base" / "ep_head.pth"
     head.write_bytes(head.read_bytes()[: head.stat().st_size // 2])  # a truncated download
     output = tmp_path / "probes"
-    printed = hf_probe("import-official", str(release), "--output_dir", str(output), check=False)
+    with pytest.raises(SystemExit) as exited:
+        release_module.main([str(release), "--output_dir", str(output)])
+    printed = capsys.readouterr().out
+    assert exited.value.code == 1, "the command goes on past a failed head, then exits non-zero"
     assert "1 imported, 0 unmapped, 2 failed" in printed and "run the same command again" in printed
     report = json.loads((output / "import_report.json").read_text())
     failed = {item["slug"]: item["error"] for item in report["failed"]}

@@ -17,6 +17,7 @@ from transformers import ViTImageProcessor
 from hf_efficient_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.official.release import OFFICIAL_HEAD
 from hf_efficient_probing.official.verify import image_sample, verify, verify_probe
+from hf_efficient_probing.official.verify import main as verify_main
 
 PROCESSOR = ViTImageProcessor(size={"height": 32, "width": 32})
 
@@ -103,13 +104,14 @@ def test_verify_passes_on_the_backbone_the_head_was_trained_on(setting, tmp_path
     assert "verdict on 30 images: MATCH" in printed and "top-1: 100.00 % against the expected 100.00 %" in printed
 
 
-def test_verify_fails_on_a_perturbed_backbone(setting, tmp_path):
+def test_verify_fails_on_a_perturbed_backbone(setting, tmp_path, capsys):
     data, model, top1, perturbed = setting
     wrong = save_probe(probe_on(perturbed(0.1), model.probe.state_dict()), tmp_path / "wrong", top1)
     verification = verify(str(wrong), data, num_images=0)
     assert not verification.passed and not any(check.passed for check in verification.checks)
-    printed = hf_probe("verify", str(wrong), "--data_dir", str(data), check=False)
-    assert "MISMATCH: this backbone does not give the features" in printed
+    with pytest.raises(SystemExit) as exited:
+        verify_main([str(wrong), "--data_dir", str(data)])
+    assert exited.value.code == 1 and "MISMATCH: this backbone does not give the features" in capsys.readouterr().out
 
 
 def test_the_statistics_see_a_perturbation_the_top1_does_not(setting):

@@ -5,8 +5,8 @@ The official head is ``nn.Sequential(pooling, BatchNorm1d(affine=False, eps=1e-6
 the BatchNorm and ``1.*`` the classifier. The released ``ep_head.pth`` files wrap the head's state dict as
 ``{"state_dict": ..., "meta": {...}}``. Files are read with ``torch.load(weights_only=True)`` only.
 
-``python -m hf_efficient_probing.official.conversion ep_head.pth --backbone timm/vit_base_patch16_224.mae --output my-probe`` writes a
-probe directory ready for ``from_pretrained`` and ``push_to_hub``.
+``python -m hf_efficient_probing.official.conversion ep_head.pth --backbone timm/vit_base_patch16_224.mae --output
+my-probe`` writes a probe directory ready for ``from_pretrained`` and ``push_to_hub``.
 """
 
 from __future__ import annotations

@@ -54,13 +54,16 @@ _BICUBIC, _BILINEAR = PILImageResampling.BICUBIC, PILImageResampling.BILINEAR
 # code takes open_clip's evaluation transform for them: resize mode, interpolation and statistics of the tag).
 TRANSFORMS = {
     "imagenet": OfficialTransform(
-        "crop", 256 / 224, _BICUBIC, IMAGENET_MEAN, IMAGENET_STD, "resize to 256/224 of the size, bicubic, centre crop, ImageNet mean/std"
+        "crop", 256 / 224, _BICUBIC, IMAGENET_MEAN, IMAGENET_STD,
+        "resize to 256/224 of the size, bicubic, centre crop, ImageNet mean/std",
     ),
     "clip": OfficialTransform(
-        "crop", 1.0, _BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "open_clip's: resize the short side to the size, bicubic, centre crop, OpenAI CLIP mean/std"
+        "crop", 1.0, _BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+        "open_clip's: resize the short side to the size, bicubic, centre crop, OpenAI CLIP mean/std",
     ),
     "clip_squash": OfficialTransform(
-        "squash", None, _BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "open_clip's: squash to the size, bicubic, OpenAI CLIP mean/std"
+        "squash", None, _BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+        "open_clip's: squash to the size, bicubic, OpenAI CLIP mean/std",
     ),
     "siglip": OfficialTransform(
         "squash", None, _BICUBIC, (0.5,) * 3, (0.5,) * 3, "open_clip's: squash to the size, bicubic, mean/std 0.5"
@@ -328,7 +331,9 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
         ),
         OfficialBackbone(
             "capi_vitl14_in1k", "capi", "", "CAPI ViT-L/14", "capi_vitl",
-            unmapped=_TORCH_HUB_ONLY.format(repo="facebookresearch/capi", why="no transformers or timm port of CAPI exists"),
+            unmapped=_TORCH_HUB_ONLY.format(
+                repo="facebookresearch/capi", why="no transformers or timm port of CAPI exists"
+            ),
         ),
         *(
             OfficialBackbone(
@@ -401,8 +406,8 @@ OFFICIAL_BACKBONES: dict[tuple[str, str, str], OfficialBackbone] = {
         ),
         OfficialBackbone(
             "DiT-XL/2", "dit", "", "DiT-XL/2", "dit_xl",
-            unmapped="no head in the release (manifest `missing`); the official tokens also pass a VAE whose latents are "
-            "sampled at random, even at evaluation",
+            unmapped="no head in the release (manifest `missing`); the official tokens also pass a VAE whose latents "
+            "are sampled at random, even at evaluation",
         ),
     ]
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The authors' release of trained EP heads (``billpsomas/efficient-probing-heads``), imported as probes of this library.
+"""The authors' release of EP heads (``billpsomas/efficient-probing-heads``), imported as probes of this library.
 
 The official ``tools/export_ep_heads.py`` writes one folder per leaderboard row, ``<slug>/ep_head.pth`` (a
 ``{"state_dict", "meta"}`` dict that loads with ``torch.load(weights_only=True)``) and ``<slug>/config.json`` (the
@@ -153,7 +153,7 @@ def release_heads(manifest: dict, release_dir: Path) -> dict[str, tuple[Path, di
         parts = PurePosixPath(file).parts
         if PurePosixPath(file).is_absolute() or PureWindowsPath(file).is_absolute() or PureWindowsPath(file).drive:
             problems.append(f"{file!r} is absolute")
-        elif ".." in parts or len(parts) != 2 or not _SLUG.fullmatch(parts[0]) or "\\" in file:
+        elif len(parts) != 2 or not _SLUG.fullmatch(parts[0]) or "\\" in file:  # so no ".." either
             problems.append(f"{file!r} is not <slug>/<file> inside the release folder")
         elif not (release_dir / parts[0]).resolve().is_relative_to(root):  # the file itself may be a link, as the
             problems.append(f"{file!r} leads out of the release folder")  # Hub cache's snapshots link to blobs
