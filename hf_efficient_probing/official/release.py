@@ -209,12 +209,16 @@ def import_head(
     backbone = backbone or row.hub_id
     unverified = row.unverified if backbone == row.hub_id else f"the backbone {backbone} was chosen with --backbone"
     repo_id = f"{hub_org}/{probe_name(slug)}" if hub_org else probe_name(slug)
-    settings = {
-        "file_sha256": _sha256(file),
-        "backbone": backbone,
+    cls_features = str(meta.get("cls_features"))
+    probe_settings = {  # the tokens the official loader handed the head, and the backbone pinned
+        "token_selection": row.token_selection(cls_features),
+        "project_tokens": row.project_tokens(cls_features),
+        "apply_final_norm": row.apply_final_norm,
+        "feature_layers": list(row.feature_layers),
+        "interpolate_offset": row.interpolate_offset,
         "backbone_overrides": row.backbone_overrides(activation if row.activation else None),
-        "repo_id": repo_id,
     }
+    settings = {"file_sha256": _sha256(file), "backbone": backbone, "repo_id": repo_id, "probe": probe_settings}
     imported = {**described, "backbone": backbone, "repo_id": repo_id, "verified": unverified is None}
     if unverified:
         imported["unverified"] = unverified
@@ -226,18 +230,7 @@ def import_head(
         return {**imported, "outcome": "kept", "directory": str(folder)}
 
     model = build_official_probe(
-        state_dict,
-        meta,
-        backbone,
-        probe_settings={
-            "token_selection": row.token_selection(str(meta.get("cls_features"))),
-            "project_tokens": row.project_tokens(str(meta.get("cls_features"))),
-            "apply_final_norm": row.apply_final_norm,
-            "feature_layers": list(row.feature_layers),
-            "interpolate_offset": row.interpolate_offset,
-            "backbone_overrides": settings["backbone_overrides"],
-        },
-        hub_kwargs={"token": token} if token else None,
+        state_dict, meta, backbone, probe_settings=probe_settings, hub_kwargs={"token": token} if token else None
     )
     if model.token_reader.config.model_type != row.model_type:
         raise ValueError(
