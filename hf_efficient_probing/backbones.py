@@ -61,6 +61,8 @@ class BackboneFamily:
         apply_final_norm: whether the paper's protocol reads the tokens after that norm.
         interpolates_pos_encoding: whether ``forward`` takes ``interpolate_pos_encoding`` (``False`` for families
             that always interpolate, or never can).
+        fixed_image_size: whether the position embeddings fit the native image size only (a learned table the model
+            cannot interpolate, as AIMv2's but for its "native" variant); other sizes are refused clearly.
         offset_interpolation: whether the reader can interpolate the position embeddings as torch.hub's DINOv2
             does (``interpolate_offset``; see `offset_position_interpolation`).
         projection: attribute path of the output projection ``project_tokens`` applies to every token (timm: the
@@ -80,6 +82,7 @@ class BackboneFamily:
     final_norm: str | None = "layernorm"
     apply_final_norm: bool = False
     interpolates_pos_encoding: bool = True
+    fixed_image_size: Callable[[PreTrainedConfig], bool] = lambda config: False
     offset_interpolation: bool = False
     projection: str | None = None
     config_overrides: dict = field(default_factory=dict)
@@ -133,6 +136,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             final_norm="rms_norm",
             apply_final_norm=True,
             interpolates_pos_encoding=False,
+            fixed_image_size=lambda config: not config.is_native,
         ),
         BackboneFamily("clip_vision_model", final_norm="post_layernorm", apply_final_norm=True),
         BackboneFamily("siglip_vision_model", has_cls_token=False, final_norm="post_layernorm", apply_final_norm=True),
@@ -502,9 +506,16 @@ class TokenReader:
         if self.family.states == "timm":
             return self._timm_states(backbone, pixel_values, layers)
         kwargs = self.family.forward_kwargs(self.config, pixel_values)
+        native = native_image_size(self.config)
+        if self.family.fixed_image_size(self.config) and tuple(pixel_values.shape[-2:]) != native:
+            raise ValueError(
+                f"{self.config.model_type!r} backbones have position embeddings for {native[0]}x{native[1]} images only "
+                f"(a learned table they do not interpolate), got {pixel_values.shape[-2]}x{pixel_values.shape[-1]}: "
+                "resize the images (the backbone's image processor does)."
+            )
         if self.family.interpolates_pos_encoding:
             if interpolate_pos_encoding is None:
-                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native_image_size(self.config)
+                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native
             kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
         with self._position_interpolation(backbone):
             outputs = backbone(pixel_values=pixel_values, output_hidden_states=True, **kwargs)

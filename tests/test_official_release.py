@@ -28,6 +28,7 @@ from hf_efficient_probing.official.release import (
     OFFICIAL_HEAD,
     RELEASE_REPO,
     import_official_release,
+    probe_name,
     release_heads,
     resolve_release,
 )
@@ -203,9 +204,11 @@ def test_the_conditional_rows_have_their_alternative_one_flag_away(local_hub, tm
     HfApi().create_repo(other)
     stand_in(rows[1], seed=7).push_to_hub(other)
     report = import_official_release(
-        tmp_path / "release", tmp_path / "probes", activation="quick_gelu", backbones={"eva02_e14": other}
-    )
-    clip, eva = (AutoModelForEfficientProbing.from_pretrained(tmp_path / "probes" / row.slug) for row in rows)
+        tmp_path / "release", tmp_path / "probes", activation="quick_gelu", backbones={"eva02_e14": other},
+        hub_org="tester", push_to_hub=True,
+    )  # fmt: skip
+    assert len(report["pushed"]) == 2
+    clip, eva = (AutoModelForEfficientProbing.from_pretrained(f"tester/{probe_name(row.slug)}") for row in rows)
     assert clip.config.backbone_overrides == {"model_args": {"act_layer": "quick_gelu"}}
     assert type(clip.backbone.timm_model.blocks[0].mlp.act).__name__ == "QuickGELU", "kept through from_pretrained"
     assert eva.config.backbone_name_or_path == other
