@@ -69,10 +69,11 @@ def save_probe(model, folder: Path, top1: float) -> Path:
     return folder
 
 
-@pytest.fixture
-def setting(tmp_path):
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
     """A backbone, a perturbed copy (every weight moved by ``noise`` times a standard normal), the images, and a
-    probe whose head was trained on the backbone's features."""
+    probe whose head was trained on the backbone's features (built once: the tests only read them)."""
+    tmp_path = tmp_path_factory.mktemp("verify")
     data = labelled_folder(tmp_path / "val")
     tiny_backbone("vit").save_pretrained(tmp_path / "backbone")
     model = probe_on(tmp_path / "backbone")
