@@ -15,14 +15,17 @@ leading tokens counted from the grid).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
 from .probes.patch_grid import as_pair
 
@@ -127,6 +130,13 @@ class BackboneFamily:
         apply_final_norm: whether the paper's protocol reads the tokens after that norm.
         interpolates_pos_encoding: whether ``forward`` takes ``interpolate_pos_encoding`` (``False`` for families
             that always interpolate, or never can).
+        fixed_image_size: whether the position embeddings fit the native image size only (a learned table the model
+            cannot interpolate, as AIMv2's but for its "native" variant); other sizes are refused clearly.
+        offset_interpolation: whether the reader can interpolate the position embeddings as torch.hub's DINOv2
+            does (``interpolate_offset``; see `offset_position_interpolation`).
+        projection: attribute path of the output projection ``project_tokens`` applies to every token (timm: the
+            model's ``head``, a CLIP tower's visual projection, kept by loading the backbone with
+            ``AutoModelForImageClassification``), or ``None``.
         config_overrides: settings forced on the backbone config so that it yields every patch deterministically.
         forward_kwargs: extra inputs of ``forward`` for the same purpose.
         input_name: the name ``forward`` takes the pixels by (V-JEPA 2: ``pixel_values_videos``).
@@ -143,6 +153,9 @@ class BackboneFamily:
     final_norm: str | None = "layernorm"
     apply_final_norm: bool = False
     interpolates_pos_encoding: bool = True
+    fixed_image_size: Callable[[PreTrainedConfig], bool] = lambda config: False
+    offset_interpolation: bool = False
+    projection: str | None = None
     config_overrides: dict = field(default_factory=dict)
     forward_kwargs: Callable[[PreTrainedConfig, torch.Tensor], dict] = _no_forward_kwargs
     input_name: str = "pixel_values"
@@ -175,12 +188,13 @@ FAMILIES: dict[str, BackboneFamily] = {
         BackboneFamily("beit"),
         BackboneFamily("data2vec-vision"),
         BackboneFamily("ijepa", has_cls_token=False),
-        BackboneFamily("dinov2", apply_final_norm=True, interpolates_pos_encoding=False),
+        BackboneFamily("dinov2", apply_final_norm=True, interpolates_pos_encoding=False, offset_interpolation=True),
         BackboneFamily(
             "dinov2_with_registers",
             extra_prefix_tokens=lambda config: config.num_register_tokens,
             apply_final_norm=True,
             interpolates_pos_encoding=False,
+            offset_interpolation=True,
         ),
         BackboneFamily(
             "dinov3_vit",
@@ -188,6 +202,14 @@ FAMILIES: dict[str, BackboneFamily] = {
             final_norm="norm",
             apply_final_norm=True,
             interpolates_pos_encoding=False,
+        ),
+        BackboneFamily(
+            "aimv2_vision_model",
+            has_cls_token=False,
+            final_norm="rms_norm",
+            apply_final_norm=True,
+            interpolates_pos_encoding=False,
+            fixed_image_size=lambda config: not config.is_native,
         ),
         BackboneFamily("clip_vision_model", final_norm="post_layernorm", apply_final_norm=True),
         BackboneFamily("siglip_vision_model", has_cls_token=False, final_norm="post_layernorm", apply_final_norm=True),
@@ -214,7 +236,7 @@ FAMILIES: dict[str, BackboneFamily] = {
         _stages("hiera", channels_last=True, final_norm=None),
         _stages("pvt", states="hidden_states", final_norm=None),  # sequences per stage; the last leads with a [CLS]
         _stages("levit", states="hidden_states", final_norm=None),  # sequences per stage
-        _stages("timm_wrapper", states="timm", final_norm="norm"),  # timm's own ``norm`` (ViTs), via timm
+        _stages("timm_wrapper", states="timm", final_norm="norm", projection="timm_model.head"),  # timm's own norm
         # Video: space-time tokens. V-JEPA 2's eval reads the encoder's final-normed output; the others, like their
         # image counterparts (MAE, ViT), the last block's. VideoMAE's ``layernorm`` is None with use_mean_pooling.
         BackboneFamily(
@@ -287,16 +309,59 @@ def prepare_loaded_backbone(backbone: PreTrainedModel) -> PreTrainedModel:
     return backbone
 
 
-def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
-    """A randomly initialised backbone from its config."""
-    return AutoModel.from_config(prepare_backbone_config(config))
+def _backbone_class(config: PreTrainedConfig, project_tokens: bool):
+    """The Auto class of a backbone: with ``project_tokens``, the one that keeps the output projection (timm's
+    ``head``, which ``TimmWrapperModel`` drops)."""
+    if not project_tokens:
+        return AutoModel
+    family = backbone_family(vision_config(config))
+    if family.projection is None:
+        supported = sorted(name for name, row in FAMILIES.items() if row.projection)
+        raise ValueError(
+            f"project_tokens reads the tokens through the backbone's output projection, which only {supported} "
+            f"backbones expose here, not {family.model_type!r}."
+        )
+    return AutoModelForImageClassification
 
 
-def load_backbone(name_or_path: str, revision: str | None = None, **hub_kwargs) -> PreTrainedModel:
-    """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower)."""
+def build_backbone(config: PreTrainedConfig, project_tokens: bool = False) -> PreTrainedModel:
+    """A randomly initialised backbone from its config (with its output projection for ``project_tokens``)."""
+    return _backbone_class(config, project_tokens).from_config(prepare_backbone_config(config))
+
+
+def apply_backbone_overrides(config: PreTrainedConfig, overrides: dict | None) -> PreTrainedConfig:
+    """Set ``overrides`` (config field -> value; a dict value updates a dict field, such as a timm model's
+    ``model_args``) on the vision config, e.g. the activation a checkpoint was trained with when its Hub config
+    names another."""
+    config = vision_config(config)
+    for key, value in (overrides or {}).items():
+        current = getattr(config, key, None)
+        setattr(config, key, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
+    return config
+
+
+def load_backbone(
+    name_or_path: str,
+    revision: str | None = None,
+    overrides: dict | None = None,
+    project_tokens: bool = False,
+    **hub_kwargs,
+) -> PreTrainedModel:
+    """Load pretrained backbone weights (for CLIP/SigLIP checkpoints, only the vision tower), its config first
+    changed by ``overrides`` (`apply_backbone_overrides`), with its output projection for ``project_tokens``."""
     config_kwargs = {key: value for key, value in hub_kwargs.items() if key != "dtype"}  # a config field otherwise
-    config = prepare_backbone_config(AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs))
-    return AutoModel.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **config_kwargs)
+    config = prepare_backbone_config(apply_backbone_overrides(config, overrides))
+    auto_class = _backbone_class(config, project_tokens)
+    return auto_class.from_pretrained(name_or_path, config=config, revision=revision, **hub_kwargs)
+
+
+def token_width(config: PreTrainedConfig, feature_layers: list[int], project_tokens: bool = False) -> int:
+    """The width of the tokens read from ``feature_layers`` (concatenated), or through the output projection: a
+    timm model's ``num_classes`` (``num_labels``), the width of its ``head``."""
+    if project_tokens:
+        return vision_config(config).num_labels
+    return layer_states(config, feature_layers)[0].width * len(feature_layers)
 
 
 def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolder: str, **hub_kwargs) -> nn.Module:
@@ -309,6 +374,31 @@ def load_backbone_adapter(backbone: PreTrainedModel, name_or_path: str, subfolde
             f"{name_or_path} holds a backbone adapter ({subfolder}/) trained with peft: pip install peft."
         ) from error
     return PeftModel.from_pretrained(backbone, str(name_or_path), subfolder=subfolder, **hub_kwargs)
+
+
+def offset_position_interpolation(
+    embeddings_module: nn.Module, offset: float, embeddings: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Position embeddings for ``height`` x ``width`` images, interpolated as torch.hub's DINOv2
+    (``DinoVisionTransformer.interpolate_pos_encoding`` with ``interpolate_offset``, no antialias): bicubic with
+    ``scale_factor=(rows + offset) / M`` per axis on the ``M x M`` table, where transformers' DINOv2 asks for
+    ``size=(rows, columns)``, which places the samples elsewhere. Has the signature of transformers'
+    ``Dinov2Embeddings.interpolate_pos_encoding`` (after ``embeddings_module`` and ``offset``), which it replaces."""
+    table = embeddings_module.position_embeddings
+    patch_height, patch_width = as_pair(embeddings_module.patch_embeddings.patch_size)
+    rows, columns = height // patch_height, width // patch_width
+    num_positions = table.shape[1] - 1
+    if rows * columns == num_positions and height == width:
+        return table
+    side = math.isqrt(num_positions)
+    patch_table = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch_table = F.interpolate(
+        patch_table, scale_factor=((rows + offset) / side, (columns + offset) / side), mode="bicubic", antialias=False
+    )
+    if tuple(patch_table.shape[-2:]) != (rows, columns):
+        raise ValueError(f"interpolate_offset={offset} does not give a {rows}x{columns} grid from {side}x{side}.")
+    patch_table = patch_table.permute(0, 2, 3, 1).reshape(1, rows * columns, -1)
+    return torch.cat([table[:, :1].float(), patch_table], dim=1).to(embeddings.dtype)
 
 
 @dataclass
@@ -385,6 +475,10 @@ class TokenReader:
             timm's block indices (``feature_info``). ``-1`` is the last.
         token_selection: ``"patch"`` or ``"all"`` ([CLS] + patches).
         apply_final_norm: ``None`` for the family's default.
+        interpolate_offset: interpolate the position embeddings as torch.hub's DINOv2 does, with this offset (0.1
+            there; `offset_position_interpolation`), instead of the family's own way; ``None`` for the latter.
+        project_tokens: pass every token read through the backbone's output projection (``family.projection``):
+            open_clip's ``_all`` tokens of a CLIP tower, ``[pooled; patches] @ proj``.
     """
 
     def __init__(
@@ -393,14 +487,26 @@ class TokenReader:
         feature_layers: list[int],
         token_selection: str = "patch",
         apply_final_norm: bool | None = None,
+        interpolate_offset: float | None = None,
+        project_tokens: bool = False,
     ):
         self.config = vision_config(config)
         self.family = backbone_family(self.config)
         self.feature_layers = list(feature_layers)
         self.token_selection = token_selection
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
+        self.interpolate_offset = interpolate_offset
+        self.project_tokens = project_tokens
+        if project_tokens:
+            _backbone_class(self.config, project_tokens)  # a family without a projection fails here, clearly
         if self.apply_final_norm and self.family.final_norm is None:
             raise ValueError(f"apply_final_norm=True, but no final norm is known for {self.config.model_type!r}.")
+        if interpolate_offset is not None and not self.family.offset_interpolation:
+            supported = sorted(name for name, family in FAMILIES.items() if family.offset_interpolation)
+            raise ValueError(
+                f"interpolate_offset is torch.hub DINOv2's position interpolation ({supported} backbones); "
+                f"{self.config.model_type!r} backbones interpolate their own way: leave it None."
+            )
         if token_selection == "all" and not has_cls_token(self.config):
             raise ValueError(f"token_selection='all' reads a [CLS] token, but {self.config.model_type!r} has none.")
         # the layers read, non-negative (-1 and num_hidden_layers are one layer): what caches and layouts record
@@ -435,7 +541,7 @@ class TokenReader:
 
     @property
     def token_width(self) -> int:
-        return self.layer_width * len(self.feature_layers)
+        return token_width(self.config, self.feature_layers, self.project_tokens)
 
     def final_norm(self, backbone: nn.Module) -> nn.Module | None:
         if not self.apply_final_norm or self.family.states == "timm":
@@ -450,6 +556,18 @@ class TokenReader:
                 "apply_final_norm=False."
             )
         return norm
+
+    def projection(self, backbone: nn.Module) -> nn.Module | None:
+        """The output projection ``project_tokens`` applies, checked to be there (not dropped with the head)."""
+        if not self.project_tokens:
+            return None
+        projection = backbone.get_submodule(self.family.projection)
+        if not isinstance(projection, nn.Linear):
+            raise ValueError(
+                f"project_tokens reads the tokens through {self.family.projection}, but this backbone has none (a "
+                f"{type(projection).__name__}): load it with its projection, AutoModelForImageClassification."
+            )
+        return projection
 
     # ---------------------------------------------------------------------------------------------------------
 
@@ -490,8 +608,13 @@ class TokenReader:
         patches = tokens[:, num_prefix:]
         if self.token_selection == "all":
             cls_token = tokens[:, :1] if cls_tokens is None else cls_tokens
-            return Tokens(torch.cat([cls_token, patches], dim=1), num_prefix_tokens=1, grid_size=grid)
-        return Tokens(patches, num_prefix_tokens=0, grid_size=grid)
+            tokens, num_prefix = torch.cat([cls_token, patches], dim=1), 1
+        else:
+            tokens, num_prefix = patches, 0
+        projection = self.projection(backbone)
+        return Tokens(
+            tokens if projection is None else projection(tokens), num_prefix_tokens=num_prefix, grid_size=grid
+        )
 
     def check_input(self, pixel_values: torch.Tensor) -> None:
         """Images for an image backbone, clips for a video backbone: the other way round fails here, clearly."""
@@ -525,16 +648,39 @@ class TokenReader:
         if self.family.states == "timm":
             return self._timm_states(backbone, pixel_values, layers)
         kwargs = self.family.forward_kwargs(self.config, pixel_values)
+        native = native_image_size(self.config)
+        if self.family.fixed_image_size(self.config) and tuple(pixel_values.shape[-2:]) != native:
+            raise ValueError(
+                f"{self.config.model_type!r} backbones have position embeddings for {native[0]}x{native[1]} images only "
+                f"(a learned table they do not interpolate), got {pixel_values.shape[-2]}x{pixel_values.shape[-1]}: "
+                "resize the images (the backbone's image processor does)."
+            )
         if self.family.interpolates_pos_encoding:
             if interpolate_pos_encoding is None:
-                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native_image_size(self.config)
+                interpolate_pos_encoding = tuple(pixel_values.shape[-2:]) != native
             kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
         kwargs[self.family.input_name] = pixel_values
-        outputs = backbone(output_hidden_states=True, **kwargs)
+        with self._position_interpolation(backbone):
+            outputs = backbone(output_hidden_states=True, **kwargs)
         states = tuple(outputs[self.family.states])
         if self.family.appends_last_hidden_state:
             states = (*states, outputs.last_hidden_state)
         return (list(states) if layers is None else [states[layer] for layer in layers]), None
+
+    @contextlib.contextmanager
+    def _position_interpolation(self, backbone: nn.Module) -> Iterator[None]:
+        """With ``interpolate_offset``, the backbone's embeddings interpolate as torch.hub's DINOv2 for this call."""
+        if self.interpolate_offset is None:
+            yield
+            return
+        embeddings = backbone.embeddings
+        embeddings.interpolate_pos_encoding = functools.partial(
+            offset_position_interpolation, embeddings, self.interpolate_offset
+        )
+        try:
+            yield
+        finally:
+            del embeddings.interpolate_pos_encoding  # the class's method again
 
     def _timm_states(self, backbone, pixel_values, layers) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """timm's own ``forward_intermediates`` (timm's final ``norm`` applied there when asked), by block index;

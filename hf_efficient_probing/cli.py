@@ -36,7 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_efficient_probing.official.release:main",
         "import the official release of EP heads as probe repositories",
     ),
-    "push": ("hf_efficient_probing.cli:push", "publish a trained probe directory on the Hub, with its model card"),
+    "push": (
+        "hf_efficient_probing.cli:push",
+        "publish a trained probe (or an imported release) on the Hub, with cards",
+    ),
+    "verify": (
+        "hf_efficient_probing.official.verify:main",
+        "check that a probe's backbone gives the features its head was trained on",
+    ),
     "find": ("hf_efficient_probing.hub.find:main", "list the probes on the Hub for a backbone"),
     "attention-maps": (
         "hf_efficient_probing.analysis.commands:attention_maps",
@@ -103,18 +110,35 @@ def sweep(argv: list[str] | None = None) -> list[dict]:
 
 
 def push(argv: list[str] | None = None):
-    """Publish a probe directory written by ``train`` (its ``run_summary.json`` fills the card's results)."""
+    """Publish a probe directory written by ``train`` (its ``run_summary.json`` fills the card's results), or every
+    head of a folder ``import-official`` wrote (``--repo_prefix``: each to ``ORG/ep-<slug>``, as written)."""
+    from .official.release import REPORT, push_release
+
     parser = argparse.ArgumentParser(
-        description="Publish a trained probe directory on the Hub, with its model card.",
+        description="Publish a trained probe directory, or the heads an import-official wrote, on the Hub.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("output_dir", help="the probe directory (as train writes it)")
-    parser.add_argument("--repo_id", required=True, help="Hub repository, user/name")
+    parser.add_argument("output_dir", help="the probe directory (as train writes it), or an import-official folder")
+    parser.add_argument("--repo_id", default=None, help="Hub repository of a probe directory, user/name")
+    parser.add_argument(
+        "--repo_prefix", default=None, help="user or organisation for every head of an import-official folder"
+    )
     parser.add_argument("--example_image", default=None, help="image to draw the attention maps on, for the card")
     parser.add_argument("--revision", default=None, help="branch to push to (default main)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--private", action="store_true", help="create the repositories as private")
     parser.add_argument("--token", default=None, help="Hub token (None: HF_TOKEN or the saved login)")
     args = parser.parse_args(argv)
+    if os.path.isfile(os.path.join(args.output_dir, REPORT)):
+        if not args.repo_prefix:
+            parser.error(f"{args.output_dir} is an import-official folder: give --repo_prefix ORG.")
+        try:
+            commits = push_release(args.output_dir, args.repo_prefix, token=args.token, private=args.private or None)
+        except ValueError as error:
+            parser.error(str(error))
+        print(f"Pushed {len(commits)} probes of {args.output_dir} under {args.repo_prefix}")
+        return commits
+    if not args.repo_id:
+        parser.error("--repo_id is required: the Hub repository to publish the probe directory to.")
     commit = publish_run(
         args.output_dir,
         args.repo_id,

@@ -16,7 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, vision_config
+from .backbones import backbone_family, backbone_states, has_cls_token, layer_states, token_width, vision_config
 from .checkpoint import CheckpointKind
 from .probes import LINEAR_FEATURES, attentive_kinds, probe_kind, valid_num_queries
 
@@ -55,6 +55,10 @@ class ProbingConfig(PreTrainedConfig):
             backbone when it is loaded; without it the backbone must be saved with the probe.
         backbone_revision (`str`, *optional*):
             Revision (branch, tag or commit) of `backbone_name_or_path`.
+        backbone_overrides (`dict`, *optional*):
+            Fields set on the backbone's config whenever it is loaded from `backbone_name_or_path` (a dict value
+            updates a dict field), e.g. `{"model_args": {"act_layer": "quick_gelu"}}` for a timm CLIP tower whose
+            Hub config names another activation than the one the probe was trained on.
         backbone_adapter (`str`, *optional*):
             Sub-folder of the probe's checkpoint holding a `peft` adapter (e.g. LoRA) trained on the backbone with the
             probe; written into the saved config. Loading applies it to the named backbone, so the checkpoint stays
@@ -74,6 +78,14 @@ class ProbingConfig(PreTrainedConfig):
         apply_final_norm (`bool`, *optional*):
             Whether the backbone's final normalisation is applied to the tokens read. `None` uses the family's
             default (the official code reads post-norm tokens for DINOv2/CLIP/SigLIP, pre-norm for MAE-style ViTs).
+        interpolate_offset (`float`, *optional*):
+            Interpolate the position embeddings as torch.hub's DINOv2 does (`scale_factor=(grid + offset) / M`; 0.1
+            there) instead of transformers' way (`size=grid`), for probes trained on the torch.hub model at another
+            image size than the backbone's. DINOv2 backbones only; `None` (the default) keeps transformers' way.
+        project_tokens (`bool`, *optional*, defaults to `False`):
+            Pass every token read through the backbone's output projection (a timm CLIP tower's `head`, its visual
+            projection; the backbone is then loaded with `AutoModelForImageClassification`, which keeps it): the
+            tokens of the official code's `_all` heads on open_clip CLIP towers, `[pooled; patches] @ proj`.
         freeze_backbone (`bool`, *optional*, defaults to `True`):
             Keep the backbone frozen (no gradients, eval mode). Set to `False` only to fine-tune it (e.g. with LoRA).
         batch_norm_eps (`float`, *optional*, defaults to 1e-6):
@@ -101,11 +113,14 @@ class ProbingConfig(PreTrainedConfig):
     backbone_config: dict | PreTrainedConfig | None = None
     backbone_name_or_path: str | None = None
     backbone_revision: str | None = None
+    backbone_overrides: dict | None = None
     backbone_adapter: str | None = None
     checkpoint_kind: str | None = None
     feature_layers: list[int] | tuple[int, ...] = (-1,)
     token_selection: str = "patch"
     apply_final_norm: bool | None = None
+    interpolate_offset: float | None = None
+    project_tokens: bool = False
     freeze_backbone: bool = True
     batch_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -137,7 +152,7 @@ class ProbingConfig(PreTrainedConfig):
         if self.token_width is None and self._layers_are_ints():
             states = backbone_states(self.backbone_config)
             if all(-len(states) <= layer < len(states) for layer in self.feature_layers):
-                self.token_width = states[self.feature_layers[0]].width * len(self.feature_layers)
+                self.token_width = token_width(self.backbone_config, self.feature_layers, self.project_tokens)
         video = backbone_family(self.backbone_config).video
         if self.frames_per_clip is None and video is not None:
             self.frames_per_clip = video.native_frames(self.backbone_config)
@@ -159,6 +174,9 @@ class ProbingConfig(PreTrainedConfig):
         layer_states(self.backbone_config, self.feature_layers)
         family = backbone_family(self.backbone_config)
         self._check_frames_per_clip(family)
+        offset = self.interpolate_offset
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float)) or not offset > 0):
+            raise ValueError(f"interpolate_offset must be a positive number (torch.hub DINOv2: 0.1), got {offset!r}.")
         if self.reads_cls_token and not has_cls_token(self.backbone_config):
             raise ValueError(
                 f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "

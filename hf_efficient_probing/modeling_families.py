@@ -136,6 +136,18 @@ class DINOv3ViTForAttentiveProbing(VisionModelForAttentiveProbing, family="dinov
     """An attentive-probing baseline over DINOv3 ViT backbones."""
 
 
+class Aimv2VisionForEfficientProbing(VisionModelForEfficientProbing, family="aimv2_vision_model"):
+    """Efficient Probing over AIMv2 vision backbones."""
+
+
+class Aimv2VisionForLinearProbing(VisionModelForLinearProbing, family="aimv2_vision_model"):
+    """Linear probing over AIMv2 vision backbones."""
+
+
+class Aimv2VisionForAttentiveProbing(VisionModelForAttentiveProbing, family="aimv2_vision_model"):
+    """An attentive-probing baseline over AIMv2 vision backbones."""
+
+
 class CLIPVisionForEfficientProbing(VisionModelForEfficientProbing, family="clip_vision_model"):
     """Efficient Probing over CLIP vision backbones."""
 

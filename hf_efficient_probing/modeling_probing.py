@@ -31,6 +31,7 @@ from .backbones import (
     load_backbone,
     load_backbone_adapter,
     prepare_loaded_backbone,
+    token_width,
     vision_config,
 )
 from .checkpoint import (
@@ -93,10 +94,12 @@ def _as_json(value):
     return [_as_json(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
-def check_backbone_matches(expected: dict | object, backbone_config, feature_layers=None, token_width=None) -> None:
+def check_backbone_matches(
+    expected: dict | object, backbone_config, feature_layers=None, width=None, project_tokens: bool = False
+) -> None:
     """Fail clearly when a probe meets a backbone of another family, width or patch grid than it was trained on
-    (``token_width``: the width the probe reads from ``feature_layers``, checked against the tokens the backbone
-    really gives)."""
+    (``width``: the width of the tokens the probe reads from ``feature_layers``, checked against the tokens the
+    backbone really gives)."""
     expected = vision_config(expected)
     actual = vision_config(backbone_config)
 
@@ -112,11 +115,11 @@ def check_backbone_matches(expected: dict | object, backbone_config, feature_lay
                 f"backbone given has {attribute}={got!r} ({described(actual)}). Load the probe onto the backbone it "
                 "was trained on."
             )
-    if token_width is not None:
-        got = layer_states(actual, feature_layers)[0].width * len(feature_layers)
-        if got != token_width:
+    if width is not None:
+        got = token_width(actual, feature_layers, project_tokens)
+        if got != width:
             raise ValueError(
-                f"This probe reads tokens of width {token_width} (layers {list(feature_layers)}), but the backbone "
+                f"This probe reads tokens of width {width} (layers {list(feature_layers)}), but the backbone "
                 f"given ({described(actual)}) gives tokens of width {got} there. Load the probe onto the backbone it "
                 "was trained on."
             )
@@ -160,15 +163,29 @@ class ProbingPreTrainedModel(PreTrainedModel):
             )
         if backbone is not None:
             prepare_loaded_backbone(backbone)
-            check_backbone_matches(config.backbone_config, backbone.config, config.feature_layers, config.token_width)
+            check_backbone_matches(
+                config.backbone_config,
+                backbone.config,
+                config.feature_layers,
+                config.token_width,
+                config.project_tokens,
+            )
         self.token_reader = TokenReader(
-            config.backbone_config, config.feature_layers, config.token_selection, config.apply_final_norm
+            config.backbone_config,
+            config.feature_layers,
+            config.token_selection,
+            config.apply_final_norm,
+            config.interpolate_offset,
+            config.project_tokens,
         )
         pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
         self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps, config.batch_norm)
         self.post_init()
         # Attached after `post_init` so that initialisation never touches pretrained backbone weights.
-        self.backbone = backbone if backbone is not None else build_backbone(config.backbone_config)
+        self.backbone = (
+            backbone if backbone is not None else build_backbone(config.backbone_config, config.project_tokens)
+        )
+        self.token_reader.projection(self.backbone)  # a backbone loaded without its projection fails here
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -303,7 +320,10 @@ class ProbingPreTrainedModel(PreTrainedModel):
         """
         if isinstance(backbone, (str, os.PathLike)):
             name = str(backbone)
-            backbone = load_backbone(name, revision=revision, **(hub_kwargs or {}))
+            overrides, project = config_kwargs.get("backbone_overrides"), config_kwargs.get("project_tokens", False)
+            backbone = load_backbone(
+                name, revision=revision, overrides=overrides, project_tokens=project, **(hub_kwargs or {})
+            )
         else:
             name = getattr(backbone, "name_or_path", None) or None
             prepare_loaded_backbone(backbone)
@@ -367,7 +387,13 @@ class ProbingPreTrainedModel(PreTrainedModel):
                     "(backbone_name_or_path). Pass the backbone: from_pretrained(..., backbone=model)."
                 )
             backbone_kwargs = {key: kwargs[key] for key in _BACKBONE_HUB_KWARGS if key in kwargs}
-            backbone = load_backbone(config.backbone_name_or_path, revision=config.backbone_revision, **backbone_kwargs)
+            backbone = load_backbone(
+                config.backbone_name_or_path,
+                revision=config.backbone_revision,
+                overrides=config.backbone_overrides,
+                project_tokens=config.project_tokens,
+                **backbone_kwargs,
+            )
         if kind is CheckpointKind.PROBE_WITH_ADAPTER:
             adapter_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
             backbone = load_backbone_adapter(
@@ -464,7 +490,11 @@ class AutoModelForEfficientProbing:
         """A new probe of kind ``probe`` (a registered pooling name) on a pretrained backbone."""
         probe_config = probe_config_class(probe)  # an unknown kind fails before a backbone is loaded
         if isinstance(backbone, (str, os.PathLike)):
-            backbone = load_backbone(str(backbone), revision=kwargs.get("revision"), **kwargs.pop("hub_kwargs", {}))
+            name, hub_kwargs = str(backbone), kwargs.pop("hub_kwargs", None) or {}
+            overrides, project = kwargs.get("backbone_overrides"), kwargs.get("project_tokens", False)
+            backbone = load_backbone(
+                name, revision=kwargs.get("revision"), overrides=overrides, project_tokens=project, **hub_kwargs
+            )
         if probe_config.model_type == ATTENTIVE_CONFIG_TYPE:
             kwargs["pooler_type"] = probe
         model_class = _probe_class(probe_config.model_type, vision_config(backbone.config).model_type)

@@ -43,7 +43,7 @@ LEADING_TOKENS = {
 # without, where there is none) must then give exactly these tokens.
 LAST_STATE_NORMED = {
     **dict.fromkeys(["vit", "vit_mae", "vit_msn", "deit", "beit", "data2vec-vision", "ijepa", "dinov2"], True),
-    **dict.fromkeys(["dinov2_with_registers", "dinov3_vit", "siglip_vision_model"], True),
+    **dict.fromkeys(["dinov2_with_registers", "dinov3_vit", "siglip_vision_model", "aimv2_vision_model"], True),
     **dict.fromkeys(["siglip2_vision_model", "swin", "swinv2", "focalnet", "timm_wrapper"], True),
     **dict.fromkeys(["vjepa2", "vivit", "timesformer"], True),  # VideoMAE with use_mean_pooling has no final norm
 }

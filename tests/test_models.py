@@ -251,7 +251,7 @@ def test_loading_reports_no_missing_or_unexpected_keys(save_backbone, saved_back
     assert "missing" not in transformers_logs.text.lower() and "unexpected" not in transformers_logs.text.lower()
 
 
-@pytest.mark.parametrize("model_type", ["aimv2_vision_model"])
+@pytest.mark.parametrize("model_type", ["mlcd_vision_model"])
 def test_families_outside_the_table_use_the_generic_row(model_type, images):
     from conftest import TINY
     from transformers import AutoModel
@@ -266,6 +266,10 @@ def test_families_outside_the_table_use_the_generic_row(model_type, images):
 
 def test_larger_images_interpolate_position_embeddings(family):
     model = hep.AutoModelForEfficientProbing.from_backbone(tiny_backbone(family), num_labels=3, num_queries=4).eval()
+    if FAMILIES[family].fixed_image_size(model.token_reader.config):  # AIMv2's learned table: refused, clearly
+        with pytest.raises(ValueError, match="position embeddings for 32x32 images only"):
+            model(pixel_values=torch.randn(2, 3, 48, 40))
+        return
     output = model(pixel_values=torch.randn(2, 3, 48, 40), output_attentions=True)
     assert output.probe_attentions.shape == (2, 4, 6 * 5)
     assert torch.isfinite(output.logits).all()

@@ -12,17 +12,17 @@ import hf_efficient_probing as hep
 from hf_efficient_probing import modeling_families
 from hf_efficient_probing.modeling_probing import NAMED_PROBE_CLASSES
 
-THROWAWAY_FAMILY = "aimv2_vision_model"  # a transformers family outside the backbone table
+THROWAWAY_FAMILY = "mlcd_vision_model"  # a transformers family outside the backbone table
 
 
 @pytest.fixture
 def throwaway_head():
     assert ("efficient_probing", THROWAWAY_FAMILY) not in NAMED_PROBE_CLASSES
 
-    class AIMv2VisionForEfficientProbing(hep.VisionModelForEfficientProbing, family=THROWAWAY_FAMILY):
-        """Efficient Probing over AIMv2 vision backbones."""
+    class MLCDVisionForEfficientProbing(hep.VisionModelForEfficientProbing, family=THROWAWAY_FAMILY):
+        """Efficient Probing over MLCD vision backbones."""
 
-    yield AIMv2VisionForEfficientProbing
+    yield MLCDVisionForEfficientProbing
     del NAMED_PROBE_CLASSES[("efficient_probing", THROWAWAY_FAMILY)]
 
 
@@ -37,12 +37,12 @@ def test_a_new_family_is_one_class(throwaway_head, tmp_path):
     assert type(loaded) is throwaway_head
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(pixel_values=images).logits, model(pixel_values=images).logits)
-    with pytest.raises(ValueError, match="probes 'aimv2_vision_model' backbones"):
+    with pytest.raises(ValueError, match="probes 'mlcd_vision_model' backbones"):
         throwaway_head.from_backbone(backbone=AutoModel.from_config(AutoConfig.for_model("vit", **TINY)), num_labels=3)
 
 
 def test_a_family_has_one_head_per_probe_kind(throwaway_head):
-    with pytest.raises(ValueError, match="already the 'efficient_probing' head of 'aimv2_vision_model'"):
+    with pytest.raises(ValueError, match="already the 'efficient_probing' head of 'mlcd_vision_model'"):
 
         class Again(hep.VisionModelForEfficientProbing, family=THROWAWAY_FAMILY):
             """A second EP head for the same family."""

@@ -47,7 +47,7 @@ def _listing(model) -> ProbeListing:
     probe = next((tag.removesuffix("-probe") for tag in model.tags or [] if tag.endswith("-probe")), None)
     top1 = dataset = None
     for result in (card.eval_results if card else None) or []:
-        if result.metric_name.startswith("Top-1 Accuracy") or (top1 is None and result.metric_type == "accuracy"):
+        if result.metric_name.split(" (")[0] == "Top-1 Accuracy" or (top1 is None and result.metric_type == "accuracy"):
             top1, dataset = result.metric_value, result.dataset_name or result.dataset_type
     if dataset is None and card and card.datasets:
         dataset = card.datasets[0]

@@ -5,8 +5,8 @@ The official head is ``nn.Sequential(pooling, BatchNorm1d(affine=False, eps=1e-6
 the BatchNorm and ``1.*`` the classifier. The released ``ep_head.pth`` files wrap the head's state dict as
 ``{"state_dict": ..., "meta": {...}}``. Files are read with ``torch.load(weights_only=True)`` only.
 
-``python -m hf_efficient_probing.official.conversion ep_head.pth --backbone facebook/vit-mae-base --output my-probe`` writes a
-probe directory ready for ``from_pretrained`` and ``push_to_hub``.
+``python -m hf_efficient_probing.official.conversion ep_head.pth --backbone timm/vit_base_patch16_224.mae --output
+my-probe`` writes a probe directory ready for ``from_pretrained`` and ``push_to_hub``.
 """
 
 from __future__ import annotations
@@ -216,9 +216,9 @@ def read_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
             "to do (it could run code). Export the head with the official tools/export_ep_heads.py (tensors and "
             f"plain metadata only) or save just its state dict. Details: {error}"
         ) from None
-    except OSError:
+    except (FileNotFoundError, PermissionError):
         raise
-    except Exception as error:  # the weights-only unpickler raises many kinds of errors on malformed bytes
+    except Exception as error:  # malformed bytes raise many kinds of errors (a truncated file: OSError from the zip)
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {error}") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict or an ep_head.pth dict.")
@@ -336,16 +336,17 @@ def build_official_probe(
     backbone,
     pooling: str | None = None,
     backbone_revision: str | None = None,
-    apply_final_norm: bool | None = None,
-    feature_layers: list[int] | tuple[int, ...] | None = None,
+    probe_settings: dict | None = None,
+    hub_kwargs: dict | None = None,
     **official_args,
 ):
     """A probe on a HF backbone (a Hub id, a path or a loaded model) holding an official head's weights.
 
     ``pooling`` (the official ``--cls_features``) and the official arguments default to the head's ``meta``; an
-    ``_all`` pooling reads the [CLS] token before the patches, as the official code does. ``apply_final_norm`` says
-    whether the tokens are read after the backbone's final norm (``None``: the family's default), ``feature_layers``
-    which layers they are read from (``None``: the last)."""
+    ``_all`` pooling reads the [CLS] token before the patches, as the official code does. ``probe_settings`` are
+    further fields of the probe config, which say which tokens the official loader handed the head
+    (``token_selection``, ``feature_layers``, ``apply_final_norm``, ``interpolate_offset``) and pin the backbone
+    (``backbone_overrides``); ``hub_kwargs`` are for loading the backbone (``token``, ``cache_dir``, ...)."""
     pooling = pooling or meta.get("cls_features")
     head = load_official_head({"state_dict": state_dict, "meta": meta}, pooling=pooling, **official_args)
     spec = OFFICIAL_POOLINGS[(pooling or "").removesuffix("_all")]
@@ -356,14 +357,12 @@ def build_official_probe(
         probe_kwargs = {"pooler_kwargs": probe_kwargs}
     if pooling and pooling.endswith("_all"):
         probe_kwargs["token_selection"] = "all"
-    if apply_final_norm is not None:
-        probe_kwargs["apply_final_norm"] = apply_final_norm
-    if feature_layers is not None:
-        probe_kwargs["feature_layers"] = list(feature_layers)
+    probe_kwargs.update(probe_settings or {})
     model = AutoModelForEfficientProbing.from_backbone(
         backbone,
         probe=spec.pooling,
         revision=backbone_revision,
+        hub_kwargs=hub_kwargs,
         num_labels=head.classifier.out_features,
         **probe_kwargs,
     )
