@@ -22,7 +22,7 @@ from hf_efficient_probing.training.arguments import DataArguments, ProbeArgument
 from hf_efficient_probing.training.grid import GridMember
 from hf_efficient_probing.training.job import check_arguments, grid_rungs
 from hf_efficient_probing.training.recipes import warmup_cosine_schedule
-from hf_efficient_probing.training.rungs import Rungs, edge_report, edge_reserves
+from hf_efficient_probing.training.rungs import Rungs, edge_report, edge_reserves, out_of_contention
 
 EPOCHS = 6  # 5 steps each (40 images, batch 8): the default rungs fall after epochs 1 and 2
 EP = [GridMember("ep", 2, rate, (("num_queries", 4),)) for rate in (1e-9, 1e-3, 1e-2, 1e-1)]
@@ -254,3 +254,49 @@ def test_rungs_fall_after_whole_epochs_and_bad_settings_say_what_to_pass():
     assert grid_rungs(ProbeArguments(prune=False, extend_grid_edge=False)) is None
     with pytest.raises(ValueError, match="--prune_keep is read only by the default protocol"):
         check_arguments(DataArguments(), ProbeArguments(protocol="paper", prune_keep=3))
+
+
+# The README's digits run without rungs (`--probe ep linear`, 1,171 train / 129 held out, 28 epochs): each EP
+# member's correct held-out images after each of the first 9 epochs, and its best over the 28. The grid's largest
+# rate at layer 3 is noisy early (36 correct after epoch 4, 37 after epoch 8) and wins in the end, by one image.
+DIGITS_EP = {
+    (3, 1.5e-05): ([13, 12, 12, 15, 14, 14, 17, 20, 20], 34),
+    (3, 5e-05): ([14, 13, 18, 25, 28, 35, 47, 52, 53], 67),
+    (3, 0.00015): ([16, 17, 27, 45, 57, 69, 73, 75, 82], 92),
+    (3, 0.0005): ([20, 24, 52, 72, 86, 89, 92, 97, 95], 106),
+    (3, 0.0015): ([23, 42, 91, 92, 91, 96, 99, 100, 83], 117),
+    (3, 0.005): ([27, 68, 79, 105, 92, 84, 99, 91, 87], 119),
+    (3, 0.015): ([49, 70, 88, 106, 82, 88, 94, 30, 86], 119),
+    (3, 0.05): ([66, 79, 80, 36, 101, 78, 93, 37, 69], 123),
+    (4, 1.5e-05): ([14, 12, 12, 17, 16, 16, 17, 17, 17], 26),
+    (4, 5e-05): ([15, 13, 20, 22, 24, 33, 39, 45, 47], 67),
+    (4, 0.00015): ([15, 19, 33, 38, 49, 64, 74, 76, 83], 93),
+    (4, 0.0005): ([19, 30, 53, 75, 80, 85, 89, 96, 93], 107),
+    (4, 0.0015): ([22, 48, 77, 92, 92, 94, 97, 104, 89], 117),
+    (4, 0.005): ([28, 63, 91, 101, 64, 88, 95, 99, 94], 118),
+    (4, 0.015): ([52, 71, 84, 95, 92, 93, 101, 43, 81], 121),
+    (4, 0.05): ([67, 74, 100, 70, 74, 91, 116, 59, 104], 122),
+}
+
+
+def test_a_member_that_starts_slow_and_noisy_and_wins_is_kept_by_the_rungs():
+    """The default rungs of a 28-epoch run (after epochs 3 and 9) on the digits curves: the winner, 15 points behind
+    its kind's best after epoch 3 and 12 after epoch 9, trains on; the slow members stop, and the choice over every
+    member's best is the run's own."""
+    members = [GridMember("ep", layer, rate) for layer, rate in DIGITS_EP]
+    correct = [curve for curve, _ in DIGITS_EP.values()]
+    rungs, held_out = Rungs(), 129
+    assert rungs.epochs(28) == [3, 9]
+    stopped: dict[int, int] = {}
+    for epoch in rungs.epochs(28):
+        best = [max(curve[: stopped.get(i, epoch)]) / held_out for i, curve in enumerate(correct)]
+        training = [i not in stopped for i in range(len(members))]
+        for index in out_of_contention(members, best, training, [True] * len(members), rungs, held_out):
+            stopped[index] = epoch
+    winner = members.index(GridMember("ep", 3, 0.05))
+    assert winner not in stopped
+    assert {members.index(GridMember("ep", layer, 1.5e-05)) for layer in (3, 4)} <= set(stopped)
+    final = [max(curve[: stopped[i]]) if i in stopped else total for i, (curve, total) in enumerate(DIGITS_EP.values())]
+    assert max(range(len(members)), key=final.__getitem__) == winner
+    spent = sum(stopped.get(i, 28) for i in range(len(members)))
+    assert spent < 0.5 * 28 * len(members)  # more than half the member-epochs saved
