@@ -28,7 +28,7 @@ EPOCHS = 6  # 5 steps each (40 images, batch 8): the default rungs fall after ep
 EP = [GridMember("ep", 2, rate, (("num_queries", 4),)) for rate in (1e-9, 1e-3, 1e-2, 1e-1)]
 LINEAR = [GridMember("linear", 2, rate) for rate in (1e-9, 1e-2, 1e-1)]
 REVISED = EP + LINEAR + edge_reserves(EP + LINEAR)  # the members at 1e-9 learn nothing: a rung stops them
-RUNGS = Rungs(keep=1)
+RUNGS = Rungs(keep=1, extend_edge=True)
 
 
 def easy_splits(grid):

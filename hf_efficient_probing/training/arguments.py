@@ -169,8 +169,8 @@ class ProbeArguments:
         default=None,
         metadata={
             "help": "Default protocol: when a rung finds a kind's best member at the largest (smallest) learning "
-            "rate of the grid, train the next rate beyond it for the epochs left. Default: on. A bare "
-            "--extend_grid_edge means true.",
+            "rate of the grid, train the next rate beyond it for the epochs left. Default: off (the run reports "
+            "a chosen rate at the edge). A bare --extend_grid_edge means true.",
             "nargs": "?",
             "const": True,
         },
