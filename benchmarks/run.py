@@ -12,7 +12,8 @@ there are. With F the backbone's cost per image and P a probe's training cost pe
 - multiprobe: K probes in separate live runs cost K (F + P); in one grid (one pass) F + K P: up to K x.
 - lr_grid:    the default protocol's K=8 learning-rate grid from the cache in one Trainer run vs. 8 separate runs
               (each pays the Trainer's start, data loading and evaluations: up to K x) and vs. one single-probe run
-              (the grid adds K - 1 probes' P to the shared costs: the target is at most 2x).
+              (the grid adds K - 1 probes' P to the shared costs: the target is at most 2x); and the same grid with
+              the default rungs, which stop the members out of contention (fewer member-epochs of P).
 - ep_order:   the naive order projects N tokens (N D^2 / D_o per image), EP's order M aggregates (M D^2 / (M D_o)):
               what remains is the attention, 2 M N D, so the gain is about (N D / D_o) / (2 M N) at these sizes.
 - memory:     training from the cache keeps only a batch in anonymous memory; the shards are memory-mapped, so
@@ -21,7 +22,8 @@ there are. With F the backbone's cost per image and P a probe's training cost pe
 On a CPU shared with other jobs, small matrix products lose time to thread hand-offs, so the cached side of
 ``cache`` trains on one thread (it extracts on all of them) and ``ep_order`` runs both orders on one thread; the
 backbone always gets every thread. ``extraction`` (benchmarks/extraction.py) measures the extraction's own speed.
-The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=... lr_grid=<w>x``.
+The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=... lr_grid=<w>x
+lr_grid_rungs=<v>x``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from hf_efficient_probing.training.engine import GridSplits, RunOptions, train_g
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel  # noqa: E402
 from hf_efficient_probing.training.prepared import probing_collator  # noqa: E402
 from hf_efficient_probing.training.recipes import grid_arguments, optimizer_for_groups  # noqa: E402
+from hf_efficient_probing.training.rungs import Rungs, edge_reserves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,7 +75,8 @@ class Sizes:
     ep_queries: int
     memory_rows: tuple[int, int]
     grid_images: int = 128
-    grid_epochs: int = 5
+    grid_selection_images: int = 64  # held out: enough that the rungs can tell members apart
+    grid_epochs: int = 10  # the default protocol's fewest; the default rungs fall after epochs 1 and 3
     grid_probes: int = 8  # members of the multiprobe and lr_grid benchmarks (fewer in the quick smoke check)
     batch_size: int = 16
     num_labels: int = 10
@@ -106,19 +110,22 @@ QUICK = Sizes(
     ep_queries=8,
     memory_rows=(16, 64),
     grid_images=32,
-    grid_epochs=2,
+    grid_selection_images=16,
+    grid_epochs=3,
     grid_probes=3,
     batch_size=8,
 )
 
 
 class Images(torch.utils.data.Dataset):
-    """Random images and labels: what the backbone sees does not change its cost."""
+    """Random images and labels: what the backbone sees does not change its cost. With ``signal``, each class
+    brightens its images by that much per label, so that probes learn and differ (the grid's rungs then have
+    something to decide on)."""
 
-    def __init__(self, count: int, size: int, num_labels: int, seed: int = 0):
+    def __init__(self, count: int, size: int, num_labels: int, seed: int = 0, signal: float = 0.0):
         generator = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(count, 3, size, size, generator=generator)
         self.labels = torch.randint(num_labels, (count,), generator=generator)
+        self.images = torch.randn(count, 3, size, size, generator=generator) + signal * self.labels[:, None, None, None]
 
     def __len__(self):
         return len(self.images)
@@ -238,9 +245,12 @@ def random_split(fingerprint: str, split: str, num_labels: int) -> CachedSplit:
     return CachedSplit(fingerprint, split, "random tensors", "pixel_values", "labels", names)
 
 
-def grid_fit(backbone, members, splits: GridSplits, sizes: Sizes, epochs: int, output_dir: str, every_member=False):
+def grid_fit(
+    backbone, members, splits: GridSplits, sizes: Sizes, epochs: int, output_dir: str, every_member=False, rungs=None
+):
     """One `train_grid` run (the default protocol's training) of ``members``; its result. ``every_member``: every
-    member is also evaluated once on the evaluation split (and saved), not just each kind's chosen one."""
+    member is also evaluated once on the evaluation split (and saved), not just each kind's chosen one. ``rungs``:
+    the grid's rungs (`training.rungs.Rungs`), none by default."""
     grid = ProbingGridModel.from_backbone(backbone, members, num_labels=sizes.num_labels)
     args = ProbingTrainingArguments(
         output_dir=output_dir,
@@ -253,7 +263,7 @@ def grid_fit(backbone, members, splits: GridSplits, sizes: Sizes, epochs: int, o
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    options = RunOptions(resume_from_checkpoint=False, evaluate_every_member=every_member)
+    options = RunOptions(resume_from_checkpoint=False, evaluate_every_member=every_member, rungs=rungs)
     return train_grid(grid, grid_arguments(args, len(splits.train)), splits, options)
 
 
@@ -289,47 +299,44 @@ def bench_multiprobe(backbone, sizes: Sizes, workdir: Path) -> dict:
     }
 
 
+GRID_SIGNAL = 0.1  # brightness per label: the members' accuracies part ways over the run, as on real data
+
+
 def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
     """The default protocol's cost: a K=8 learning-rate grid of EP in one Trainer run from the token cache vs. the
     same probes in separate runs from the same cache, and vs. one single-probe run (extraction excluded: it is
-    shared by all of them). Runs interleaved: grid, single, separate, grid, single."""
+    shared by all of them); and the same grid with the default protocol's rungs (members out of contention stop,
+    a reserve beyond the grid's edge may start). Runs interleaved: grid, single, rungs, separate, grid, single,
+    rungs."""
     rates = [10 ** (-4 + 0.5 * i) for i in range(sizes.grid_probes)]
     members = [
         GridMember("ep", backbone.config.num_hidden_layers, rate, (("num_queries", sizes.ep_queries),))
         for rate in rates
     ]
-    reader = hep.AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=sizes.num_labels)
-    sets = []
-    for split, count, seed in (
-        ("train", sizes.grid_images, 3),
-        ("selection", sizes.eval_images, 4),
-        ("evaluation", sizes.eval_images, 5),
-    ):
-        cache = cache_tokens_for_model(
-            reader,
-            Images(count, sizes.image_size, sizes.num_labels, seed=seed),
-            random_split(f"grid-{split}-{count}", split, sizes.num_labels),
-            ExtractionOptions(workdir / "grid-cache", batch_size=sizes.batch_size, progress=False),
-        )
-        sets.append(cache.dataset())
+    sets = grid_splits(backbone, sizes, workdir)
 
-    def fit(chosen, name):
-        return grid_fit(backbone, chosen, GridSplits(*sets), sizes, sizes.grid_epochs, str(workdir / name))
+    def fit(chosen, name, rungs=None):
+        return grid_fit(backbone, chosen, GridSplits(*sets), sizes, sizes.grid_epochs, str(workdir / name), rungs=rungs)
 
     def compute(chosen):
         grid = ProbingGridModel.from_backbone(backbone, chosen, num_labels=sizes.num_labels)
         return probe_compute(grid, sets[0], sizes.grid_epochs, sizes.batch_size)
 
+    with_reserves = members + edge_reserves(members)
     with one_thread():
         grid_s, _ = timed(lambda: fit(members, "grid"))
         single_s, _ = timed(lambda: fit(members[:1], "single"))
+        rungs_s, revised = timed(lambda: fit(with_reserves, "rungs", Rungs()))
         separate_s, _ = timed(lambda: [fit([member], f"alone-{i}") for i, member in enumerate(members)])
         grid_s = (grid_s + timed(lambda: fit(members, "grid"))[0]) / 2
         single_s = (single_s + timed(lambda: fit(members[:1], "single"))[0]) / 2
+        rungs_s = (rungs_s + timed(lambda: fit(with_reserves, "rungs", Rungs()))[0]) / 2
         grid_compute_s, single_compute_s = compute(members), compute(members[:1])
+    summary = revised.summary
     return {
         "probes": len(members),
         "images": sizes.grid_images,
+        "selection_images": sizes.grid_selection_images,
         "epochs": sizes.grid_epochs,
         "grid_s": grid_s,
         "separate_s": separate_s,
@@ -338,7 +345,33 @@ def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
         "grid_vs_single": grid_s / single_s,
         "grid_compute_s": grid_compute_s,
         "single_compute_s": single_compute_s,
+        "rungs_s": rungs_s,
+        "rungs_ratio": separate_s / rungs_s,
+        "rungs_vs_single": rungs_s / single_s,
+        "member_epochs": summary["member_epochs"],
+        "member_epochs_without_rungs": summary["member_epochs_without_rungs"],
+        "stopped": {m["name"]: m["stopped_epoch"] for m in summary["members"] if m["stopped_epoch"] is not None},
+        "added": {m["name"]: m["started_epoch"] for m in summary["members"] if m["started_epoch"]},
     }
+
+
+def grid_splits(backbone, sizes: Sizes, workdir: Path) -> list:
+    """The lr_grid benchmark's train, selection and evaluation splits, cached once for every run."""
+    reader = hep.AutoModelForEfficientProbing.from_backbone(backbone, probe="ep", num_labels=sizes.num_labels)
+    sets = []
+    for split, count, seed in (
+        ("train", sizes.grid_images, 3),
+        ("selection", sizes.grid_selection_images, 4),
+        ("evaluation", sizes.eval_images, 5),
+    ):
+        cache = cache_tokens_for_model(
+            reader,
+            Images(count, sizes.image_size, sizes.num_labels, seed=seed, signal=GRID_SIGNAL),
+            random_split(f"grid-{split}-{count}-signal{GRID_SIGNAL}", split, sizes.num_labels),
+            ExtractionOptions(workdir / "grid-cache", batch_size=sizes.batch_size, progress=False),
+        )
+        sets.append(cache.dataset())
+    return sets
 
 
 def probe_compute(grid: ProbingGridModel, train, epochs: int, batch_size: int) -> float:
@@ -453,6 +486,11 @@ def markdown(results: dict, sizes: Sizes, machine: str) -> str:
         f"| {g['grid_vs_single']:.2f}x the time |",
         f"| of which the training steps' own arithmetic (forward, backward, AdamW; no Trainer) | "
         f"{g['single_compute_s']:.1f} s | {g['grid_compute_s']:.1f} s | {g['grid_compute_s'] / g['single_compute_s']:.1f}x |",
+        f"| the same grid with the default rungs ({g['member_epochs']:g} of {g['member_epochs_without_rungs']:g} "
+        f"member-epochs) vs. {g['probes']} separate runs | {g['separate_s']:.1f} s | {g['rungs_s']:.1f} s "
+        f"| {g['rungs_ratio']:.1f}x |",
+        f"| the grid with rungs vs. one single-probe run | {g['single_s']:.1f} s | {g['rungs_s']:.1f} s "
+        f"| {g['rungs_vs_single']:.2f}x the time |",
         f"| EP forward+backward, B={e['batch']}, N={e['N']}, M={e['M']}, D={e['D']}: naive order vs. aggregate-first (1 thread) "
         f"| {e['naive_ms']:.1f} ms | {e['aggregate_first_ms']:.1f} ms | {e['ratio']:.1f}x |",
         f"| peak memory, 1 epoch from the cache, {mem['rows'][0]} vs. {mem['rows'][1]} rows "
@@ -504,7 +542,7 @@ def main(argv=None) -> dict:
     print(
         f"ratios: cache={results['cache']['ratio']:.1f}x multiprobe={results['multiprobe']['ratio']:.1f}x "
         f"ep_order={results['ep_order']['ratio']:.1f}x {ratios_line(results['extraction'])} "
-        f"lr_grid={results['lr_grid']['ratio']:.1f}x"
+        f"lr_grid={results['lr_grid']['ratio']:.1f}x lr_grid_rungs={results['lr_grid']['rungs_ratio']:.1f}x"
     )
     return results
 

@@ -26,7 +26,7 @@ def test_quick_benchmarks_run_and_print_the_ratios_line():
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
         r"ratios: cache=[\d.]+x multiprobe=[\d.]+x ep_order=[\d.]+x "
-        r"extraction_vs_forward=[\d.]+x bf16_vs_fp32=(?:[\d.]+x|n/a) two_processes=[\d.]+x lr_grid=[\d.]+x",
+        r"extraction_vs_forward=[\d.]+x bf16_vs_fp32=(?:[\d.]+x|n/a) two_processes=[\d.]+x lr_grid=[\d.]+x lr_grid_rungs=[\d.]+x",
         last,
     ), last
     assert "| peak memory" in result.stdout and "| extraction, 2 processes" in result.stdout

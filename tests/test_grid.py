@@ -49,12 +49,12 @@ LR_GRID = [GridMember("ep", 2, rate, (("num_queries", 4),)) for rate in (3e-3, 1
 
 class Tokens(torch.utils.data.Dataset):
     """Tokens of a tiny ViT (the grid's layout: layers 1 and 2, [CLS] first) for images whose class shifts their
-    brightness, so that the probes learn something within a few epochs."""
+    brightness (by ``shift`` per class), so that the probes learn something within a few epochs."""
 
-    def __init__(self, grid: ProbingGridModel, count: int, seed: int, labels: torch.Tensor | None = None):
+    def __init__(self, grid: ProbingGridModel, count: int, seed: int, labels=None, shift: float = 0.7):
         generator = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(NUM_LABELS, (count,), generator=generator) if labels is None else labels
-        images = torch.randn(count, 3, 32, 32, generator=generator) + 0.7 * self.labels[:, None, None, None]
+        images = torch.randn(count, 3, 32, 32, generator=generator) + shift * self.labels[:, None, None, None]
         with torch.no_grad():
             self.tokens = grid.reader(grid.backbone, images).tokens
 

@@ -82,7 +82,8 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
     """Card details from a training run's ``run_summary.json`` (accuracies there are fractions, here percent).
 
     A default-protocol run records its grid, with the probe it kept per kind under ``chosen``: a run that kept one
-    probe (one kind) is described by that probe's figures and learning rate."""
+    probe (one kind) is described by that probe's figures and learning rate, and the card says when that learning
+    rate was at the edge of the grid (a larger or smaller one might do better)."""
     chosen = summary.get("chosen") or {}
     if len(chosen) == 1:
         (probe,) = chosen.values()
@@ -110,6 +111,8 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         "training": {name: value for name, value in recipe.items() if value is not None},
         **_selection_caveat(summary),
     }
+    if summary.get("grid_edge"):
+        fields["notes"] = [*fields.get("notes", []), summary["grid_edge"]["note"]]
     return ProbeCardInfo(**{**fields, **overrides})
 
 

@@ -5,9 +5,9 @@ The rooms, in the order a run passes through them: ``arguments`` (the command li
 resolved once: backbone, data, recipe, layers, grid, protocol), ``data`` and ``prepared`` (loading and checking a
 data set; a job's ``PreparedData``), ``transforms`` (live augmentation, the evaluation preprocessing), ``recipes``
 (the protocols' values for unset fields, LARS/AdamW, the schedule), ``protocols`` (the default one, the paper's,
-k-NN), ``grid`` (many probes as one model), ``engine`` (the training loops through the one ``trainer``, with
-``resume`` and ``selection``), ``reporting`` (summaries, tables, plots, the printed log) and ``sweep`` (the
-``hf-probe sweep`` job). The offline default job lives in ``hf_efficient_probing.demo``.
+k-NN), ``grid`` (many probes as one model), ``rungs`` (where a grid stops members out of contention and extends its
+edge), ``engine`` (the training loops through the one ``trainer``, with ``resume`` and ``selection``),
+``reporting`` (summaries, tables, plots, the printed log) and ``sweep`` (the ``hf-probe sweep`` job). The offline default job lives in ``hf_efficient_probing.demo``.
 """
 
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments, SweepArguments

@@ -134,6 +134,47 @@ class ProbeArguments:
             "values from 3e-5 to 1e-1)."
         },
     )
+    prune: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: at each of --prune_rungs, stop the grid members out of contention on the "
+            "held-out split (they keep their best epoch; the choice is made over every member as before). "
+            "Default: on. A bare --prune means true.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    prune_rungs: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: the rungs, as fractions of the run's epochs (each after a whole epoch), where "
+            "members out of contention stop and a kind's best member at the grid's edge gets the next rate "
+            "(default: 1/9 and 1/3)."
+        },
+    )
+    prune_keep: int | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: members every probe kind and layer keeps at a rung, at least (default 2)."
+        },
+    )
+    prune_margin: float | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: a member within this much held-out accuracy of its kind's best (0.05 = 5 "
+            "points, the default), plus two standard errors of the held-out split, is kept at a rung."
+        },
+    )
+    extend_grid_edge: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: when a rung finds a kind's best member at the largest (smallest) learning "
+            "rate of the grid, train the next rate beyond it for the epochs left. Default: off (the run reports "
+            "a chosen rate at the edge). A bare --extend_grid_edge means true.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
     num_queries: int | None = field(default=None, metadata={"help": "EP: number of queries M (default 32)."})
     d_out: int | None = field(default=None, metadata={"help": "EP: output reduction D_o (default 1)."})
     linear_features: str | None = field(default=None, metadata={"help": "Linear probe: cls, gap or cls+gap."})

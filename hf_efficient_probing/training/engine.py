@@ -11,6 +11,7 @@ probe the run's evaluation preprocessing, so the probe classifies as the run mea
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -27,8 +28,11 @@ from .lora import freeze_lora, has_lora
 from .recipes import check_resolved, effective_batch_size, peak_learning_rate, recipe_identity
 from .reporting import TOP_K, condense_printed_logs, write_grid_summary, write_results, write_summary
 from .resume import remove_checkpoints, resume_point
+from .rungs import GridRungs, Rungs, edge_report
 from .selection import SELECTION_PREFIX, GridSelection, best_epoch, chosen_members
 from .trainer import ProbingTrainer, build_trainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,8 @@ class RunOptions:
             checkpoint and compared before resuming; by default what the engine itself sees.
         evaluate_every_member: a grid also evaluates every member once at its own best epoch and saves it in
             ``output_dir/members/<name>`` (a sweep that reports every probe).
+        rungs: where a grid stops its members out of contention and extends its edge (`training.rungs.Rungs`; the
+            grid holds its reserve members already); ``None`` trains every member to the end.
     """
 
     image_processor: Any = None
@@ -53,6 +59,7 @@ class RunOptions:
     run_info: dict = field(default_factory=dict)
     run_identity: dict | None = None
     evaluate_every_member: bool = False
+    rungs: Rungs | None = None
 
 
 @dataclass
@@ -129,14 +136,19 @@ def train_grid(
     options, start = options or RunOptions(), time.time()
     check_resolved(args)
     check_grid_fits(grid, args.per_device_train_batch_size, _num_tokens(grid, splits.train), args.device)
-    identity = options.run_identity or {"members": grid.metric_names(), "recipe": recipe_identity(args)}
+    rungs = options.rungs if options.rungs is not None and options.rungs.active else None
+    rung_record = rungs.record(args.num_train_epochs) if rungs else None
+    identity = options.run_identity or {
+        "members": grid.metric_names(),
+        "recipe": recipe_identity(args),
+        "rungs": rung_record,
+    }
+    callbacks = [GridSelection()]  # first: a rung reads the snapshots of its epoch
+    if rungs:
+        steps = [epoch * args.eval_steps for epoch in rungs.epochs(args.num_train_epochs)]
+        callbacks.append(GridRungs(rungs, steps, len(splits.selection)))
     trainer = build_trainer(
-        grid,
-        args,
-        (splits.train, splits.selection),
-        grid.metric_names(),
-        [GridSelection(), *options.callbacks],
-        identity,
+        grid, args, (splits.train, splits.selection), grid.training_names, [*callbacks, *options.callbacks], identity
     )
     condense_printed_logs(trainer, [(member.name, member.kind) for member in grid.members])
     train_output = fit(trainer, options)
@@ -144,8 +156,10 @@ def train_grid(
     metrics = {kind: _chosen_metrics(grid, trainer, index, splits, train_output) for kind, index in chosen.items()}
     paths = {kind: args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind) for kind in chosen}
     member_metrics = _every_member(grid, trainer, splits.evaluation, options) if options.evaluate_every_member else {}
+    edges = {kind: _edge(grid, index, rungs) for kind, index in chosen.items()}
+    run_info = {**options.run_info, "rungs": rung_record, "runtime_s": round(time.time() - start, 2)}
     summary = grid_summary(
-        grid, trainer, chosen, metrics, {**options.run_info, "runtime_s": round(time.time() - start, 2)}
+        grid, trainer, chosen, {k: {**m, "grid_edge": edges[k]} for k, m in metrics.items()}, run_info
     )
     for member in summary["members"]:
         member.update(member_metrics.get(member["name"], {}))
@@ -162,6 +176,15 @@ def train_grid(
             remove_checkpoints(args.output_dir)
     trainer.accelerator.wait_for_everyone()
     return GridResult(metrics=metrics, paths=paths, summary=summary, trainer=trainer, member_metrics=member_metrics)
+
+
+def _edge(grid: ProbingGridModel, index: int, rungs: Rungs | None) -> dict | None:
+    """The chosen member's place at the edge of the grid, said in the log too (`rungs.edge_report`)."""
+    trained = [not waiting for waiting in grid.waiting_mask()]
+    report = edge_report(grid.members, index, trained, grid.waiting_mask(), bool(rungs and rungs.extend_edge))
+    if report:
+        logger.warning(report["note"])
+    return report
 
 
 def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
@@ -196,6 +219,8 @@ def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dic
     """Every member at its own best epoch, evaluated once and saved in ``output_dir/members/<name>``."""
     results = {}
     for index, member in enumerate(grid.members):
+        if grid.waiting_mask()[index]:
+            continue  # a reserve no rung started: never trained
         model = grid.best_member(index)
         results[member.name] = {
             **evaluate_once(model, trainer.args, grid.member_dataset(index, evaluation_dataset)),
@@ -209,23 +234,15 @@ def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dic
 
 
 def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info: dict) -> dict:
-    """A JSON-able record of a grid run: every member's selection result, the chosen ones, the recipe."""
+    """A JSON-able record of a grid run: every member that trained (its selection result, and the epochs it trained
+    between, when rungs started or stopped it), the chosen ones, the recipe, the member-epochs trained."""
     history = trainer.state.log_history
-    members = []
-    for index, member in enumerate(grid.members):
-        key = f"{SELECTION_PREFIX}_{member.name}_accuracy"
-        curve = [{"epoch": e["epoch"], "selection_accuracy": e[key]} for e in history if key in e]
-        members.append(
-            {
-                "name": member.name,
-                "kind": member.kind,
-                "layer": member.layer,
-                "learning_rate": member.learning_rate,
-                "selection_accuracy": grid.best_accuracy[index].item(),
-                "best_epoch": grid.best_epoch[index].item(),
-                "per_epoch": curve,
-            }
-        )
+    epochs_per_step = trainer.args.num_train_epochs / max(trainer.state.max_steps, 1)
+    members = [
+        _member_record(grid, index, history, epochs_per_step, trainer.state.global_step)
+        for index in range(len(grid.members))
+        if not grid.waiting_mask()[index]
+    ]
     config = grid.member_config(next(iter(chosen.values())))
     chosen_records = {
         kind: {
@@ -235,6 +252,7 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         }
         for kind, index in chosen.items()
     }
+    from_start = sum(grid.from_start_mask())
     return {
         "protocol": "default",
         "selection": "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from "
@@ -244,8 +262,34 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         "members": members,
         "chosen": chosen_records,
         **_recipe_record(trainer),
+        "member_epochs": round(sum(member["epochs_trained"] for member in members), 3),
+        "member_epochs_without_rungs": from_start * trainer.args.num_train_epochs,
         "train_loss_per_epoch": [{"epoch": e["epoch"], "loss": e["loss"]} for e in history if "loss" in e],
         **run_info,
+    }
+
+
+def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epochs_per_step: float, last_step: int):
+    """One member of the summary: its best selection accuracy and epoch, its curve, the epochs it trained between
+    (``started_epoch`` 0 unless a rung added it beyond the grid's edge; ``stopped_epoch`` the rung that stopped it,
+    ``None`` when it trained to the end)."""
+    member = grid.members[index]
+    key = f"{SELECTION_PREFIX}_{member.name}_accuracy"
+    started, stopped = grid.started_step[index].item(), grid.stopped_step[index].item()
+    started_epoch = started * epochs_per_step
+    stopped_epoch = stopped * epochs_per_step if stopped >= 0 else None
+    end = stopped_epoch if stopped_epoch is not None else last_step * epochs_per_step
+    return {
+        "name": member.name,
+        "kind": member.kind,
+        "layer": member.layer,
+        "learning_rate": member.learning_rate,
+        "selection_accuracy": grid.best_accuracy[index].item(),
+        "best_epoch": grid.best_epoch[index].item(),
+        "started_epoch": round(started_epoch, 6),
+        "stopped_epoch": None if stopped_epoch is None else round(stopped_epoch, 6),
+        "epochs_trained": round(end - started_epoch, 6),
+        "per_epoch": [{"epoch": e["epoch"], "selection_accuracy": e[key]} for e in history if key in e],
     }
 
 

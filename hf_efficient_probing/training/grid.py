@@ -12,6 +12,11 @@ best epoch is snapshotted into the model's own state (``best_heads``, ``best_acc
 `training.selection.GridSelection`), so the snapshots are in every checkpoint and survive a resume. The evaluation
 split is read once, after training, by the chosen member of each probe kind at its chosen epoch
 (`training.engine.train_grid`).
+
+Members train between their ``started_step`` and ``stopped_step`` (buffers, in every checkpoint): a reserve member
+waits (-1) until a rung starts it, a member out of contention stops at a rung (`training.rungs`). Only the members
+training now take part in the forward pass, so a stopped or waiting one gets no gradient, hence no optimizer step
+(its weights, optimizer state and snapshot stay as they are), and is not scored.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from ..probes.counting import count_trainable_parameters
 @dataclass(frozen=True)
 class GridMember:
     """One probe of a grid: its kind, the hidden state it reads (non-negative index), its peak learning rate, and
-    config fields of its own (``(("num_queries", 4),)``; the kind's common fields are given to the grid)."""
+    config fields of its own (``(("num_queries", 4),)``; the kind's common fields are given to the grid).
+    ``reserve``: a rate beyond the edge of the grid, idle until a rung starts it (`training.rungs`)."""
 
     kind: str
     layer: int
     learning_rate: float
     settings: tuple[tuple[str, object], ...] = ()
+    reserve: bool = False
 
     @property
     def name(self) -> str:
@@ -85,6 +92,8 @@ class ProbingGridModel(nn.Module):
         self.best_heads = nn.ModuleList(copy.deepcopy(model.probe).requires_grad_(False) for model in models)
         self.register_buffer("best_accuracy", torch.full((len(models),), -1.0))
         self.register_buffer("best_epoch", torch.full((len(models),), -1.0))
+        self.register_buffer("started_step", torch.tensor([-1 if m.reserve else 0 for m in members], dtype=torch.long))
+        self.register_buffer("stopped_step", torch.full((len(models),), -1, dtype=torch.long))
         layers = sorted({layer for model in models for layer in model.token_reader.layers})
         reads_cls = any(model.config.reads_cls_token for model in models)
         self.token_selection = "all" if reads_cls else "patch"
@@ -144,7 +153,38 @@ class ProbingGridModel(nn.Module):
     def member_config(self, index: int):
         return self._models[index].config
 
+    def training_mask(self) -> list[bool]:
+        """Which members train now: started, and not stopped."""
+        return ((self.started_step >= 0) & (self.stopped_step < 0)).tolist()
+
+    def waiting_mask(self) -> list[bool]:
+        """Which members wait for a rung to start them (reserves beyond the grid's edge)."""
+        return (self.started_step < 0).tolist()
+
+    def from_start_mask(self) -> list[bool]:
+        """Which members have trained since the first step."""
+        return (self.started_step == 0).tolist()
+
+    def stop_members(self, indices: Sequence[int], step: int) -> None:
+        """Stop training members ``indices`` after optimizer step ``step``; their snapshots stay."""
+        self.stopped_step[list(indices)] = step
+
+    def start_members(self, indices: Sequence[int], step: int) -> None:
+        """Start the waiting members ``indices`` after optimizer step ``step``."""
+        self.started_step[list(indices)] = step
+
+    def first_step(self, index: int) -> int:
+        """The optimizer step member ``index`` started after (0: the run's start; -1: not yet): its schedule's
+        origin (`recipes.warmup_cosine_schedule`)."""
+        return int(self.started_step[index])
+
+    def training_names(self) -> list[str]:
+        """The members training now, in member order: the columns of ``forward``'s logits."""
+        return [member.name for member, alive in zip(self.members, self.training_mask(), strict=True) if alive]
+
     def forward(self, tokens=None, pixel_values=None, labels=None, **kwargs) -> dict[str, torch.Tensor]:
+        """The summed loss of the members training now and their ``logits`` ``[B, K_training, num_labels]`` (member
+        order); the others are not computed."""
         grid_size = None
         if tokens is None:
             if pixel_values is None:
@@ -154,7 +194,11 @@ class ProbingGridModel(nn.Module):
             tokens, grid_size = read.tokens, read.grid_size
         tokens = tokens.to(self.heads[0].classifier.weight.dtype)  # once, for every member's view
         logits, loss, views = [None] * len(self._models), None, {}
+        training = self.training_mask()
         for (layers, reads_cls, _), group in self.pooling_groups.items():
+            group = [index for index in group if training[index]]
+            if not group:
+                continue
             if (layers, reads_cls) not in views:
                 views[layers, reads_cls] = self.layout.view(tokens, self.views[group[0]][0], reads_cls).contiguous()
             view = views[layers, reads_cls]
@@ -167,7 +211,7 @@ class ProbingGridModel(nn.Module):
                 if labels is not None:
                     member_loss = model.loss_function(labels, logits[index], model.config)
                     loss = member_loss if loss is None else loss + member_loss
-        return {"loss": loss, "logits": torch.stack(logits, dim=1)}
+        return {"loss": loss, "logits": torch.stack([logit for logit in logits if logit is not None], dim=1)}
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -37,6 +37,7 @@ from .recipes import (
     resolve_recipe,
     scaled_grid,
 )
+from .rungs import Rungs, edge_reserves
 from .transforms import suited_crop_scale_min
 
 PAPER_CROP_SCALE_MIN = 0.08
@@ -44,7 +45,8 @@ _PAPER_ONLY = {
     "probe": ("layerwise", "lora_rank"),
     "training": ("learning_rate", "base_learning_rate", "early_stopping_patience"),
 }
-_DEFAULT_ONLY = {"probe": ("learning_rates",), "data": ("selection_fraction",)}
+_GRID_REVISION = ("prune", "prune_rungs", "prune_keep", "prune_margin", "extend_grid_edge")
+_DEFAULT_ONLY = {"probe": ("learning_rates", *_GRID_REVISION), "data": ("selection_fraction",)}
 _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
 
 
@@ -71,8 +73,10 @@ class ProbingJob:
         kinds: per probe kind, the config fields the arguments give it.
         layers: the layers read (non-negative): each one a grid member (default), or concatenated (paper).
         args: the training arguments with the protocol's recipe filled (and, for a grid, its evaluation cadence).
-        grid: the default protocol's grid of probes (kind x layer x learning rate), built on the backbone; ``None``
-            under the paper's.
+        grid: the default protocol's grid of probes (kind x layer x learning rate, with its reserve members beyond
+            the edges when the rungs extend it), built on the backbone; ``None`` under the paper's.
+        rungs: where the default protocol's grid stops members out of contention and extends its edge; ``None``
+            for the paper's protocol, or when the grid trains every member to the end.
         tokens: where the tokens come from.
         probe_args: the probe arguments as given (LoRA, layer-wise, k-NN settings).
     """
@@ -86,6 +90,7 @@ class ProbingJob:
     layers: tuple[int, ...]
     args: ProbingTrainingArguments
     grid: ProbingGridModel | None
+    rungs: Rungs | None
     tokens: TokenSource
     probe_args: ProbeArguments = field(repr=False)
 
@@ -104,9 +109,11 @@ class ProbingJob:
         if isinstance(probe_args.probe, str):  # ProbeArguments(probe="ep") from Python
             probe_args = dataclasses.replace(probe_args, probe=[probe_args.probe])
         check_arguments(data_args, probe_args, training_args)
+        paper = probe_args.protocol == "paper"
+        rungs = None if paper else grid_rungs(probe_args)
         backbone, processor = backbone_and_processor or load_backbone_and_processor(model_args)
         data = data or prepare_data(data_args, processor, hub=model_args.hub_kwargs)
-        paper, kinds = probe_args.protocol == "paper", probe_config_kwargs(probe_args)
+        kinds = probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
         grid = None
@@ -117,6 +124,7 @@ class ProbingJob:
             args = grid_arguments(training_args, len(data.splits[TRAIN]))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
             members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
+            members += edge_reserves(members) if rungs and rungs.extend_edge else []
             grid = ProbingGridModel.from_backbone(
                 backbone,
                 members,
@@ -136,6 +144,7 @@ class ProbingJob:
             layers=layers,
             args=args,
             grid=grid,
+            rungs=rungs,
             tokens=_token_source(data_args, probe_args.protocol, data),
             probe_args=probe_args,
         )
@@ -187,6 +196,7 @@ class ProbingJob:
                         "members": [member.name for member in self.members],
                         "kinds": self.kinds,
                         "layers": self.layers,
+                        "rungs": self.rungs.record(self.args.num_train_epochs) if self.rungs else None,
                     },
                     "recipe": recipe_identity(self.args),
                     "tokens": {
@@ -205,6 +215,20 @@ class ProbingJob:
         if SELECTION in self.data.splits:
             info.update(selection_samples=len(self.data.splits[SELECTION]), train_samples=len(self.data.splits[TRAIN]))
         return info
+
+
+def grid_rungs(probe_args: ProbeArguments) -> Rungs | None:
+    """The default protocol's rungs: the arguments given, `training.rungs`' defaults for the others; ``None`` when
+    they neither stop nor add members."""
+    given = {
+        "fractions": None if probe_args.prune_rungs is None else tuple(probe_args.prune_rungs),
+        "prune": probe_args.prune,
+        "keep": probe_args.prune_keep,
+        "margin": probe_args.prune_margin,
+        "extend_edge": probe_args.extend_grid_edge,
+    }
+    rungs = Rungs(**{name: value for name, value in given.items() if value is not None})
+    return rungs if rungs.active else None
 
 
 def describe_preprocessing(data: PreparedData) -> str:

@@ -45,7 +45,9 @@ def run_default_protocol(job) -> GridResult:
         train = job.data.images(TRAIN, job.data.train_transform(job.tokens.crop_scale))
         splits = GridSplits(train, job.data.images(SELECTION), job.data.images(VALIDATION))
         info["augmentation"] = f"RandomResizedCrop(scale={job.tokens.crop_scale}) + horizontal flip, live backbone"
-    options = RunOptions(image_processor=job.data.eval_processor, run_info=info, run_identity=job.identity())
+    options = RunOptions(
+        image_processor=job.data.eval_processor, run_info=info, run_identity=job.identity(), rungs=job.rungs
+    )
     return train_grid(grid, job.args, splits, options)
 
 

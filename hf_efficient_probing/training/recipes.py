@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -168,14 +169,46 @@ MAX_WARMUP_FRACTION = 0.2  # a warm-up longer than a fifth of the run leaves too
 
 
 def warmup_cosine_schedule(
-    optimizer: torch.optim.Optimizer, warmup_epochs: float, epochs: float, total_steps: int, min_lr_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    warmup_epochs: float,
+    epochs: float,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    first_step: Callable[[int], int] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_epochs`` of the ``epochs`` (never more than ``MAX_WARMUP_FRACTION`` of the run),
     then a half cosine to ``min_lr_ratio`` times the peak at ``total_steps``, updated every step: transformers'
-    schedule, applied to every parameter group (each at its own peak rate)."""
+    schedule, applied to every parameter group (each at its own peak rate).
+
+    ``first_step(i)``, read at every step, is the step parameter group ``i`` starts after (0: the run's start; -1:
+    not started, learning rate 0): a group that starts late gets the whole schedule compressed into the steps left
+    (a member a grid adds at a rung, `training.rungs`)."""
     fraction = min(warmup_epochs / max(epochs, 1e-12), MAX_WARMUP_FRACTION)
     warmup_steps = int(round(total_steps * fraction))
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup_steps, total_steps, min_lr_rate=min_lr_ratio)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, warmup_steps, total_steps, min_lr_rate=min_lr_ratio
+    )
+    if first_step is not None:
+        whole = schedule.lr_lambdas[0]
+        schedule.lr_lambdas = [
+            _from_first_step(whole, first_step, group, total_steps) for group in range(len(optimizer.param_groups))
+        ]
+    return schedule
+
+
+def _from_first_step(whole: Callable[[float], float], first_step: Callable[[int], int], group: int, total_steps: int):
+    """The factor of ``group``: ``whole`` from its first step on, stretched over the steps left (a plain function:
+    the scheduler's saved state then holds none of it, and the first step is read from the model on resume)."""
+
+    def factor(step: int) -> float:
+        first = first_step(group)
+        if first == 0:
+            return whole(step)
+        if first < 0 or step <= first:
+            return 0.0
+        return whole(total_steps * (step - first) / (total_steps - first))
+
+    return factor
 
 
 class LARS(torch.optim.Optimizer):

@@ -115,7 +115,7 @@ def grid_summary_markdown(summary: dict) -> str:
         ["left", "left", "right", "right", "right", "right"],
     )
     members = markdown_table(
-        ["kind", "layer", "lr", "selection top-1 (%)", "best epoch"],
+        ["kind", "layer", "lr", "selection top-1 (%)", "best epoch", "epochs trained"],
         [
             (
                 m["kind"],
@@ -123,10 +123,11 @@ def grid_summary_markdown(summary: dict) -> str:
                 f"{m['learning_rate']:.3g}",
                 percent(m["selection_accuracy"]),
                 f"{m['best_epoch']:g}",
+                trained_epochs(m, summary["epochs"]),
             )
             for m in summary["members"]
         ],
-        ["left", "right", "right", "right", "right"],
+        ["left", "right", "right", "right", "right", "left"],
     )
     recipe = (
         f"{summary['optimizer']}, batch {summary['effective_batch_size']}, {summary['epochs']:g} epochs "
@@ -134,13 +135,20 @@ def grid_summary_markdown(summary: dict) -> str:
     )
     details = markdown_table(
         ["", ""],
-        [("Backbone", summary["backbone"]), ("Recipe", recipe), *((k, str(v)) for k, v in _extra_rows(summary))],
+        [
+            ("Backbone", summary["backbone"]),
+            ("Recipe", recipe),
+            *_rung_rows(summary),
+            *((k, str(v)) for k, v in _extra_rows(summary)),
+        ],
     )
+    edges = [probe["grid_edge"]["note"] for probe in summary["chosen"].values() if probe.get("grid_edge")]
     sections = [
         "# Probing run (default protocol)",
         summary["selection"] + ".",
         "## Chosen probes",
         chosen,
+        *edges,
         "## Every member",
         members,
         details,
@@ -148,8 +156,42 @@ def grid_summary_markdown(summary: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def trained_epochs(member: dict, epochs: float) -> str:
+    """When a member trained: every epoch, until the rung that stopped it, or from the rung that added it."""
+    started, stopped = member.get("started_epoch", 0), member.get("stopped_epoch")
+    if stopped is not None:
+        return f"{started:g}-{stopped:g} (stopped at a rung)"
+    if started:
+        return f"{started:g}-{epochs:g} (added beyond the grid's edge)"
+    return f"all {epochs:g}"
+
+
+def _rung_rows(summary: dict) -> list[tuple[str, str]]:
+    rungs = summary.get("rungs")
+    if not rungs:
+        return []
+    actions = [
+        *(
+            [f"stop members further than {100 * rungs['margin']:g} points (plus noise) behind their kind's best, "
+             f"keeping {rungs['keep']} per kind and layer"]
+            if rungs["prune"]
+            else []
+        ),
+        *(["extend the grid's edge"] if rungs["extend_edge"] else []),
+    ]  # fmt: skip
+    spent, without = summary["member_epochs"], summary["member_epochs_without_rungs"]
+    return [
+        ("Rungs", f"after epochs {', '.join(str(epoch) for epoch in rungs['epochs'])}: {'; '.join(actions)}"),
+        (
+            "Member-epochs trained",
+            f"{spent:g}, {spent / without - 1:+.0%} against the grid without rungs ({without:g})",
+        ),
+    ]
+
+
 def plot_grid(summary: dict, path: str) -> None:
-    """Selection accuracy against learning rate, one line per (kind, layer); and the chosen members' curves."""
+    """Selection accuracy against learning rate, one line per (kind, layer), the members stopped at a rung crossed;
+    and the chosen members' curves, with those of the stopped members in grey, crossed where they stopped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
 
     figure = Figure(figsize=(11, 4))
@@ -165,9 +207,26 @@ def plot_grid(summary: dict, path: str) -> None:
             marker="o",
             label=f"{kind}, layer {layer}",
         )
+    stopped = [m for m in summary["members"] if m.get("stopped_epoch") is not None]
+    if stopped:
+        sweep_axes.plot(
+            [m["learning_rate"] for m in stopped],
+            [100 * m["selection_accuracy"] for m in stopped],
+            "x",
+            color="black",
+            markersize=9,
+            label="stopped at a rung",
+        )
     sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel="selection top-1 (%)", title="Grid")
     sweep_axes.legend()
     by_name = {member["name"]: member for member in summary["members"]}
+    for member in summary["members"]:  # where each stopped member's curve ended
+        if member.get("stopped_epoch") is not None and member["per_epoch"]:
+            curve = member["per_epoch"]
+            curve_axes.plot(
+                [p["epoch"] for p in curve], [100 * p["selection_accuracy"] for p in curve], color="0.75", linewidth=1
+            )
+            curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1]["selection_accuracy"], "x", color="0.5")
     for kind, chosen in summary["chosen"].items():
         curve = by_name[chosen["name"]]["per_epoch"]
         curve_axes.plot(

@@ -10,7 +10,7 @@ arguments that record the run's identity (`training.resume`), and top-1/top-5 me
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import evaluate
 import numpy as np
@@ -73,6 +73,7 @@ class ProbingTrainer(Trainer):
                 self.args.num_train_epochs,
                 num_training_steps,
                 self.args.min_lr_ratio,
+                first_step=getattr(self.model, "first_step", None),  # a grid's members may start late
             )
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -128,10 +129,11 @@ def rank_top_k(logits, labels=None):
     return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
 
 
-def top_k_metrics(names: Sequence[str] | None = None):
+def top_k_metrics(names: Callable[[], Sequence[str]] | None = None):
     """Top-1/top-5 accuracy through the package's offline `evaluate` module (in memory: no cache files, so several
-    processes can compute it at once). With ``names`` (a grid's members), predictions are ``[N, K, 5]`` and one call
-    scores every member (``<name>_accuracy``, ``<name>_top5_accuracy``); without, one probe (``accuracy``, ...)."""
+    processes can compute it at once). With ``names`` (a grid's members scored by this evaluation, read when it
+    ends), predictions are ``[N, K, 5]`` and one call scores those K members (``<name>_accuracy``,
+    ``<name>_top5_accuracy``); without, one probe (``accuracy``, ...)."""
     metric = evaluate.load(TOP_K_ACCURACY_PATH, keep_in_memory=True)
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -139,13 +141,14 @@ def top_k_metrics(names: Sequence[str] | None = None):
         ranked, labels = np.asarray(ranked), np.asarray(prediction.label_ids)
         if names is None:
             return metric.compute(predictions=ranked, references=labels, k=TOP_K)
+        scored = names()
         scores = metric.compute(
             predictions=ranked.reshape(-1, ranked.shape[-1]),
-            references=np.repeat(labels, len(names)),
+            references=np.repeat(labels, len(scored)),
             k=TOP_K,
-            num_probes=len(names),
+            num_probes=len(scored),
         )
-        return {f"{name}_{key}": values[index] for key, values in scores.items() for index, name in enumerate(names)}
+        return {f"{name}_{key}": values[index] for key, values in scores.items() for index, name in enumerate(scored)}
 
     return compute_metrics
 
@@ -154,12 +157,13 @@ def build_trainer(
     model,
     args: ProbingTrainingArguments,
     datasets: tuple,
-    metric_names: Sequence[str] | None = None,
+    metric_names: Callable[[], Sequence[str]] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     run_identity: dict | None = None,
 ) -> ProbingTrainer:
     """The one construction of the package's trainer. ``datasets`` is ``(train, evaluated every epoch)`` (either may
-    be ``None``); ``metric_names`` are a grid's members, whose periodic evaluation reads the selection split."""
+    be ``None``); ``metric_names`` gives the grid members each periodic evaluation scores (those training then), on
+    the selection split."""
     train_dataset, eval_dataset = datasets
     return ProbingTrainer(
         model=model,
