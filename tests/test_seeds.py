@@ -19,7 +19,7 @@ from hf_efficient_probing.evaluation.intervals import bootstrap_interval
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.figures import BootstrapOptions, image_intervals, per_image_hits
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel, SeedStreams, seeded_members
-from hf_efficient_probing.training.job import run_probing
+from hf_efficient_probing.training.job import check_arguments, run_probing
 from hf_efficient_probing.training.selection import chosen_members
 
 SETTINGS = [GridMember("ep", 2, 1e-2, (("num_queries", 4),)), GridMember("linear", 2, 1e-1)]  # one per kind
@@ -140,3 +140,16 @@ def test_the_bootstrap_interval_is_the_percentile_of_resampled_hits():
     assert "200 resamples, seed 3" in figures["interval_method"]
     direct = bootstrap_interval(hits["eval_accuracy"], resamples=200, seed=3)
     assert [direct.low, direct.high] == figures["eval_accuracy_interval"]
+
+
+@pytest.mark.parametrize(
+    ("probe", "message"),
+    [
+        ({"seeds": [0, 0]}, "--seeds must list distinct seeds"),
+        ({"seeds": [0, 1], "protocol": "paper"}, "run it once per --seed"),
+        ({"bootstrap_resamples": 0}, "--bootstrap_resamples must be at least 1"),
+    ],
+)
+def test_bad_seeds_or_resamples_fail_before_anything_loads(probe, message):
+    with pytest.raises(ValueError, match=message):
+        check_arguments(DataArguments(), ProbeArguments(**{"probe": ["ep"], **probe}))

@@ -271,9 +271,11 @@ def build_model_card(
     eval_results, result_rows = [], []
     source_name, source_url = info.results_source or (None, None)
     metrics = [("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5), *info.extra_results.items()]
-    for metric_name, value in ((name + info.metric_suffix, value) for name, value in metrics):
+    intervals = {"Top-1 Accuracy": info.top1_interval, "Top-5 Accuracy": info.top5_interval}
+    for name, value in metrics:
         if value is None:
             continue
+        metric_name, interval = name + info.metric_suffix, intervals.get(name)
         eval_results.append(
             EvalResult(
                 task_type="image-classification",
@@ -289,7 +291,6 @@ def build_model_card(
                 source_url=source_url,
             )
         )
-        interval = {"Top-1 Accuracy": info.top1_interval, "Top-5 Accuracy": info.top5_interval}.get(metric_name)
         result_rows.append(
             {
                 "dataset": dataset_name,

@@ -387,8 +387,10 @@ def train_probe(
     trainer = build_trainer(model, args, (train_dataset, eval_dataset), callbacks=callbacks, run_identity=identity)
     train_metrics = {**fit(trainer, options).metrics, "train_samples": len(train_dataset)}
     eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
+    hits = evaluate_once(trainer.model, trainer.args, eval_dataset, options.bootstrap)[1]  # the same probe's hits
+    eval_metrics.update(image_intervals(hits, options.bootstrap))
     for split, split_metrics in (("train", train_metrics), ("eval", eval_metrics)):
-        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if k != "selection"})
+        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if isinstance(v, (int, float))})
     trainer.save_state()
     summary = run_summary(trainer, eval_metrics, {**options.run_info, "runtime_s": round(time.time() - start, 2)})
     if trainer.is_world_process_zero():
@@ -427,6 +429,7 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> 
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "eval_accuracy": eval_metrics.get("eval_accuracy"),
         "eval_top5_accuracy": eval_metrics.get(f"eval_top{TOP_K}_accuracy"),
+        **{key: eval_metrics[key] for key in eval_metrics if key.endswith("_interval") or key == "interval_method"},
         "per_epoch": [
             {
                 "epoch": e["epoch"],

@@ -319,6 +319,9 @@ def check_arguments(
         raise ValueError(f"Unknown --protocol {probe_args.protocol!r}; choose one of {PROTOCOLS}.")
     for kind in probe_args.probe if not isinstance(probe_args.probe, str) else [probe_args.probe]:
         probe_kind(kind)  # an unknown kind names the registered ones
+    BootstrapOptions(probe_args.bootstrap_resamples, probe_args.bootstrap_seed)  # a bad count names the flag
+    if probe_args.seeds is not None:
+        seeded_members([], probe_args.seeds)  # a repeated or empty list of seeds names the flag
     given = {
         "probe": _given(probe_args),
         "data": _given(data_args),

@@ -92,8 +92,9 @@ def summary_markdown(summary: dict) -> str:
         ),
         ("Epochs", f"{summary['epochs_run']:g} of {summary['epochs']:g} ({summary['optimizer_steps']} steps)"),
         ("Best epoch", summary["best_epoch"]),
-        ("Top-1 accuracy (%)", percent(summary["eval_accuracy"])),
-        ("Top-5 accuracy (%)", percent(summary["eval_top5_accuracy"])),
+        ("Top-1 accuracy (%) [95 % interval]", figure_cell(summary, TOP1)),
+        ("Top-5 accuracy (%) [95 % interval]", figure_cell(summary, TOP5)),
+        *(("Intervals", note) for note in interval_notes(summary)),
         *_extra_rows(summary),
     ]
     return "# Probing run\n\n" + markdown_table(["", ""], [(name, str(value)) for name, value in rows]) + "\n"
