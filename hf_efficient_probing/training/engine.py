@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from ..evaluation.multilabel import choose_threshold, multi_label_scores
 from ..probes.counting import count_trainable_parameters
 from ..probes.patch_grid import as_pair
 from .arguments import ProbingTrainingArguments
@@ -29,8 +31,8 @@ from .recipes import check_resolved, effective_batch_size, peak_learning_rate, r
 from .reporting import TOP_K, condense_printed_logs, write_grid_summary, write_results, write_summary
 from .resume import remove_checkpoints, resume_point
 from .rungs import GridRungs, Rungs, edge_report
-from .selection import SELECTION_PREFIX, GridSelection, best_epoch, chosen_members
-from .trainer import ProbingTrainer, build_trainer
+from .selection import SELECTION_PREFIX, GridSelection, best_epoch, chosen_members, scored_metrics
+from .trainer import ProbingTrainer, build_trainer, is_multi_label
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +115,34 @@ def save_probe(model, output_dir: str, image_processor=None) -> None:
         image_processor.save_pretrained(output_dir)
 
 
-def evaluate_once(model, args: ProbingTrainingArguments, evaluation_dataset) -> dict[str, float]:
-    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split: its only reading."""
+def evaluate_once(model, args: ProbingTrainingArguments, evaluation_dataset, threshold_dataset=None) -> dict:
+    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split: its only reading. A
+    multi-label probe gives its figures of `evaluate_multi_label` instead (its threshold chosen on
+    ``threshold_dataset``)."""
     eval_args = copy.copy(args)
     eval_args.report_to = []
+    if is_multi_label(model):
+        return evaluate_multi_label(model, eval_args, threshold_dataset, evaluation_dataset)
     results = build_trainer(model, eval_args, (None, evaluation_dataset)).evaluate()
     return {key: value for key, value in results.items() if key in ("eval_accuracy", f"eval_top{TOP_K}_accuracy")}
+
+
+def evaluate_multi_label(model, args: ProbingTrainingArguments, threshold_dataset, evaluation_dataset) -> dict:
+    """A multi-label probe's figures: the probability threshold with the best micro F1 on ``threshold_dataset``
+    (held out from the evaluation split), set on the probe's config (saved with it, read by ``pipeline``); then its
+    only reading of the evaluation split: ``eval_map`` (macro), ``eval_micro_map`` and F1 at that threshold."""
+    if threshold_dataset is None:
+        raise ValueError("A multi-label probe needs a held-out split to choose its threshold on; none was given.")
+    trainer = build_trainer(model, args, (None, evaluation_dataset))
+    held_out = trainer.predict(threshold_dataset)
+    threshold = choose_threshold(torch.sigmoid(torch.as_tensor(held_out.predictions)), held_out.label_ids)
+    model.config.multi_label_threshold = threshold
+    evaluation = trainer.predict(evaluation_dataset)
+    scores = multi_label_scores(evaluation.predictions, evaluation.label_ids, threshold)
+    return {
+        **{f"eval_{key}": scores[key] for key in ("map", "micro_map", "f1_micro", "f1_macro", "classes_scored")},
+        "multi_label_threshold": threshold,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +167,8 @@ def train_grid(
         "recipe": recipe_identity(args),
         "rungs": rung_record,
     }
-    callbacks = [GridSelection()]  # first: a rung reads the snapshots of its epoch
+    metric, _ = scored_metrics(grid.member_config(0))
+    callbacks = [GridSelection(metric)]  # first: a rung reads the snapshots of its epoch
     if rungs:
         steps = [epoch * args.eval_steps for epoch in rungs.epochs(args.num_train_epochs)]
         callbacks.append(GridRungs(rungs, steps, len(splits.selection)))
@@ -155,7 +180,7 @@ def train_grid(
     chosen = chosen_members([member.kind for member in grid.members], grid.best_accuracy)
     metrics = {kind: _chosen_metrics(grid, trainer, index, splits, train_output) for kind, index in chosen.items()}
     paths = {kind: args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind) for kind in chosen}
-    member_metrics = _every_member(grid, trainer, splits.evaluation, options) if options.evaluate_every_member else {}
+    member_metrics = _every_member(grid, trainer, splits, options) if options.evaluate_every_member else {}
     edges = {kind: _edge(grid, index, rungs) for kind, index in chosen.items()}
     run_info = {**options.run_info, "rungs": rung_record, "runtime_s": round(time.time() - start, 2)}
     summary = grid_summary(
@@ -198,14 +223,14 @@ def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
 
 def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output) -> dict:
     """The chosen member's figures: the evaluation split read once, at its best epoch on the selection split."""
-    member = grid.members[index]
-    evaluation = evaluate_once(grid.best_member(index), trainer.args, grid.member_dataset(index, splits.evaluation))
-    best = best_epoch(trainer.state.log_history, f"{SELECTION_PREFIX}_{member.name}_accuracy") or {}
+    member, (metric, second) = grid.members[index], scored_metrics(grid.member_config(index))
+    evaluation = _evaluate_member(grid, trainer, index, splits)
+    best = best_epoch(trainer.state.log_history, f"{SELECTION_PREFIX}_{member.name}_{metric}") or {}
     return {
         **evaluation,
         "eval_samples": len(splits.evaluation),
-        "selection_accuracy": grid.best_accuracy[index].item(),
-        "selection_top5_accuracy": best.get(f"{SELECTION_PREFIX}_{member.name}_top5_accuracy"),
+        f"selection_{metric}": grid.best_accuracy[index].item(),
+        f"selection_{second}": best.get(f"{SELECTION_PREFIX}_{member.name}_{second}"),
         "selection_samples": len(splits.selection),
         "best_epoch": grid.best_epoch[index].item(),
         "learning_rate": member.learning_rate,
@@ -215,21 +240,33 @@ def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output)
     }
 
 
-def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dict[str, dict]:
+def _evaluate_member(grid, trainer, index: int, splits: GridSplits) -> dict:
+    """Member ``index`` at its best epoch on the evaluation split, read once (a multi-label member's threshold is
+    chosen on the selection split first)."""
+    model = grid.best_member(index)
+    views = [grid.member_dataset(index, split) for split in (splits.evaluation, splits.selection)]
+    return evaluate_once(model, trainer.args, *views)
+
+
+def _every_member(grid, trainer, splits: GridSplits, options: RunOptions) -> dict[str, dict]:
     """Every member at its own best epoch, evaluated once and saved in ``output_dir/members/<name>``."""
     results = {}
     for index, member in enumerate(grid.members):
         if grid.waiting_mask()[index]:
             continue  # a reserve no rung started: never trained
-        model = grid.best_member(index)
+        metric, _ = scored_metrics(grid.member_config(index))
         results[member.name] = {
-            **evaluate_once(model, trainer.args, grid.member_dataset(index, evaluation_dataset)),
-            "selection_accuracy": grid.best_accuracy[index].item(),
+            **_evaluate_member(grid, trainer, index, splits),
+            f"selection_{metric}": grid.best_accuracy[index].item(),
             "best_epoch": grid.best_epoch[index].item(),
             "probe_parameters": count_trainable_parameters(grid.heads[index]),
         }
         if trainer.is_world_process_zero():
-            save_probe(model, os.path.join(trainer.args.output_dir, "members", member.name), options.image_processor)
+            save_probe(
+                grid.best_member(index),
+                os.path.join(trainer.args.output_dir, "members", member.name),
+                options.image_processor,
+            )
     return results
 
 
@@ -244,6 +281,7 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         if not grid.waiting_mask()[index]
     ]
     config = grid.member_config(next(iter(chosen.values())))
+    metric, _ = scored_metrics(config)
     chosen_records = {
         kind: {
             "name": grid.members[index].name,
@@ -257,6 +295,7 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         "protocol": "default",
         "selection": "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from "
         "train; the evaluation split was read once, by each chosen probe",
+        "selection_metric": metric,
         "backbone": config.backbone_name_or_path or f"{config.backbone_config.model_type} built from its config",
         "backbone_revision": config.backbone_revision,
         "members": members,
@@ -273,8 +312,8 @@ def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epoc
     """One member of the summary: its best selection accuracy and epoch, its curve, the epochs it trained between
     (``started_epoch`` 0 unless a rung added it beyond the grid's edge; ``stopped_epoch`` the rung that stopped it,
     ``None`` when it trained to the end)."""
-    member = grid.members[index]
-    key = f"{SELECTION_PREFIX}_{member.name}_accuracy"
+    member, (metric, _) = grid.members[index], scored_metrics(grid.member_config(index))
+    key = f"{SELECTION_PREFIX}_{member.name}_{metric}"
     started, stopped = grid.started_step[index].item(), grid.stopped_step[index].item()
     started_epoch = started * epochs_per_step
     stopped_epoch = stopped * epochs_per_step if stopped >= 0 else None
@@ -284,12 +323,12 @@ def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epoc
         "kind": member.kind,
         "layer": member.layer,
         "learning_rate": member.learning_rate,
-        "selection_accuracy": grid.best_accuracy[index].item(),
+        f"selection_{metric}": grid.best_accuracy[index].item(),
         "best_epoch": grid.best_epoch[index].item(),
         "started_epoch": round(started_epoch, 6),
         "stopped_epoch": None if stopped_epoch is None else round(stopped_epoch, 6),
         "epochs_trained": round(end - started_epoch, 6),
-        "per_epoch": [{"epoch": e["epoch"], "selection_accuracy": e[key]} for e in history if key in e],
+        "per_epoch": [{"epoch": e["epoch"], f"selection_{metric}": e[key]} for e in history if key in e],
     }
 
 

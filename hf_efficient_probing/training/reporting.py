@@ -16,7 +16,10 @@ from transformers import PrinterCallback, ProgressCallback
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..tables import markdown_table
-from .selection import SELECTION_PREFIX
+from .multilabel import MULTI_LABEL_METRICS
+from .selection import SELECTION_PREFIX, SINGLE_LABEL_METRICS
+
+_LOGGED = (SINGLE_LABEL_METRICS, MULTI_LABEL_METRICS)  # the per-member figures of a log entry, by kind of labels
 
 SUMMARY_JSON, SUMMARY_MARKDOWN, SUMMARY_PLOT = "run_summary.json", "run_summary.md", "run_summary.png"
 RESULTS_JSON = "all_results.json"
@@ -97,31 +100,55 @@ def summary_markdown(summary: dict) -> str:
     return "# Probing run\n\n" + markdown_table(["", ""], [(name, str(value)) for name, value in rows]) + "\n"
 
 
+# What a grid's tables show of each chosen probe, by the figure it was selected on: (heading, summary key) pairs
+_SELECTED_ON = {
+    "accuracy": (
+        "selection top-1 (%)",
+        [("eval top-1 (%)", "eval_accuracy"), ("eval top-5 (%)", "eval_top5_accuracy")],
+    ),
+    "map": (
+        "selection mAP (%)",
+        [
+            ("eval mAP (%)", "eval_map"),
+            ("eval micro mAP (%)", "eval_micro_map"),
+            ("eval F1 micro (%)", "eval_f1_micro"),
+            ("eval F1 macro (%)", "eval_f1_macro"),
+        ],
+    ),
+}
+
+
+def selection_metric(summary: dict) -> str:
+    """The figure a grid run chose on (``accuracy``, or ``map`` for multi-label probes)."""
+    return summary.get("selection_metric", "accuracy")
+
+
 def grid_summary_markdown(summary: dict) -> str:
     """A grid run (the default protocol): the chosen probes, every member, the recipe."""
+    metric = selection_metric(summary)
+    selection_heading, evaluation = _SELECTED_ON[metric]
     chosen = markdown_table(
-        ["kind", "member", "selection top-1 (%)", "best epoch", "eval top-1 (%)", "eval top-5 (%)"],
+        ["kind", "member", selection_heading, "best epoch", *(heading for heading, _ in evaluation)],
         [
             (
                 kind,
                 probe["name"],
-                percent(probe["selection_accuracy"]),
+                percent(probe[f"selection_{metric}"]),
                 f"{probe['best_epoch']:g}",
-                percent(probe.get("eval_accuracy")),
-                percent(probe.get(f"eval_top{TOP_K}_accuracy")),
+                *(percent(probe.get(key)) for _, key in evaluation),
             )
             for kind, probe in summary["chosen"].items()
         ],
-        ["left", "left", "right", "right", "right", "right"],
+        ["left", "left", "right", "right", *(["right"] * len(evaluation))],
     )
     members = markdown_table(
-        ["kind", "layer", "lr", "selection top-1 (%)", "best epoch", "epochs trained"],
+        ["kind", "layer", "lr", selection_heading, "best epoch", "epochs trained"],
         [
             (
                 m["kind"],
                 str(m["layer"]),
                 f"{m['learning_rate']:.3g}",
-                percent(m["selection_accuracy"]),
+                percent(m[f"selection_{metric}"]),
                 f"{m['best_epoch']:g}",
                 trained_epochs(m, summary["epochs"]),
             )
@@ -190,9 +217,13 @@ def _rung_rows(summary: dict) -> list[tuple[str, str]]:
 
 
 def plot_grid(summary: dict, path: str) -> None:
-    """Selection accuracy against learning rate, one line per (kind, layer), the members stopped at a rung crossed;
-    and the chosen members' curves, with those of the stopped members in grey, crossed where they stopped."""
+    """Selection accuracy (mAP for multi-label probes) against learning rate, one line per (kind, layer), the members
+    stopped at a rung crossed; and the chosen members' curves, with those of the stopped members in grey, crossed
+    where they stopped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
+
+    key = f"selection_{selection_metric(summary)}"
+    label = _SELECTED_ON[selection_metric(summary)][0]
 
     figure = Figure(figsize=(11, 4))
     sweep_axes, curve_axes = figure.subplots(1, 2)
@@ -203,7 +234,7 @@ def plot_grid(summary: dict, path: str) -> None:
         members = sorted(members, key=lambda m: m["learning_rate"])
         sweep_axes.plot(
             [m["learning_rate"] for m in members],
-            [100 * m["selection_accuracy"] for m in members],
+            [100 * m[key] for m in members],
             marker="o",
             label=f"{kind}, layer {layer}",
         )
@@ -211,30 +242,28 @@ def plot_grid(summary: dict, path: str) -> None:
     if stopped:
         sweep_axes.plot(
             [m["learning_rate"] for m in stopped],
-            [100 * m["selection_accuracy"] for m in stopped],
+            [100 * m[key] for m in stopped],
             "x",
             color="black",
             markersize=9,
             label="stopped at a rung",
         )
-    sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel="selection top-1 (%)", title="Grid")
+    sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel=label, title="Grid")
     sweep_axes.legend()
     by_name = {member["name"]: member for member in summary["members"]}
     for member in summary["members"]:  # where each stopped member's curve ended
         if member.get("stopped_epoch") is not None and member["per_epoch"]:
             curve = member["per_epoch"]
-            curve_axes.plot(
-                [p["epoch"] for p in curve], [100 * p["selection_accuracy"] for p in curve], color="0.75", linewidth=1
-            )
-            curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1]["selection_accuracy"], "x", color="0.5")
+            curve_axes.plot([p["epoch"] for p in curve], [100 * p[key] for p in curve], color="0.75", linewidth=1)
+            curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1][key], "x", color="0.5")
     for kind, chosen in summary["chosen"].items():
         curve = by_name[chosen["name"]]["per_epoch"]
         curve_axes.plot(
             [p["epoch"] for p in curve],
-            [100 * p["selection_accuracy"] for p in curve],
+            [100 * p[key] for p in curve],
             label=f"{kind}: {chosen['name']}",
         )
-    curve_axes.set(xlabel="epoch", ylabel="selection top-1 (%)", title="Chosen members")
+    curve_axes.set(xlabel="epoch", ylabel=label, title="Chosen members")
     curve_axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -246,18 +275,21 @@ def plot_grid(summary: dict, path: str) -> None:
 
 def condensed_logs(logs: dict, members: Sequence[tuple[str, str]]) -> dict:
     """A grid's log entry for people: each member's selection metrics (2 per member, in every entry) replaced by the
-    best member of each probe kind and its accuracy (``selection_best_<kind>_accuracy``, ``selection_best_<kind>``).
+    best member of each probe kind and its accuracy (``selection_best_<kind>_accuracy``, ``selection_best_<kind>``;
+    a multi-label grid's mean average precision, ``selection_best_<kind>_map``).
     ``members`` are ``(name, kind)`` pairs. The Trainer's log history keeps every member's metrics."""
     condensed = dict(logs)
     best: dict[str, tuple[float, str]] = {}
+    metric = next((m for m, _ in _LOGGED if any(f"{SELECTION_PREFIX}_{n}_{m}" in logs for n, _ in members)), None)
     for name, kind in members:
-        accuracy = condensed.pop(f"{SELECTION_PREFIX}_{name}_accuracy", None)
-        condensed.pop(f"{SELECTION_PREFIX}_{name}_top5_accuracy", None)
-        if accuracy is not None and accuracy > best.get(kind, (-math.inf, ""))[0]:
-            best[kind] = (accuracy, name)
+        for first, second in _LOGGED:
+            condensed.pop(f"{SELECTION_PREFIX}_{name}_{second}", None)
+            accuracy = condensed.pop(f"{SELECTION_PREFIX}_{name}_{first}", None)
+            if accuracy is not None and accuracy > best.get(kind, (-math.inf, ""))[0]:
+                best[kind] = (accuracy, name)
     epoch = condensed.pop("epoch", None)
     for kind, (accuracy, name) in best.items():
-        condensed[f"{SELECTION_PREFIX}_best_{kind}_accuracy"], condensed[f"{SELECTION_PREFIX}_best_{kind}"] = (
+        condensed[f"{SELECTION_PREFIX}_best_{kind}_{metric}"], condensed[f"{SELECTION_PREFIX}_best_{kind}"] = (
             accuracy,
             name,
         )
