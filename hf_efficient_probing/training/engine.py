@@ -53,6 +53,8 @@ class RunOptions:
             ``output_dir/members/<name>`` (a sweep that reports every probe).
         rungs: where a grid stops its members out of contention and extends its edge (`training.rungs.Rungs`; the
             grid holds its reserve members already); ``None`` trains every member to the end.
+        threshold_dataset: a multi-label probe of the paper's protocol: the images its threshold is chosen on (a
+            grid chooses on its selection split).
     """
 
     image_processor: Any = None
@@ -62,6 +64,7 @@ class RunOptions:
     run_identity: dict | None = None
     evaluate_every_member: bool = False
     rungs: Rungs | None = None
+    threshold_dataset: Any = None
 
 
 @dataclass
@@ -348,6 +351,7 @@ def _recipe_record(trainer) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # One probe (the paper's protocol)
 
+MULTI_LABEL_SUMMARY = ("eval_map", "eval_micro_map", "eval_f1_micro", "eval_f1_macro", "multi_label_threshold")
 PAPER_SELECTION_NOTE = (
     "the paper's protocol: the best epoch was chosen on the evaluation split itself, so the reported accuracy is "
     "optimistic (the default protocol chooses on data held out from train)"
@@ -370,8 +374,11 @@ def train_probe(
     trainer = build_trainer(model, args, (train_dataset, eval_dataset), callbacks=callbacks, run_identity=identity)
     train_metrics = {**fit(trainer, options).metrics, "train_samples": len(train_dataset)}
     eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
+    if is_multi_label(model):
+        eval_metrics.update(evaluate_multi_label(trainer.model, args, options.threshold_dataset, eval_dataset))
+        eval_metrics["threshold_chosen_on"] = "the training images (evaluation preprocessing)"
     for split, split_metrics in (("train", train_metrics), ("eval", eval_metrics)):
-        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if k != "selection"})
+        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if not isinstance(v, str)})
     trainer.save_state()
     summary = run_summary(trainer, eval_metrics, {**options.run_info, "runtime_s": round(time.time() - start, 2)})
     if trainer.is_world_process_zero():
@@ -387,8 +394,9 @@ def train_probe(
 def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> dict:
     """A JSON-able record of a single-probe run: backbone, probe, parameters, best epoch, top-1/top-5."""
     model, config = trainer.model, trainer.model.config
-    history = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry][:-1]  # minus the final eval
-    best = best_epoch(history)
+    metric = f"eval_{scored_metrics(config)[0]}"
+    history = [entry for entry in trainer.state.log_history if metric in entry][:-1]  # minus the final eval
+    best = best_epoch(history, metric)
     return {
         "protocol": "paper",
         "selection": PAPER_SELECTION_NOTE,
@@ -410,11 +418,11 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> 
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "eval_accuracy": eval_metrics.get("eval_accuracy"),
         "eval_top5_accuracy": eval_metrics.get(f"eval_top{TOP_K}_accuracy"),
+        **{key: eval_metrics[key] for key in MULTI_LABEL_SUMMARY if key in eval_metrics},
         "per_epoch": [
             {
                 "epoch": e["epoch"],
-                "eval_accuracy": e["eval_accuracy"],
-                "eval_top5_accuracy": e.get("eval_top5_accuracy"),
+                **{key: e.get(key) for key in ("eval_accuracy", "eval_top5_accuracy", "eval_map") if key in e},
             }
             for e in history
         ],

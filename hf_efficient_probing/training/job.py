@@ -25,6 +25,7 @@ from ..probes import probe_kind
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import TRAIN
 from .grid import GridMember, ProbingGridModel, grid_members
+from .multilabel import MULTI_LABEL_METRICS
 from .prepared import SELECTION, PreparedData, prepare_data
 from .protocols import run_default_protocol, run_knn, run_paper_protocol
 from .recipes import (
@@ -116,9 +117,16 @@ class ProbingJob:
         kinds = probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        if data.multi_label is not None and probe_args.knn_eval:
+            raise ValueError(
+                "--knn_eval classifies by a vote of the nearest training images' single labels; this data set is "
+                "multi-label. Drop --knn_eval."
+            )
         grid = None
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
+            if data.multi_label is not None and args.metric_for_best_model == "accuracy":
+                args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
             data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
             args = grid_arguments(training_args, len(data.splits[TRAIN]))

@@ -93,8 +93,18 @@ def summary_markdown(summary: dict) -> str:
         ),
         ("Epochs", f"{summary['epochs_run']:g} of {summary['epochs']:g} ({summary['optimizer_steps']} steps)"),
         ("Best epoch", summary["best_epoch"]),
-        ("Top-1 accuracy (%)", percent(summary["eval_accuracy"])),
-        ("Top-5 accuracy (%)", percent(summary["eval_top5_accuracy"])),
+        *(
+            [("mAP (%)", percent(summary["eval_map"])), ("Micro mAP (%)", percent(summary["eval_micro_map"]))]
+            + [
+                (f"F1 {a} at {summary['multi_label_threshold']} (%)", percent(summary[f"eval_f1_{a}"]))
+                for a in ("micro", "macro")
+            ]
+            if "eval_map" in summary
+            else [
+                ("Top-1 accuracy (%)", percent(summary["eval_accuracy"])),
+                ("Top-5 accuracy (%)", percent(summary["eval_top5_accuracy"])),
+            ]
+        ),
         *_extra_rows(summary),
     ]
     return "# Probing run\n\n" + markdown_table(["", ""], [(name, str(value)) for name, value in rows]) + "\n"
