@@ -26,6 +26,7 @@ from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTra
 from .data import TRAIN
 from .figures import BootstrapOptions
 from .grid import GridMember, ProbingGridModel, grid_members, seeded_members
+from .multilabel import MULTI_LABEL_METRICS
 from .prepared import SELECTION, PreparedData, prepare_data
 from .protocols import run_default_protocol, run_knn, run_paper_protocol
 from .recipes import (
@@ -117,9 +118,21 @@ class ProbingJob:
         kinds = probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        if data.multi_label is not None and probe_args.knn_eval:
+            raise ValueError(
+                "--knn_eval classifies by a vote of the nearest training images' single labels; this data set is "
+                "multi-label. Drop --knn_eval."
+            )
+        if data.multi_label is not None and probe_args.seeds is not None:
+            raise ValueError(
+                "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
+                "hits). Run once per --seed instead."
+            )
         grid = None
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
+            if data.multi_label is not None and args.metric_for_best_model == "accuracy":
+                args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
             data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
             args = grid_arguments(training_args, len(data.splits[TRAIN]))
