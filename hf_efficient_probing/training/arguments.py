@@ -66,6 +66,14 @@ class DataArguments:
     shots_per_class: int | None = field(
         default=None, metadata={"help": "Low-shot: train on this many images per class (stratified, seeded)."}
     )
+    episodes: int | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol, with --shots_per_class k: train on this many seeded draws of k images per "
+            "class (seeds --subset_seed, +1, ...), each with its own grid and selection split, and report the mean "
+            "and 95 %% interval over draws (one backbone pass over the union of their images)."
+        },
+    )
     train_fraction: float | None = field(
         default=None, metadata={"help": "Low-shot: train on this fraction of every class (stratified, seeded)."}
     )
@@ -145,7 +153,7 @@ class ProbeArguments:
     )
     bootstrap_resamples: int = field(
         default=1000,
-        metadata={"help": "Resamples of the evaluation images for the 95 % bootstrap interval of every figure."},
+        metadata={"help": "Resamples of the evaluation images for the 95 %% bootstrap interval of every figure."},
     )
     bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap resamples."})
     prune: bool | None = field(

@@ -90,6 +90,7 @@ class GridResult:
     summary: dict
     trainer: ProbingTrainer = field(repr=False)
     member_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    hits: dict[str, dict] = field(default_factory=dict, repr=False)  # per kind, per evaluation image (mean over seeds)
 
 
 @dataclass
@@ -192,10 +193,11 @@ def train_grid(
     condense_printed_logs(trainer, [(member.name, member.kind) for member in grid.members])
     train_output = fit(trainer, options)
     chosen = chosen_members(grid.members, grid.best_accuracy)
-    metrics = {
+    evaluated = {
         kind: _setting_metrics(grid, trainer, indices, splits, (train_output, options.bootstrap))
         for kind, indices in chosen.items()
     }
+    metrics, hits = {kind: m for kind, (m, _) in evaluated.items()}, {kind: h for kind, (_, h) in evaluated.items()}
     paths = {kind: args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind) for kind in chosen}
     member_metrics = _every_member(grid, trainer, splits, options) if options.evaluate_every_member else {}
     edges = {kind: _edge(grid, indices[0], rungs) for kind, indices in chosen.items()}
@@ -217,7 +219,7 @@ def train_grid(
         if not args.keep_checkpoints:
             remove_checkpoints(args.output_dir)
     trainer.accelerator.wait_for_everyone()
-    return GridResult(metrics=metrics, paths=paths, summary=summary, trainer=trainer, member_metrics=member_metrics)
+    return GridResult(metrics, paths, summary, trainer, member_metrics, hits)
 
 
 def _edge(grid: ProbingGridModel, index: int, rungs: Rungs | None) -> dict | None:
@@ -238,18 +240,20 @@ def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
     return grid.layout.num_prefix_tokens + (height // patch_height) * (width // patch_width)
 
 
-def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outcome: tuple) -> dict:
+def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outcome: tuple) -> tuple[dict, dict]:
     """The chosen setting's figures: its member's (`_chosen_metrics`); with ``--seeds``, the mean, spread and each
-    seed's (`figures.spread_figures`), the selection accuracy averaged as the choice averaged it."""
+    seed's (`figures.spread_figures`), the selection accuracy averaged as the choice averaged it. And its per-image
+    hits (averaged over seeds)."""
     train_output, bootstrap = outcome
     results = [_chosen_metrics(grid, trainer, index, splits, train_output, bootstrap) for index in indices]
     if not grid.seeds:
-        return results[0][0]
+        return results[0]
     per_seed = [metrics for metrics, _ in results]
     seeds = [grid.members[index].seed for index in indices]
     metric, _ = scored_metrics(grid.member_config(indices[0]))
     setting = grid.members[indices[0]].setting
     shared = {key: per_seed[0][key] for key in ("eval_samples", "selection_samples", "learning_rate", "feature_layer")}
+    hits = {name: np.mean([h[name] for _, h in results], axis=0) for name in EVAL_FIGURES}
     return {
         "setting": setting.name,
         **spread_figures(seeds, per_seed, [hits for _, hits in results], bootstrap, over="seeds"),
@@ -262,7 +266,7 @@ def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outc
         "train_samples": per_seed[0]["train_samples"],
         "train_runtime": per_seed[0]["train_runtime"],
         "saved_seed": seeds[0],
-    }
+    }, hits
 
 
 def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output, bootstrap) -> tuple[dict, dict]:
@@ -428,12 +432,15 @@ def train_probe(
     identity = options.run_identity or {"probe": model.config.to_diff_dict(), "recipe": recipe_identity(args)}
     trainer = build_trainer(model, args, (train_dataset, eval_dataset), callbacks=callbacks, run_identity=identity)
     train_metrics = {**fit(trainer, options).metrics, "train_samples": len(train_dataset)}
-    eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
     if is_multi_label(model):
+        eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
         eval_metrics.update(evaluate_multi_label(trainer.model, args, options.threshold_dataset, eval_dataset))
         eval_metrics["threshold_chosen_on"] = "the training images (evaluation preprocessing)"
-    else:
-        hits = evaluate_once(trainer.model, trainer.args, eval_dataset, options.bootstrap)[1]  # the same probe's hits
+    else:  # one final reading gives the figures and the per-image hits of their interval
+        output = trainer.predict(eval_dataset, metric_key_prefix="eval")
+        trainer.log(output.metrics)  # in the log history, as `Trainer.evaluate` puts it
+        hits = per_image_hits(output.predictions, output.label_ids)
+        eval_metrics = {**output.metrics, "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
         eval_metrics.update(image_intervals(hits, options.bootstrap))
     for split, split_metrics in (("train", train_metrics), ("eval", eval_metrics)):
         trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if isinstance(v, (int, float))})

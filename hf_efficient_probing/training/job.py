@@ -24,11 +24,12 @@ from ..configuration_probing import probe_config_class
 from ..probes import probe_kind
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import TRAIN
+from .episodes import Episode
 from .figures import BootstrapOptions
 from .grid import GridMember, ProbingGridModel, grid_members, seeded_members
 from .multilabel import MULTI_LABEL_METRICS
-from .prepared import SELECTION, PreparedData, prepare_data
-from .protocols import run_default_protocol, run_knn, run_paper_protocol
+from .prepared import SELECTION, PreparedData, prepare_data, with_episodes
+from .protocols import run_default_protocol, run_episodes, run_knn, run_paper_protocol
 from .recipes import (
     DEFAULT_BASE_LEARNING_RATES,
     PROTOCOLS,
@@ -48,7 +49,7 @@ _PAPER_ONLY = {
     "training": ("learning_rate", "base_learning_rate", "early_stopping_patience"),
 }
 _GRID_REVISION = ("prune", "prune_rungs", "prune_keep", "prune_margin", "extend_grid_edge")
-_DEFAULT_ONLY = {"probe": ("learning_rates", "seeds", *_GRID_REVISION), "data": ("selection_fraction",)}
+_DEFAULT_ONLY = {"probe": ("learning_rates", "seeds", *_GRID_REVISION), "data": ("selection_fraction", "episodes")}
 _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
 
 
@@ -79,6 +80,8 @@ class ProbingJob:
             the edges when the rungs extend it), built on the backbone; ``None`` under the paper's.
         rungs: where the default protocol's grid stops members out of contention and extends its edge; ``None``
             for the paper's protocol, or when the grid trains every member to the end.
+        episodes: the low-shot episodes (``--episodes``): each trains its own grid (``grid`` is the first one's),
+            on its rows of ``data``'s train split (the union of every episode's); ``()`` without.
         tokens: where the tokens come from.
         probe_args: the probe arguments as given (LoRA, layer-wise, k-NN settings).
     """
@@ -95,6 +98,7 @@ class ProbingJob:
     rungs: Rungs | None
     tokens: TokenSource
     probe_args: ProbeArguments = field(repr=False)
+    episodes: tuple[Episode, ...] = ()
 
     @classmethod
     def from_arguments(
@@ -128,27 +132,24 @@ class ProbingJob:
                 "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
                 "hits). Run once per --seed instead."
             )
-        grid = None
+        grid, episodes = None, ()
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
             if data.multi_label is not None and args.metric_for_best_model == "accuracy":
                 args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
-            data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
-            args = grid_arguments(training_args, len(data.splits[TRAIN]))
+            if data_args.episodes is not None:
+                data, episodes = with_episodes(data, data_args)
+                args = grid_arguments(training_args, len(episodes[0].train_rows))
+            else:
+                data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+                args = grid_arguments(training_args, len(data.splits[TRAIN]))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
             members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
             members += edge_reserves(members) if rungs and rungs.extend_edge else []
             members = seeded_members(members, probe_args.seeds)
-            grid = ProbingGridModel.from_backbone(
-                backbone,
-                members,
-                seed=args.seed,
-                kind_kwargs=kinds,
-                revision=model_args.model_revision,
-                num_labels=data.num_labels,
-                **data.label_maps,
-            )
+            seed = episodes[0].seed if episodes else args.seed
+            grid = build_grid(backbone, members, seed, kinds, (model_args.model_revision, data))
         return cls(
             protocol=probe_args.protocol,
             backbone=backbone,
@@ -162,7 +163,14 @@ class ProbingJob:
             rungs=rungs,
             tokens=_token_source(data_args, probe_args.protocol, data),
             probe_args=probe_args,
+            episodes=tuple(episodes),
         )
+
+    def episode_grid(self, episode: Episode) -> ProbingGridModel:
+        """The grid of a low-shot episode: the job's members, initialised from the episode's seed."""
+        if episode.index == 0:
+            return self.grid
+        return build_grid(self.backbone, self.members, episode.seed, self.kinds, (self.revision, self.data))
 
     @property
     def bootstrap(self) -> BootstrapOptions:
@@ -180,7 +188,7 @@ class ProbingJob:
         if self.protocol == "paper":
             results = run_paper_protocol(self)
         else:
-            metrics = run_default_protocol(self).metrics
+            metrics = run_episodes(self) if self.episodes else run_default_protocol(self).metrics
             results = next(iter(metrics.values())) if len(metrics) == 1 else dict(metrics)
         if not self.probe_args.knn_eval:
             return results
@@ -235,6 +243,21 @@ class ProbingJob:
         if SELECTION in self.data.splits:
             info.update(selection_samples=len(self.data.splits[SELECTION]), train_samples=len(self.data.splits[TRAIN]))
         return info
+
+
+def build_grid(backbone, members, seed: int, kinds: dict, source: tuple) -> ProbingGridModel:
+    """The default protocol's grid of ``members`` on ``backbone`` (``source``: the backbone's revision and the
+    prepared data, for the labels)."""
+    revision, data = source
+    return ProbingGridModel.from_backbone(
+        backbone,
+        members,
+        seed=seed,
+        kind_kwargs=kinds,
+        revision=revision,
+        num_labels=data.num_labels,
+        **data.label_maps,
+    )
 
 
 def grid_rungs(probe_args: ProbeArguments) -> Rungs | None:
@@ -333,6 +356,8 @@ def check_arguments(
     for kind in probe_args.probe if not isinstance(probe_args.probe, str) else [probe_args.probe]:
         probe_kind(kind)  # an unknown kind names the registered ones
     BootstrapOptions(probe_args.bootstrap_resamples, probe_args.bootstrap_seed)  # a bad count names the flag
+    if data_args.episodes is not None:
+        _check_episodes(data_args, probe_args)
     if probe_args.seeds is not None:
         seeded_members([], probe_args.seeds)  # a repeated or empty list of seeds names the flag
     given = {
@@ -372,10 +397,22 @@ _PROTOCOL_HINTS = {
     "base_learning_rate": "The default protocol trains a grid of --learning_rates (base rates scaled by sqrt(batch/256)).",
     "learning_rates": "--protocol paper trains one rate: --base_learning_rate, scaled by batch / 256.",
     "seeds": "--protocol paper trains one probe: run it once per --seed.",
+    "episodes": "--protocol paper trains one probe: run it once per --subset_seed.",
     "selection_fraction": "--protocol paper chooses its epoch on the evaluation split (and says so).",
     "layerwise": "The default protocol already trains every layer of --feature_layers as its own grid member.",
     "lora_rank": "LoRA trains the backbone, which the default protocol's grid of probes shares.",
 }
+
+
+def _check_episodes(data_args: DataArguments, probe_args: ProbeArguments) -> None:
+    if data_args.shots_per_class is None:
+        raise ValueError("--episodes draws k images per class each time: give k with --shots_per_class.")
+    if data_args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {data_args.episodes}.")
+    if probe_args.seeds is not None:
+        raise ValueError("Choose --episodes (draws of the training images) or --seeds (head seeds), not both.")
+    if probe_args.knn_eval:
+        raise ValueError("--knn_eval does not run per episode yet: drop it, or drop --episodes.")
 
 
 def _check_paper(data_args: DataArguments, probe_args: ProbeArguments, training_args) -> None:

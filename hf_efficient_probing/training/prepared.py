@@ -35,6 +35,7 @@ from .data import (
     low_shot_subset,
     undecoded,
 )
+from .episodes import Episode, draw_episodes
 from .multilabel import (
     MULTI_LABEL_PROBLEM,
     MultiLabelColumn,
@@ -204,6 +205,24 @@ class PreparedData:
         return replace(self, splits=splits, info={**self.info, "selection_split": selection})
 
 
+def with_episodes(data: PreparedData, data_args: DataArguments) -> tuple[PreparedData, list[Episode]]:
+    """``data`` with ``train`` cut to the union of every low-shot episode's rows (`training.episodes`), and the
+    episodes; ``info`` records each one's seed, selection rule and rows."""
+    train = data.splits[TRAIN]
+    union, episodes = draw_episodes(
+        class_labels(train, data.label_column, TRAIN),
+        data_args.shots_per_class,
+        data_args.episodes,
+        data_args.subset_seed,
+        data_args.selection_fraction,
+        data.class_names,
+    )
+    splits = DatasetDict(data.splits)
+    splits[TRAIN] = train.select(union)
+    records = [episode.record(union) for episode in episodes]
+    return replace(data, splits=splits, info={**data.info, "episodes": records}), episodes
+
+
 def prepare_data(
     data_args: DataArguments, image_processor, dataset: DatasetDict | None = None, hub: dict | None = None
 ) -> PreparedData:
@@ -232,7 +251,9 @@ def prepare_data(
         )
     if data_args.skip_unreadable_images:
         info["skipped_unreadable_images"] = {split: _drop_unreadable(dataset, split, image_column) for split in dataset}
-    if data_args.shots_per_class is not None or data_args.train_fraction is not None:
+    if data_args.episodes is not None:  # the episodes draw their own subsets (`with_episodes`)
+        info.update(shots_per_class=data_args.shots_per_class, episodes=data_args.episodes)
+    elif data_args.shots_per_class is not None or data_args.train_fraction is not None:
         dataset[TRAIN] = low_shot_subset(
             dataset[TRAIN], label_column, data_args.shots_per_class, data_args.train_fraction, data_args.subset_seed
         )

@@ -11,6 +11,7 @@ import copy
 import os
 
 import torch
+from torch.utils.data import Subset
 from transformers import set_seed
 
 from ..atomic import atomic_write_json
@@ -22,9 +23,11 @@ from ..modeling_probing import AutoModelForEfficientProbing
 from ..probes import linear_features
 from .data import TRAIN, VALIDATION
 from .engine import GridResult, GridSplits, RunOptions, train_grid, train_probe
+from .figures import spread_figures
 from .grid import ProbingGridModel
 from .lora import add_lora
 from .prepared import SELECTION, probing_collator
+from .reporting import episodes_markdown, write_results, write_summary
 
 GRID_SPLITS = (TRAIN, SELECTION, VALIDATION)
 KNN_RESULTS = "knn_results.json"
@@ -53,6 +56,59 @@ def run_default_protocol(job) -> GridResult:
         bootstrap=job.bootstrap,
     )
     return train_grid(grid, job.args, splits, options)
+
+
+def run_episodes(job) -> dict:
+    """Every low-shot episode's grid (`training.episodes`), trained and chosen on its own rows of the one token cache
+    of their union (``output_dir/episode_<e>``); per kind the mean, spread and interval over episodes
+    (``output_dir/all_results.json``, ``run_summary.{json,md}``)."""
+    if not job.tokens.cached:
+        raise ValueError("--episodes trains from the token cache (one backbone pass over every draw): drop "
+                         "--use_token_cache false.")  # fmt: skip
+    caches = [_grid_cache(job, split, job.grid) for split in (TRAIN, VALIDATION)]
+    union, evaluation = (cache.dataset() for cache in caches)
+    results = []
+    for episode in job.episodes:
+        args = copy.copy(job.args)
+        args.output_dir = os.path.join(job.args.output_dir, f"episode_{episode.index}")
+        record = job.data.info["episodes"][episode.index]
+        info = {**job.run_info(), **record, "token_cache": combined_extraction_report(caches)}
+        info["augmentation"] = "none (cached tokens of the evaluation preprocessing)"
+        splits = GridSplits(*(Subset(union, rows) for rows in (episode.train_rows, episode.selection_rows)), evaluation)
+        options = RunOptions(
+            image_processor=job.data.eval_processor,
+            run_info=info,
+            run_identity={**job.identity(), "episode": record},
+            rungs=job.rungs,
+            bootstrap=job.bootstrap,
+        )
+        results.append(train_grid(job.episode_grid(episode), args, splits, options))
+    summary = episodes_summary(job, results)
+    if job.args.process_index == 0:
+        kinds = summary["chosen"]
+        write_results(job.args.output_dir, next(iter(kinds.values())) if len(kinds) == 1 else kinds)
+        write_summary(summary, job.args.output_dir, markdown=episodes_markdown)
+    return summary["chosen"]
+
+
+def episodes_summary(job, results: list[GridResult]) -> dict:
+    """The run summary of the episodes: per kind, `figures.spread_figures` over them, and each episode's choice."""
+    seeds = [episode.seed for episode in job.episodes]
+    chosen = {}
+    for kind in results[0].metrics:
+        per_episode = [{**result.metrics[kind], "chosen": result.summary["chosen"][kind]["name"]} for result in results]
+        hits = [result.hits[kind] for result in results]
+        chosen[kind] = spread_figures(seeds, per_episode, hits, job.bootstrap, over="episodes")
+    return {
+        "protocol": "default",
+        "selection": "each episode: member (kind x layer x learning rate) and epoch chosen on its own selection split "
+        "(see selection_rule); the evaluation split was read once per episode, by its chosen probe",
+        "dataset": job.data.info.get("dataset"),
+        "shots_per_class": job.data.info.get("shots_per_class"),
+        "episodes": job.data.info["episodes"],
+        "eval_samples": len(job.data.splits[VALIDATION]),
+        "chosen": chosen,
+    }
 
 
 def extraction_options(cache_root: str | None, args) -> ExtractionOptions:

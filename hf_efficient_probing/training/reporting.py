@@ -249,6 +249,43 @@ def grid_summary_markdown(summary: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def episodes_markdown(summary: dict) -> str:
+    """Low-shot episodes: per kind the mean ± std over episodes with both intervals, each episode's figures and
+    choice, and each episode's draw."""
+    spread = markdown_table(
+        ["kind", "eval top-1 (%) (mean ± std over episodes)", "eval top-5 (%)"],
+        [(kind, figure_cell(figures, TOP1), figure_cell(figures, TOP5)) for kind, figures in summary["chosen"].items()],
+        ["left", "right", "right"],
+    )
+    each = markdown_table(
+        ["kind", "episode (seed)", "chosen", "selection top-1 (%)", "eval top-1 (%)", "eval top-5 (%)"],
+        [
+            (kind, seed, figures["chosen"], percent(figures["selection_accuracy"]), figure_cell(figures, TOP1),
+             figure_cell(figures, TOP5))
+            for kind, probe in summary["chosen"].items()
+            for seed, figures in probe["per_episode"].items()
+        ],
+        ["left", "right", "left", "right", "right", "right"],
+    )  # fmt: skip
+    draws = markdown_table(
+        ["episode", "seed", "train", "selection", "selection split"],
+        [
+            (
+                str(e["episode"]),
+                str(e["seed"]),
+                str(e["train_samples"]),
+                str(e["selection_samples"]),
+                e["selection_rule"],
+            )
+            for e in summary["episodes"]
+        ],
+    )
+    title = f"# Low-shot episodes: {summary['shots_per_class']} images per class, {len(summary['episodes'])} draws"
+    notes = interval_notes(next(iter(summary["chosen"].values())))
+    sections = [title, summary["selection"] + ".", spread, *notes, "## Each episode", each, "## The draws", draws]
+    return "\n\n".join(sections) + "\n"
+
+
 def trained_epochs(member: dict, epochs: float) -> str:
     """When a member trained: every epoch, until the rung that stopped it, or from the rung that added it."""
     started, stopped = member.get("started_epoch", 0), member.get("stopped_epoch")
