@@ -71,3 +71,14 @@ def test_an_ep_run_then_a_linear_run_runs_the_backbone_once(tmp_path):
     second = run("linear", "linear")
     assert len(forwards) == passes, "the linear run ran the backbone again"
     assert second["reused"] and second["images"] == 0
+
+
+def test_token_dtype_chooses_the_caches_storage(tmp_path):
+    cache_dir = tmp_path / "tokens"
+    data_args = DataArguments(shots_per_class=3, max_eval_samples=4, token_cache_dir=str(cache_dir), token_dtype="int8")
+    model_args = ModelArguments()
+    probe_args = ProbeArguments(probe="linear", feature_layers=[-1], learning_rates=[1e-1])
+    args = embedded_training_arguments(str(tmp_path / "run"), num_train_epochs=1, warmup_epochs=0)
+    run_probing(model_args, data_args, probe_args, args, *offline_inputs(model_args, data_args))
+    assert json.loads((tmp_path / "run" / "run_summary.json").read_text())["token_cache"]["storage_dtype"] == "int8"
+    assert {TokenCache(path).key["dtype"] for path in cache_dir.iterdir()} == {"int8"}

@@ -23,13 +23,15 @@ from torch.utils.data import Dataset
 from ..backbones import normalize_layers
 from .layout import TokenLayout
 from .manifest import MANIFEST_NAME, CorruptCacheError, ShardRecord, check_shard, check_shard_size
+from .quantization import decode, token_storage
 
 TOKEN_SELECTIONS = ("patch", "all")
 
 
-def layer_tensor_name(layer: int) -> str:
-    """The name of one layer's ``[rows, N, C]`` tokens in a shard."""
-    return f"tokens.{layer}"
+def shard_tensor_name(part: str, layer: int) -> str:
+    """The name of one layer's ``part`` in a shard: ``tokens.<layer>`` (``[rows, N, C]``), and for the 8-bit types
+    ``scale.<layer>`` (and ``zero.<layer>``, ``[rows, N]``; see `cache.quantization`)."""
+    return f"{part}.{layer}"
 
 
 class TokenCache:
@@ -186,7 +188,13 @@ class TokenCacheView:
 # ----------------------------------------------------------------------------------------------------------------
 # Reading rows
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+_SAFETENSORS_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "U8": torch.uint8,
+}
 
 
 def map_safetensors_tensor(path: Path, name: str) -> torch.Tensor:
@@ -213,8 +221,8 @@ class TokenCacheDataset(Dataset):
     """Rows of a token cache as ``{"tokens": [N, C], "labels": int}``, read through memory maps.
 
     Only the labels live in RAM. A row's layer is a view of its shard's mapped pages, in the storage dtype (the
-    probing model casts them to its own): a row of one layer is a view, of several one concatenation, and the kernel
-    pages the files in and out as needed. ``feature_layers`` and ``token_selection`` pick another view than
+    probing model casts them to its own), or, for an 8-bit type, dequantised from them to float32: a row of one
+    float layer is a view, of several one concatenation, and the kernel pages the files in and out as needed. ``feature_layers`` and ``token_selection`` pick another view than
     ``source``'s own: other stored layers (in the order given), ``"patch"`` to drop the [CLS] token or ``"all"`` to
     keep it.
     """
@@ -230,7 +238,8 @@ class TokenCacheDataset(Dataset):
             view.extraction_report,
         )
         self.groups = self.view.groups
-        self.sources = [(self.view.group_of(layer), layer_tensor_name(layer)) for layer in self.view.feature_layers]
+        self.sources = [(self.view.group_of(layer), layer) for layer in self.view.feature_layers]
+        self.token_dtypes = [group.key["dtype"] for group in self.groups]
         self.drop_prefix = self.view.num_prefix_tokens if self.view.token_selection == "patch" else 0
         self.starts = [[shard.start for shard in group.shards] for group in self.groups]
         self._maps: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -269,11 +278,17 @@ class TokenCacheDataset(Dataset):
         return shard, row - starts[shard]
 
     def tokens(self, row: int) -> torch.Tensor:
-        parts = []
-        for group, name in self.sources:
+        layers = []
+        for group, layer in self.sources:
             shard, offset = self._locate(group, row)
-            parts.append(self._shard_tensor(group, shard, name)[offset, self.drop_prefix :])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            token_dtype = self.token_dtypes[group]
+            names = ("tokens", *token_storage(token_dtype).parameters)
+            stored = {
+                name: self._shard_tensor(group, shard, shard_tensor_name(name, layer))[offset, self.drop_prefix :]
+                for name in names
+            }
+            layers.append(decode(stored, token_dtype))
+        return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {"tokens": self.tokens(row), "labels": self.labels[row]}

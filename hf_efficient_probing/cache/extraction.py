@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader, has_cls_token
-from .dataset import TokenCache, TokenCacheView, layer_tensor_name
+from .dataset import TokenCache, TokenCacheView, shard_tensor_name
 from .groups import complete_layer_groups, cover_layers
-from .key import CachedSplit, TokenCacheKey, storage_dtype
+from .key import CachedSplit, TokenCacheKey
 from .location import default_cache_root
 from .manifest import (
     LAYOUT_FIELDS,
@@ -52,6 +52,7 @@ from .manifest import (
     shard_verifies,
     write_json,
 )
+from .quantization import encode
 
 LOCK_PATTERN = ".lock-rank{:03d}"
 MAX_DEFAULT_WORKERS = 8
@@ -393,38 +394,48 @@ def stored_reader(reader: TokenReader) -> TokenReader:
 
 
 def _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar) -> None:
-    """Run the backbone batch by batch and submit each shard once its rows are in: one tensor per layer."""
-    dtype, autocast = storage_dtype(plan.key.dtype), plan.key.compute_dtype == "bfloat16"
+    """Run the backbone batch by batch and submit each shard once its rows are in: one tensor per layer (and the
+    8-bit types' per-token parameters), encoded on the device before they travel to the host."""
+    autocast = plan.key.compute_dtype == "bfloat16"
     expected_shape = writer.listing.get("token_shape")
     for index, shard_batches in per_shard.items():
-        token_batches, label_batches = [], []
+        parts, label_batches = {}, []
         for _ in shard_batches:
             pixel_values, labels = next(loader)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the backbone only
                 read = plan.reader(plan.backbone, pixel_values.to(device, non_blocking=device.type == "cuda"))
-            token_batches.append(read.tokens.to("cpu", dtype))
+            for name, tensor in encode_layers(read.tokens, plan.reader.layers, plan.key.dtype).items():
+                parts.setdefault(name, []).append(tensor.to("cpu"))
             label_batches.append(labels)
             if expected_shape is None:  # the first batch of this run: will the rest fit?
-                check_free_space(writer.directory, missing_rows * token_batches[0][0].nbytes)
+                check_free_space(writer.directory, missing_rows * sum(part[0][0].nbytes for part in parts.values()))
                 expected_shape = list(read.tokens.shape[1:])
             bar.update(len(labels))
-        tokens, start = torch.cat(token_batches), shard_batches[0][0]
-        if list(tokens.shape[1:]) != expected_shape:
+        start, shape = shard_batches[0][0], list(read.tokens.shape[1:])
+        if shape != expected_shape:
             raise ValueError(
-                f"Rows {start}-{start + len(tokens) - 1} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
-                f"{expected_shape}: every image must reach the backbone at the same size (use the deterministic eval "
-                "transform, which resizes and crops)."
+                f"Rows from {start} give tokens of shape {shape}, earlier rows {expected_shape}: every image must "
+                "reach the backbone at the same size (use the deterministic eval transform, which resizes and crops)."
             )
-        per_layer = tokens.unflatten(-1, (len(plan.reader.layers), -1)).unbind(-2)
         layout = dict(
-            hidden_size=per_layer[0].shape[-1],  # the tokens' width per layer
+            hidden_size=shape[-1] // len(plan.reader.layers),  # the tokens' width per layer
             num_hidden_layers=plan.reader.num_hidden_layers,
             num_prefix_tokens=read.num_prefix_tokens,
             grid_size=list(read.grid_size) if read.grid_size else None,
-            token_shape=list(tokens.shape[1:]),
+            token_shape=shape,
         )
-        tensors = {layer_tensor_name(layer): part for layer, part in zip(plan.reader.layers, per_layer, strict=True)}
+        tensors = {name: torch.cat(batches) for name, batches in parts.items()}
         writer.submit(index, start, {**tensors, "labels": torch.cat(label_batches)}, layout)
+
+
+def encode_layers(tokens: torch.Tensor, layers, token_dtype: str) -> dict[str, torch.Tensor]:
+    """``[B, N, len(layers) * C]`` tokens as the shard's tensors: each layer's, in ``token_dtype``."""
+    per_layer = tokens.unflatten(-1, (len(layers), -1)).unbind(-2)
+    return {
+        shard_tensor_name(part, layer): tensor
+        for layer, layer_tokens in zip(layers, per_layer, strict=True)
+        for part, tensor in encode(layer_tokens, token_dtype).items()
+    }
 
 
 def merge_manifest(plan: ExtractionPlan, shard_size: int, num_shards: int, world_size: int) -> None:

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from ..backbones import TokenReader
+from .quantization import token_dtype_name
 
 # 2: the compute precision is part of the key; 3: the columns and the label mapping too; 4: every token of each layer
-# stored (no token selection in the key), one tensor per layer in a shard, directories named <source>-layers-<...>
-CACHE_FORMAT_VERSION = 4
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# stored (no token selection in the key), one tensor per layer in a shard, directories named <source>-layers-<...>;
+# 5: 8-bit storage types (float8, int8) with per-token parameters
+CACHE_FORMAT_VERSION = 5
 LAYERS_MARK = "-layers-"  # between a cache directory's source fingerprint and its layers
 # Fields of a config dict that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = {
@@ -38,15 +39,6 @@ _VOLATILE_CONFIG_KEYS = {
     "dtype",
     "torch_dtype",
 }
-
-
-def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The cache's storage dtype from its name or a `torch.dtype` (float16, bfloat16 or float32)."""
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    if dtype not in _DTYPES:
-        raise ValueError(f"Token caches store float16, bfloat16 or float32 tokens, got {dtype!r}.")
-    return _DTYPES[dtype]
 
 
 def bfloat16_is_native(device: torch.device | str) -> bool:
@@ -179,7 +171,7 @@ class TokenCacheKey:
             backbone_config=json.dumps(config, sort_keys=True, default=str),
             feature_layers=reader.layers,
             apply_final_norm=bool(reader.apply_final_norm),
-            dtype=str(storage_dtype(dtype)).removeprefix("torch."),
+            dtype=token_dtype_name(dtype),
             compute_dtype=resolve_compute_dtype(compute_dtype, device if device is not None else parameter.device),
             preprocessing=data.preprocessing,
             dataset=data.dataset,

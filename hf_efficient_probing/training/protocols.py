@@ -62,7 +62,7 @@ def _grid_cache(job, split: str, grid: ProbingGridModel) -> TokenCacheView:
         split,
         grid.member_models[0],
         extraction_options(job.tokens.cache_root, job.args),
-        storage=("float16", job.tokens.compute_dtype),
+        storage=(job.tokens.token_dtype, job.tokens.compute_dtype),
         reader=grid.reader,
     )
 
@@ -164,7 +164,7 @@ def _knn_features(job, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         reader = AutoModelForEfficientProbing.from_backbone(
             job.backbone, probe="linear", features=kind, num_labels=job.data.num_labels, feature_layers=layers
         )
-        storage = ("float16", job.tokens.compute_dtype)
+        storage = (job.tokens.token_dtype, job.tokens.compute_dtype)
         return global_features(
             job.data.token_cache(split, reader, extraction_options(job.tokens.cache_root, job.args), storage=storage),
             kind,

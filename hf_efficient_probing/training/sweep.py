@@ -98,7 +98,7 @@ def run_probe_sweep(
     if data_args.use_token_cache:
         options = extraction_options(data_args.token_cache_dir, args)
         for split in SPLITS:  # k-NN on [CLS] reads it from the same cache, which holds every token
-            storage = ("float16", data_args.backbone_dtype)
+            storage = (data_args.token_dtype, data_args.backbone_dtype)
             caches[split] = data.token_cache(split, grid.member_models[0], options, storage=storage, reader=grid.reader)
         splits = GridSplits(*(caches[split].dataset() for split in SPLITS))
     else:
