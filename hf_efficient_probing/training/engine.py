@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..probes.counting import count_trainable_parameters
 from ..probes.patch_grid import as_pair
 from .arguments import ProbingTrainingArguments
+from .figures import EVAL_FIGURES, BootstrapOptions, image_intervals, per_image_hits, spread_figures
 from .grid import ProbingGridModel, check_grid_fits
 from .lora import freeze_lora, has_lora
 from .recipes import check_resolved, effective_batch_size, peak_learning_rate, recipe_identity
@@ -51,6 +53,7 @@ class RunOptions:
             ``output_dir/members/<name>`` (a sweep that reports every probe).
         rungs: where a grid stops its members out of contention and extends its edge (`training.rungs.Rungs`; the
             grid holds its reserve members already); ``None`` trains every member to the end.
+        bootstrap: the bootstrap interval over evaluation images beside every evaluation figure.
     """
 
     image_processor: Any = None
@@ -60,6 +63,7 @@ class RunOptions:
     run_identity: dict | None = None
     evaluate_every_member: bool = False
     rungs: Rungs | None = None
+    bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
 
 
 @dataclass
@@ -113,12 +117,19 @@ def save_probe(model, output_dir: str, image_processor=None) -> None:
         image_processor.save_pretrained(output_dir)
 
 
-def evaluate_once(model, args: ProbingTrainingArguments, evaluation_dataset) -> dict[str, float]:
-    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split: its only reading."""
+def evaluate_once(
+    model, args: ProbingTrainingArguments, evaluation_dataset, bootstrap: BootstrapOptions
+) -> tuple[dict, dict]:
+    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split (its only reading), each
+    with its bootstrap interval over the images; and the per-image hits they were computed from."""
     eval_args = copy.copy(args)
     eval_args.report_to = []
-    results = build_trainer(model, eval_args, (None, evaluation_dataset)).evaluate()
-    return {key: value for key, value in results.items() if key in ("eval_accuracy", f"eval_top{TOP_K}_accuracy")}
+    output = build_trainer(model, eval_args, (None, evaluation_dataset)).predict(
+        evaluation_dataset, metric_key_prefix="eval"
+    )
+    hits = per_image_hits(output.predictions, output.label_ids)
+    figures = {name: output.metrics[name] for name in EVAL_FIGURES}
+    return {**figures, **image_intervals(hits, bootstrap)}, hits
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,16 +158,20 @@ def train_grid(
     if rungs:
         steps = [epoch * args.eval_steps for epoch in rungs.epochs(args.num_train_epochs)]
         callbacks.append(GridRungs(rungs, steps, len(splits.selection)))
+    train = grid.training_dataset(splits.train, args.seed)
     trainer = build_trainer(
-        grid, args, (splits.train, splits.selection), grid.training_names, [*callbacks, *options.callbacks], identity
+        grid, args, (train, splits.selection), grid.training_names, [*callbacks, *options.callbacks], identity
     )
     condense_printed_logs(trainer, [(member.name, member.kind) for member in grid.members])
     train_output = fit(trainer, options)
-    chosen = chosen_members([member.kind for member in grid.members], grid.best_accuracy)
-    metrics = {kind: _chosen_metrics(grid, trainer, index, splits, train_output) for kind, index in chosen.items()}
+    chosen = chosen_members(grid.members, grid.best_accuracy)
+    metrics = {
+        kind: _setting_metrics(grid, trainer, indices, splits, (train_output, options.bootstrap))
+        for kind, indices in chosen.items()
+    }
     paths = {kind: args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind) for kind in chosen}
     member_metrics = _every_member(grid, trainer, splits.evaluation, options) if options.evaluate_every_member else {}
-    edges = {kind: _edge(grid, index, rungs) for kind, index in chosen.items()}
+    edges = {kind: _edge(grid, indices[0], rungs) for kind, indices in chosen.items()}
     run_info = {**options.run_info, "rungs": rung_record, "runtime_s": round(time.time() - start, 2)}
     summary = grid_summary(
         grid, trainer, chosen, {k: {**m, "grid_edge": edges[k]} for k, m in metrics.items()}, run_info
@@ -164,8 +179,8 @@ def train_grid(
     for member in summary["members"]:
         member.update(member_metrics.get(member["name"], {}))
     if trainer.is_world_process_zero():
-        for kind, index in chosen.items():
-            save_probe(grid.best_member(index), paths[kind], options.image_processor)
+        for kind, indices in chosen.items():  # with --seeds, the first seed's probe (its figures: per_seed)
+            save_probe(grid.best_member(indices[0]), paths[kind], options.image_processor)
             write_results(paths[kind], metrics[kind])
         if len(chosen) > 1:
             write_results(
@@ -196,10 +211,38 @@ def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
     return grid.layout.num_prefix_tokens + (height // patch_height) * (width // patch_width)
 
 
-def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output) -> dict:
-    """The chosen member's figures: the evaluation split read once, at its best epoch on the selection split."""
+def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outcome: tuple) -> dict:
+    """The chosen setting's figures: its member's (`_chosen_metrics`); with ``--seeds``, the mean, spread and each
+    seed's (`figures.spread_figures`), the selection accuracy averaged as the choice averaged it."""
+    train_output, bootstrap = outcome
+    results = [_chosen_metrics(grid, trainer, index, splits, train_output, bootstrap) for index in indices]
+    if not grid.seeds:
+        return results[0][0]
+    per_seed = [metrics for metrics, _ in results]
+    seeds = [grid.members[index].seed for index in indices]
+    setting = grid.members[indices[0]].setting
+    shared = {key: per_seed[0][key] for key in ("eval_samples", "selection_samples", "learning_rate", "feature_layer")}
+    return {
+        "setting": setting.name,
+        **spread_figures(seeds, per_seed, [hits for _, hits in results], bootstrap, over="seeds"),
+        "selection_accuracy": sum(m["selection_accuracy"] for m in per_seed) / len(per_seed),
+        "selection_accuracy_std": float(np.std([m["selection_accuracy"] for m in per_seed], ddof=1))
+        if len(per_seed) > 1
+        else 0.0,
+        "best_epoch": [m["best_epoch"] for m in per_seed],
+        **shared,
+        "train_samples": per_seed[0]["train_samples"],
+        "train_runtime": per_seed[0]["train_runtime"],
+        "saved_seed": seeds[0],
+    }
+
+
+def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output, bootstrap) -> tuple[dict, dict]:
+    """A chosen member's figures: the evaluation split read once, at its best epoch on the selection split; and its
+    per-image hits."""
     member = grid.members[index]
-    evaluation = evaluate_once(grid.best_member(index), trainer.args, grid.member_dataset(index, splits.evaluation))
+    dataset = grid.member_dataset(index, splits.evaluation)
+    evaluation, hits = evaluate_once(grid.best_member(index), trainer.args, dataset, bootstrap)
     best = best_epoch(trainer.state.log_history, f"{SELECTION_PREFIX}_{member.name}_accuracy") or {}
     return {
         **evaluation,
@@ -212,7 +255,7 @@ def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output)
         "feature_layer": member.layer,
         "train_samples": len(splits.train),
         "train_runtime": train_output.metrics.get("train_runtime"),
-    }
+    }, hits
 
 
 def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dict[str, dict]:
@@ -223,7 +266,7 @@ def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dic
             continue  # a reserve no rung started: never trained
         model = grid.best_member(index)
         results[member.name] = {
-            **evaluate_once(model, trainer.args, grid.member_dataset(index, evaluation_dataset)),
+            **evaluate_once(model, trainer.args, grid.member_dataset(index, evaluation_dataset), options.bootstrap)[0],
             "selection_accuracy": grid.best_accuracy[index].item(),
             "best_epoch": grid.best_epoch[index].item(),
             "probe_parameters": count_trainable_parameters(grid.heads[index]),
@@ -233,7 +276,18 @@ def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dic
     return results
 
 
-def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info: dict) -> dict:
+SELECTION_NOTE = (
+    "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from train; the "
+    "evaluation split was read once, by each chosen probe"
+)
+SEEDS_SELECTION_NOTE = (
+    "setting (kind x layer x learning rate) chosen by its mean accuracy over the seeds on the selection split, held "
+    "out from train, each seed's epoch on the same split; the evaluation split was read once per seed, by the "
+    "chosen setting"
+)
+
+
+def grid_summary(grid, trainer, chosen: dict[str, list[int]], metrics: dict, run_info: dict) -> dict:
     """A JSON-able record of a grid run: every member that trained (its selection result, and the epochs it trained
     between, when rungs started or stopped it), the chosen ones, the recipe, the member-epochs trained."""
     history = trainer.state.log_history
@@ -243,20 +297,21 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         for index in range(len(grid.members))
         if not grid.waiting_mask()[index]
     ]
-    config = grid.member_config(next(iter(chosen.values())))
+    config = grid.member_config(next(iter(chosen.values()))[0])
     chosen_records = {
         kind: {
-            "name": grid.members[index].name,
-            "probe_parameters": count_trainable_parameters(grid.heads[index]),
+            "name": grid.members[indices[0]].setting.name if grid.seeds else grid.members[indices[0]].name,
+            "members": [grid.members[index].name for index in indices],
+            "probe_parameters": count_trainable_parameters(grid.heads[indices[0]]),
             **metrics[kind],
         }
-        for kind, index in chosen.items()
+        for kind, indices in chosen.items()
     }
     from_start = sum(grid.from_start_mask())
     return {
         "protocol": "default",
-        "selection": "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from "
-        "train; the evaluation split was read once, by each chosen probe",
+        "selection": SEEDS_SELECTION_NOTE if grid.seeds else SELECTION_NOTE,
+        "seeds": grid.seeds or None,
         "backbone": config.backbone_name_or_path or f"{config.backbone_config.model_type} built from its config",
         "backbone_revision": config.backbone_revision,
         "members": members,
@@ -284,6 +339,7 @@ def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epoc
         "kind": member.kind,
         "layer": member.layer,
         "learning_rate": member.learning_rate,
+        "seed": member.seed,
         "selection_accuracy": grid.best_accuracy[index].item(),
         "best_epoch": grid.best_epoch[index].item(),
         "started_epoch": round(started_epoch, 6),
@@ -331,8 +387,10 @@ def train_probe(
     trainer = build_trainer(model, args, (train_dataset, eval_dataset), callbacks=callbacks, run_identity=identity)
     train_metrics = {**fit(trainer, options).metrics, "train_samples": len(train_dataset)}
     eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
+    hits = evaluate_once(trainer.model, trainer.args, eval_dataset, options.bootstrap)[1]  # the same probe's hits
+    eval_metrics.update(image_intervals(hits, options.bootstrap))
     for split, split_metrics in (("train", train_metrics), ("eval", eval_metrics)):
-        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if k != "selection"})
+        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if isinstance(v, (int, float))})
     trainer.save_state()
     summary = run_summary(trainer, eval_metrics, {**options.run_info, "runtime_s": round(time.time() - start, 2)})
     if trainer.is_world_process_zero():
@@ -371,6 +429,7 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> 
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "eval_accuracy": eval_metrics.get("eval_accuracy"),
         "eval_top5_accuracy": eval_metrics.get(f"eval_top{TOP_K}_accuracy"),
+        **{key: eval_metrics[key] for key in eval_metrics if key.endswith("_interval") or key == "interval_method"},
         "per_epoch": [
             {
                 "epoch": e["epoch"],

@@ -81,7 +81,11 @@ def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
     if not batch:
         raise ValueError(f"Examples need 'pixel_values' or 'tokens'; got keys {sorted(examples[0])}.")
     if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
+        labels = [example["labels"] for example in examples]
+        if torch.is_tensor(labels[0]) and labels[0].dim():  # one label per seed (`training.grid.SeedStreams`)
+            batch["labels"] = torch.stack(labels).long()
+        else:
+            batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
     return batch
 
 

@@ -47,7 +47,11 @@ def run_default_protocol(job) -> GridResult:
         splits = GridSplits(train, job.data.images(SELECTION), job.data.images(VALIDATION))
         info["augmentation"] = f"RandomResizedCrop(scale={job.tokens.crop_scale}) + horizontal flip, live backbone"
     options = RunOptions(
-        image_processor=job.data.eval_processor, run_info=info, run_identity=job.identity(), rungs=job.rungs
+        image_processor=job.data.eval_processor,
+        run_info=info,
+        run_identity=job.identity(),
+        rungs=job.rungs,
+        bootstrap=job.bootstrap,
     )
     return train_grid(grid, job.args, splits, options)
 

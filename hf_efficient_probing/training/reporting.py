@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from transformers import PrinterCallback, ProgressCallback
 
 from ..atomic import atomic_write_json, atomic_write_text
@@ -21,6 +22,7 @@ from .selection import SELECTION_PREFIX
 SUMMARY_JSON, SUMMARY_MARKDOWN, SUMMARY_PLOT = "run_summary.json", "run_summary.md", "run_summary.png"
 RESULTS_JSON = "all_results.json"
 TOP_K = 5
+TOP1, TOP5 = "eval_accuracy", f"eval_top{TOP_K}_accuracy"
 # run-summary entries shown as extra rows of the Markdown tables, when present
 EXTRA_ROWS = (
     "protocol",
@@ -90,44 +92,94 @@ def summary_markdown(summary: dict) -> str:
         ),
         ("Epochs", f"{summary['epochs_run']:g} of {summary['epochs']:g} ({summary['optimizer_steps']} steps)"),
         ("Best epoch", summary["best_epoch"]),
-        ("Top-1 accuracy (%)", percent(summary["eval_accuracy"])),
-        ("Top-5 accuracy (%)", percent(summary["eval_top5_accuracy"])),
+        ("Top-1 accuracy (%) [95 % interval]", figure_cell(summary, TOP1)),
+        ("Top-5 accuracy (%) [95 % interval]", figure_cell(summary, TOP5)),
+        *(("Intervals", note) for note in interval_notes(summary)),
         *_extra_rows(summary),
     ]
     return "# Probing run\n\n" + markdown_table(["", ""], [(name, str(value)) for name, value in rows]) + "\n"
 
 
+def figure_cell(record: dict, name: str) -> str:
+    """An evaluation figure in percent with what varies around it: ``± std`` over runs when there are several, and
+    its 95 % interval over evaluation images (``[low, high]``)."""
+    if record.get(name) is None:
+        return "n/a"
+    cell = percent(record[name])
+    if f"{name}_std" in record:
+        cell += f" ± {100 * record[f'{name}_std']:.2f}"
+    if f"{name}_interval" in record:
+        low, high = record[f"{name}_interval"]
+        cell += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return cell
+
+
+def interval_notes(record: dict) -> list[str]:
+    """What each interval of a record covers, in words (the images, the seeds or the episodes)."""
+    notes = []
+    if record.get("interval_method"):
+        notes.append(f"[low, high]: {record['interval_method']}.")
+    for run in ("seed", "episode"):
+        if f"{run}_interval_method" in record:
+            low, high = record[f"eval_accuracy_{run}_interval"]
+            notes.append(
+                f"Over {run}s: top-1 {100 * low:.1f} to {100 * high:.1f} ({record[f'{run}_interval_method']})."
+            )
+    return notes
+
+
+def _epochs_cell(best_epoch) -> str:
+    return ", ".join(f"{epoch:g}" for epoch in best_epoch) if isinstance(best_epoch, list) else f"{best_epoch:g}"
+
+
+def _per_seed_table(summary: dict) -> list[str]:
+    """Each seed's figures of each chosen setting (``--seeds``)."""
+    rows = [
+        (kind, seed, percent(figures["selection_accuracy"]), f"{figures['best_epoch']:g}", figure_cell(figures, TOP1), figure_cell(figures, TOP5))
+        for kind, probe in summary["chosen"].items()
+        for seed, figures in probe.get("per_seed", {}).items()
+    ]  # fmt: skip
+    if not rows:
+        return []
+    headers = ["kind", "seed", "selection top-1 (%)", "best epoch", "eval top-1 (%)", "eval top-5 (%)"]
+    return ["## Each seed", markdown_table(headers, rows, ["left", "right", "right", "right", "right", "right"])]
+
+
 def grid_summary_markdown(summary: dict) -> str:
     """A grid run (the default protocol): the chosen probes, every member, the recipe."""
+    seeds = summary.get("seeds")
+    spread = " (mean ± std over seeds)" if seeds else ""
     chosen = markdown_table(
-        ["kind", "member", "selection top-1 (%)", "best epoch", "eval top-1 (%)", "eval top-5 (%)"],
+        ["kind", "member", "selection top-1 (%)", "best epoch", f"eval top-1 (%){spread}", f"eval top-5 (%){spread}"],
         [
             (
                 kind,
                 probe["name"],
                 percent(probe["selection_accuracy"]),
-                f"{probe['best_epoch']:g}",
-                percent(probe.get("eval_accuracy")),
-                percent(probe.get(f"eval_top{TOP_K}_accuracy")),
+                _epochs_cell(probe["best_epoch"]),
+                figure_cell(probe, TOP1),
+                figure_cell(probe, TOP5),
             )
             for kind, probe in summary["chosen"].items()
         ],
         ["left", "left", "right", "right", "right", "right"],
     )
+    seed_column = [("seed", lambda m: str(m.get("seed")), "right")] if seeds else []
     members = markdown_table(
-        ["kind", "layer", "lr", "selection top-1 (%)", "best epoch", "epochs trained"],
+        ["kind", "layer", "lr", *(c[0] for c in seed_column), "selection top-1 (%)", "best epoch", "epochs trained"],
         [
             (
                 m["kind"],
                 str(m["layer"]),
                 f"{m['learning_rate']:.3g}",
+                *(c[1](m) for c in seed_column),
                 percent(m["selection_accuracy"]),
                 f"{m['best_epoch']:g}",
                 trained_epochs(m, summary["epochs"]),
             )
             for m in summary["members"]
         ],
-        ["left", "right", "right", "right", "right", "left"],
+        ["left", "right", "right", *(c[2] for c in seed_column), "right", "right", "left"],
     )
     recipe = (
         f"{summary['optimizer']}, batch {summary['effective_batch_size']}, {summary['epochs']:g} epochs "
@@ -148,7 +200,9 @@ def grid_summary_markdown(summary: dict) -> str:
         summary["selection"] + ".",
         "## Chosen probes",
         chosen,
+        *interval_notes(next(iter(summary["chosen"].values()))),
         *edges,
+        *_per_seed_table(summary),
         "## Every member",
         members,
         details,
@@ -196,17 +250,19 @@ def plot_grid(summary: dict, path: str) -> None:
 
     figure = Figure(figsize=(11, 4))
     sweep_axes, curve_axes = figure.subplots(1, 2)
-    lines: dict[tuple, list] = {}
+    lines: dict[tuple, dict[float, list[float]]] = {}
     for member in summary["members"]:
-        lines.setdefault((member["kind"], member["layer"]), []).append(member)
-    for (kind, layer), members in lines.items():
-        members = sorted(members, key=lambda m: m["learning_rate"])
-        sweep_axes.plot(
-            [m["learning_rate"] for m in members],
-            [100 * m["selection_accuracy"] for m in members],
-            marker="o",
-            label=f"{kind}, layer {layer}",
-        )
+        rates = lines.setdefault((member["kind"], member["layer"]), {})
+        rates.setdefault(member["learning_rate"], []).append(100 * member["selection_accuracy"])
+    for (kind, layer), rates in lines.items():
+        rates = dict(sorted(rates.items()))
+        means = [float(np.mean(values)) for values in rates.values()]
+        stds = [float(np.std(values, ddof=1)) if len(values) > 1 else 0.0 for values in rates.values()]
+        label = f"{kind}, layer {layer}" + (" (mean ± std over seeds, each seed a dot)" if summary.get("seeds") else "")
+        line = sweep_axes.errorbar(list(rates), means, yerr=stds, marker="o", capsize=3, label=label)
+        if summary.get("seeds"):
+            for rate, values in rates.items():
+                sweep_axes.plot([rate] * len(values), values, ".", color=line[0].get_color(), alpha=0.5)
     stopped = [m for m in summary["members"] if m.get("stopped_epoch") is not None]
     if stopped:
         sweep_axes.plot(
@@ -228,12 +284,11 @@ def plot_grid(summary: dict, path: str) -> None:
             )
             curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1]["selection_accuracy"], "x", color="0.5")
     for kind, chosen in summary["chosen"].items():
-        curve = by_name[chosen["name"]]["per_epoch"]
-        curve_axes.plot(
-            [p["epoch"] for p in curve],
-            [100 * p["selection_accuracy"] for p in curve],
-            label=f"{kind}: {chosen['name']}",
-        )
+        for name in chosen.get("members", [chosen["name"]]):  # every seed of the chosen setting
+            curve = by_name[name]["per_epoch"]
+            curve_axes.plot(
+                [p["epoch"] for p in curve], [100 * p["selection_accuracy"] for p in curve], label=f"{kind}: {name}"
+            )
     curve_axes.set(xlabel="epoch", ylabel="selection top-1 (%)", title="Chosen members")
     curve_axes.legend()
     figure.tight_layout()

@@ -4,7 +4,8 @@ member), never on the split a run reports.
 The default protocol holds out a stratified, seeded fraction of every class of the training split
 (:func:`hold_out_for_selection`). During training, :class:`GridSelection` snapshots each member at its best epoch on
 that split (``selection_<member>_accuracy`` in the log); at the end :func:`chosen_members` picks each probe kind's
-best member. Ties go to the earliest epoch, and to the member listed first (lower layer order, lower learning rate).
+best setting (by its mean over seeds, with ``--seeds``). Ties go to the earliest epoch, and to the member listed
+first (lower layer order, lower learning rate).
 """
 
 from __future__ import annotations
@@ -96,12 +97,18 @@ class GridSelection(TrainerCallback):
                 model.best_epoch[index] = state.epoch
 
 
-def chosen_members(kinds: Sequence[str], best_accuracy: torch.Tensor) -> dict[str, int]:
-    """Per probe kind, the index of the member with the best selection accuracy (the first one on ties: the lowest
-    layer order and learning rate as the grid lists them). ``kinds[i]`` is member ``i``'s kind."""
-    chosen: dict[str, int] = {}
-    for index, kind in enumerate(kinds):
-        best = chosen.get(kind)
-        if best is None or best_accuracy[index] > best_accuracy[best]:
-            chosen[kind] = index
+def chosen_members(members: Sequence, best_accuracy: torch.Tensor) -> dict[str, list[int]]:
+    """Per probe kind, the indices of the members of its chosen setting (kind x layer x learning rate x own
+    settings): the setting with the best selection accuracy, averaged over its seeds (one member per setting without
+    ``--seeds``); the first one on ties (the lowest layer order and learning rate as the grid lists them). A mean over
+    seeds, not the best seed: the best of several noisy draws is optimistic, and the figure reported is the mean."""
+    settings: dict = {}
+    for index, member in enumerate(members):
+        settings.setdefault(member.setting, []).append(index)
+    chosen: dict[str, list[int]] = {}
+    scores: dict[str, float] = {}
+    for setting, indices in settings.items():
+        score = float(best_accuracy[indices].mean())
+        if setting.kind not in chosen or score > scores[setting.kind]:
+            chosen[setting.kind], scores[setting.kind] = indices, score
     return chosen
