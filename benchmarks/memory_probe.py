@@ -42,7 +42,7 @@ class PeakAnon(threading.Thread):
 
 def main(cache_dir: str) -> None:
     cache = TokenCache(cache_dir)
-    rows = TokenCacheDataset(cache)
+    rows = TokenCacheDataset(cache, token_selection="patch")  # what the EP probe below reads
     config = ViTConfig(**json.loads(cache.key["backbone_config"]))
     with torch.device("meta"):  # the cached tokens replace the backbone: its weights need no memory
         backbone = build_backbone(config)

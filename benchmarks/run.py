@@ -447,13 +447,13 @@ def bench_memory(sizes: Sizes, workdir: Path) -> dict:
             ExtractionOptions(workdir / "memory", batch_size=32, progress=False),
         )
         output = subprocess.run(
-            [sys.executable, str(HERE / "memory_probe.py"), str(cache.directory)],
+            [sys.executable, str(HERE / "memory_probe.py"), str(cache.groups[0].directory)],
             capture_output=True,
             text=True,
             check=True,
         )
         measured = json.loads(output.stdout.strip().splitlines()[-1])
-        measured["cache_mib"] = sum(shard.bytes for shard in cache.shards) / 2**20
+        measured["cache_mib"] = sum(shard.bytes for shard in cache.groups[0].shards) / 2**20
         rows[count] = measured
     small, large = (rows[count] for count in sizes.memory_rows)
     mib = 1 / 1024

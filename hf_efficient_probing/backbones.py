@@ -513,12 +513,15 @@ class TokenReader:
         self.layers = resolve_layers(self.config, self.feature_layers) if self.feature_layers else ()
 
     def reading(self, feature_layers=None, token_selection: str | None = None) -> TokenReader:
-        """A reader of the same backbone and final-norm choice that reads other layers or tokens."""
+        """A reader of the same backbone, final-norm, interpolation and projection choices that reads other layers or
+        tokens."""
         return TokenReader(
             self.config,
             self.feature_layers if feature_layers is None else list(feature_layers),
             token_selection or self.token_selection,
             self.apply_final_norm,
+            self.interpolate_offset,
+            self.project_tokens,
         )
 
     # ---------------------------------------------------------------------------------------------------------

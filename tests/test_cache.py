@@ -142,9 +142,10 @@ def test_reader_and_weights_changes_name_another_cache():
     base = make_key(backbone, TokenReader(backbone.config, [-1])).fingerprint
     assert make_key(backbone, TokenReader(backbone.config, [-1])).fingerprint == base
     assert make_key(backbone, TokenReader(backbone.config, [2])).fingerprint == base, "-1 and 2 are the same layer"
+    all_tokens = make_key(backbone, TokenReader(backbone.config, [-1], token_selection="all"))
+    assert all_tokens.fingerprint == base, "a cache stores every token: the selection is the reader's, not the key's"
     for reader in (
         TokenReader(backbone.config, [1]),
-        TokenReader(backbone.config, [-1], token_selection="all"),
         TokenReader(backbone.config, [-1], apply_final_norm=True),
     ):
         assert make_key(backbone, reader).fingerprint != base
@@ -268,9 +269,9 @@ def test_views_select_layers_and_drop_cls(tmp_path):
 
 def test_rows_are_views_of_the_mapped_shards_and_load_in_workers(tmp_path):
     cache = extract(tmp_path)
-    dataset = TokenCacheDataset(cache)
-    row = dataset[4]["tokens"]
+    row = cache.dataset(feature_layers=[2])[4]["tokens"]
     assert row.untyped_storage().nbytes() == cache.shards[1].bytes, "a view of the shard file, not a copy"
+    dataset = TokenCacheDataset(cache)
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=1)
     tokens = torch.cat([batch["tokens"] for batch in loader])
     torch.testing.assert_close(tokens, all_rows(cache)[0])
@@ -279,8 +280,8 @@ def test_rows_are_views_of_the_mapped_shards_and_load_in_workers(tmp_path):
 def test_shards_are_plain_safetensors(tmp_path):
     cache = extract(tmp_path)
     with safe_open(str(cache.directory / cache.shards[0].file), framework="pt") as shard:
-        assert set(shard.keys()) == {"tokens", "labels"}
-        assert shard.get_slice("tokens").get_shape() == [3, 17, 64]
+        assert set(shard.keys()) == {"tokens.1", "tokens.2", "labels"}, "one tensor per layer"
+        assert shard.get_slice("tokens.2").get_shape() == [3, 17, 32]
 
 
 def test_probe_trained_on_cached_tokens_gives_the_same_logits_on_images(tmp_path, saved_backbone):

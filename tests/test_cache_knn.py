@@ -28,10 +28,19 @@ def test_knn_on_cached_features_equals_knn_on_live_features(tmp_path, features):
     assert from_cache == from_live
 
 
-def test_cls_features_need_a_cache_with_the_cls_token(tmp_path):
-
+def test_a_patch_readers_cache_serves_cls_features(tmp_path):
+    """The cache stores every token whatever its first reader read: [CLS] features come from a patch reader's cache."""
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [-1])
     cache = run(backbone, reader, make_key(backbone, reader), tmp_path)
-    with pytest.raises(ValueError, match="token_selection='all'"):
+    cached, _ = global_features(cache, "cls")
+    live, _ = live_global_features(backbone, DataLoader(Images(), batch_size=4), "cls", feature_layers=[-1])
+    torch.testing.assert_close(cached, live)
+
+
+def test_cls_features_of_a_backbone_without_one_fail_clearly(tmp_path):
+    backbone = tiny_backbone("ijepa")
+    reader = TokenReader(backbone.config, [-1])
+    cache = run(backbone, reader, make_key(backbone, reader), tmp_path)
+    with pytest.raises(ValueError, match="reads the \\[CLS\\] token, but the backbone has none"):
         global_features(cache, "cls")

@@ -100,9 +100,11 @@ def test_plan_counts_images_tokens_and_bytes(saved_backbone, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Images: 5 (train 3, validation 2)" in out
     assert "Tokens per image: 17 (16 patches + 1 [CLS]), 32 channels per layer" in out
-    # 5 images x 17 tokens x 32 channels x 2 layers: x 2 bytes and x 4 bytes
-    assert re.search(r"requested \[1, 2\]\s+10\.9 KB\s+21\.8 KB", out)
-    assert re.search(r"all 3 hidden states\s+16\.3 KB\s+32\.6 KB", out)
+    # 5 images x 17 tokens x 2 layers x 32 channels x 2 or 4 bytes, or 8 bits + 2 (float8) or 4 (int8) bytes a token;
+    # and an 8-byte label per image
+    assert re.search(r"requested \[1, 2\]\s+10\.9 KB\s+21\.8 KB\s+5\.8 KB\s+6\.2 KB", out)
+    assert re.search(r"all 3 hidden states\s+16\.4 KB\s+32\.7 KB\s+8\.7 KB\s+9\.2 KB", out)
+    assert re.search(r"per image, requested\s+2\.2 KB\s+4\.4 KB\s+1\.2 KB\s+1\.2 KB", out)
     assert re.search(r"Measured here: [\d.]+ images/s per process \(float32 compute", out)
     assert "on 2 process(es)" in out
 
@@ -131,14 +133,14 @@ def test_plan_prices_a_convnext_from_its_measured_states(saved_backbone, tmp_pat
     out = capsys.readouterr().out
     # the last stage: 32 channels on a 4x4 grid (its embeddings and first stage are 16 wide on 8x8)
     assert "Tokens per image: 16 (16 patches), 32 channels per layer" in out
-    assert re.search(r"requested \[-1\]\s+10\.2 KB\s+20\.5 KB", out)  # 10 images x 16 tokens x 32 x 2 or 4 bytes
-    assert re.search(r"last layer\s+10\.2 KB", out)
+    assert re.search(r"requested \[-1\]\s+10\.3 KB\s+20\.6 KB", out)  # 10 x (16 tokens x 32 x 2 or 4 bytes + label)
+    assert re.search(r"last layer\s+10\.3 KB", out)
     assert "last 4 layers" not in out and "all 3 hidden states" not in out
 
     assert plan.main([*argv, "--feature_layers", "0", "1"]) == 0  # the embeddings and the first stage: one layout
     out = capsys.readouterr().out
     assert "Tokens per image: 64 (64 patches), 16 channels per layer" in out
-    assert re.search(r"requested \[0, 1\]\s+41\.0 KB\s+81\.9 KB", out)  # 10 x 64 x 16 x 2 layers x 2 or 4 bytes
+    assert re.search(r"requested \[0, 1\]\s+41\.0 KB\s+82\.0 KB", out)  # 10 x (64 x 16 x 2 layers x 2 or 4 B + 8)
     assert "last layer" not in out
 
 

@@ -1,5 +1,6 @@
-"""Reading a complete token cache: :class:`TokenCache` (its manifest and shards) and :class:`TokenCacheDataset` (its
-rows as ``{"tokens", "labels"}``, read through memory maps).
+"""Reading complete token caches: :class:`TokenCache` (one directory, a layer group: its manifest and shards),
+:class:`TokenCacheView` (the layers and tokens one reader reads, served from one or more layer groups of a source) and
+:class:`TokenCacheDataset` (a view's rows as ``{"tokens", "labels"}``, read through memory maps).
 
 Why safetensors shards rather than Arrow through `datasets`: a shard is one file holding one ``[rows, N, C]`` tensor
 that can be memory-mapped and sliced without a copy of the rest, in any dtype torch has (bfloat16 included); the file
@@ -19,12 +20,23 @@ import torch
 from safetensors import safe_open
 from torch.utils.data import Dataset
 
+from ..backbones import normalize_layers
 from .layout import TokenLayout
 from .manifest import MANIFEST_NAME, CorruptCacheError, ShardRecord, check_shard, check_shard_size
+from .quantization import decode, token_storage
+
+TOKEN_SELECTIONS = ("patch", "all")
+
+
+def shard_tensor_name(part: str, layer: int) -> str:
+    """The name of one layer's ``part`` in a shard: ``tokens.<layer>`` (``[rows, N, C]``), and for the 8-bit types
+    ``scale.<layer>`` (and ``zero.<layer>``, ``[rows, N]``; see `cache.quantization`)."""
+    return f"{part}.{layer}"
 
 
 class TokenCache:
-    """A complete token cache on disk: its manifest and shards. Build one with `cache.extraction.extract_tokens`.
+    """A complete token cache on disk, one layer group of a source: its manifest and shards, every token ([CLS] first
+    when the backbone has one) of each of its layers. Build one with `cache.extraction.extract_tokens`.
 
     Opening it checks that every listed shard has its recorded size; :meth:`verify` re-hashes them (the extraction
     does so before it reuses a cache)."""
@@ -59,7 +71,7 @@ class TokenCache:
 
     @property
     def feature_layers(self) -> tuple[int, ...]:
-        """The hidden states stored, in channel order (each ``hidden_size`` wide)."""
+        """The hidden states stored (one tensor each, ``hidden_size`` wide)."""
         return tuple(self.key["feature_layers"])
 
     @property
@@ -88,18 +100,101 @@ class TokenCache:
         for index in shards if shards is not None else range(len(self.shards)):
             check_shard(self.directory, self.shards[index])
 
+    @property
+    def view(self) -> TokenCacheView:
+        """Everything this directory stores, as one view (its layers in order, every token)."""
+        selection = "all" if self.num_prefix_tokens else "patch"
+        return TokenCacheView((self,), self.feature_layers, selection, self.extraction_report)
+
     def dataset(self, feature_layers=None, token_selection: str | None = None) -> TokenCacheDataset:
         """The cached rows as a data set (a view of some of the stored layers and tokens, if asked)."""
-        return TokenCacheDataset(self, feature_layers=feature_layers, token_selection=token_selection)
+        return self.view.dataset(feature_layers, token_selection)
 
     def __repr__(self) -> str:
         return f"TokenCache({str(self.directory)!r}, rows={self.num_rows}, layers={list(self.feature_layers)})"
 
 
+class TokenCacheView:
+    """The tokens one reader reads (``feature_layers`` in its order, ``token_selection``), served by slicing rows of
+    the layer groups ``groups`` of one source (each layer from the first group that holds it).
+
+    Attributes:
+        extraction_report: what building it cost (see `cache.extraction.extract_tokens`), all groups together.
+    """
+
+    def __init__(self, groups, feature_layers, token_selection: str, extraction_report: dict | None = None):
+        if token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"token_selection must be one of {TOKEN_SELECTIONS}, got {token_selection!r}.")
+        self.groups = tuple(groups)
+        if len({group.num_rows for group in self.groups}) > 1:
+            raise CorruptCacheError(f"Layer groups of one source hold different rows: {self.groups}.")
+        self.feature_layers = self.check_layers(feature_layers)
+        self.token_selection = token_selection
+        self.extraction_report = extraction_report or {}
+        if token_selection == "all" and not self.num_prefix_tokens:
+            raise ValueError("This reader reads the [CLS] token, but the backbone has none: read patches only.")
+
+    def check_layers(self, feature_layers) -> tuple[int, ...]:
+        """``feature_layers`` non-negative, each held by some group, else a clear error."""
+        stored = [layer for group in self.groups for layer in group.feature_layers]
+        wanted = normalize_layers(feature_layers, self.groups[0].manifest["num_hidden_layers"])
+        missing = [layer for layer in wanted if layer not in stored]
+        if missing:
+            raise ValueError(f"The tokens hold layers {sorted(set(stored))}, not {missing}: cache those layers too.")
+        return wanted
+
+    def group_of(self, layer: int) -> int:
+        """The index of the group that serves ``layer``."""
+        return next(index for index, group in enumerate(self.groups) if layer in group.feature_layers)
+
+    @property
+    def num_rows(self) -> int:
+        return self.groups[0].num_rows
+
+    @property
+    def hidden_size(self) -> int:
+        return self.groups[0].hidden_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """What the groups store before the patches: 1 for a [CLS] token, else 0."""
+        return self.groups[0].num_prefix_tokens
+
+    @property
+    def grid_size(self) -> tuple[int, int] | None:
+        return self.groups[0].grid_size
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The layout of this view's rows (its layers along channels, [CLS] first when it reads it)."""
+        num_hidden_layers = self.groups[0].manifest["num_hidden_layers"]
+        prefix = int(self.token_selection == "all")
+        return TokenLayout(self.feature_layers, self.hidden_size, prefix, num_hidden_layers)
+
+    def dataset(self, feature_layers=None, token_selection: str | None = None) -> TokenCacheDataset:
+        """The rows as a data set: this view's layers and tokens, or others the groups hold."""
+        return TokenCacheDataset(self, feature_layers=feature_layers, token_selection=token_selection)
+
+    def verify(self) -> None:
+        for group in self.groups:
+            group.verify()
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenCacheView(layers={list(self.feature_layers)}, {self.token_selection!r}, groups={list(self.groups)})"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading rows
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+_SAFETENSORS_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "U8": torch.uint8,
+}
 
 
 def map_safetensors_tensor(path: Path, name: str) -> torch.Tensor:
@@ -126,52 +221,79 @@ class TokenCacheDataset(Dataset):
     """Rows of a token cache as ``{"tokens": [N, C], "labels": ...}`` (a class index, or a multi-label data set's
     multi-hot vector), read through memory maps.
 
-    Only the labels live in RAM. A row's tokens are a view of its shard's mapped pages, in the storage dtype (the
-    probing model casts them to its own): nothing is copied until the collator stacks a batch, and the kernel pages
-    the file in and out as needed. ``feature_layers`` and ``token_selection`` pick a view of the
-    cache: a subset of the stored layers (in the order given), and ``"patch"`` to drop a stored [CLS] token.
+    Only the labels live in RAM. A row's layer is a view of its shard's mapped pages, in the storage dtype (the
+    probing model casts them to its own), or, for an 8-bit type, dequantised from them to float32: a row of one
+    float layer is a view, of several one concatenation, and the kernel pages the files in and out as needed. ``feature_layers`` and ``token_selection`` pick another view than
+    ``source``'s own: other stored layers (in the order given), ``"patch"`` to drop the [CLS] token or ``"all"`` to
+    keep it.
     """
 
-    def __init__(self, cache: TokenCache | str | os.PathLike, feature_layers=None, token_selection: str | None = None):
-        self.cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
-        self.starts = [shard.start for shard in self.cache.shards]
-        layout = self.cache.layout
-        self.channels = None if feature_layers is None else layout.view_index(feature_layers)
-        self.reads_cls_token = bool(layout.num_prefix_tokens) if token_selection is None else token_selection == "all"
-        layout.check_view(self.reads_cls_token)
-        self._maps: dict[int, torch.Tensor] = {}
+    def __init__(
+        self, source: TokenCacheView | TokenCache | str | os.PathLike, feature_layers=None, token_selection=None
+    ):
+        view = source if isinstance(source, TokenCacheView) else as_cache(source).view
+        self.view = TokenCacheView(
+            view.groups,
+            view.feature_layers if feature_layers is None else feature_layers,
+            token_selection or view.token_selection,
+            view.extraction_report,
+        )
+        self.groups = self.view.groups
+        self.sources = [(self.view.group_of(layer), layer) for layer in self.view.feature_layers]
+        self.token_dtypes = [group.key["dtype"] for group in self.groups]
+        self.drop_prefix = self.view.num_prefix_tokens if self.view.token_selection == "patch" else 0
+        self.starts = [[shard.start for shard in group.shards] for group in self.groups]
+        self._maps: dict[tuple[int, int, str], torch.Tensor] = {}
         self._pid = os.getpid()
         labels = []
-        for shard in self.cache.shards:
-            with safe_open(str(self.cache.directory / shard.file), framework="pt") as handle:
+        for shard in self.groups[0].shards:
+            with safe_open(str(self.groups[0].directory / shard.file), framework="pt") as handle:
                 labels.append(handle.get_tensor("labels"))
         self.labels = torch.cat(labels)
 
-    def __len__(self) -> int:
-        return self.cache.num_rows
+    @property
+    def cache(self) -> TokenCacheView:
+        return self.view
 
-    def _shard_tokens(self, index: int) -> torch.Tensor:
-        """``[rows, N, C]`` tokens of shard ``index``: a view of the file's pages, mapped once per process."""
+    def __len__(self) -> int:
+        return self.view.num_rows
+
+    def _shard_tensor(self, group: int, shard: int, name: str) -> torch.Tensor:
+        """Tensor ``name`` of a group's shard: a view of the file's pages, mapped once per process."""
         if self._pid != os.getpid():  # a DataLoader worker: mappings are per process
             self._maps, self._pid = {}, os.getpid()
-        if index not in self._maps:
-            self._maps[index] = map_safetensors_tensor(self.cache.directory / self.cache.shards[index].file, "tokens")
-        return self._maps[index]
+        if (group, shard, name) not in self._maps:
+            cache = self.groups[group]
+            self._maps[group, shard, name] = map_safetensors_tensor(cache.directory / cache.shards[shard].file, name)
+        return self._maps[group, shard, name]
 
     def __getstate__(self):
         return {**self.__dict__, "_maps": {}}  # workers map the files themselves
 
-    def _locate(self, row: int) -> tuple[int, int]:
-        """``(shard index, row within it)``: the last shard starting at or before ``row``."""
+    def _locate(self, group: int, row: int) -> tuple[int, int]:
+        """``(shard index, row within it)`` in ``group``: its last shard starting at or before ``row``."""
         if not 0 <= row < len(self):
             raise IndexError(f"Row {row} out of range for a cache of {len(self)} rows.")
-        shard = bisect.bisect_right(self.starts, row) - 1
-        return shard, row - self.starts[shard]
+        starts = self.starts[group]
+        shard = bisect.bisect_right(starts, row) - 1
+        return shard, row - starts[shard]
 
     def tokens(self, row: int) -> torch.Tensor:
-        shard, offset = self._locate(row)
-        tokens = self._shard_tokens(shard)[offset : offset + 1]
-        return self.cache.layout.view(tokens, self.channels, self.reads_cls_token)[0]
+        layers = []
+        for group, layer in self.sources:
+            shard, offset = self._locate(group, row)
+            token_dtype = self.token_dtypes[group]
+            names = ("tokens", *token_storage(token_dtype).parameters)
+            stored = {
+                name: self._shard_tensor(group, shard, shard_tensor_name(name, layer))[offset, self.drop_prefix :]
+                for name in names
+            }
+            layers.append(decode(stored, token_dtype))
+        return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {"tokens": self.tokens(row), "labels": self.labels[row]}
+
+
+def as_cache(cache: TokenCache | str | os.PathLike) -> TokenCache:
+    return cache if isinstance(cache, TokenCache) else TokenCache(cache)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import filelock
@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..backbones import TokenReader
-from .dataset import TokenCache
-from .key import CachedSplit, TokenCacheKey, storage_dtype
+from ..backbones import TokenReader, has_cls_token
+from .dataset import TokenCache, TokenCacheView, shard_tensor_name
+from .groups import complete_layer_groups, cover_layers
+from .key import CachedSplit, TokenCacheKey
 from .location import default_cache_root
 from .manifest import (
     LAYOUT_FIELDS,
@@ -51,6 +52,7 @@ from .manifest import (
     shard_verifies,
     write_json,
 )
+from .quantization import encode
 
 LOCK_PATTERN = ".lock-rank{:03d}"
 MAX_DEFAULT_WORKERS = 8
@@ -206,15 +208,16 @@ class ShardWriter:
     def save_listing(self) -> None:
         write_json(self.path, self.listing)
 
-    def submit(self, index: int, start: int, tokens: torch.Tensor, labels: torch.Tensor, layout: dict) -> None:
+    def submit(self, index: int, start: int, tensors: dict[str, torch.Tensor], layout: dict) -> None:
+        """Write shard ``index`` (rows from ``start``): ``tensors`` by name, ``"labels"`` among them."""
         self.wait()
-        self.pending = self.pool.submit(self._write, index, start, tokens, labels, layout)
+        self.pending = self.pool.submit(self._write, index, start, tensors, layout)
 
-    def _write(self, index: int, start: int, tokens: torch.Tensor, labels: torch.Tensor, layout: dict) -> None:
-        data = save_safetensors({"tokens": tokens.contiguous(), "labels": labels})
+    def _write(self, index: int, start: int, tensors: dict[str, torch.Tensor], layout: dict) -> None:
+        data = save_safetensors({name: tensor.contiguous() for name, tensor in tensors.items()})
         name = SHARD_PATTERN.format(index)
         atomic_write_bytes(self.directory / name, data)
-        self.listing["shards"].append(record_of(name, start, data, len(labels)))
+        self.listing["shards"].append(record_of(name, start, data, len(tensors["labels"])))
         self.listing.update(layout)
         self.save_listing()
 
@@ -238,13 +241,15 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
     """Run the frozen backbone once over ``plan.dataset`` and store its tokens in ``plan.directory``; call it on
     every process of a distributed run (``accelerate launch``, several nodes on a shared file system).
 
-    A complete cache with the same key is reused once each rank has re-hashed its share of the shards (a shard that
+    Every token of ``plan.key``'s layers is stored ([CLS] + patches where the backbone has a [CLS] token, whatever
+    ``plan.reader`` selects), so that any reader of these layers is served from it. A complete cache with the same key is reused once each rank has re-hashed its share of the shards (a shard that
     fails is extracted again). The backbone runs under ``torch.inference_mode`` and, when ``key.compute_dtype`` is
     bfloat16, under bfloat16 autocast. The returned cache carries ``extraction_report``: ``images`` extracted by
     this run (all ranks), ``seconds`` (the slowest rank's, without its wait for the other ranks to start),
     ``images_per_second`` (all ranks together), ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
     """
-    options, key, reader = plan.options, plan.key, plan.reader
+    options, key, reader = plan.options, plan.key, stored_reader(plan.reader)
+    plan = replace(plan, reader=reader)
     if options.shard_size < 1 or options.batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {options.shard_size}, {options.batch_size}.")
     if reader.layers != tuple(key.feature_layers):
@@ -387,37 +392,54 @@ def _extract_shards(plan: ExtractionPlan, writer: ShardWriter, shards, shard_siz
     return sum(map(len, batches))
 
 
+def stored_reader(reader: TokenReader) -> TokenReader:
+    """The reader of what a cache of ``reader``'s layers stores: every token any reader of them can ask for."""
+    return reader.reading(token_selection="all" if has_cls_token(reader.config) else "patch")
+
+
 def _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar) -> None:
-    """Run the backbone batch by batch and submit each shard once its rows are in."""
-    dtype, autocast = storage_dtype(plan.key.dtype), plan.key.compute_dtype == "bfloat16"
+    """Run the backbone batch by batch and submit each shard once its rows are in: one tensor per layer (and the
+    8-bit types' per-token parameters), encoded on the device before they travel to the host."""
+    autocast = plan.key.compute_dtype == "bfloat16"
     expected_shape = writer.listing.get("token_shape")
     for index, shard_batches in per_shard.items():
-        token_batches, label_batches = [], []
+        parts, label_batches = {}, []
         for _ in shard_batches:
             pixel_values, labels = next(loader)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the backbone only
                 read = plan.reader(plan.backbone, pixel_values.to(device, non_blocking=device.type == "cuda"))
-            token_batches.append(read.tokens.to("cpu", dtype))
+            for name, tensor in encode_layers(read.tokens, plan.reader.layers, plan.key.dtype).items():
+                parts.setdefault(name, []).append(tensor.to("cpu"))
             label_batches.append(labels)
             if expected_shape is None:  # the first batch of this run: will the rest fit?
-                check_free_space(writer.directory, missing_rows * token_batches[0][0].nbytes)
+                check_free_space(writer.directory, missing_rows * sum(part[0][0].nbytes for part in parts.values()))
                 expected_shape = list(read.tokens.shape[1:])
             bar.update(len(labels))
-        tokens, start = torch.cat(token_batches), shard_batches[0][0]
-        if list(tokens.shape[1:]) != expected_shape:
+        start, shape = shard_batches[0][0], list(read.tokens.shape[1:])
+        if shape != expected_shape:
             raise ValueError(
-                f"Rows {start}-{start + len(tokens) - 1} give tokens of shape {list(tokens.shape[1:])}, earlier rows "
-                f"{expected_shape}: every image must reach the backbone at the same size (use the deterministic eval "
-                "transform, which resizes and crops)."
+                f"Rows from {start} give tokens of shape {shape}, earlier rows {expected_shape}: every image must "
+                "reach the backbone at the same size (use the deterministic eval transform, which resizes and crops)."
             )
         layout = dict(
-            hidden_size=tokens.shape[-1] // len(plan.reader.layers),  # the tokens' width per layer
+            hidden_size=shape[-1] // len(plan.reader.layers),  # the tokens' width per layer
             num_hidden_layers=plan.reader.num_hidden_layers,
             num_prefix_tokens=read.num_prefix_tokens,
             grid_size=list(read.grid_size) if read.grid_size else None,
-            token_shape=list(tokens.shape[1:]),
+            token_shape=shape,
         )
-        writer.submit(index, start, tokens, torch.cat(label_batches), layout)
+        tensors = {name: torch.cat(batches) for name, batches in parts.items()}
+        writer.submit(index, start, {**tensors, "labels": torch.cat(label_batches)}, layout)
+
+
+def encode_layers(tokens: torch.Tensor, layers, token_dtype: str) -> dict[str, torch.Tensor]:
+    """``[B, N, len(layers) * C]`` tokens as the shard's tensors: each layer's, in ``token_dtype``."""
+    per_layer = tokens.unflatten(-1, (len(layers), -1)).unbind(-2)
+    return {
+        shard_tensor_name(part, layer): tensor
+        for layer, layer_tokens in zip(layers, per_layer, strict=True)
+        for part, tensor in encode(layer_tokens, token_dtype).items()
+    }
 
 
 def merge_manifest(plan: ExtractionPlan, shard_size: int, num_shards: int, world_size: int) -> None:
@@ -464,6 +486,36 @@ def _remove_leftovers(directory: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
+def extract_for_reader(plan: ExtractionPlan) -> TokenCacheView:
+    """The tokens ``plan.reader`` reads (its layers and token selection) from the layer groups of ``plan.key``'s
+    source: complete groups that hold some of its layers are reused (fewest groups first), and the layers none holds
+    are extracted together, in one backbone pass, as a new group. Call it on every process of a distributed run."""
+    reader = plan.reader
+    groups = complete_layer_groups(plan.directory.parent, plan.key)
+    reused, missing = cover_layers(reader.layers, groups)
+    group_layers = [*reused, *([missing] if missing else [])]
+    caches = [
+        extract_tokens(replace(plan, key=plan.key.with_layers(layers), reader=reader.reading(list(layers))))
+        for layers in group_layers
+    ]
+    report = combined_report([cache.extraction_report for cache in caches])
+    return TokenCacheView(caches, reader.layers, reader.token_selection, report)
+
+
+def combined_report(reports: list[dict]) -> dict:
+    """One extraction report for several caches (the layer groups a reader was served from, or a run's splits; see
+    :func:`extract_tokens`), with the number of ``layer_groups`` read."""
+    images, seconds = sum(r["images"] for r in reports), sum(r["seconds"] for r in reports)
+    return {
+        **reports[0],
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 2) if images and seconds else None,
+        "reused": all(r["reused"] for r in reports),
+        "layer_groups": sum(r.get("layer_groups", 1) for r in reports),
+    }
+
+
 def cache_tokens_for_model(
     model,
     dataset: Dataset,
@@ -471,19 +523,19 @@ def cache_tokens_for_model(
     options: ExtractionOptions | None = None,
     storage: tuple[str, str] = ("float16", "auto"),
     reader: TokenReader | None = None,
-) -> TokenCache:
-    """:func:`extract_tokens` for a probing model: its backbone, the backbone id/revision its config names, and its
-    token reader (or ``reader``, other layers or tokens of the same backbone). ``storage`` is the ``(storage dtype,
-    compute dtype)`` pair. Call it on every process of a distributed run."""
+) -> TokenCacheView:
+    """:func:`extract_for_reader` for a probing model: its backbone, the backbone id/revision its config names, and
+    its token reader (or ``reader``, other layers or tokens of the same backbone). ``storage`` is the ``(storage
+    dtype, compute dtype)`` pair. Call it on every process of a distributed run."""
     options = options or ExtractionOptions()
-    config = model.config
+    config, reader = model.config, reader or model.token_reader
     key = TokenCacheKey.from_reader(
         model.backbone,
-        reader or model.token_reader,
+        reader,
         split,
         dtype=storage[0],
         compute_dtype=storage[1],
         device=options.device,
         backbone_name=(config.backbone_name_or_path, config.backbone_revision),
     )
-    return extract_tokens(ExtractionPlan(model.backbone, reader or model.token_reader, dataset, key, options))
+    return extract_for_reader(ExtractionPlan(model.backbone, reader, dataset, key, options))

@@ -13,20 +13,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..probes import linear_features
-from .dataset import TokenCache, TokenCacheDataset
+from .dataset import TokenCache, TokenCacheDataset, TokenCacheView
 
 GLOBAL_FEATURES = ("cls", "gap")
 
 
 @torch.no_grad()
 def global_features(
-    cache: TokenCache, features: str = "cls", feature_layers: Sequence[int] | None = None, batch_size: int = 256
+    cache: TokenCache | TokenCacheView,
+    features: str = "cls",
+    feature_layers: Sequence[int] | None = None,
+    batch_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [rows, C] float32, labels [rows])`` of every cached image.
 
     Args:
-        features: ``"cls"`` (needs a cache extracted with ``token_selection="all"``) or ``"gap"``.
-        feature_layers: the stored layers to use (all of them by default), concatenated along channels.
+        features: ``"cls"`` (needs a backbone with a [CLS] token) or ``"gap"``.
+        feature_layers: the cached layers to use (the view's by default), concatenated along channels.
     """
     if features not in GLOBAL_FEATURES:
         raise ValueError(f"k-NN features must be one of {GLOBAL_FEATURES}, got {features!r}.")

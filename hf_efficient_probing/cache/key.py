@@ -1,12 +1,15 @@
 """What names a token cache: every input that changes the tokens, hashed into one fingerprint.
 
 Two extractions give the same rows only if they run the same backbone weights at the same compute precision, read
-the same layers with the same token selection and final-norm choice, store them in the same dtype, and see the same
-images, with the same labels, after the same preprocessing. :class:`CachedSplit` names the data side (the data set's
+the same layers with the same final-norm choice, store them in the same dtype, and see the same images, with the
+same labels, after the same preprocessing. The token selection is not an input: a cache stores every token a reader
+can ask for ([CLS] + patches, or patches where the backbone has no [CLS]), and each reader slices its own. :class:`CachedSplit` names the data side (the data set's
 fingerprint, the split, the image and label columns and the label mapping: the labels are stored in the shards, so a
 cache of another label column or mapping would serve wrong labels); :class:`TokenCacheKey` adds the backbone side.
-Its fingerprint names the cache directory, so a second run with the same inputs reuses the cache and a change in any
-of them builds a new one.
+Its fingerprint names the cache directory, ``<source>-layers-<l1>-<l2>``: the hash of every input but the layers (the
+*source*: the same backbone pass over the same images), then the layers that directory holds. Directories of one
+source are the layer groups a reader's layers are served from (see `cache.view`); a change in any other input
+names another source and builds a new cache.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from ..backbones import TokenReader
+from .quantization import token_dtype_name
 
-CACHE_FORMAT_VERSION = 3  # 2: the compute precision is part of the key; 3: the columns and the label mapping too
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# 2: the compute precision is part of the key; 3: the columns and the label mapping too; 4: every token of each layer
+# stored (no token selection in the key), one tensor per layer in a shard, directories named <source>-layers-<...>;
+# 5: 8-bit storage types (float8, int8) with per-token parameters
+CACHE_FORMAT_VERSION = 5
+LAYERS_MARK = "-layers-"  # between a cache directory's source fingerprint and its layers
 # Fields of a config dict that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = {
     "transformers_version",
@@ -32,15 +39,6 @@ _VOLATILE_CONFIG_KEYS = {
     "dtype",
     "torch_dtype",
 }
-
-
-def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The cache's storage dtype from its name or a `torch.dtype` (float16, bfloat16 or float32)."""
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    if dtype not in _DTYPES:
-        raise ValueError(f"Token caches store float16, bfloat16 or float32 tokens, got {dtype!r}.")
-    return _DTYPES[dtype]
 
 
 def bfloat16_is_native(device: torch.device | str) -> bool:
@@ -139,7 +137,6 @@ class TokenCacheKey:
     backbone: str
     backbone_config: str
     feature_layers: tuple[int, ...]
-    token_selection: str
     apply_final_norm: bool
     dtype: str
     compute_dtype: str
@@ -163,7 +160,8 @@ class TokenCacheKey:
         device: torch.device | str | None = None,
         backbone_name: tuple[str | None, str | None] = (None, None),
     ) -> TokenCacheKey:
-        """The key of ``reader``'s tokens of ``backbone`` over ``data``. ``backbone_name`` is the backbone's Hub id
+        """The key of ``reader``'s layers of ``backbone`` over ``data`` (every token of them, whatever ``reader``
+        selects). ``backbone_name`` is the backbone's Hub id
         and revision (its weights are hashed without one). ``compute_dtype`` is resolved on ``device`` (where the
         extraction runs; the backbone's by default): ``"auto"`` becomes bfloat16 or float32."""
         config = {k: v for k, v in reader.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
@@ -172,9 +170,8 @@ class TokenCacheKey:
             backbone=backbone_identity(backbone, *backbone_name) + f"|{parameter.dtype}",
             backbone_config=json.dumps(config, sort_keys=True, default=str),
             feature_layers=reader.layers,
-            token_selection=reader.token_selection,
             apply_final_norm=bool(reader.apply_final_norm),
-            dtype=str(storage_dtype(dtype)).removeprefix("torch."),
+            dtype=token_dtype_name(dtype),
             compute_dtype=resolve_compute_dtype(compute_dtype, device if device is not None else parameter.device),
             preprocessing=data.preprocessing,
             dataset=data.dataset,
@@ -187,7 +184,22 @@ class TokenCacheKey:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_layers(self, feature_layers) -> TokenCacheKey:
+        """The key of other layers of the same source."""
+        return replace(self, feature_layers=tuple(feature_layers))
+
+    @property
+    def source_fingerprint(self) -> str:
+        """The hash of every input but the layers: what the layer groups of one backbone pass share."""
+        payload = {name: value for name, value in self.to_dict().items() if name != "feature_layers"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:20]
+
     @property
     def fingerprint(self) -> str:
-        payload = json.dumps(self.to_dict(), sort_keys=True, default=list)
-        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+        """The cache directory's name: the source, then the layers it holds."""
+        return layer_group_name(self.source_fingerprint, self.feature_layers)
+
+
+def layer_group_name(source_fingerprint: str, feature_layers) -> str:
+    """``<source>-layers-<l1>-<l2>``: the directory of these layers of one source."""
+    return f"{source_fingerprint}{LAYERS_MARK}{'-'.join(map(str, feature_layers))}"

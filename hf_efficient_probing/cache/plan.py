@@ -1,4 +1,4 @@
-"""What a token cache will cost before it is extracted: images, tokens, disk per storage dtype and layer choice, and
+"""What a token cache will cost before it is extracted: images, tokens, disk per storage type and layer choice, and
 the extraction time predicted from a short run of the backbone on this machine.
 
     python -m hf_efficient_probing.cache.plan --model_name_or_path facebook/dinov2-small \\
@@ -20,10 +20,12 @@ import torch
 
 from ..backbones import State, TokenReader, has_cls_token, load_backbone, native_image_size
 from .key import COMPUTE_DTYPES, resolve_compute_dtype
+from .quantization import token_storage
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_FOLDERS = ("train", "validation", "val", "test")
-STORAGE_BYTES = {"float16 / bfloat16": 2, "float32": 4}
+STORAGE_COLUMNS = {"float16 / bfloat16": "float16", "float32": "float32", "float8": "float8", "int8": "int8"}
+LABEL_BYTES = 8  # an int64 label per row
 
 
 def count_images(dataset_name: str, config_name: str | None = None) -> dict[str, int]:
@@ -84,6 +86,12 @@ def measure_extraction(
     )
 
 
+def bytes_per_image(num_tokens: int, width: int, num_layers: int, token_dtype: str) -> int:
+    """What one image costs in a cache's shards: ``num_layers`` layers of ``num_tokens`` tokens in ``token_dtype``
+    (values and per-token parameters), and its label (each shard adds a header of a few hundred bytes)."""
+    return num_layers * num_tokens * token_storage(token_dtype).bytes_per_token(width) + LABEL_BYTES
+
+
 def format_bytes(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
@@ -123,14 +131,20 @@ def plan_report(images: dict[str, int], reader: TokenReader, measurement: Measur
         f"Tokens per image: {patches + prefix} ({tokens}), {width} channels per layer",
         f"Tokens in all: {total * (patches + prefix):,}",
         "",
-        f"Cache size (all splits, {'[CLS] + patches' if prefix else 'patches'}):",
+        f"Cache size (all splits, {'[CLS] + patches' if prefix else 'patches'}) per --token_dtype:",
     ]
-    header = ["layers".ljust(28)] + [name.rjust(20) for name in STORAGE_BYTES]
+    header = ["layers".ljust(28)] + [name.rjust(20) for name in STORAGE_COLUMNS]
     lines.append("  " + "".join(header))
     choices = layer_choices(reader.feature_layers, reader.states)
     for label, count in choices.items():
-        sizes = [format_bytes(total * (patches + prefix) * width * count * nbytes) for nbytes in STORAGE_BYTES.values()]
+        sizes = [
+            format_bytes(total * bytes_per_image(patches + prefix, width, count, token_dtype))
+            for token_dtype in STORAGE_COLUMNS.values()
+        ]
         lines.append("  " + label.ljust(28) + "".join(size.rjust(20) for size in sizes))
+    requested = len(reader.feature_layers)
+    per_image = [format_bytes(bytes_per_image(patches + prefix, width, requested, t)) for t in STORAGE_COLUMNS.values()]
+    lines.append("  " + "per image, requested".ljust(28) + "".join(size.rjust(20) for size in per_image))
     if len(choices) < 4:
         lines.append("  (the other choices mix states of different widths or grids, which one cache cannot hold)")
     seconds = total / (measurement.images_per_second * num_processes)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..cache.quantization import TOKEN_DTYPES
 from .transforms import EVAL_RESIZE_RATIO
 
 
@@ -108,6 +109,15 @@ class DataArguments:
         metadata={
             "help": "Where token caches live, one sub-directory per fingerprint (default: $HF_PROBING_TOKEN_CACHE, "
             "else $HF_HOME/hf_efficient_probing/token-cache)."
+        },
+    )
+    token_dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "How the token cache stores tokens: float16, bfloat16, float32, or 8 bits a value with a scale "
+            "per token: float8 (e4m3, scale = absmax / 448) or int8 (codes over each token's min-max range): half "
+            "the disk of float16. Part of the cache's fingerprint.",
+            "choices": list(TOKEN_DTYPES),
         },
     )
     backbone_dtype: str = field(

@@ -55,13 +55,14 @@ _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
 
 @dataclass(frozen=True)
 class TokenSource:
-    """Where a run's tokens come from: the token cache (``cached``; its root and the backbone's compute precision),
-    or the live backbone with augmentation over ``crop_scale``."""
+    """Where a run's tokens come from: the token cache (``cached``; its root, the backbone's compute precision and
+    the tokens' storage type), or the live backbone with augmentation over ``crop_scale``."""
 
     cached: bool
     cache_root: str | None = None
     compute_dtype: str = "auto"
     crop_scale: tuple[float, float] | None = None
+    token_dtype: str = "float16"
 
 
 @dataclass
@@ -294,7 +295,7 @@ def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -
     paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images."""
     cached = data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
     if cached:
-        return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype)
+        return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype, token_dtype=data_args.token_dtype)
     lower = data_args.crop_scale_min
     if lower is None:
         lower = (

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 
-from ..cache import CachedSplit, ExtractionOptions, TokenCache, cache_tokens_for_model, dataset_fingerprint
+from ..cache import CachedSplit, ExtractionOptions, TokenCacheView, cache_tokens_for_model, dataset_fingerprint
 from ..images import ImageDecodeError, decode_image
 from .arguments import DataArguments
 from .data import (
@@ -176,10 +176,11 @@ class PreparedData:
             label_names=tuple(self.class_names),
         )
 
-    def token_cache(self, split: str, model, options: ExtractionOptions | None = None, **storage) -> TokenCache:
-        """The token cache of ``split`` for ``model``'s token reader (or ``reader=``, other layers or tokens of the
-        same backbone), images through the eval transform, extracted first if it does not exist yet; ``storage``:
-        ``storage=(storage dtype, compute dtype)`` and ``reader`` of `cache.cache_tokens_for_model`."""
+    def token_cache(self, split: str, model, options: ExtractionOptions | None = None, **storage) -> TokenCacheView:
+        """The cached tokens of ``split`` that ``model``'s token reader reads (or ``reader=``'s, other layers or tokens
+        of the same backbone), images through the eval transform; the layers no cache of this split holds yet are
+        extracted first, in one pass. ``storage``: ``storage=(storage dtype, compute dtype)`` and ``reader`` of
+        `cache.cache_tokens_for_model`."""
         return cache_tokens_for_model(model, self.images(split), self.cached_split(split), options, **storage)
 
     def hold_out_selection(self, fraction: float, seed: int = 0) -> PreparedData:

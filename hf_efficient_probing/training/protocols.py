@@ -16,7 +16,8 @@ from transformers import set_seed
 
 from ..atomic import atomic_write_json
 from ..backbones import TokenReader
-from ..cache import ExtractionOptions, TokenCache
+from ..cache import ExtractionOptions, TokenCacheView
+from ..cache.extraction import combined_report
 from ..cache.features import GLOBAL_FEATURES, global_features
 from ..evaluation.knn import best_knn_result, knn_classify, select_knn
 from ..modeling_probing import AutoModelForEfficientProbing
@@ -116,27 +117,19 @@ def extraction_options(cache_root: str | None, args) -> ExtractionOptions:
     return ExtractionOptions(cache_root=cache_root, batch_size=args.per_device_eval_batch_size, device=args.device)
 
 
-def _grid_cache(job, split: str, grid: ProbingGridModel) -> TokenCache:
+def _grid_cache(job, split: str, grid: ProbingGridModel) -> TokenCacheView:
     return job.data.token_cache(
         split,
         grid.member_models[0],
         extraction_options(job.tokens.cache_root, job.args),
-        storage=("float16", job.tokens.compute_dtype),
+        storage=(job.tokens.token_dtype, job.tokens.compute_dtype),
         reader=grid.reader,
     )
 
 
 def combined_extraction_report(caches) -> dict:
     """One ``token_cache`` entry for the run summary from the caches' extraction reports."""
-    reports = [cache.extraction_report for cache in caches]
-    images, seconds = sum(r["images"] for r in reports), sum(r["seconds"] for r in reports)
-    return {
-        "images": images,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(images / seconds, 2) if images and seconds else None,
-        **{name: reports[0][name] for name in ("compute_dtype", "storage_dtype", "processes")},
-        "reused": all(r["reused"] for r in reports),
-    }
+    return combined_report([cache.extraction_report for cache in caches])
 
 
 def run_paper_protocol(job) -> dict:
@@ -234,7 +227,7 @@ def _knn_features(job, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         reader = AutoModelForEfficientProbing.from_backbone(
             job.backbone, probe="linear", features=kind, num_labels=job.data.num_labels, feature_layers=layers
         )
-        storage = ("float16", job.tokens.compute_dtype)
+        storage = (job.tokens.token_dtype, job.tokens.compute_dtype)
         return global_features(
             job.data.token_cache(split, reader, extraction_options(job.tokens.cache_root, job.args), storage=storage),
             kind,

@@ -96,13 +96,11 @@ def run_probe_sweep(
     args = grid_arguments(training_args, len(data.splits[TRAIN]))
     caches = {}
     if data_args.use_token_cache:
-        # k-NN on [CLS] reads it from the same cache
-        reader = grid.reader.reading(token_selection="all") if "cls" in sweep_args.knn_features else grid.reader
         options = extraction_options(data_args.token_cache_dir, args)
-        for split in SPLITS:
-            storage = ("float16", data_args.backbone_dtype)
-            caches[split] = data.token_cache(split, grid.member_models[0], options, storage=storage, reader=reader)
-        splits = GridSplits(*(caches[split].dataset(token_selection=grid.token_selection) for split in SPLITS))
+        for split in SPLITS:  # k-NN on [CLS] reads it from the same cache, which holds every token
+            storage = (data_args.token_dtype, data_args.backbone_dtype)
+            caches[split] = data.token_cache(split, grid.member_models[0], options, storage=storage, reader=grid.reader)
+        splits = GridSplits(*(caches[split].dataset() for split in SPLITS))
     else:
         splits = GridSplits(*(data.images(split) for split in SPLITS))
     options = RunOptions(image_processor=data.eval_processor, evaluate_every_member=True, run_info=data.info)
