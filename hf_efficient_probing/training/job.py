@@ -27,6 +27,7 @@ from .data import TRAIN
 from .episodes import Episode
 from .figures import BootstrapOptions
 from .grid import GridMember, ProbingGridModel, grid_members, seeded_members
+from .multilabel import MULTI_LABEL_METRICS
 from .prepared import SELECTION, PreparedData, prepare_data, with_episodes
 from .protocols import run_default_protocol, run_episodes, run_knn, run_paper_protocol
 from .recipes import (
@@ -121,9 +122,26 @@ class ProbingJob:
         kinds = probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        if data.multi_label is not None and probe_args.knn_eval:
+            raise ValueError(
+                "--knn_eval classifies by a vote of the nearest training images' single labels; this data set is "
+                "multi-label. Drop --knn_eval."
+            )
+        if data.multi_label is not None and probe_args.seeds is not None:
+            raise ValueError(
+                "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
+                "hits). Run once per --seed instead."
+            )
+        if data.multi_label is not None and data_args.episodes is not None:
+            raise ValueError(
+                "--episodes is not supported on multi-label data yet (the spread over episodes is computed from "
+                "single-label hits). Run once per --subset_seed instead."
+            )
         grid, episodes = None, ()
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
+            if data.multi_label is not None and args.metric_for_best_model == "accuracy":
+                args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
             if data_args.episodes is not None:
                 data, episodes = with_episodes(data, data_args)

@@ -157,6 +157,9 @@ def run_paper_protocol(job) -> dict:
             image_processor=job.data.eval_processor,
             run_info=job.run_info(),
             run_identity={**job.identity(), "layers": layers},
+            # the paper's protocol holds nothing out of train: a multi-label threshold is chosen on the training
+            # images (evaluation preprocessing), never on the evaluation split
+            threshold_dataset=job.data.images(TRAIN) if job.data.multi_label else None,
         )
         result = train_probe(model, args, train_set, eval_set, options)
         results[f"layer_{layers[0]}" if layerwise else "probe"] = result.metrics

@@ -20,9 +20,17 @@ import torch
 from transformers import TrainerCallback
 
 from .data import DataError, class_labels
+from .multilabel import MULTI_LABEL_METRICS, MULTI_LABEL_PROBLEM
 
 SELECTION_PREFIX = "selection"  # the metric prefix of the held-out split's figures (the evaluation split's: "eval")
 MIN_SELECTION_PER_CLASS = 2  # held out per class, at least: one image says too little about a class
+SINGLE_LABEL_METRICS = ("accuracy", "top5_accuracy")
+
+
+def scored_metrics(config) -> tuple[str, str]:
+    """The two figures every evaluation gives a probe of ``config``: top-1 and top-5 accuracy, or for a multi-label
+    probe macro and micro mean average precision. The first is the one members, epochs and rungs are chosen on."""
+    return MULTI_LABEL_METRICS if config.problem_type == MULTI_LABEL_PROBLEM else SINGLE_LABEL_METRICS
 
 
 def hold_out_for_selection(
@@ -80,16 +88,20 @@ def best_epoch(log_history: list[dict], metric: str = "eval_accuracy") -> dict |
 
 
 class GridSelection(TrainerCallback):
-    """After every evaluation on the selection split: snapshot each member whose selection accuracy improved (the
-    earliest epoch wins ties). Works on any model with ``metric_names()``, ``heads``, ``best_heads``,
-    ``best_accuracy`` and ``best_epoch`` (`training.grid.ProbingGridModel`)."""
+    """After every evaluation on the selection split: snapshot each member whose selection ``metric`` (accuracy; a
+    multi-label grid's mean average precision) improved (the earliest epoch wins ties). Works on any model with
+    ``metric_names()``, ``heads``, ``best_heads``, ``best_accuracy`` (the best selection figure, whichever it is)
+    and ``best_epoch`` (`training.grid.ProbingGridModel`)."""
+
+    def __init__(self, metric: str = "accuracy"):
+        self.metric = metric
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not hasattr(model, "best_heads") or not metrics:
             return
         with torch.no_grad():
             for index, name in enumerate(model.metric_names()):
-                accuracy = metrics.get(f"{SELECTION_PREFIX}_{name}_accuracy")
+                accuracy = metrics.get(f"{SELECTION_PREFIX}_{name}_{self.metric}")
                 if accuracy is None or math.isnan(accuracy) or accuracy <= model.best_accuracy[index].item():
                     continue
                 model.best_heads[index].load_state_dict(model.heads[index].state_dict())
