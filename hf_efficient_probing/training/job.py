@@ -133,6 +133,11 @@ class ProbingJob:
                 "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
                 "hits). Run once per --seed instead."
             )
+        if data.multi_label is not None and data_args.episodes is not None:
+            raise ValueError(
+                "--episodes is not supported on multi-label data yet (the spread over episodes is computed from "
+                "single-label hits). Run once per --subset_seed instead."
+            )
         grid, episodes = None, ()
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
