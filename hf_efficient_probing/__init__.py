@@ -1,7 +1,9 @@
 """Attentive probing of frozen vision encoders, in the Hugging Face ecosystem.
 
 Importing the package registers its configs and heads with the `transformers` Auto classes, so saved probes load
-with ``AutoModelForEfficientProbing``, ``AutoModelForImageClassification`` or ``pipeline`` without remote code.
+with ``AutoModelForEfficientProbing``, ``AutoModelForImageClassification`` or ``pipeline`` without remote code; and
+makes ``pipeline("image-classification")`` return a multi-label probe's classes above its threshold
+(`hf_efficient_probing.pipeline`; every other model keeps transformers' behaviour).
 """
 
 import importlib.metadata
@@ -20,6 +22,7 @@ from .modeling_probing import (
     VisionModelForEfficientProbing,
     VisionModelForLinearProbing,
 )
+from .pipeline import register_pipeline
 from .probes.counting import count_trainable_parameters, probe_parameter_count
 
 __version__ = importlib.metadata.version("hf-efficient-probing")
@@ -27,6 +30,7 @@ __version__ = importlib.metadata.version("hf-efficient-probing")
 for _model_class in GENERIC_PROBE_CLASSES.values():
     AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
     AutoModelForImageClassification.register(_model_class.config_class, _model_class, exist_ok=True)
+register_pipeline()
 
 __all__ = [
     "AttentiveProbingConfig",

@@ -105,6 +105,10 @@ class ProbingConfig(PreTrainedConfig):
         batch_norm (`bool`, *optional*, defaults to `True`):
             Whether a non-affine BatchNorm standardises the pooled feature before the classifier (the paper's
             head). `False`: pooling -> classifier, as V-JEPA 2's probes are trained (its converted heads).
+        multi_label_threshold (`float`, *optional*):
+            Multi-label probes (``problem_type="multi_label_classification"``: one sigmoid per class) only: the
+            probability from which a class is predicted, chosen on data held out from train when the probe was
+            trained. ``pipeline("image-classification")`` returns every class at or above it.
     """
 
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
@@ -127,6 +131,7 @@ class ProbingConfig(PreTrainedConfig):
     token_width: int | None = None
     frames_per_clip: int | None = None
     batch_norm: bool = True
+    multi_label_threshold: float | None = None
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _BASE_CONFIG_KWARGS)
@@ -177,10 +182,23 @@ class ProbingConfig(PreTrainedConfig):
         offset = self.interpolate_offset
         if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float)) or not offset > 0):
             raise ValueError(f"interpolate_offset must be a positive number (torch.hub DINOv2: 0.1), got {offset!r}.")
+        self._check_multi_label_threshold()
         if self.reads_cls_token and not has_cls_token(self.backbone_config):
             raise ValueError(
                 f"This probe reads the [CLS] token, but {family.model_type!r} backbones have none. Use "
                 "token_selection='patch' (and 'gap' features for a linear probe)."
+            )
+
+    def _check_multi_label_threshold(self) -> None:
+        threshold = self.multi_label_threshold
+        if threshold is None:
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ValueError(f"multi_label_threshold must be a probability in (0, 1), got {threshold!r}.")
+        if self.problem_type != "multi_label_classification":
+            raise ValueError(
+                f"multi_label_threshold is for multi-label probes (problem_type='multi_label_classification'), but "
+                f"problem_type is {self.problem_type!r}: set both, or neither."
             )
 
     def _check_frames_per_clip(self, family) -> None:

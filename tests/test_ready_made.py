@@ -68,6 +68,37 @@ def test_find_lists_the_probes_of_a_backbone_with_their_figures(local_hub, tmp_p
     assert "| ep | Tiny Shapes | 87.50 |" in rows[0] and "| ep | tester/tiny-shapes | 62.50 |" in rows[1]
 
 
+def test_a_probe_trained_under_seeds_is_published_with_its_intervals_and_spread(local_hub, tmp_path):
+    """The model-index keeps the point value of the weights in the repository (the seed saved); the prose, the card's
+    metadata and `find` carry the interval over evaluation images and the spread over seeds, each named."""
+    push_backbone()
+    run_dir = tmp_path / "run"
+    trained_probe().save_pretrained(run_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(run_dir)
+    per_seed = {
+        str(seed): {"eval_accuracy": top1, "eval_top5_accuracy": 1.0, "best_epoch": 3, "eval_accuracy_interval": [top1 - 0.1, top1 + 0.05]}
+        for seed, top1 in ((0, 0.625), (1, 0.75), (2, 0.5))
+    }  # fmt: skip
+    chosen = {
+        "eval_accuracy": 0.625, "eval_accuracy_std": 0.125, "eval_accuracy_seed_interval": [0.3145, 0.9355],
+        "eval_accuracy_interval": [0.5, 0.7], "interval_method": "95 % percentile bootstrap over 8 evaluation images",
+        "per_seed": per_seed, "saved_seed": 1, "best_epoch": [3, 3, 3], "learning_rate": 0.01,
+    }  # fmt: skip
+    summary = {"dataset": "tester/tiny-shapes", "protocol": "default", "seeds": [0, 1, 2], "chosen": {"ep": chosen}}
+    (run_dir / "run_summary.json").write_text(json.dumps(summary))
+    assert "Pushed" in hf_probe("push", str(run_dir), "--repo_id", "tester/probe-seeds")
+    card = ModelCard.load("tester/probe-seeds")
+    assert [r.metric_value for r in card.data.eval_results] == [75.0, 100.0], "seed 1's own figures"
+    assert card.data.to_dict()["hf_efficient_probing"]["top1_interval"] == [65.0, 80.0]
+    assert "| Top-1 Accuracy | 75.0 | 65.0 to 80.0 |" in card.text
+    assert "95 % interval 65.0 to 80.0 over the evaluation images" in card.text
+    assert "top-1 62.50 ± 12.50 %" in card.text and "interval of the mean over seeds: 31.4 to 93.5" in card.text
+    (found,) = find_probes(BACKBONE)
+    assert (found.top1, found.top1_interval, found.top1_over_seeds) == (75.0, (65.0, 80.0), (62.5, 12.5, 3))
+    listed = hf_probe("find", "--backbone", BACKBONE)
+    assert "| 75.00 | 65.0 to 80.0 | 62.50 ± 12.50 (3 seeds) |" in listed
+
+
 def test_find_refuses_a_path_for_a_backbone():
     with pytest.raises(ValueError, match="Hub id"):
         find_probes("./my-backbone")

@@ -118,6 +118,9 @@ def test_every_saved_probe_reproduces_the_figures_its_run_reported(saved_backbon
     for kind in ("ep", "linear"):
         results = json.loads((output / kind / "all_results.json").read_text())
         chosen = summary["chosen"][kind]
+        for figure in ("eval_accuracy", "eval_top5_accuracy"):  # each figure beside its interval over the images
+            low, high = results[f"{figure}_interval"]
+            assert low <= results[figure] <= high and chosen[f"{figure}_interval"] == [low, high]
         for figure, files in (("eval_accuracy", evaluation), ("selection_accuracy", selection)):
             assert results[figure] == chosen[figure]
             assert pipeline_accuracy(output / kind, files) == pytest.approx(results[figure], abs=1.01 / len(files))
@@ -287,3 +290,6 @@ def test_a_paper_protocol_figure_keeps_its_caveat_in_results_and_card(saved_back
     figures = card.data.eval_results
     assert figures and all(result.metric_name.endswith("(best epoch selected on this split)") for result in figures)
     assert figures[0].metric_value == pytest.approx(100 * results["eval_accuracy"], abs=0.01)
+    low, high = results["eval_accuracy_interval"]
+    assert low <= results["eval_accuracy"] <= high and summary["eval_accuracy_interval"] == [low, high]
+    assert f"| {100 * low:.1f} to {100 * high:.1f} |" in card.text and "bootstrap over" in card.text

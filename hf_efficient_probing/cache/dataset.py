@@ -123,7 +123,8 @@ def map_safetensors_tensor(path: Path, name: str) -> torch.Tensor:
 
 
 class TokenCacheDataset(Dataset):
-    """Rows of a token cache as ``{"tokens": [N, C], "labels": int}``, read through memory maps.
+    """Rows of a token cache as ``{"tokens": [N, C], "labels": ...}`` (a class index, or a multi-label data set's
+    multi-hot vector), read through memory maps.
 
     Only the labels live in RAM. A row's tokens are a view of its shard's mapped pages, in the storage dtype (the
     probing model casts them to its own): nothing is copied until the collator stacks a batch, and the kernel pages

@@ -87,7 +87,7 @@ class ExtractionOptions:
 @dataclass
 class ExtractionPlan:
     """What one extraction computes: ``reader``'s tokens of ``backbone`` over ``dataset`` (items with a
-    preprocessed ``[3, H, W]`` image and an int label, in a fixed order), stored under ``key``."""
+    preprocessed ``[3, H, W]`` image and an int label or a multi-hot vector, in a fixed order), stored under ``key``."""
 
     backbone: nn.Module
     reader: TokenReader
@@ -336,10 +336,14 @@ def _with_report(cache: TokenCache, report: dict) -> TokenCache:
 
 
 def collate_images(image_key: str, label_key: str):
+    """Batches of images and their labels: class indices (int64), or multi-label multi-hot vectors (float32)."""
+
     def collate(rows):
         pixel_values = torch.stack([torch.as_tensor(row[image_key]) for row in rows])
-        labels = torch.tensor([int(row[label_key]) for row in rows], dtype=torch.int64)
-        return pixel_values, labels
+        labels = [torch.as_tensor(row[label_key]) for row in rows]
+        if labels[0].ndim:
+            return pixel_values, torch.stack(labels).to(torch.float32)
+        return pixel_values, torch.tensor([int(label) for label in labels], dtype=torch.int64)
 
     return collate
 

@@ -3,7 +3,8 @@
 Layout of one cache (``<cache_root>/<fingerprint>/``)::
 
     manifest.json            key, token layout, the list of complete shards (file, first row, rows, bytes, sha256)
-    shard-00000.safetensors  "tokens" [rows, N, C] in the storage dtype, "labels" [rows] int64
+    shard-00000.safetensors  "tokens" [rows, N, C] in the storage dtype, "labels" [rows] int64 (class indices)
+                             or [rows, C] float32 (multi-label: multi-hot vectors)
     shards-rank000.json      while extracting: the shards one rank has written (merged into the manifest at the end)
 
 A shard is trusted only when its size and SHA-256 match its record; a manifest is complete only when it lists every

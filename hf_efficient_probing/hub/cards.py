@@ -50,6 +50,12 @@ class ProbeCardInfo:
         notes: paragraphs the card shows under "Notes" (provenance, caveats of the figures).
         metric_suffix: appended to every metric name of the ``model-index`` (a caveat that must travel with the
             figures, e.g. a best epoch selected on the reported split).
+        top1_interval, top5_interval: the 95 % interval (percent, ``[low, high]``) of top-1/top-5 over the
+            evaluation images; ``interval_method`` says how it was computed. The ``model-index`` keeps the point
+            values; the card's prose and its ``hf_efficient_probing`` metadata carry the intervals.
+        runs: with ``--seeds``, what the setting of this probe gave under every seed: ``{"over": "seeds",
+            "top1": {seed: percent}, "top1_mean", "top1_std", "top1_interval": [low, high] (Student-t over runs),
+            "this_run": the seed of the weights here}``.
     """
 
     dataset: str | None = None
@@ -67,6 +73,41 @@ class ProbeCardInfo:
     results_source: tuple[str, str] | None = None
     notes: list[str] = field(default_factory=list)
     metric_suffix: str = ""
+    top1_interval: list[float] | None = None
+    top5_interval: list[float] | None = None
+    interval_method: str | None = None
+    runs: dict[str, Any] | None = None
+
+    def spread_metadata(self) -> dict | None:
+        """The intervals and the spread over runs, as the card's ``hf_efficient_probing`` metadata (`find` reads it)."""
+        metadata = {
+            "top1_interval": self.top1_interval,
+            "top5_interval": self.top5_interval,
+            "interval_covers": self.interval_method,
+            "runs": self.runs,
+        }
+        metadata = {key: value for key, value in metadata.items() if value is not None}
+        return metadata or None
+
+    def spread_notes(self) -> list[str]:
+        """The card's prose on what varies around its figures."""
+        notes = []
+        if self.top1_interval:
+            low, high = self.top1_interval
+            notes.append(
+                f"Top-1 {self.top1} %, 95 % interval {low:.1f} to {high:.1f} over the evaluation images"
+                + (f" ({self.interval_method})." if self.interval_method else ".")
+            )
+        if self.runs:
+            runs, over = self.runs, self.runs["over"]
+            each = ", ".join(f"{key}: {value:.2f}" for key, value in runs["top1"].items())
+            low, high = runs["top1_interval"]
+            notes.append(
+                f"This probe is the one of {over[:-1]} {runs['this_run']}. Its setting trained under {len(runs['top1'])} "
+                f"{over} gave top-1 {runs['top1_mean']:.2f} ± {runs['top1_std']:.2f} % (mean ± standard deviation; "
+                f"{each}); 95 % interval of the mean over {over}: {low:.1f} to {high:.1f}."
+            )
+        return notes
 
     def __post_init__(self):
         if (self.top1 is not None or self.top5 is not None or self.extra_results) and not self.dataset:
@@ -88,6 +129,9 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
     if len(chosen) == 1:
         (probe,) = chosen.values()
         summary = {**summary, **probe, "peak_learning_rate": probe.get("learning_rate")}
+    runs = _runs(summary)
+    if runs:  # the figures of the weights in the repository (one seed's); the spread over seeds goes in the prose
+        summary = {**summary, **summary["per_seed"][str(summary["saved_seed"])]}
 
     def percent(key):
         value = summary.get(key)
@@ -109,6 +153,10 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         "top5": percent("eval_top5_accuracy"),
         "best_epoch": None if summary.get("best_epoch") is None else int(summary["best_epoch"]),
         "training": {name: value for name, value in recipe.items() if value is not None},
+        "top1_interval": _percents(summary.get("eval_accuracy_interval")),
+        "top5_interval": _percents(summary.get("eval_top5_accuracy_interval")),
+        "interval_method": summary.get("interval_method"),
+        "runs": runs,
         **_selection_caveat(summary),
     }
     if summary.get("grid_edge"):
@@ -117,6 +165,24 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
 
 
 SELECTED_ON_REPORTED_SPLIT = " (best epoch selected on this split)"
+
+
+def _percents(interval) -> list[float] | None:
+    return None if interval is None else [round(100 * value, 2) for value in interval]
+
+
+def _runs(summary: dict) -> dict | None:
+    """A chosen setting's spread over seeds (``--seeds``), in percent, for the card."""
+    if "per_seed" not in summary:
+        return None
+    return {
+        "over": "seeds",
+        "top1": {seed: round(100 * figures["eval_accuracy"], 2) for seed, figures in summary["per_seed"].items()},
+        "top1_mean": round(100 * summary["eval_accuracy"], 2),
+        "top1_std": round(100 * summary["eval_accuracy_std"], 2),
+        "top1_interval": _percents(summary["eval_accuracy_seed_interval"]),
+        "this_run": summary["saved_seed"],
+    }
 
 
 def _selection_caveat(summary: dict) -> dict:
@@ -205,9 +271,11 @@ def build_model_card(
     eval_results, result_rows = [], []
     source_name, source_url = info.results_source or (None, None)
     metrics = [("Top-1 Accuracy", info.top1), ("Top-5 Accuracy", info.top5), *info.extra_results.items()]
-    for metric_name, value in ((name + info.metric_suffix, value) for name, value in metrics):
+    intervals = {"Top-1 Accuracy": info.top1_interval, "Top-5 Accuracy": info.top5_interval}
+    for name, value in metrics:
         if value is None:
             continue
+        metric_name, interval = name + info.metric_suffix, intervals.get(name)
         eval_results.append(
             EvalResult(
                 task_type="image-classification",
@@ -224,7 +292,13 @@ def build_model_card(
             )
         )
         result_rows.append(
-            {"dataset": dataset_name, "split": info.dataset_split, "metric": metric_name, "value": value}
+            {
+                "dataset": dataset_name,
+                "split": info.dataset_split,
+                "metric": metric_name,
+                "value": value,
+                "interval": f"{interval[0]:.1f} to {interval[1]:.1f}" if interval else "-",
+            }
         )
 
     pooling = config.pooling_name
@@ -240,6 +314,7 @@ def build_model_card(
         tags=list(dict.fromkeys(tags)),
         model_name=model_name,
         eval_results=eval_results or None,
+        hf_efficient_probing=info.spread_metadata(),
     )
     num_maps = count_attention_maps(model)
     return ModelCard.from_template(
@@ -263,6 +338,6 @@ def build_model_card(
         num_attention_maps=num_maps,
         attention_unit=attention_unit(model.probe.pooling),
         attention_map=attention_map,
-        notes=info.notes,
+        notes=[*info.spread_notes(), *info.notes],
         results_source=info.results_source,
     )

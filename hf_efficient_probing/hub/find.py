@@ -30,6 +30,9 @@ class ProbeListing:
         probe: the probe kind (``ep``, ``linear``, ``aim``, ...), from the card's ``<kind>-probe`` tag.
         dataset: the data set of the card's results (or of its ``datasets`` list).
         top1: top-1 accuracy in percent, from the card's ``model-index``.
+        top1_interval: its 95 % interval over the evaluation images (percent), from the card's
+            ``hf_efficient_probing`` metadata; ``None`` for a card without one.
+        top1_over_seeds: with ``--seeds``, ``(mean, std, number of seeds)`` of the probe's setting (percent).
         parameters: number of stored parameters (the probe's, for a probe-only repository).
         last_modified: time of the last commit.
     """
@@ -40,6 +43,8 @@ class ProbeListing:
     top1: float | None
     parameters: int | None
     last_modified: datetime | None
+    top1_interval: tuple[float, float] | None = None
+    top1_over_seeds: tuple[float, float, int] | None = None
 
 
 def _listing(model) -> ProbeListing:
@@ -52,7 +57,11 @@ def _listing(model) -> ProbeListing:
     if dataset is None and card and card.datasets:
         dataset = card.datasets[0]
     parameters = model.safetensors.total if model.safetensors else None
-    return ProbeListing(model.id, probe, dataset, top1, parameters, model.last_modified)
+    spread = (card.to_dict().get("hf_efficient_probing") if card else None) or {}
+    interval = tuple(spread["top1_interval"]) if spread.get("top1_interval") else None
+    runs = spread.get("runs")
+    over_seeds = (runs["top1_mean"], runs["top1_std"], len(runs["top1"])) if runs else None
+    return ProbeListing(model.id, probe, dataset, top1, parameters, model.last_modified, interval, over_seeds)
 
 
 def find_probes(backbone: str, *, token: str | bool | None = None, endpoint: str | None = None) -> list[ProbeListing]:
@@ -76,13 +85,21 @@ def find_probes(backbone: str, *, token: str | bool | None = None, endpoint: str
 
 def format_listings(listings: list[ProbeListing]) -> str:
     """The listings as a Markdown table."""
-    lines = ["| repository | probe | data set | top-1 | parameters | last update |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| repository | probe | data set | top-1 | 95 % interval (evaluation images) | over seeds | parameters | "
+        "last update |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for item in listings:
         top1 = f"{item.top1:.2f}" if item.top1 is not None else "-"
+        interval = f"{item.top1_interval[0]:.1f} to {item.top1_interval[1]:.1f}" if item.top1_interval else "-"
+        seeds = item.top1_over_seeds
+        over_seeds = f"{seeds[0]:.2f} ± {seeds[1]:.2f} ({seeds[2]} seeds)" if seeds else "-"
         parameters = f"{item.parameters:,}" if item.parameters is not None else "-"
         updated = item.last_modified.strftime("%Y-%m-%d") if item.last_modified else "-"
         lines.append(
-            f"| {item.repo_id} | {item.probe or '-'} | {item.dataset or '-'} | {top1} | {parameters} | {updated} |"
+            f"| {item.repo_id} | {item.probe or '-'} | {item.dataset or '-'} | {top1} | {interval} | {over_seeds} | "
+            f"{parameters} | {updated} |"
         )
     return "\n".join(lines)
 

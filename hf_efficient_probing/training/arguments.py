@@ -134,6 +134,20 @@ class ProbeArguments:
             "values from 3e-5 to 1e-1)."
         },
     )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: train every grid member under each of these seeds, in the same run (its own "
+            "head initialisation and order of the training rows; the backbone pass or token cache shared). The "
+            "setting (kind, layer, learning rate) is chosen by its mean held-out accuracy over the seeds; results "
+            "report the mean, the standard deviation and each seed. Unset: one seed, --seed."
+        },
+    )
+    bootstrap_resamples: int = field(
+        default=1000,
+        metadata={"help": "Resamples of the evaluation images for the 95 % bootstrap interval of every figure."},
+    )
+    bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap resamples."})
     prune: bool | None = field(
         default=None,
         metadata={

@@ -18,19 +18,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from ..evaluation.multilabel import choose_threshold, multi_label_scores
 from ..probes.counting import count_trainable_parameters
 from ..probes.patch_grid import as_pair
 from .arguments import ProbingTrainingArguments
+from .figures import EVAL_FIGURES, BootstrapOptions, image_intervals, per_image_hits, spread_figures
 from .grid import ProbingGridModel, check_grid_fits
 from .lora import freeze_lora, has_lora
 from .recipes import check_resolved, effective_batch_size, peak_learning_rate, recipe_identity
 from .reporting import TOP_K, condense_printed_logs, write_grid_summary, write_results, write_summary
 from .resume import remove_checkpoints, resume_point
 from .rungs import GridRungs, Rungs, edge_report
-from .selection import SELECTION_PREFIX, GridSelection, best_epoch, chosen_members
-from .trainer import ProbingTrainer, build_trainer
+from .selection import SELECTION_PREFIX, GridSelection, best_epoch, chosen_members, scored_metrics
+from .trainer import ProbingTrainer, build_trainer, is_multi_label
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,9 @@ class RunOptions:
             ``output_dir/members/<name>`` (a sweep that reports every probe).
         rungs: where a grid stops its members out of contention and extends its edge (`training.rungs.Rungs`; the
             grid holds its reserve members already); ``None`` trains every member to the end.
+        bootstrap: the bootstrap interval over evaluation images beside every evaluation figure.
+        threshold_dataset: a multi-label probe of the paper's protocol: the images its threshold is chosen on (a
+            grid chooses on its selection split).
     """
 
     image_processor: Any = None
@@ -60,6 +67,8 @@ class RunOptions:
     run_identity: dict | None = None
     evaluate_every_member: bool = False
     rungs: Rungs | None = None
+    bootstrap: BootstrapOptions = field(default_factory=BootstrapOptions)
+    threshold_dataset: Any = None
 
 
 @dataclass
@@ -113,12 +122,40 @@ def save_probe(model, output_dir: str, image_processor=None) -> None:
         image_processor.save_pretrained(output_dir)
 
 
-def evaluate_once(model, args: ProbingTrainingArguments, evaluation_dataset) -> dict[str, float]:
-    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split: its only reading."""
+def evaluate_once(
+    model, args: ProbingTrainingArguments, evaluation_dataset, bootstrap: BootstrapOptions, threshold_dataset=None
+) -> tuple[dict, dict | None]:
+    """``eval_accuracy`` and ``eval_top5_accuracy`` of one probe on the evaluation split (its only reading), each
+    with its bootstrap interval over the images; and the per-image hits they were computed from. A multi-label probe
+    gives its figures of `evaluate_multi_label` instead (its threshold chosen on ``threshold_dataset``), no hits."""
     eval_args = copy.copy(args)
     eval_args.report_to = []
-    results = build_trainer(model, eval_args, (None, evaluation_dataset)).evaluate()
-    return {key: value for key, value in results.items() if key in ("eval_accuracy", f"eval_top{TOP_K}_accuracy")}
+    if is_multi_label(model):
+        return evaluate_multi_label(model, eval_args, threshold_dataset, evaluation_dataset), None
+    output = build_trainer(model, eval_args, (None, evaluation_dataset)).predict(
+        evaluation_dataset, metric_key_prefix="eval"
+    )
+    hits = per_image_hits(output.predictions, output.label_ids)
+    figures = {name: output.metrics[name] for name in EVAL_FIGURES}
+    return {**figures, **image_intervals(hits, bootstrap)}, hits
+
+
+def evaluate_multi_label(model, args: ProbingTrainingArguments, threshold_dataset, evaluation_dataset) -> dict:
+    """A multi-label probe's figures: the probability threshold with the best micro F1 on ``threshold_dataset``
+    (held out from the evaluation split), set on the probe's config (saved with it, read by ``pipeline``); then its
+    only reading of the evaluation split: ``eval_map`` (macro), ``eval_micro_map`` and F1 at that threshold."""
+    if threshold_dataset is None:
+        raise ValueError("A multi-label probe needs a held-out split to choose its threshold on; none was given.")
+    trainer = build_trainer(model, args, (None, evaluation_dataset))
+    held_out = trainer.predict(threshold_dataset)
+    threshold = choose_threshold(torch.sigmoid(torch.as_tensor(held_out.predictions)), held_out.label_ids)
+    model.config.multi_label_threshold = threshold
+    evaluation = trainer.predict(evaluation_dataset)
+    scores = multi_label_scores(evaluation.predictions, evaluation.label_ids, threshold)
+    return {
+        **{f"eval_{key}": scores[key] for key in ("map", "micro_map", "f1_micro", "f1_macro", "classes_scored")},
+        "multi_label_threshold": threshold,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,20 +180,25 @@ def train_grid(
         "recipe": recipe_identity(args),
         "rungs": rung_record,
     }
-    callbacks = [GridSelection()]  # first: a rung reads the snapshots of its epoch
+    metric, _ = scored_metrics(grid.member_config(0))
+    callbacks = [GridSelection(metric)]  # first: a rung reads the snapshots of its epoch
     if rungs:
         steps = [epoch * args.eval_steps for epoch in rungs.epochs(args.num_train_epochs)]
         callbacks.append(GridRungs(rungs, steps, len(splits.selection)))
+    train = grid.training_dataset(splits.train, args.seed)
     trainer = build_trainer(
-        grid, args, (splits.train, splits.selection), grid.training_names, [*callbacks, *options.callbacks], identity
+        grid, args, (train, splits.selection), grid.training_names, [*callbacks, *options.callbacks], identity
     )
     condense_printed_logs(trainer, [(member.name, member.kind) for member in grid.members])
     train_output = fit(trainer, options)
-    chosen = chosen_members([member.kind for member in grid.members], grid.best_accuracy)
-    metrics = {kind: _chosen_metrics(grid, trainer, index, splits, train_output) for kind, index in chosen.items()}
+    chosen = chosen_members(grid.members, grid.best_accuracy)
+    metrics = {
+        kind: _setting_metrics(grid, trainer, indices, splits, (train_output, options.bootstrap))
+        for kind, indices in chosen.items()
+    }
     paths = {kind: args.output_dir if len(chosen) == 1 else os.path.join(args.output_dir, kind) for kind in chosen}
-    member_metrics = _every_member(grid, trainer, splits.evaluation, options) if options.evaluate_every_member else {}
-    edges = {kind: _edge(grid, index, rungs) for kind, index in chosen.items()}
+    member_metrics = _every_member(grid, trainer, splits, options) if options.evaluate_every_member else {}
+    edges = {kind: _edge(grid, indices[0], rungs) for kind, indices in chosen.items()}
     run_info = {**options.run_info, "rungs": rung_record, "runtime_s": round(time.time() - start, 2)}
     summary = grid_summary(
         grid, trainer, chosen, {k: {**m, "grid_edge": edges[k]} for k, m in metrics.items()}, run_info
@@ -164,8 +206,8 @@ def train_grid(
     for member in summary["members"]:
         member.update(member_metrics.get(member["name"], {}))
     if trainer.is_world_process_zero():
-        for kind, index in chosen.items():
-            save_probe(grid.best_member(index), paths[kind], options.image_processor)
+        for kind, indices in chosen.items():  # with --seeds, the first seed's probe (its figures: per_seed)
+            save_probe(grid.best_member(indices[0]), paths[kind], options.image_processor)
             write_results(paths[kind], metrics[kind])
         if len(chosen) > 1:
             write_results(
@@ -196,44 +238,95 @@ def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
     return grid.layout.num_prefix_tokens + (height // patch_height) * (width // patch_width)
 
 
-def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output) -> dict:
-    """The chosen member's figures: the evaluation split read once, at its best epoch on the selection split."""
-    member = grid.members[index]
-    evaluation = evaluate_once(grid.best_member(index), trainer.args, grid.member_dataset(index, splits.evaluation))
-    best = best_epoch(trainer.state.log_history, f"{SELECTION_PREFIX}_{member.name}_accuracy") or {}
+def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outcome: tuple) -> dict:
+    """The chosen setting's figures: its member's (`_chosen_metrics`); with ``--seeds``, the mean, spread and each
+    seed's (`figures.spread_figures`), the selection accuracy averaged as the choice averaged it."""
+    train_output, bootstrap = outcome
+    results = [_chosen_metrics(grid, trainer, index, splits, train_output, bootstrap) for index in indices]
+    if not grid.seeds:
+        return results[0][0]
+    per_seed = [metrics for metrics, _ in results]
+    seeds = [grid.members[index].seed for index in indices]
+    metric, _ = scored_metrics(grid.member_config(indices[0]))
+    setting = grid.members[indices[0]].setting
+    shared = {key: per_seed[0][key] for key in ("eval_samples", "selection_samples", "learning_rate", "feature_layer")}
+    return {
+        "setting": setting.name,
+        **spread_figures(seeds, per_seed, [hits for _, hits in results], bootstrap, over="seeds"),
+        f"selection_{metric}": sum(m[f"selection_{metric}"] for m in per_seed) / len(per_seed),
+        f"selection_{metric}_std": float(np.std([m[f"selection_{metric}"] for m in per_seed], ddof=1))
+        if len(per_seed) > 1
+        else 0.0,
+        "best_epoch": [m["best_epoch"] for m in per_seed],
+        **shared,
+        "train_samples": per_seed[0]["train_samples"],
+        "train_runtime": per_seed[0]["train_runtime"],
+        "saved_seed": seeds[0],
+    }
+
+
+def _chosen_metrics(grid, trainer, index: int, splits: GridSplits, train_output, bootstrap) -> tuple[dict, dict]:
+    """A chosen member's figures: the evaluation split read once, at its best epoch on the selection split; and its
+    per-image hits."""
+    member, (metric, second) = grid.members[index], scored_metrics(grid.member_config(index))
+    evaluation, hits = _evaluate_member(grid, trainer, index, splits, bootstrap)
+    best = best_epoch(trainer.state.log_history, f"{SELECTION_PREFIX}_{member.name}_{metric}") or {}
     return {
         **evaluation,
         "eval_samples": len(splits.evaluation),
-        "selection_accuracy": grid.best_accuracy[index].item(),
-        "selection_top5_accuracy": best.get(f"{SELECTION_PREFIX}_{member.name}_top5_accuracy"),
+        f"selection_{metric}": grid.best_accuracy[index].item(),
+        f"selection_{second}": best.get(f"{SELECTION_PREFIX}_{member.name}_{second}"),
         "selection_samples": len(splits.selection),
         "best_epoch": grid.best_epoch[index].item(),
         "learning_rate": member.learning_rate,
         "feature_layer": member.layer,
         "train_samples": len(splits.train),
         "train_runtime": train_output.metrics.get("train_runtime"),
-    }
+    }, hits
 
 
-def _every_member(grid, trainer, evaluation_dataset, options: RunOptions) -> dict[str, dict]:
+def _evaluate_member(grid, trainer, index: int, splits: GridSplits, bootstrap: BootstrapOptions) -> tuple[dict, dict]:
+    """Member ``index`` at its best epoch on the evaluation split, read once (a multi-label member's threshold is
+    chosen on the selection split first); its figures and per-image hits."""
+    model = grid.best_member(index)
+    evaluation, selection = (grid.member_dataset(index, split) for split in (splits.evaluation, splits.selection))
+    return evaluate_once(model, trainer.args, evaluation, bootstrap, selection)
+
+
+def _every_member(grid, trainer, splits: GridSplits, options: RunOptions) -> dict[str, dict]:
     """Every member at its own best epoch, evaluated once and saved in ``output_dir/members/<name>``."""
     results = {}
     for index, member in enumerate(grid.members):
         if grid.waiting_mask()[index]:
             continue  # a reserve no rung started: never trained
-        model = grid.best_member(index)
+        metric, _ = scored_metrics(grid.member_config(index))
         results[member.name] = {
-            **evaluate_once(model, trainer.args, grid.member_dataset(index, evaluation_dataset)),
-            "selection_accuracy": grid.best_accuracy[index].item(),
+            **_evaluate_member(grid, trainer, index, splits, options.bootstrap)[0],
+            f"selection_{metric}": grid.best_accuracy[index].item(),
             "best_epoch": grid.best_epoch[index].item(),
             "probe_parameters": count_trainable_parameters(grid.heads[index]),
         }
         if trainer.is_world_process_zero():
-            save_probe(model, os.path.join(trainer.args.output_dir, "members", member.name), options.image_processor)
+            save_probe(
+                grid.best_member(index),
+                os.path.join(trainer.args.output_dir, "members", member.name),
+                options.image_processor,
+            )
     return results
 
 
-def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info: dict) -> dict:
+SELECTION_NOTE = (
+    "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from train; the "
+    "evaluation split was read once, by each chosen probe"
+)
+SEEDS_SELECTION_NOTE = (
+    "setting (kind x layer x learning rate) chosen by its mean accuracy over the seeds on the selection split, held "
+    "out from train, each seed's epoch on the same split; the evaluation split was read once per seed, by the "
+    "chosen setting"
+)
+
+
+def grid_summary(grid, trainer, chosen: dict[str, list[int]], metrics: dict, run_info: dict) -> dict:
     """A JSON-able record of a grid run: every member that trained (its selection result, and the epochs it trained
     between, when rungs started or stopped it), the chosen ones, the recipe, the member-epochs trained."""
     history = trainer.state.log_history
@@ -243,20 +336,23 @@ def grid_summary(grid, trainer, chosen: dict[str, int], metrics: dict, run_info:
         for index in range(len(grid.members))
         if not grid.waiting_mask()[index]
     ]
-    config = grid.member_config(next(iter(chosen.values())))
+    config = grid.member_config(next(iter(chosen.values()))[0])
+    metric, _ = scored_metrics(config)
     chosen_records = {
         kind: {
-            "name": grid.members[index].name,
-            "probe_parameters": count_trainable_parameters(grid.heads[index]),
+            "name": grid.members[indices[0]].setting.name if grid.seeds else grid.members[indices[0]].name,
+            "members": [grid.members[index].name for index in indices],
+            "probe_parameters": count_trainable_parameters(grid.heads[indices[0]]),
             **metrics[kind],
         }
-        for kind, index in chosen.items()
+        for kind, indices in chosen.items()
     }
     from_start = sum(grid.from_start_mask())
     return {
         "protocol": "default",
-        "selection": "member (kind x layer x learning rate) and epoch chosen on the selection split, held out from "
-        "train; the evaluation split was read once, by each chosen probe",
+        "selection": SEEDS_SELECTION_NOTE if grid.seeds else SELECTION_NOTE,
+        "seeds": grid.seeds or None,
+        "selection_metric": metric,
         "backbone": config.backbone_name_or_path or f"{config.backbone_config.model_type} built from its config",
         "backbone_revision": config.backbone_revision,
         "members": members,
@@ -273,8 +369,8 @@ def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epoc
     """One member of the summary: its best selection accuracy and epoch, its curve, the epochs it trained between
     (``started_epoch`` 0 unless a rung added it beyond the grid's edge; ``stopped_epoch`` the rung that stopped it,
     ``None`` when it trained to the end)."""
-    member = grid.members[index]
-    key = f"{SELECTION_PREFIX}_{member.name}_accuracy"
+    member, (metric, _) = grid.members[index], scored_metrics(grid.member_config(index))
+    key = f"{SELECTION_PREFIX}_{member.name}_{metric}"
     started, stopped = grid.started_step[index].item(), grid.stopped_step[index].item()
     started_epoch = started * epochs_per_step
     stopped_epoch = stopped * epochs_per_step if stopped >= 0 else None
@@ -284,12 +380,13 @@ def _member_record(grid: ProbingGridModel, index: int, history: list[dict], epoc
         "kind": member.kind,
         "layer": member.layer,
         "learning_rate": member.learning_rate,
-        "selection_accuracy": grid.best_accuracy[index].item(),
+        "seed": member.seed,
+        f"selection_{metric}": grid.best_accuracy[index].item(),
         "best_epoch": grid.best_epoch[index].item(),
         "started_epoch": round(started_epoch, 6),
         "stopped_epoch": None if stopped_epoch is None else round(stopped_epoch, 6),
         "epochs_trained": round(end - started_epoch, 6),
-        "per_epoch": [{"epoch": e["epoch"], "selection_accuracy": e[key]} for e in history if key in e],
+        "per_epoch": [{"epoch": e["epoch"], f"selection_{metric}": e[key]} for e in history if key in e],
     }
 
 
@@ -309,6 +406,7 @@ def _recipe_record(trainer) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # One probe (the paper's protocol)
 
+MULTI_LABEL_SUMMARY = ("eval_map", "eval_micro_map", "eval_f1_micro", "eval_f1_macro", "multi_label_threshold")
 PAPER_SELECTION_NOTE = (
     "the paper's protocol: the best epoch was chosen on the evaluation split itself, so the reported accuracy is "
     "optimistic (the default protocol chooses on data held out from train)"
@@ -331,8 +429,14 @@ def train_probe(
     trainer = build_trainer(model, args, (train_dataset, eval_dataset), callbacks=callbacks, run_identity=identity)
     train_metrics = {**fit(trainer, options).metrics, "train_samples": len(train_dataset)}
     eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset), "selection": PAPER_SELECTION_NOTE}
+    if is_multi_label(model):
+        eval_metrics.update(evaluate_multi_label(trainer.model, args, options.threshold_dataset, eval_dataset))
+        eval_metrics["threshold_chosen_on"] = "the training images (evaluation preprocessing)"
+    else:
+        hits = evaluate_once(trainer.model, trainer.args, eval_dataset, options.bootstrap)[1]  # the same probe's hits
+        eval_metrics.update(image_intervals(hits, options.bootstrap))
     for split, split_metrics in (("train", train_metrics), ("eval", eval_metrics)):
-        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if k != "selection"})
+        trainer.log_metrics(split, {k: v for k, v in split_metrics.items() if isinstance(v, (int, float))})
     trainer.save_state()
     summary = run_summary(trainer, eval_metrics, {**options.run_info, "runtime_s": round(time.time() - start, 2)})
     if trainer.is_world_process_zero():
@@ -348,8 +452,9 @@ def train_probe(
 def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> dict:
     """A JSON-able record of a single-probe run: backbone, probe, parameters, best epoch, top-1/top-5."""
     model, config = trainer.model, trainer.model.config
-    history = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry][:-1]  # minus the final eval
-    best = best_epoch(history)
+    metric = f"eval_{scored_metrics(config)[0]}"
+    history = [entry for entry in trainer.state.log_history if metric in entry][:-1]  # minus the final eval
+    best = best_epoch(history, metric)
     return {
         "protocol": "paper",
         "selection": PAPER_SELECTION_NOTE,
@@ -371,11 +476,12 @@ def run_summary(trainer: ProbingTrainer, eval_metrics: dict, run_info: dict) -> 
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "eval_accuracy": eval_metrics.get("eval_accuracy"),
         "eval_top5_accuracy": eval_metrics.get(f"eval_top{TOP_K}_accuracy"),
+        **{key: eval_metrics[key] for key in eval_metrics if key.endswith("_interval") or key == "interval_method"},
+        **{key: eval_metrics[key] for key in MULTI_LABEL_SUMMARY if key in eval_metrics},
         "per_epoch": [
             {
                 "epoch": e["epoch"],
-                "eval_accuracy": e["eval_accuracy"],
-                "eval_top5_accuracy": e.get("eval_top5_accuracy"),
+                **{key: e.get(key) for key in ("eval_accuracy", "eval_top5_accuracy", "eval_map") if key in e},
             }
             for e in history
         ],

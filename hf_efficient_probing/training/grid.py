@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from safetensors.torch import save
@@ -42,23 +42,41 @@ from ..probes.counting import count_trainable_parameters
 class GridMember:
     """One probe of a grid: its kind, the hidden state it reads (non-negative index), its peak learning rate, and
     config fields of its own (``(("num_queries", 4),)``; the kind's common fields are given to the grid).
-    ``reserve``: a rate beyond the edge of the grid, idle until a rung starts it (`training.rungs`)."""
+    ``reserve``: a rate beyond the edge of the grid, idle until a rung starts it (`training.rungs`).
+    ``seed``: the seed of its head's initialisation and of its own order of the training rows (`SeedStreams`);
+    ``None``: the grid's seed and the Trainer's order, as a run without ``--seeds``."""
 
     kind: str
     layer: int
     learning_rate: float
     settings: tuple[tuple[str, object], ...] = ()
     reserve: bool = False
+    seed: int | None = None
 
     @property
     def name(self) -> str:
         own = "".join(f"_{key}{value}" for key, value in self.settings)
-        return f"{self.kind}{own}_layer{self.layer}_lr{self.learning_rate:.2e}"
+        seed = "" if self.seed is None else f"_seed{self.seed}"
+        return f"{self.kind}{own}_layer{self.layer}_lr{self.learning_rate:.2e}{seed}"
+
+    @property
+    def setting(self) -> GridMember:
+        """What selection chooses among: this member without its seed (the same for every seed of it)."""
+        return replace(self, seed=None)
 
 
 def grid_members(kinds: Sequence[str], layers: Sequence[int], learning_rates: Sequence[float]) -> list[GridMember]:
     """Every (kind, layer, learning rate), in that order of nesting."""
     return [GridMember(kind, layer, lr) for kind in kinds for layer in layers for lr in learning_rates]
+
+
+def seeded_members(members: Sequence[GridMember], seeds: Sequence[int] | None) -> list[GridMember]:
+    """Every member under each of ``seeds`` (innermost); ``members`` unchanged when ``seeds`` is ``None``."""
+    if seeds is None:
+        return list(members)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list distinct seeds, at least one; got {list(seeds)}.")
+    return [replace(member, seed=seed) for member in members for seed in seeds]
 
 
 class ProbingGridModel(nn.Module):
@@ -86,6 +104,11 @@ class ProbingGridModel(nn.Module):
                 "the final norm): train each group in its own run."
             )
         self.members = list(members)
+        seeds = [member.seed for member in members]
+        if len(set(seed is None for seed in seeds)) > 1:
+            raise ValueError("Either every grid member has a seed (--seeds) or none has.")
+        # one stream of training rows per seed (`SeedStreams`); a grid without seeds reads the Trainer's batches
+        self.seeds: list[int] = [] if seeds[0] is None else list(dict.fromkeys(seeds))
         self._models = list(models)  # not registered: they all hold the backbone
         self.backbone = models[0].backbone
         self.heads = nn.ModuleList(model.probe for model in models)
@@ -102,10 +125,12 @@ class ProbingGridModel(nn.Module):
         self.views = [
             (self.layout.view_index(model.config.feature_layers), model.config.reads_cls_token) for model in models
         ]
-        # Members that read the same view with the same kind of pooling are pooled together (one larger computation)
+        # Members that read the same view of the same seed's rows with the same kind of pooling are pooled together
+        # (one larger computation)
         self.pooling_groups: dict[tuple, list[int]] = {}
-        for index, model in enumerate(models):
-            key = (model.token_reader.layers, model.config.reads_cls_token, type(model.probe.pooling))
+        for index, (member, model) in enumerate(zip(members, models, strict=True)):
+            stream = self.seeds.index(member.seed) if self.seeds else None
+            key = (stream, model.token_reader.layers, model.config.reads_cls_token, type(model.probe.pooling))
             self.pooling_groups.setdefault(key, []).append(index)
 
     @classmethod
@@ -117,12 +142,12 @@ class ProbingGridModel(nn.Module):
         kind_kwargs: dict[str, dict] | None = None,
         **config_kwargs,
     ) -> ProbingGridModel:
-        """The grid's probe models on ``backbone``; every member is initialised from ``seed``, exactly as a probe built
-        alone after ``set_seed(seed)``. ``kind_kwargs[kind]`` are config fields of that kind only (``num_queries``,
+        """The grid's probe models on ``backbone``; every member is initialised from its own seed (``seed`` when it
+        has none), exactly as a probe built alone after ``set_seed`` of that seed. ``kind_kwargs[kind]`` are config fields of that kind only (``num_queries``,
         ``features``, ...); ``config_kwargs`` go to every member (``num_labels``, ``id2label``, ...)."""
         models = []
         for member in members:
-            set_seed(seed)
+            set_seed(seed if member.seed is None else member.seed)
             models.append(
                 AutoModelForEfficientProbing.from_backbone(
                     backbone,
@@ -149,6 +174,11 @@ class ProbingGridModel(nn.Module):
     def member_dataset(self, index: int, dataset):
         """``dataset`` as member ``index`` reads it alone: cached grid tokens cut to its view; images unchanged."""
         return _MemberView(dataset, self.layout, *self.views[index])
+
+    def training_dataset(self, dataset, data_seed: int):
+        """The rows the grid trains on: ``dataset`` as is without seeds; with seeds, each seed's own order of it
+        (`SeedStreams`, the Trainer's order itself for ``data_seed``, the Trainer's seed)."""
+        return SeedStreams(dataset, self.seeds, data_seed) if self.seeds else dataset
 
     def member_config(self, index: int):
         return self._models[index].config
@@ -184,24 +214,34 @@ class ProbingGridModel(nn.Module):
 
     def forward(self, tokens=None, pixel_values=None, labels=None, **kwargs) -> dict[str, torch.Tensor]:
         """The summed loss of the members training now and their ``logits`` ``[B, K_training, num_labels]`` (member
-        order); the others are not computed."""
+        order); the others are not computed. A batch of `SeedStreams` (``tokens`` ``[B, S, N, C]``, ``pixel_values``
+        ``[B, S, 3, H, W]``, ``labels`` ``[B, S]``) gives each seed's members their own rows; any other batch is read
+        by every member."""
         grid_size = None
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
-            with torch.no_grad():
-                read = self.reader(self.backbone, pixel_values)
+            streamed = pixel_values.dim() == 5
+            with torch.no_grad():  # every seed's images in one backbone pass
+                read = self.reader(self.backbone, pixel_values.flatten(0, 1) if streamed else pixel_values)
             tokens, grid_size = read.tokens, read.grid_size
+            if streamed:
+                tokens = tokens.unflatten(0, pixel_values.shape[:2])
+        streamed = tokens.dim() == 4
         tokens = tokens.to(self.heads[0].classifier.weight.dtype)  # once, for every member's view
         logits, loss, views = [None] * len(self._models), None, {}
         training = self.training_mask()
-        for (layers, reads_cls, _), group in self.pooling_groups.items():
+        for (stream, layers, reads_cls, _), group in self.pooling_groups.items():
             group = [index for index in group if training[index]]
             if not group:
                 continue
-            if (layers, reads_cls) not in views:
-                views[layers, reads_cls] = self.layout.view(tokens, self.views[group[0]][0], reads_cls).contiguous()
-            view = views[layers, reads_cls]
+            rows = stream if streamed else None
+            if (rows, layers, reads_cls) not in views:
+                source = tokens[:, rows] if streamed else tokens
+                views[rows, layers, reads_cls] = self.layout.view(
+                    source, self.views[group[0]][0], reads_cls
+                ).contiguous()
+            view = views[rows, layers, reads_cls]
             num_prefix, view_grid = self._models[group[0]].token_layout(view, grid_size)
             poolings = [self.heads[index].pooling for index in group]
             pooled = type(poolings[0]).pool_together(poolings, view, num_prefix, view_grid)
@@ -209,7 +249,8 @@ class ProbingGridModel(nn.Module):
                 model = self._models[index]
                 logits[index] = model.probe.classify(output).logits
                 if labels is not None:
-                    member_loss = model.loss_function(labels, logits[index], model.config)
+                    targets = labels[:, rows] if streamed else labels
+                    member_loss = model.loss_function(targets, logits[index], model.config)
                     loss = member_loss if loss is None else loss + member_loss
         return {"loss": loss, "logits": torch.stack([logit for logit in logits if logit is not None], dim=1)}
 
@@ -250,6 +291,42 @@ class ProbingGridModel(nn.Module):
 
 
 ACTIVATION_COPIES = 6
+
+
+class SeedStreams(torch.utils.data.Dataset):
+    """The training rows of a grid with seeds: item ``i`` holds, for each seed, row ``order[seed][i]`` of
+    ``dataset`` (stacked: ``tokens`` ``[S, N, C]`` or ``pixel_values`` ``[S, 3, H, W]``, ``labels`` ``[S]``).
+
+    Every seed's order is a fixed permutation of the rows, drawn from the seed, composed with the Trainer's shuffle
+    of every epoch: each seed reads its own batches (other images together, other images left out by the dropped
+    last batch), not the same batches reordered, which would change nothing (a batch's mean loss, and BatchNorm's
+    statistics, do not depend on the order of its rows). The seed equal to ``data_seed`` (the Trainer's) reads the
+    rows as they are, so ``--seeds S`` with ``--seed S`` trains the same members as a run without ``--seeds``, and a
+    member's training depends on its own seed and the Trainer's only: the same in any list of seeds. The rows are
+    read once per seed (the backbone pass or the cache stays shared; from the cache that is a copy per seed)."""
+
+    def __init__(self, dataset, seeds: Sequence[int], data_seed: int):
+        self.dataset, self.seeds = dataset, list(seeds)
+        self.orders = [seed_order(len(dataset), seed, data_seed) for seed in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        items = [self.dataset[int(order[index])] for order in self.orders]
+        key = "tokens" if "tokens" in items[0] else "pixel_values"
+        return {
+            key: torch.stack([torch.as_tensor(item[key]) for item in items]),
+            "labels": torch.tensor([int(item["labels"]) for item in items], dtype=torch.long),
+        }
+
+
+def seed_order(rows: int, seed: int, data_seed: int) -> torch.Tensor:
+    """The fixed permutation of ``rows`` that seed ``seed`` reads the Trainer's order through (the identity for
+    ``data_seed``)."""
+    if seed == data_seed:
+        return torch.arange(rows)
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
 
 
 class _MemberView(torch.utils.data.Dataset):

@@ -24,7 +24,9 @@ from ..configuration_probing import probe_config_class
 from ..probes import probe_kind
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import TRAIN
-from .grid import GridMember, ProbingGridModel, grid_members
+from .figures import BootstrapOptions
+from .grid import GridMember, ProbingGridModel, grid_members, seeded_members
+from .multilabel import MULTI_LABEL_METRICS
 from .prepared import SELECTION, PreparedData, prepare_data
 from .protocols import run_default_protocol, run_knn, run_paper_protocol
 from .recipes import (
@@ -46,7 +48,7 @@ _PAPER_ONLY = {
     "training": ("learning_rate", "base_learning_rate", "early_stopping_patience"),
 }
 _GRID_REVISION = ("prune", "prune_rungs", "prune_keep", "prune_margin", "extend_grid_edge")
-_DEFAULT_ONLY = {"probe": ("learning_rates", *_GRID_REVISION), "data": ("selection_fraction",)}
+_DEFAULT_ONLY = {"probe": ("learning_rates", "seeds", *_GRID_REVISION), "data": ("selection_fraction",)}
 _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
 
 
@@ -116,15 +118,28 @@ class ProbingJob:
         kinds = probe_config_kwargs(probe_args)
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
+        if data.multi_label is not None and probe_args.knn_eval:
+            raise ValueError(
+                "--knn_eval classifies by a vote of the nearest training images' single labels; this data set is "
+                "multi-label. Drop --knn_eval."
+            )
+        if data.multi_label is not None and probe_args.seeds is not None:
+            raise ValueError(
+                "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
+                "hits). Run once per --seed instead."
+            )
         grid = None
         if paper:
             args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
+            if data.multi_label is not None and args.metric_for_best_model == "accuracy":
+                args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
             data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
             args = grid_arguments(training_args, len(data.splits[TRAIN]))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
             members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
             members += edge_reserves(members) if rungs and rungs.extend_edge else []
+            members = seeded_members(members, probe_args.seeds)
             grid = ProbingGridModel.from_backbone(
                 backbone,
                 members,
@@ -148,6 +163,11 @@ class ProbingJob:
             tokens=_token_source(data_args, probe_args.protocol, data),
             probe_args=probe_args,
         )
+
+    @property
+    def bootstrap(self) -> BootstrapOptions:
+        """The bootstrap interval over evaluation images reported beside every evaluation figure."""
+        return BootstrapOptions(self.probe_args.bootstrap_resamples, self.probe_args.bootstrap_seed)
 
     @property
     def members(self) -> tuple[GridMember, ...]:
@@ -312,6 +332,9 @@ def check_arguments(
         raise ValueError(f"Unknown --protocol {probe_args.protocol!r}; choose one of {PROTOCOLS}.")
     for kind in probe_args.probe if not isinstance(probe_args.probe, str) else [probe_args.probe]:
         probe_kind(kind)  # an unknown kind names the registered ones
+    BootstrapOptions(probe_args.bootstrap_resamples, probe_args.bootstrap_seed)  # a bad count names the flag
+    if probe_args.seeds is not None:
+        seeded_members([], probe_args.seeds)  # a repeated or empty list of seeds names the flag
     given = {
         "probe": _given(probe_args),
         "data": _given(data_args),
@@ -348,6 +371,7 @@ _PROTOCOL_HINTS = {
     "learning_rate": "The default protocol trains a grid of --learning_rates (base rates scaled by sqrt(batch/256)).",
     "base_learning_rate": "The default protocol trains a grid of --learning_rates (base rates scaled by sqrt(batch/256)).",
     "learning_rates": "--protocol paper trains one rate: --base_learning_rate, scaled by batch / 256.",
+    "seeds": "--protocol paper trains one probe: run it once per --seed.",
     "selection_fraction": "--protocol paper chooses its epoch on the evaluation split (and says so).",
     "layerwise": "The default protocol already trains every layer of --feature_layers as its own grid member.",
     "lora_rank": "LoRA trains the backbone, which the default protocol's grid of probes shares.",

@@ -35,6 +35,13 @@ from .data import (
     low_shot_subset,
     undecoded,
 )
+from .multilabel import (
+    MULTI_LABEL_PROBLEM,
+    MultiLabelColumn,
+    check_multi_label_dataset,
+    multi_label_column,
+    multi_label_selection_mask,
+)
 from .selection import SELECTION_PREFIX, indices_fingerprint, selection_mask
 from .transforms import EVAL_RESIZE_RATIO, ProcessorTransform, evaluation_processor, training_transform
 
@@ -51,13 +58,20 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, dataset: datasets.Dataset, image_column: str, label_column: str, transform: Callable, split: str = ""
+        self,
+        dataset: datasets.Dataset,
+        image_column: str,
+        label_column: str,
+        transform: Callable,
+        split: str = "",
+        multi_label: MultiLabelColumn | None = None,
     ):
         self.dataset = undecoded(dataset, image_column)
         self.image_column = image_column
         self.label_column = label_column
         self.transform = transform
         self.split = split
+        self.multi_label = multi_label
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,11 +83,15 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             image = decode_image(row[self.image_column], where)
         except ImageDecodeError as error:  # a data set's error, as every other one of a training run
             raise DataError(str(error)) from error
-        return {"pixel_values": self.transform(image), "labels": int(row[self.label_column])}
+        label = row[self.label_column]
+        if self.multi_label is not None:  # a float32 multi-hot vector: what the BCE loss and the cache read
+            label = torch.from_numpy(self.multi_label.multi_hot(label, where))
+        return {"pixel_values": self.transform(image), "labels": label if self.multi_label else int(label)}
 
 
 def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack a batch of ``pixel_values`` (images) or ``tokens`` (cached backbone tokens) with their ``labels``."""
+    """Stack a batch of ``pixel_values`` (images) or ``tokens`` (cached backbone tokens) with their ``labels``: class
+    indices (int64), or multi-hot vectors (float32, ``[B, C]``) for a multi-label data set."""
     batch = {}
     for key in ("pixel_values", "tokens"):
         if key in examples[0]:
@@ -81,7 +99,13 @@ def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
     if not batch:
         raise ValueError(f"Examples need 'pixel_values' or 'tokens'; got keys {sorted(examples[0])}.")
     if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
+        labels = [torch.as_tensor(example["labels"]) for example in examples]
+        if labels[0].is_floating_point():  # a multi-hot vector (multi-label data)
+            batch["labels"] = torch.stack(labels).to(torch.float32)
+        elif labels[0].ndim:  # one label per seed (`training.grid.SeedStreams`)
+            batch["labels"] = torch.stack(labels).long()
+        else:
+            batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
     return batch
 
 
@@ -92,6 +116,8 @@ class PreparedData:
 
     ``splits`` holds ``train`` and ``validation`` (the evaluation split), and ``selection`` once
     :meth:`hold_out_selection` has split it off ``train``. ``info`` describes the data for the run summary.
+    ``multi_label``: how the label column encodes each image's set of classes (`training.multilabel`); ``None``
+    when each image has one class.
     """
 
     splits: DatasetDict
@@ -101,18 +127,21 @@ class PreparedData:
     image_processor: Any
     eval_resize_ratio: float = EVAL_RESIZE_RATIO
     info: dict = field(default_factory=dict)
+    multi_label: MultiLabelColumn | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.class_names)
 
     @property
-    def label_maps(self) -> dict[str, dict]:
-        """``id2label`` and ``label2id``, as a probe config takes them."""
-        return {
+    def label_maps(self) -> dict:
+        """``id2label`` and ``label2id``, as a probe config takes them; for a multi-label data set also its
+        ``problem_type`` (sigmoid + binary cross-entropy per class, as `transformers` heads route the loss)."""
+        maps = {
             "id2label": dict(enumerate(self.class_names)),
             "label2id": {name: i for i, name in enumerate(self.class_names)},
         }
+        return {**maps, "problem_type": MULTI_LABEL_PROBLEM} if self.multi_label else maps
 
     @cached_property
     def eval_processor(self):
@@ -131,7 +160,9 @@ class PreparedData:
     def images(self, split: str, transform: Callable | None = None) -> ImageClassificationDataset:
         """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform)."""
         transform = transform or self.eval_transform
-        return ImageClassificationDataset(self.splits[split], self.image_column, self.label_column, transform, split)
+        return ImageClassificationDataset(
+            self.splits[split], self.image_column, self.label_column, transform, split, self.multi_label
+        )
 
     def cached_split(self, split: str) -> CachedSplit:
         """What a token cache of ``split`` holds on the data side: rows, columns, label mapping, preprocessing."""
@@ -155,11 +186,16 @@ class PreparedData:
         `training.selection.hold_out_for_selection`): what learning rate, layer and epoch are chosen on. ``info``
         records the rule and which rows it held out."""
         train = self.splits[TRAIN]
-        held = selection_mask(class_labels(train, self.label_column, TRAIN), fraction, seed, self.class_names)
+        if self.multi_label:
+            held = multi_label_selection_mask(len(train), fraction, seed)
+            rule = "random, not stratified (an image has several classes): this fraction of train, drawn with this seed"
+        else:
+            held = selection_mask(class_labels(train, self.label_column, TRAIN), fraction, seed, self.class_names)
+            rule = "stratified: this fraction of every class of train (at least 2 per class), drawn with this seed"
         splits = DatasetDict(self.splits)
         splits[TRAIN], splits[SELECTION] = train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
         selection = {
-            "rule": "stratified: this fraction of every class of train (at least 2 per class), drawn with this seed",
+            "rule": rule,
             "fraction": fraction,
             "seed": seed,
             "rows": int(held.sum()),
@@ -187,6 +223,13 @@ def prepare_data(
         image_column = data_args.image_column_name or detect_image_column(dataset[TRAIN])
         label_column = data_args.label_column_name or detect_label_column(dataset[TRAIN])
     info: dict = {"dataset": data_args.dataset_name, "image_column": image_column, "label_column": label_column}
+    multi_label = multi_label_column(dataset[TRAIN], label_column)
+    if multi_label is not None and (data_args.shots_per_class is not None or data_args.train_fraction is not None):
+        raise DataError(
+            f"Column {label_column!r} is multi-label (each image has a set of classes): --shots_per_class and "
+            "--train_fraction draw k images of each class, which has no meaning when one image counts for several "
+            "classes. Drop them, or subsample the data set yourself before training."
+        )
     if data_args.skip_unreadable_images:
         info["skipped_unreadable_images"] = {split: _drop_unreadable(dataset, split, image_column) for split in dataset}
     if data_args.shots_per_class is not None or data_args.train_fraction is not None:
@@ -198,10 +241,22 @@ def prepare_data(
         dataset[VALIDATION] = dataset[VALIDATION].select(
             range(min(data_args.max_eval_samples, len(dataset[VALIDATION])))
         )
-    labels = class_names(dataset, label_column)
-    check_dataset(dataset, label_column, len(labels))
+    if multi_label is None:
+        labels = class_names(dataset, label_column)
+        check_dataset(dataset, label_column, len(labels))
+    else:
+        labels = list(multi_label.class_names)
+        splits = {split: dataset[split] for split in (TRAIN, VALIDATION) if split in dataset}
+        if VALIDATION not in splits:
+            raise DataError("The 'validation' split is missing. Check the split names (--eval_split).")
+        info["multi_label"] = {
+            "encoding": multi_label.encoding,
+            "train_images_per_class": check_multi_label_dataset(splits, label_column, multi_label),
+        }
     info.update(train_samples=len(dataset[TRAIN]), eval_samples=len(dataset[VALIDATION]))
-    return PreparedData(dataset, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info)
+    return PreparedData(
+        dataset, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info, multi_label
+    )
 
 
 def _drop_unreadable(dataset: DatasetDict, split: str, image_column: str) -> int:

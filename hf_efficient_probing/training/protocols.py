@@ -46,7 +46,11 @@ def run_default_protocol(job) -> GridResult:
         splits = GridSplits(train, job.data.images(SELECTION), job.data.images(VALIDATION))
         info["augmentation"] = f"RandomResizedCrop(scale={job.tokens.crop_scale}) + horizontal flip, live backbone"
     options = RunOptions(
-        image_processor=job.data.eval_processor, run_info=info, run_identity=job.identity(), rungs=job.rungs
+        image_processor=job.data.eval_processor,
+        run_info=info,
+        run_identity=job.identity(),
+        rungs=job.rungs,
+        bootstrap=job.bootstrap,
     )
     return train_grid(grid, job.args, splits, options)
 
@@ -97,6 +101,9 @@ def run_paper_protocol(job) -> dict:
             image_processor=job.data.eval_processor,
             run_info=job.run_info(),
             run_identity={**job.identity(), "layers": layers},
+            # the paper's protocol holds nothing out of train: a multi-label threshold is chosen on the training
+            # images (evaluation preprocessing), never on the evaluation split
+            threshold_dataset=job.data.images(TRAIN) if job.data.multi_label else None,
         )
         result = train_probe(model, args, train_set, eval_set, options)
         results[f"layer_{layers[0]}" if layerwise else "probe"] = result.metrics

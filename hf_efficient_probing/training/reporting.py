@@ -12,15 +12,20 @@ import math
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from transformers import PrinterCallback, ProgressCallback
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..tables import markdown_table
-from .selection import SELECTION_PREFIX
+from .multilabel import MULTI_LABEL_METRICS
+from .selection import SELECTION_PREFIX, SINGLE_LABEL_METRICS
+
+_LOGGED = (SINGLE_LABEL_METRICS, MULTI_LABEL_METRICS)  # the per-member figures of a log entry, by kind of labels
 
 SUMMARY_JSON, SUMMARY_MARKDOWN, SUMMARY_PLOT = "run_summary.json", "run_summary.md", "run_summary.png"
 RESULTS_JSON = "all_results.json"
 TOP_K = 5
+TOP1, TOP5 = "eval_accuracy", f"eval_top{TOP_K}_accuracy"
 # run-summary entries shown as extra rows of the Markdown tables, when present
 EXTRA_ROWS = (
     "protocol",
@@ -90,44 +95,130 @@ def summary_markdown(summary: dict) -> str:
         ),
         ("Epochs", f"{summary['epochs_run']:g} of {summary['epochs']:g} ({summary['optimizer_steps']} steps)"),
         ("Best epoch", summary["best_epoch"]),
-        ("Top-1 accuracy (%)", percent(summary["eval_accuracy"])),
-        ("Top-5 accuracy (%)", percent(summary["eval_top5_accuracy"])),
+        *(
+            [("mAP (%)", percent(summary["eval_map"])), ("Micro mAP (%)", percent(summary["eval_micro_map"]))]
+            + [
+                (f"F1 {a} at {summary['multi_label_threshold']} (%)", percent(summary[f"eval_f1_{a}"]))
+                for a in ("micro", "macro")
+            ]
+            if "eval_map" in summary
+            else [
+                ("Top-1 accuracy (%) [95 % interval]", figure_cell(summary, TOP1)),
+                ("Top-5 accuracy (%) [95 % interval]", figure_cell(summary, TOP5)),
+            ]
+        ),
+        *(("Intervals", note) for note in interval_notes(summary)),
         *_extra_rows(summary),
     ]
     return "# Probing run\n\n" + markdown_table(["", ""], [(name, str(value)) for name, value in rows]) + "\n"
 
 
+def figure_cell(record: dict, name: str) -> str:
+    """An evaluation figure in percent with what varies around it: ``± std`` over runs when there are several, and
+    its 95 % interval over evaluation images (``[low, high]``)."""
+    if record.get(name) is None:
+        return "n/a"
+    cell = percent(record[name])
+    if f"{name}_std" in record:
+        cell += f" ± {100 * record[f'{name}_std']:.2f}"
+    if f"{name}_interval" in record:
+        low, high = record[f"{name}_interval"]
+        cell += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return cell
+
+
+def interval_notes(record: dict) -> list[str]:
+    """What each interval of a record covers, in words (the images, the seeds or the episodes)."""
+    notes = []
+    if record.get("interval_method"):
+        notes.append(f"[low, high]: {record['interval_method']}.")
+    for run in ("seed", "episode"):
+        if f"{run}_interval_method" in record:
+            low, high = record[f"eval_accuracy_{run}_interval"]
+            notes.append(
+                f"Over {run}s: top-1 {100 * low:.1f} to {100 * high:.1f} ({record[f'{run}_interval_method']})."
+            )
+    return notes
+
+
+def _epochs_cell(best_epoch) -> str:
+    return ", ".join(f"{epoch:g}" for epoch in best_epoch) if isinstance(best_epoch, list) else f"{best_epoch:g}"
+
+
+def _per_seed_table(summary: dict) -> list[str]:
+    """Each seed's figures of each chosen setting (``--seeds``)."""
+    metric = selection_metric(summary)
+    selection_heading, evaluation = _SELECTED_ON[metric]
+    rows = [
+        (kind, seed, percent(figures[f"selection_{metric}"]), f"{figures['best_epoch']:g}", *(figure_cell(figures, key) for _, key in evaluation))
+        for kind, probe in summary["chosen"].items()
+        for seed, figures in probe.get("per_seed", {}).items()
+    ]  # fmt: skip
+    if not rows:
+        return []
+    headers = ["kind", "seed", selection_heading, "best epoch", *(heading for heading, _ in evaluation)]
+    return ["## Each seed", markdown_table(headers, rows, ["left", *(["right"] * (len(headers) - 1))])]
+
+
+# What a grid's tables show of each chosen probe, by the figure it was selected on: (heading, summary key) pairs
+_SELECTED_ON = {
+    "accuracy": (
+        "selection top-1 (%)",
+        [("eval top-1 (%)", "eval_accuracy"), ("eval top-5 (%)", "eval_top5_accuracy")],
+    ),
+    "map": (
+        "selection mAP (%)",
+        [
+            ("eval mAP (%)", "eval_map"),
+            ("eval micro mAP (%)", "eval_micro_map"),
+            ("eval F1 micro (%)", "eval_f1_micro"),
+            ("eval F1 macro (%)", "eval_f1_macro"),
+        ],
+    ),
+}
+
+
+def selection_metric(summary: dict) -> str:
+    """The figure a grid run chose on (``accuracy``, or ``map`` for multi-label probes)."""
+    return summary.get("selection_metric", "accuracy")
+
+
 def grid_summary_markdown(summary: dict) -> str:
     """A grid run (the default protocol): the chosen probes, every member, the recipe."""
+    seeds = summary.get("seeds")
+    spread = " (mean ± std over seeds)" if seeds else ""
+    metric = selection_metric(summary)
+    selection_heading, evaluation = _SELECTED_ON[metric]
     chosen = markdown_table(
-        ["kind", "member", "selection top-1 (%)", "best epoch", "eval top-1 (%)", "eval top-5 (%)"],
+        ["kind", "member", selection_heading, "best epoch", *(f"{heading}{spread}" for heading, _ in evaluation)],
         [
             (
                 kind,
                 probe["name"],
-                percent(probe["selection_accuracy"]),
-                f"{probe['best_epoch']:g}",
-                percent(probe.get("eval_accuracy")),
-                percent(probe.get(f"eval_top{TOP_K}_accuracy")),
+                percent(probe[f"selection_{metric}"]),
+                _epochs_cell(probe["best_epoch"]),
+                *(figure_cell(probe, key) for _, key in evaluation),
             )
             for kind, probe in summary["chosen"].items()
         ],
-        ["left", "left", "right", "right", "right", "right"],
+        ["left", "left", "right", "right", *(["right"] * len(evaluation))],
     )
+    seed_column = [("seed", lambda m: str(m.get("seed")), "right")] if seeds else []
     members = markdown_table(
-        ["kind", "layer", "lr", "selection top-1 (%)", "best epoch", "epochs trained"],
+        ["kind", "layer", "lr", *(c[0] for c in seed_column), selection_heading, "best epoch", "epochs trained"],
         [
             (
                 m["kind"],
                 str(m["layer"]),
                 f"{m['learning_rate']:.3g}",
-                percent(m["selection_accuracy"]),
+                *(c[1](m) for c in seed_column),
+                percent(m[f"selection_{metric}"]),
                 f"{m['best_epoch']:g}",
                 trained_epochs(m, summary["epochs"]),
             )
             for m in summary["members"]
         ],
-        ["left", "right", "right", "right", "right", "left"],
+        ["left", "right", "right", *(c[2] for c in seed_column), "right", "right", "left"],
     )
     recipe = (
         f"{summary['optimizer']}, batch {summary['effective_batch_size']}, {summary['epochs']:g} epochs "
@@ -148,7 +239,9 @@ def grid_summary_markdown(summary: dict) -> str:
         summary["selection"] + ".",
         "## Chosen probes",
         chosen,
+        *interval_notes(next(iter(summary["chosen"].values()))),
         *edges,
+        *_per_seed_table(summary),
         "## Every member",
         members,
         details,
@@ -190,51 +283,54 @@ def _rung_rows(summary: dict) -> list[tuple[str, str]]:
 
 
 def plot_grid(summary: dict, path: str) -> None:
-    """Selection accuracy against learning rate, one line per (kind, layer), the members stopped at a rung crossed;
-    and the chosen members' curves, with those of the stopped members in grey, crossed where they stopped."""
+    """Selection accuracy (mAP for multi-label probes) against learning rate, one line per (kind, layer), the members
+    stopped at a rung crossed; and the chosen members' curves, with those of the stopped members in grey, crossed
+    where they stopped."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
+
+    key = f"selection_{selection_metric(summary)}"
+    label = _SELECTED_ON[selection_metric(summary)][0]
 
     figure = Figure(figsize=(11, 4))
     sweep_axes, curve_axes = figure.subplots(1, 2)
-    lines: dict[tuple, list] = {}
+    lines: dict[tuple, dict[float, list[float]]] = {}
     for member in summary["members"]:
-        lines.setdefault((member["kind"], member["layer"]), []).append(member)
-    for (kind, layer), members in lines.items():
-        members = sorted(members, key=lambda m: m["learning_rate"])
-        sweep_axes.plot(
-            [m["learning_rate"] for m in members],
-            [100 * m["selection_accuracy"] for m in members],
-            marker="o",
-            label=f"{kind}, layer {layer}",
+        rates = lines.setdefault((member["kind"], member["layer"]), {})
+        rates.setdefault(member["learning_rate"], []).append(100 * member[key])
+    for (kind, layer), rates in lines.items():
+        rates = dict(sorted(rates.items()))
+        means = [float(np.mean(values)) for values in rates.values()]
+        stds = [float(np.std(values, ddof=1)) if len(values) > 1 else 0.0 for values in rates.values()]
+        line_label = f"{kind}, layer {layer}" + (
+            " (mean ± std over seeds, each seed a dot)" if summary.get("seeds") else ""
         )
+        line = sweep_axes.errorbar(list(rates), means, yerr=stds, marker="o", capsize=3, label=line_label)
+        if summary.get("seeds"):
+            for rate, values in rates.items():
+                sweep_axes.plot([rate] * len(values), values, ".", color=line[0].get_color(), alpha=0.5)
     stopped = [m for m in summary["members"] if m.get("stopped_epoch") is not None]
     if stopped:
         sweep_axes.plot(
             [m["learning_rate"] for m in stopped],
-            [100 * m["selection_accuracy"] for m in stopped],
+            [100 * m[key] for m in stopped],
             "x",
             color="black",
             markersize=9,
             label="stopped at a rung",
         )
-    sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel="selection top-1 (%)", title="Grid")
+    sweep_axes.set(xscale="log", xlabel="peak learning rate", ylabel=label, title="Grid")
     sweep_axes.legend()
     by_name = {member["name"]: member for member in summary["members"]}
     for member in summary["members"]:  # where each stopped member's curve ended
         if member.get("stopped_epoch") is not None and member["per_epoch"]:
             curve = member["per_epoch"]
-            curve_axes.plot(
-                [p["epoch"] for p in curve], [100 * p["selection_accuracy"] for p in curve], color="0.75", linewidth=1
-            )
-            curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1]["selection_accuracy"], "x", color="0.5")
+            curve_axes.plot([p["epoch"] for p in curve], [100 * p[key] for p in curve], color="0.75", linewidth=1)
+            curve_axes.plot(curve[-1]["epoch"], 100 * curve[-1][key], "x", color="0.5")
     for kind, chosen in summary["chosen"].items():
-        curve = by_name[chosen["name"]]["per_epoch"]
-        curve_axes.plot(
-            [p["epoch"] for p in curve],
-            [100 * p["selection_accuracy"] for p in curve],
-            label=f"{kind}: {chosen['name']}",
-        )
-    curve_axes.set(xlabel="epoch", ylabel="selection top-1 (%)", title="Chosen members")
+        for name in chosen.get("members", [chosen["name"]]):  # every seed of the chosen setting
+            curve = by_name[name]["per_epoch"]
+            curve_axes.plot([p["epoch"] for p in curve], [100 * p[key] for p in curve], label=f"{kind}: {name}")
+    curve_axes.set(xlabel="epoch", ylabel=label, title="Chosen members")
     curve_axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -246,18 +342,21 @@ def plot_grid(summary: dict, path: str) -> None:
 
 def condensed_logs(logs: dict, members: Sequence[tuple[str, str]]) -> dict:
     """A grid's log entry for people: each member's selection metrics (2 per member, in every entry) replaced by the
-    best member of each probe kind and its accuracy (``selection_best_<kind>_accuracy``, ``selection_best_<kind>``).
+    best member of each probe kind and its accuracy (``selection_best_<kind>_accuracy``, ``selection_best_<kind>``;
+    a multi-label grid's mean average precision, ``selection_best_<kind>_map``).
     ``members`` are ``(name, kind)`` pairs. The Trainer's log history keeps every member's metrics."""
     condensed = dict(logs)
     best: dict[str, tuple[float, str]] = {}
+    metric = next((m for m, _ in _LOGGED if any(f"{SELECTION_PREFIX}_{n}_{m}" in logs for n, _ in members)), None)
     for name, kind in members:
-        accuracy = condensed.pop(f"{SELECTION_PREFIX}_{name}_accuracy", None)
-        condensed.pop(f"{SELECTION_PREFIX}_{name}_top5_accuracy", None)
-        if accuracy is not None and accuracy > best.get(kind, (-math.inf, ""))[0]:
-            best[kind] = (accuracy, name)
+        for first, second in _LOGGED:
+            condensed.pop(f"{SELECTION_PREFIX}_{name}_{second}", None)
+            accuracy = condensed.pop(f"{SELECTION_PREFIX}_{name}_{first}", None)
+            if accuracy is not None and accuracy > best.get(kind, (-math.inf, ""))[0]:
+                best[kind] = (accuracy, name)
     epoch = condensed.pop("epoch", None)
     for kind, (accuracy, name) in best.items():
-        condensed[f"{SELECTION_PREFIX}_best_{kind}_accuracy"], condensed[f"{SELECTION_PREFIX}_best_{kind}"] = (
+        condensed[f"{SELECTION_PREFIX}_best_{kind}_{metric}"], condensed[f"{SELECTION_PREFIX}_best_{kind}"] = (
             accuracy,
             name,
         )

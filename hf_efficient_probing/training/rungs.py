@@ -246,7 +246,11 @@ def edge_report(
 class GridRungs(TrainerCallback):
     """At each rung (after the selection split's evaluation and `selection.GridSelection`'s snapshots of that
     epoch, before the epoch's checkpoint): stop the members out of contention, start the reserves beyond an edge.
-    Works on a `training.grid.ProbingGridModel`; the decisions are stored in its buffers."""
+    Works on a `training.grid.ProbingGridModel`; the decisions are stored in its buffers.
+
+    With ``--seeds`` a rung judges settings (kind x layer x learning rate), each by its mean over seeds, and stops
+    or starts every seed of a setting together: the final choice reads that mean (`selection.chosen_members`), and a
+    setting with some seeds stopped early would have a mean over members trained for different lengths."""
 
     def __init__(self, rungs: Rungs, rung_steps: Sequence[int], selection_samples: int):
         self.rungs, self.steps, self.selection_samples = rungs, set(rung_steps), selection_samples
@@ -254,22 +258,30 @@ class GridRungs(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if state.global_step not in self.steps or not hasattr(model, "stop_members"):
             return
-        accuracies = model.best_accuracy.tolist()
-        training, waiting, from_start = model.training_mask(), model.waiting_mask(), model.from_start_mask()
-        members = model.members
+        seeds_of: dict[GridMember, list[int]] = {}
+        for index, member in enumerate(model.members):
+            seeds_of.setdefault(member.setting, []).append(index)
+        settings, groups = list(seeds_of), list(seeds_of.values())
+        best = model.best_accuracy.tolist()
+        accuracies = [sum(best[i] for i in group) / len(group) for group in groups]
+        training, waiting, from_start = (
+            [mask[group[0]] for group in groups]  # every seed of a setting starts and stops with it
+            for mask in (model.training_mask(), model.waiting_mask(), model.from_start_mask())
+        )
         if self.rungs.prune:
-            stop = out_of_contention(members, accuracies, training, from_start, self.rungs, self.selection_samples)
-            model.stop_members(stop, state.global_step)
+            stop = out_of_contention(settings, accuracies, training, from_start, self.rungs, self.selection_samples)
+            model.stop_members([i for s in stop for i in groups[s]], state.global_step)
             if stop:
-                logger.info("Rung at epoch %g: stopped %s", state.epoch, ", ".join(members[i].name for i in stop))
+                logger.info("Rung at epoch %g: stopped %s", state.epoch, ", ".join(settings[s].name for s in stop))
         if self.rungs.extend_edge:
-            start = beyond_the_edge(members, accuracies, model.training_mask(), waiting)
-            model.start_members(start, state.global_step)
+            training = [model.training_mask()[group[0]] for group in groups]
+            start = beyond_the_edge(settings, accuracies, training, waiting)
+            model.start_members([i for s in start for i in groups[s]], state.global_step)
             for index in start:
                 logger.info(
                     "Rung at epoch %g: the best %s member is at the edge of the learning-rate grid; training %s "
                     "for the epochs left",
                     state.epoch,
-                    members[index].kind,
-                    members[index].name,
+                    settings[index].kind,
+                    settings[index].name,
                 )

@@ -4,7 +4,8 @@ member), never on the split a run reports.
 The default protocol holds out a stratified, seeded fraction of every class of the training split
 (:func:`hold_out_for_selection`). During training, :class:`GridSelection` snapshots each member at its best epoch on
 that split (``selection_<member>_accuracy`` in the log); at the end :func:`chosen_members` picks each probe kind's
-best member. Ties go to the earliest epoch, and to the member listed first (lower layer order, lower learning rate).
+best setting (by its mean over seeds, with ``--seeds``). Ties go to the earliest epoch, and to the member listed
+first (lower layer order, lower learning rate).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ import torch
 from transformers import TrainerCallback
 
 from .data import DataError, class_labels
+from .multilabel import MULTI_LABEL_METRICS, MULTI_LABEL_PROBLEM
 
 SELECTION_PREFIX = "selection"  # the metric prefix of the held-out split's figures (the evaluation split's: "eval")
 MIN_SELECTION_PER_CLASS = 2  # held out per class, at least: one image says too little about a class
+SINGLE_LABEL_METRICS = ("accuracy", "top5_accuracy")
+
+
+def scored_metrics(config) -> tuple[str, str]:
+    """The two figures every evaluation gives a probe of ``config``: top-1 and top-5 accuracy, or for a multi-label
+    probe macro and micro mean average precision. The first is the one members, epochs and rungs are chosen on."""
+    return MULTI_LABEL_METRICS if config.problem_type == MULTI_LABEL_PROBLEM else SINGLE_LABEL_METRICS
 
 
 def hold_out_for_selection(
@@ -79,16 +88,20 @@ def best_epoch(log_history: list[dict], metric: str = "eval_accuracy") -> dict |
 
 
 class GridSelection(TrainerCallback):
-    """After every evaluation on the selection split: snapshot each member whose selection accuracy improved (the
-    earliest epoch wins ties). Works on any model with ``metric_names()``, ``heads``, ``best_heads``,
-    ``best_accuracy`` and ``best_epoch`` (`training.grid.ProbingGridModel`)."""
+    """After every evaluation on the selection split: snapshot each member whose selection ``metric`` (accuracy; a
+    multi-label grid's mean average precision) improved (the earliest epoch wins ties). Works on any model with
+    ``metric_names()``, ``heads``, ``best_heads``, ``best_accuracy`` (the best selection figure, whichever it is)
+    and ``best_epoch`` (`training.grid.ProbingGridModel`)."""
+
+    def __init__(self, metric: str = "accuracy"):
+        self.metric = metric
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not hasattr(model, "best_heads") or not metrics:
             return
         with torch.no_grad():
             for index, name in enumerate(model.metric_names()):
-                accuracy = metrics.get(f"{SELECTION_PREFIX}_{name}_accuracy")
+                accuracy = metrics.get(f"{SELECTION_PREFIX}_{name}_{self.metric}")
                 if accuracy is None or math.isnan(accuracy) or accuracy <= model.best_accuracy[index].item():
                     continue
                 model.best_heads[index].load_state_dict(model.heads[index].state_dict())
@@ -96,12 +109,18 @@ class GridSelection(TrainerCallback):
                 model.best_epoch[index] = state.epoch
 
 
-def chosen_members(kinds: Sequence[str], best_accuracy: torch.Tensor) -> dict[str, int]:
-    """Per probe kind, the index of the member with the best selection accuracy (the first one on ties: the lowest
-    layer order and learning rate as the grid lists them). ``kinds[i]`` is member ``i``'s kind."""
-    chosen: dict[str, int] = {}
-    for index, kind in enumerate(kinds):
-        best = chosen.get(kind)
-        if best is None or best_accuracy[index] > best_accuracy[best]:
-            chosen[kind] = index
+def chosen_members(members: Sequence, best_accuracy: torch.Tensor) -> dict[str, list[int]]:
+    """Per probe kind, the indices of the members of its chosen setting (kind x layer x learning rate x own
+    settings): the setting with the best selection accuracy, averaged over its seeds (one member per setting without
+    ``--seeds``); the first one on ties (the lowest layer order and learning rate as the grid lists them). A mean over
+    seeds, not the best seed: the best of several noisy draws is optimistic, and the figure reported is the mean."""
+    settings: dict = {}
+    for index, member in enumerate(members):
+        settings.setdefault(member.setting, []).append(index)
+    chosen: dict[str, list[int]] = {}
+    scores: dict[str, float] = {}
+    for setting, indices in settings.items():
+        score = float(best_accuracy[indices].mean())
+        if setting.kind not in chosen or score > scores[setting.kind]:
+            chosen[setting.kind], scores[setting.kind] = indices, score
     return chosen

@@ -3,7 +3,7 @@
 A single probe (the paper's protocol) and a grid of probes (the default protocol) train through the same class: the
 recipe's optimiser and schedule (`training.recipes`), full training batches, probe-only checkpoints without pickled
 arguments that record the run's identity (`training.resume`), and top-1/top-5 metrics through the package's offline
-`evaluate` module. A grid evaluates on the selection split under the ``selection_`` prefix; a single probe reports
+`evaluate` module (a multi-label data set's probes: mean average precision, `evaluation.multilabel`). A grid evaluates on the selection split under the ``selection_`` prefix; a single probe reports
 ``eval_``.
 """
 
@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 
 import evaluate
 import numpy as np
+import torch
 from transformers import Trainer, TrainerCallback
 
 from ..evaluation.metrics import TOP_K_ACCURACY_PATH
+from ..evaluation.multilabel import multi_label_scores
 from .arguments import ProbingTrainingArguments
+from .multilabel import MULTI_LABEL_METRICS, MULTI_LABEL_PROBLEM
 from .prepared import probing_collator
 from .recipes import build_optimizer, optimizer_for_groups, peak_learning_rate, warmup_cosine_schedule
 from .reporting import TOP_K
@@ -153,6 +156,32 @@ def top_k_metrics(names: Callable[[], Sequence[str]] | None = None):
     return compute_metrics
 
 
+def multi_label_metrics(names: Callable[[], Sequence[str]] | None = None):
+    """Macro and micro mean average precision (``map``, ``micro_map``) of multi-label logits, per grid member
+    (``<name>_map``, ...; predictions ``[N, K, C]``) with ``names``, of one probe (``[N, C]``) without. No threshold
+    is involved: the one F1 needs is chosen after training, on the selection split (`training.engine`)."""
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits, labels = torch.as_tensor(np.asarray(logits)), torch.as_tensor(np.asarray(prediction.label_ids))
+        if names is None:
+            scores = multi_label_scores(logits, labels)
+            return {key: scores[key] for key in MULTI_LABEL_METRICS}
+        results = {}
+        for index, name in enumerate(names()):
+            scores = multi_label_scores(logits[:, index], labels)
+            results.update({f"{name}_{key}": scores[key] for key in MULTI_LABEL_METRICS})
+        return results
+
+    return compute_metrics
+
+
+def is_multi_label(model) -> bool:
+    """Whether ``model`` (a probe, or a grid of probes: they share one label set) scores each class on its own."""
+    config = model.member_config(0) if hasattr(model, "member_config") else model.config
+    return getattr(config, "problem_type", None) == MULTI_LABEL_PROBLEM
+
+
 def build_trainer(
     model,
     args: ProbingTrainingArguments,
@@ -165,14 +194,15 @@ def build_trainer(
     be ``None``); ``metric_names`` gives the grid members each periodic evaluation scores (those training then), on
     the selection split."""
     train_dataset, eval_dataset = datasets
+    multi_label = is_multi_label(model)
     return ProbingTrainer(
         model=model,
         args=args,
         data_collator=probing_collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        compute_metrics=top_k_metrics(metric_names),
-        preprocess_logits_for_metrics=rank_top_k,
+        compute_metrics=(multi_label_metrics if multi_label else top_k_metrics)(metric_names),
+        preprocess_logits_for_metrics=None if multi_label else rank_top_k,  # multi-label: every class's logit
         callbacks=list(callbacks),
         metric_prefix="selection" if metric_names is not None else "eval",
         run_identity=run_identity,

@@ -1,0 +1,202 @@
+"""Multi-label data sets: the label columns read, the metrics (against scikit-learn), the token cache's label vectors,
+the threshold chosen on held-out data and saved with the probe, and `pipeline` returning the classes above it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+from test_cache import single_thread  # noqa: F401
+from transformers import AutoImageProcessor, pipeline
+
+import hf_efficient_probing as hep
+from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.demo import embedded_backbone, embedded_training_arguments
+from hf_efficient_probing.evaluation.multilabel import choose_threshold, f1_scores, multi_label_scores
+from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
+from hf_efficient_probing.training.data import DataError
+from hf_efficient_probing.training.engine import evaluate_multi_label
+from hf_efficient_probing.training.job import run_probing
+from hf_efficient_probing.training.prepared import SELECTION, prepare_data
+
+QUADRANTS = ["top-left", "top-right", "bottom-left", "bottom-right"]
+
+
+def quadrant_images(count: int, seed: int) -> Dataset:
+    """Dark noise images with a bright square in each quadrant that is one of the image's classes (each with
+    probability 0.4, so some images have none)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(count):
+        present = np.flatnonzero(rng.random(4) < 0.4)
+        pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        for quadrant in present:
+            row, column = divmod(int(quadrant), 2)
+            pixels[row * 16 + 3 : row * 16 + 13, column * 16 + 3 : column * 16 + 13] = 230
+        images.append(PILImage.fromarray(pixels))
+        labels.append(present.tolist())
+    features = Features({"image": Image(), "labels": Sequence(ClassLabel(names=QUADRANTS))})
+    return Dataset.from_dict({"image": images, "labels": labels}, features=features)
+
+
+def quadrants() -> DatasetDict:
+    return DatasetDict(train=quadrant_images(160, 0), validation=quadrant_images(80, 1))
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return embedded_backbone("synthetic")[1]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_average_precision_and_f1_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    targets = (rng.random((60, 5)) < 0.3).astype(np.float32)
+    targets[0] = 1  # every class has a positive
+    logits = rng.normal(size=(60, 5)) + 2 * targets
+    logits[:, 1] = np.round(logits[:, 1])  # ties: one precision-recall step per distinct score
+    scores = multi_label_scores(torch.tensor(logits), torch.tensor(targets), threshold=0.6)
+    assert scores["map"] == pytest.approx(metrics.average_precision_score(targets, logits, average="macro"))
+    assert scores["micro_map"] == pytest.approx(metrics.average_precision_score(targets, logits, average="micro"))
+    predicted = 1 / (1 + np.exp(-logits)) >= 0.6
+    assert scores["f1_micro"] == pytest.approx(metrics.f1_score(targets, predicted, average="micro"))
+    assert scores["f1_macro"] == pytest.approx(metrics.f1_score(targets, predicted, average="macro"))
+
+
+def test_classes_without_a_positive_are_left_out_of_the_macro_mean():
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    scores = multi_label_scores(logits, targets)
+    assert scores["classes_scored"] == 1 and scores["map"] == pytest.approx(1.0)
+
+
+def test_the_threshold_is_the_best_micro_f1_on_the_images_given():
+    probabilities = torch.tensor([[0.9, 0.2], [0.35, 0.8], [0.1, 0.3]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    threshold = choose_threshold(probabilities, targets)
+    assert 0.3 < threshold <= 0.35  # every positive above, every negative below: the lowest such threshold
+    assert f1_scores(probabilities, targets, threshold)[0] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Label columns
+
+
+def _one_split(labels, feature) -> DatasetDict:
+    images = [PILImage.new("RGB", (32, 32)) for _ in labels]
+    features = Features({"image": Image(), "labels": feature})
+    split = Dataset.from_dict({"image": images, "labels": labels}, features=features)
+    return DatasetDict(train=split, validation=split)
+
+
+def test_class_index_lists_and_multi_hot_vectors_read_as_the_same_vectors(processor):
+    indices = prepare_data(
+        DataArguments(dataset_name="x"),
+        processor,
+        dataset=_one_split([[0, 2], [], [1]], Sequence(ClassLabel(names=["a", "b", "c"]))),
+    )
+    vectors = prepare_data(
+        DataArguments(dataset_name="x"),
+        processor,
+        dataset=_one_split([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]], Sequence(Value("float32"))),
+    )
+    for data, names in ((indices, ["a", "b", "c"]), (vectors, ["0", "1", "2"])):
+        assert data.class_names == names and data.label_maps["problem_type"] == "multi_label_classification"
+        rows = [data.images("train")[i]["labels"].tolist() for i in range(3)]
+        assert rows == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]  # an image with no class is a zero vector
+
+
+@pytest.mark.parametrize(
+    "labels, feature, message",
+    [
+        ([[0, 1], [2]], Sequence(Value("int64")), "class indices or multi-hot vectors"),
+        ([[0.0, 1.0], [1.0]], Sequence(Value("float32")), "different lengths"),
+        ([[0.0, 2.0], [1.0, 0.0]], Sequence(Value("float32")), "entries of 0 or 1"),
+        ([["a"], ["b"]], Sequence(Value("string")), "class indices or multi-hot vectors"),
+    ],
+)
+def test_unusable_label_lists_are_clear_errors(processor, labels, feature, message):
+    with pytest.raises(DataError, match=message):
+        prepare_data(DataArguments(dataset_name="x"), processor, dataset=_one_split(labels, feature))
+
+
+def test_low_shot_flags_are_refused_for_multi_label_data(processor):
+    with pytest.raises(DataError, match="multi-label.*--shots_per_class"):
+        prepare_data(DataArguments(dataset_name="x", shots_per_class=2), processor, dataset=quadrants())
+
+
+def test_the_selection_split_is_a_seeded_random_fraction(processor):
+    data = prepare_data(DataArguments(dataset_name="x"), processor, dataset=quadrants())
+    first, again, other = (data.hold_out_selection(0.25, seed) for seed in (0, 0, 1))
+    assert len(first.splits[SELECTION]) == 40 and len(first.splits["train"]) == 120
+    assert first.info["selection_split"] == again.info["selection_split"]
+    assert first.info["selection_split"]["rows_fingerprint"] != other.info["selection_split"]["rows_fingerprint"]
+    assert "random, not stratified" in first.info["selection_split"]["rule"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training, the cache, the threshold and the pipeline
+
+
+def _frequency_baseline(targets: np.ndarray) -> float:
+    """The macro mAP of scoring every image alike: each class's AP is then its frequency."""
+    return float(targets.mean(0)[targets.sum(0) > 0].mean())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_a_multi_label_grid_beats_the_label_frequency_and_pipeline_returns_the_classes_above_its_threshold(
+    tmp_path, processor
+):
+    backbone_and_processor = embedded_backbone("synthetic")
+    data_args = DataArguments(dataset_name="quadrants", token_cache_dir=str(tmp_path / "tokens"))
+    data = prepare_data(data_args, processor, dataset=quadrants())
+    probe_args = ProbeArguments(probe=["ep", "linear"], num_queries=4, feature_layers=[-1], learning_rates=[3e-2, 1e-1])
+    args = embedded_training_arguments(str(tmp_path / "run"), num_train_epochs=8, warmup_epochs=0)
+    results = run_probing(ModelArguments(), data_args, probe_args, args, backbone_and_processor, data)
+
+    evaluation = np.stack([data.images("validation")[i]["labels"].numpy() for i in range(80)])
+    baseline = _frequency_baseline(evaluation)
+    for kind in ("ep", "linear"):
+        assert results[kind]["eval_map"] > baseline + 0.3, (kind, results[kind], baseline)
+    # the token cache stores every row's label vector
+    caches = [TokenCache(path.parent) for path in (tmp_path / "tokens").glob("*/manifest.json")]
+    validation = next(cache for cache in caches if cache.key["split"] == "validation")
+    assert torch.equal(validation.dataset().labels, torch.from_numpy(evaluation))
+
+    saved = tmp_path / "run" / "ep"
+    model = hep.AutoModelForEfficientProbing.from_pretrained(saved)
+    threshold = model.config.multi_label_threshold
+    assert threshold == results["ep"]["multi_label_threshold"]
+    classify = pipeline("image-classification", model=str(saved))
+    image = data.splits["validation"][0]["image"]
+    with torch.no_grad():
+        inputs = AutoImageProcessor.from_pretrained(saved)(image, return_tensors="pt")
+        probabilities = torch.sigmoid(model(**inputs).logits[0])
+    expected = {QUADRANTS[i] for i in torch.nonzero(probabilities >= threshold).flatten().tolist()}
+    assert {entry["label"] for entry in classify(image)} == expected
+    assert len(classify(image, top_k=4)) == 4  # an explicit top_k is transformers' behaviour
+
+    # the threshold is chosen on the held-out split: the evaluation labels do not move it
+    held_out = data.hold_out_selection(0.1, 0)
+    shuffled = held_out.splits["validation"]
+    permutation = np.random.default_rng(0).permutation(len(shuffled))
+    shuffled = shuffled.remove_columns("labels").add_column("labels", [shuffled["labels"][i] for i in permutation])
+    shuffled = shuffled.cast_column("labels", held_out.splits["train"].features["labels"])
+    permuted = dataclasses.replace(held_out, splits=DatasetDict({**held_out.splits, "validation": shuffled}))
+    eval_args = embedded_training_arguments(str(tmp_path / "eval"), per_device_train_batch_size=16)
+    scores = [
+        evaluate_multi_label(model, eval_args, d.images(SELECTION), d.images("validation"))
+        for d in (held_out, permuted)
+    ]
+    assert scores[0]["multi_label_threshold"] == scores[1]["multi_label_threshold"] == threshold
+    assert scores[0]["eval_map"] == pytest.approx(results["ep"]["eval_map"], abs=0.01)  # cached fp16 tokens there
+    assert scores[1]["eval_map"] < scores[0]["eval_map"] - 0.2
