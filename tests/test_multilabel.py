@@ -4,11 +4,13 @@ the threshold chosen on held-out data and saved with the probe, and `pipeline` r
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
+from huggingface_hub.errors import StrictDataclassError
 from PIL import Image as PILImage
 from test_cache import single_thread  # noqa: F401
 from transformers import AutoImageProcessor, pipeline
@@ -200,3 +202,44 @@ def test_a_multi_label_grid_beats_the_label_frequency_and_pipeline_returns_the_c
     assert scores[0]["multi_label_threshold"] == scores[1]["multi_label_threshold"] == threshold
     assert scores[0]["eval_map"] == pytest.approx(results["ep"]["eval_map"], abs=0.01)  # cached fp16 tokens there
     assert scores[1]["eval_map"] < scores[0]["eval_map"] - 0.2
+
+
+def test_a_threshold_needs_a_multi_label_probe_and_a_probability():
+    backbone = embedded_backbone("synthetic")[0]
+    with pytest.raises(StrictDataclassError, match="problem_type"):
+        hep.EfficientProbingConfig(backbone_config=backbone.config, num_queries=4, multi_label_threshold=0.5)
+    with pytest.raises(StrictDataclassError, match=r"probability in \(0, 1\)"):
+        hep.EfficientProbingConfig(
+            backbone_config=backbone.config,
+            num_queries=4,
+            problem_type="multi_label_classification",
+            multi_label_threshold=1.5,
+        )
+
+
+def test_knn_evaluation_is_refused_for_multi_label_data(tmp_path, processor):
+    data_args = DataArguments(dataset_name="quadrants")
+    data = prepare_data(data_args, processor, dataset=quadrants())
+    probe_args = ProbeArguments(probe="linear", knn_eval=True)
+    args = embedded_training_arguments(str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="--knn_eval.*multi-label"):
+        run_probing(ModelArguments(), data_args, probe_args, args, embedded_backbone("synthetic"), data)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_the_paper_protocol_keeps_its_best_epoch_by_map_and_its_threshold_from_the_training_images(tmp_path, processor):
+    data_args = DataArguments(dataset_name="quadrants")
+    data = prepare_data(data_args, processor, dataset=quadrants())
+    probe_args = ProbeArguments(probe="linear", protocol="paper")
+    args = embedded_training_arguments(
+        str(tmp_path / "run"), num_train_epochs=3, warmup_epochs=0, per_device_train_batch_size=32
+    )
+    results = run_probing(ModelArguments(), data_args, probe_args, args, embedded_backbone("synthetic"), data)
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    maps = [entry["eval_map"] for entry in summary["per_epoch"]]
+    assert len(maps) == 3 and summary["best_epoch"] == 1 + int(np.argmax(maps))
+    assert results["threshold_chosen_on"].startswith("the training images")
+    saved = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "run").config
+    assert saved.multi_label_threshold == results["multi_label_threshold"]
+    assert "mAP (%)" in (tmp_path / "run" / "run_summary.md").read_text()
