@@ -34,7 +34,7 @@ from transformers import set_seed
 from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
 from ..cache.layout import TokenLayout
-from ..modeling_probing import AutoModelForEfficientProbing
+from ..modeling_probing import AutoModelForEfficientProbing, flatten_clips, mean_over_clips
 from ..probes.counting import count_trainable_parameters
 
 
@@ -184,8 +184,13 @@ class ProbingGridModel(nn.Module):
 
     def forward(self, tokens=None, pixel_values=None, labels=None, **kwargs) -> dict[str, torch.Tensor]:
         """The summed loss of the members training now and their ``logits`` ``[B, K_training, num_labels]`` (member
-        order); the others are not computed."""
+        order); the others are not computed. Videos given as several clips each (``[B, clips, ...]`` tokens or clips)
+        are classified by the mean of their clips' logits."""
         grid_size = None
+        if tokens is not None:
+            tokens, clips = flatten_clips(tokens, 3)
+        elif pixel_values is not None:
+            pixel_values, clips = flatten_clips(pixel_values, 5) if self.reader.family.video else (pixel_values, None)
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
@@ -207,7 +212,7 @@ class ProbingGridModel(nn.Module):
             pooled = type(poolings[0]).pool_together(poolings, view, num_prefix, view_grid)
             for index, output in zip(group, pooled, strict=True):
                 model = self._models[index]
-                logits[index] = model.probe.classify(output).logits
+                logits[index] = mean_over_clips(model.probe.classify(output).logits, clips)
                 if labels is not None:
                     member_loss = model.loss_function(labels, logits[index], model.config)
                     loss = member_loss if loss is None else loss + member_loss
