@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+VIDEO_SUFFIXES = (".mkv", ".mp4", ".avi", ".mpeg", ".mov", ".webm")  # `datasets`' videofolder's, and WebM
+
 
 class VideoDecodeError(ValueError):
     """A video that cannot be decoded into the clips asked for; the message names it and says how to go on."""

@@ -6,6 +6,7 @@ once, and a video's clips are classified together by the mean of their logits.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from test_cache import single_thread  # noqa: F401
 from transformers import VideoMAEImageProcessor
 
 from hf_efficient_probing import AutoModelForEfficientProbing
-from hf_efficient_probing.cache import TokenCache
+from hf_efficient_probing.cache import TokenCache, plan
 from hf_efficient_probing.demo import embedded_training_arguments
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.data import TRAIN, VALIDATION, DataError, undecoded
@@ -59,10 +60,13 @@ def training_arguments(output_dir, **overrides):
     return embedded_training_arguments(str(output_dir), num_train_epochs=2, warmup_epochs=0, **overrides)
 
 
-def run(tmp_path, name, folder, family="videomae", probes=("ep",), backbone=None, **data):
+def run(tmp_path, name, folder, family="videomae", probes=("ep",), backbone=None, grid=([-1], [1e-2]), **data):
     data_args = DataArguments(dataset_name=folder, token_cache_dir=str(tmp_path / "tokens"), **data)
     linear = {"linear_features": "gap"} if "linear" in probes else {}  # no [CLS] in these families
-    probe_args = ProbeArguments(probe=list(probes), num_queries=4, feature_layers=[-1], learning_rates=[1e-2], **linear)
+    layers, rates = grid
+    probe_args = ProbeArguments(
+        probe=list(probes), num_queries=4, feature_layers=layers, learning_rates=rates, **linear
+    )
     backbone = backbone or tiny_backbone(family)
     job = ProbingJob.from_arguments(
         ModelArguments(), data_args, probe_args, training_arguments(tmp_path / name), (backbone, video_processor())
@@ -127,8 +131,9 @@ def test_an_image_backbone_given_videos_and_a_video_backbone_given_images_fail_e
 
 def test_the_default_protocol_trains_ep_linear_and_the_vjepa2_probe_on_cached_clips(video_folder, tmp_path):
     sampling = dict(frame_stride=2, clips_per_video=2)
-    job, metrics = run(tmp_path, "run", video_folder, "vjepa2", ("ep", "linear", "vjepa2"), **sampling)
-    assert set(metrics) == {"ep", "linear", "vjepa2"}
+    kinds = ("ep", "linear", "vjepa2")
+    job, metrics = run(tmp_path, "run", video_folder, "vjepa2", kinds, grid=([1, 2], [1e-2, 1e-1]), **sampling)
+    assert set(metrics) == set(kinds) and len(job.members) == 3 * 2 * 2, "kinds x layers x rates, one pass"
     assert all(
         m["eval_samples"] == 6 and m["selection_samples"] == 6 and m["train_samples"] == 24 for m in metrics.values()
     )
@@ -141,12 +146,15 @@ def test_the_default_protocol_trains_ep_linear_and_the_vjepa2_probe_on_cached_cl
     }
     assert summary["token_cache"]["images"] == (12 + 6 + 6) * 2, "every clip of every video extracted once"
     caches = [TokenCache(path) for path in (tmp_path / "tokens").iterdir()]
-    assert sorted(cache.num_rows for cache in caches) == [12, 12, 24]
+    assert sorted(cache.num_rows for cache in caches) == [12, 12, 24], "one cache a split, every layer of the grid"
+    assert all(cache.feature_layers == (1, 2) for cache in caches)
     assert all(
         json.loads(cache.key["preprocessing"])["clips"] == {"frames_per_clip": 4, **sampling} for cache in caches
     )
     assert all(tuple(cache.grid_size) == (2, 4, 4) for cache in caches)
-    again, _ = run(tmp_path, "again", video_folder, "vjepa2", ("ep",), backbone=job.backbone, **sampling)
+    again, _ = run(
+        tmp_path, "again", video_folder, "vjepa2", ("ep",), backbone=job.backbone, grid=([1, 2], [1e-2]), **sampling
+    )
     assert json.loads((tmp_path / "again" / "run_summary.json").read_text())["token_cache"]["reused"]
 
 
@@ -232,3 +240,25 @@ def test_unreadable_or_too_short_videos_are_named_or_skipped_and_counted(folder_
     )
     assert kept.info["skipped_unreadable_videos"] == {TRAIN: 1, VALIDATION: 1}
     assert (len(kept.splits[TRAIN]), len(kept.splits[VALIDATION])) == (18, 6)
+
+
+def test_the_plan_prices_every_clip_of_every_video(video_folder, saved_backbone, capsys):
+    argv = ["--model_name_or_path", saved_backbone("videomae"), "--dataset_name",
+            video_folder, "--clips_per_video", "3", "--batch_size", "2", "--measure_batches", "1",
+            "--backbone_dtype", "float32"]  # fmt: skip
+    assert plan.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Videos: 24 (train 18, validation 6), 3 clip(s) each: 72 clips" in out
+    assert "Tokens per clip: 32 (32 patches), 32 channels per layer" in out  # 2 x 4 x 4 tubelets of a 4-frame clip
+    assert re.search(r"requested \[-1\]\s+147\.5 KB\s+294\.9 KB", out)  # 72 clips x 32 tokens x 32 x 2 or 4 bytes
+    assert re.search(r"Measured here: [\d.]+ clips/s per process", out)
+
+
+def test_live_training_draws_augmented_clips_and_evaluates_every_clip(video_folder, tmp_path):
+    job, metrics = run(tmp_path, "live", video_folder, "timesformer", use_token_cache=False, clips_per_video=2)
+    summary = json.loads((tmp_path / "live" / "run_summary.json").read_text())
+    assert (
+        "each clip drawn at a random start" in summary["augmentation"] and "scale=(0.3, 1.0)" in summary["augmentation"]
+    )
+    assert metrics["train_samples"] == 12 and metrics["eval_samples"] == 6 and not (tmp_path / "tokens").exists()
+    assert "clips of 4 frames every 1" in summary["preprocessing"] and "centre-crop 32x32" in summary["preprocessing"]

@@ -23,14 +23,13 @@ from datasets import Image as ImageFeature
 from datasets import Video as VideoFeature
 
 from ..images import ImageDecodeError, decode_image
-from ..video import ClipSampling, VideoDecodeError, check_video
+from ..video import VIDEO_SUFFIXES, ClipSampling, VideoDecodeError, check_video
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 TRAIN, SELECTION, VALIDATION = "train", "selection", "validation"  # selection: held out from train
 _IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture", "video", "mp4", "clip")
-VIDEO_SUFFIXES = (".mkv", ".mp4", ".avi", ".mpeg", ".mov", ".webm")  # what `datasets`' videofolder reads, and WebM
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "cls", "target")
 
 
