@@ -38,7 +38,7 @@ def decode_image(source, where: str = "the image") -> Image.Image:
     except Exception as error:
         raise ImageDecodeError(
             f"Cannot read {where}: {type(error).__name__}: {error}. Fix or remove that file (with a training run, "
-            "--skip_unreadable_images leaves such images out)."
+            "--skip_unreadable leaves such images out)."
         ) from error
 
 

@@ -89,6 +89,20 @@ _ARCHITECTURE_FIELDS = (
 )
 
 
+def flatten_clips(inputs: torch.Tensor, item_ndim: int) -> tuple[torch.Tensor, int | None]:
+    """Inputs holding ``K`` clips of each video (one dimension more than ``item_ndim``: ``[B, K, ...]``) as ``B * K``
+    items, and ``K``; other inputs unchanged, and ``None``."""
+    if inputs.ndim != item_ndim + 1:
+        return inputs, None
+    return inputs.flatten(0, 1), inputs.shape[1]
+
+
+def mean_over_clips(logits: torch.Tensor, clips: int | None) -> torch.Tensor:
+    """``[B * K, C]`` logits of ``K`` clips per video as ``[B, C]``: their mean over each video's clips (a video is
+    classified by its clips together, as V-JEPA 2's eval reads several clips per video)."""
+    return logits if clips is None else logits.unflatten(0, (-1, clips)).mean(dim=1)
+
+
 def _as_json(value):
     """A config value as JSON would give it back (tuples as lists), so that a saved config compares equal."""
     return [_as_json(item) for item in value] if isinstance(value, (list, tuple)) else value
@@ -253,10 +267,13 @@ class ProbingPreTrainedModel(PreTrainedModel):
         r"""
         Args:
             pixel_values: ``[B, 3, H, W]`` images prepared by the backbone's image processor, or for a video backbone
-                ``[B, T, 3, H, W]`` clips of ``config.frames_per_clip`` frames prepared by its video processor.
+                ``[B, T, 3, H, W]`` clips of ``config.frames_per_clip`` frames prepared by its video processor, or
+                ``[B, K, T, 3, H, W]``: K clips of each video, classified by the mean of their K logits (their
+                ``probe_attentions`` stay per clip, ``[B * K, ...]``).
             labels: ``[B]`` class indices; a loss is returned when given.
             tokens: instead of images, the tokens the probe reads (e.g. from a token cache): ``[B, N, D]`` with the
-                [CLS] token first when the config reads it. The backbone is not run.
+                [CLS] token first when the config reads it, or ``[B, K, N, D]`` for K clips of each video (their
+                logits averaged). The backbone is not run.
             grid_size: grid of ``tokens``: ``(rows, columns)``, or ``(frames, rows, columns)`` for a clip's
                 space-time tokens (defaults to the backbone's native grid, or the grid of the clips the probe reads).
             token_mask: ``[B, N]`` for ``tokens``, ``True`` for real tokens and ``False`` for padding, which every
@@ -267,6 +284,12 @@ class ProbingPreTrainedModel(PreTrainedModel):
             uniform_queries: for analysis, indices of EP queries whose attention is replaced by the uniform
                 distribution over the tokens (what each query contributes: `hf_efficient_probing.analysis`).
         """
+        clips = None  # K clips of each video, given as [B, K, ...]: classified by the mean of their logits
+        if tokens is not None:
+            tokens, clips = flatten_clips(tokens, 3)
+            token_mask = token_mask.flatten(0, 1) if clips is not None and token_mask is not None else token_mask
+        elif pixel_values is not None and self.config.frames_per_clip is not None:
+            pixel_values, clips = flatten_clips(pixel_values, 5)
         if tokens is None:
             if pixel_values is None:
                 video = " (a video processor's pixel_values_videos are passed as pixel_values)"
@@ -291,13 +314,11 @@ class ProbingPreTrainedModel(PreTrainedModel):
         head = self.probe(
             tokens, num_prefix_tokens=num_prefix, grid_size=grid_size, token_mask=token_mask, **pooling_inputs
         )
-        loss = None
+        logits, loss = mean_over_clips(head.logits, clips), None
         if labels is not None:
             loss_kwargs = {"num_items_in_batch": kwargs["num_items_in_batch"]} if "num_items_in_batch" in kwargs else {}
-            loss = self.loss_function(labels, head.logits, self.config, **loss_kwargs)
-        return ProbingOutput(
-            loss=loss, logits=head.logits, probe_attentions=head.attentions if output_attentions else None
-        )
+            loss = self.loss_function(labels, logits, self.config, **loss_kwargs)
+        return ProbingOutput(loss=loss, logits=logits, probe_attentions=head.attentions if output_attentions else None)
 
     # ----------------------------------------------------------------------------------------------------------
     # Construction from a backbone, probe-only saving and loading

@@ -12,12 +12,44 @@ too short for one clip, raises :class:`VideoDecodeError` naming it, as images ra
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
+
+VIDEO_SUFFIXES = (".mkv", ".mp4", ".avi", ".mpeg", ".mov", ".webm")  # `datasets`' videofolder's, and WebM
 
 
 class VideoDecodeError(ValueError):
     """A video that cannot be decoded into the clips asked for; the message names it and says how to go on."""
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How a run takes clips from its videos: ``frames_per_clip`` frames every ``frame_stride`` frames, and
+    ``clips_per_video`` clips spread evenly over each video where it evaluates (their logits averaged). Training draws
+    one clip at a random start when it runs the backbone live; the token cache holds every evaluation clip."""
+
+    frames_per_clip: int
+    frame_stride: int = 1
+    clips_per_video: int = 1
+
+    def __post_init__(self):
+        if self.frames_per_clip < 1 or self.frame_stride < 1 or self.clips_per_video < 1:
+            raise ValueError(
+                f"frames_per_clip, frame_stride and clips_per_video must be positive, got {self.frames_per_clip}, "
+                f"{self.frame_stride} and {self.clips_per_video}."
+            )
+
+    @property
+    def span(self) -> int:
+        return clip_span(self.frames_per_clip, self.frame_stride)
+
+    def describe(self) -> str:
+        clips = "the centred clip" if self.clips_per_video == 1 else f"{self.clips_per_video} evenly spread clips"
+        return (
+            f"clips of {self.frames_per_clip} frames every {self.frame_stride} ({self.span} frames of the video); "
+            f"evaluation reads {clips} of every video" + (", their logits averaged" if self.clips_per_video > 1 else "")
+        )
 
 
 def clip_span(frames_per_clip: int, frame_stride: int = 1) -> int:
@@ -122,3 +154,9 @@ def decode_clips(
         ) from error
     position = {index: row for row, index in enumerate(wanted)}
     return torch.stack([frames[[position[index] for index in clip]] for clip in clips])
+
+
+def check_video(source, sampling: ClipSampling, where: str = "the video") -> None:
+    """Raise :class:`VideoDecodeError` naming ``where`` unless the video opens, is long enough for one clip of
+    ``sampling`` and its centred clip decodes (what a scan for unreadable videos asks)."""
+    decode_clips(source, sampling.frames_per_clip, sampling.frame_stride, 1, where=where)

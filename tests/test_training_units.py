@@ -25,7 +25,7 @@ from hf_efficient_probing.training import (
     probing_collator,
     warmup_cosine_schedule,
 )
-from hf_efficient_probing.training.data import detect_image_column, detect_label_column, find_unreadable_images
+from hf_efficient_probing.training.data import detect_image_column, detect_label_column, find_unreadable
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images
@@ -117,7 +117,7 @@ def test_unreadable_image_error_names_index_and_can_be_found():
     assert items[0]["labels"] == 0
     with pytest.raises(DataError, match="index 1 of the train split"):
         items[1]
-    assert find_unreadable_images(data, "image") == [1]
+    assert find_unreadable(data, "image") == [1]
 
 
 def test_collator_stacks_images_or_tokens():

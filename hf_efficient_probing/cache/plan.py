@@ -5,8 +5,10 @@ the extraction time predicted from a short run of the backbone on this machine.
         --dataset_name ./my_images [--feature_layers -1] [--backbone_dtype auto] [--num_processes 8]
 
 The data set is counted without downloading it (a Hub data set's split sizes come from its metadata; a local image
-folder's files are counted), and the timing runs the backbone on random images at its input size: decoding and
-transforms run in DataLoader workers beside the backbone, so the backbone is what an extraction waits for.
+or video folder's files are counted), and the timing runs the backbone on random images at its input size: decoding
+and transforms run in DataLoader workers beside the backbone, so the backbone is what an extraction waits for. A
+video backbone is priced per clip (a cache row): ``--clips_per_video`` clips of every video, each of
+``--frames_per_clip`` frames (default: the backbone's own), timed on random clips.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import State, TokenReader, has_cls_token, load_backbone, native_image_size
+from ..backbones import State, TokenReader, backbone_family, has_cls_token, load_backbone, native_image_size
+from ..video import VIDEO_SUFFIXES
 from .key import COMPUTE_DTYPES, resolve_compute_dtype
 from .quantization import token_storage
 
@@ -36,7 +39,9 @@ def count_images(dataset_name: str, config_name: str | None = None) -> dict[str,
         splits = [folder / name for name in SPLIT_FOLDERS if (folder / name).is_dir()] or [folder]
         return {
             split.name if split != folder else "train": sum(
-                path.suffix.lower() in IMAGE_SUFFIXES for path in split.rglob("*") if path.is_file()
+                path.suffix.lower() in IMAGE_SUFFIXES | set(VIDEO_SUFFIXES)
+                for path in split.rglob("*")
+                if path.is_file()
             )
             for split in splits
         }
@@ -65,12 +70,20 @@ def plan_reader(config, feature_layers) -> TokenReader:
 
 @torch.inference_mode()
 def measure_extraction(
-    backbone, reader: TokenReader, image_size: tuple[int, int], batch_size: int, batches: int, compute_dtype: str
+    backbone,
+    reader: TokenReader,
+    image_size: tuple[int, int],
+    batch_size: int,
+    batches: int,
+    compute_dtype: str,
+    frames_per_clip: int | None = None,
 ) -> Measurement:
-    """Images/s of the backbone through ``reader`` on random images of ``image_size``, after a warm-up."""
+    """Images/s (clips/s of ``frames_per_clip`` frames for a video backbone) of the backbone through ``reader`` on
+    random inputs of ``image_size``, after a warm-up."""
     device = next(backbone.parameters()).device
     compute_dtype = resolve_compute_dtype(compute_dtype, device)
-    images = torch.randn(batch_size, getattr(backbone.config, "num_channels", 3), *image_size, device=device)
+    frames = (frames_per_clip,) if frames_per_clip else ()
+    images = torch.randn(batch_size, *frames, getattr(backbone.config, "num_channels", 3), *image_size, device=device)
     backbone.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
         read = reader(backbone, images)  # warm-up
@@ -122,13 +135,26 @@ def layer_choices(requested: list[int], states: tuple[State, ...]) -> dict[str, 
     return {label: len(layers) for label, layers in candidates.items() if all(states[i] == like for i in layers)}
 
 
-def plan_report(images: dict[str, int], reader: TokenReader, measurement: Measurement, num_processes: int) -> str:
-    total = sum(images.values())
+def plan_report(
+    images: dict[str, int],
+    reader: TokenReader,
+    measurement: Measurement,
+    num_processes: int,
+    clips_per_video: int | None = None,
+) -> str:
+    """The plan in words; with ``clips_per_video`` the data set's items are videos and a cache row is a clip."""
+    counted = f"{sum(images.values()):,} ({', '.join(f'{name} {count:,}' for name, count in images.items())})"
+    unit, counted = (
+        ("clip", f"Videos: {counted}, {clips_per_video} clip(s) each")
+        if clips_per_video
+        else ("image", f"Images: {counted}")
+    )
+    total = sum(images.values()) * (clips_per_video or 1)
     patches, prefix, width = measurement.num_patches, measurement.num_prefix_tokens, reader.layer_width
     tokens = f"{patches} patches + {prefix} [CLS]" if prefix else f"{patches} patches"
     lines = [
-        f"Images: {total:,} ({', '.join(f'{name} {count:,}' for name, count in images.items())})",
-        f"Tokens per image: {patches + prefix} ({tokens}), {width} channels per layer",
+        counted + (f": {total:,} clips" if clips_per_video else ""),
+        f"Tokens per {unit}: {patches + prefix} ({tokens}), {width} channels per layer",
         f"Tokens in all: {total * (patches + prefix):,}",
         "",
         f"Cache size (all splits, {'[CLS] + patches' if prefix else 'patches'}) per --token_dtype:",
@@ -150,7 +176,7 @@ def plan_report(images: dict[str, int], reader: TokenReader, measurement: Measur
     seconds = total / (measurement.images_per_second * num_processes)
     lines += [
         "",
-        f"Measured here: {measurement.images_per_second:.1f} images/s per process ({measurement.compute_dtype} "
+        f"Measured here: {measurement.images_per_second:.1f} {unit}s/s per process ({measurement.compute_dtype} "
         "compute; one pass reads every layer of a choice)",
         f"Predicted extraction time: {format_duration(seconds)} on {num_processes} process(es) like this one",
     ]
@@ -173,16 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure_batches", type=int, default=3, help="batches timed after one warm-up batch")
     parser.add_argument("--num_processes", type=int, default=1, help="processes the extraction will run on")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames_per_clip", type=int, default=None, help="video: default the backbone's own")
+    parser.add_argument("--clips_per_video", type=int, default=1, help="video: clips cached per video")
     args = parser.parse_args(argv)
 
     images = {"all": args.num_images} if args.num_images else count_images(args.dataset_name, args.dataset_config_name)
     backbone = load_backbone(args.model_name_or_path, revision=args.model_revision).to(args.device)
     reader = plan_reader(backbone.config, args.feature_layers)
     image_size = (args.image_size,) * 2 if args.image_size else native_image_size(backbone.config, backbone)
+    video = backbone_family(reader.config).video
+    frames = (args.frames_per_clip or video.native_frames(reader.config)) if video else None
     measurement = measure_extraction(
-        backbone, reader, image_size, args.batch_size, args.measure_batches, args.backbone_dtype
+        backbone, reader, image_size, args.batch_size, args.measure_batches, args.backbone_dtype, frames
     )
-    print(plan_report(images, reader, measurement, args.num_processes))
+    print(plan_report(images, reader, measurement, args.num_processes, args.clips_per_video if video else None))
     return 0
 
 

@@ -88,9 +88,31 @@ class DataArguments:
     eval_resize_ratio: float = field(
         default=EVAL_RESIZE_RATIO, metadata={"help": "Evaluation resize of the shorter side, relative to the crop."}
     )
-    skip_unreadable_images: bool = field(
+    skip_unreadable: bool = field(
         default=False,
-        metadata={"help": "Scan the data set and leave out images that cannot be decoded (counted in the summary)."},
+        metadata={
+            "help": "Scan the data set and leave out images or videos that cannot be decoded (videos also when too "
+            "short for one clip), counted in the summary."
+        },
+    )
+    skip_unreadable_images: bool = field(
+        default=False, metadata={"help": "The former name of --skip_unreadable (still read)."}
+    )
+    frames_per_clip: int | None = field(
+        default=None,
+        metadata={
+            "help": "Video: frames per clip (default: the backbone's own; V-JEPA 2 reads any multiple of its tubelet)."
+        },
+    )
+    frame_stride: int = field(
+        default=1, metadata={"help": "Video: a clip takes every this many frames of the video (1: consecutive)."}
+    )
+    clips_per_video: int = field(
+        default=1,
+        metadata={
+            "help": "Video: clips spread evenly over each video that evaluation and selection read, their logits "
+            "averaged (V-JEPA 2's eval); the token cache holds each, and training from it reads each as a sample."
+        },
     )
     use_token_cache: bool | None = field(
         default=None,

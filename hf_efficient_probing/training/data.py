@@ -1,9 +1,12 @@
-"""Image-classification data from `datasets`: the paper's benchmarks by name, any Hub id or local folder, checked.
+"""Image- and video-classification data from `datasets`: the paper's benchmarks by name, any Hub id or local folder,
+checked.
 
-Loading gives a ``DatasetDict`` with a ``train`` and a ``validation`` split, the image and label columns found (or
-given) and every label checked against the class list, so that a wrong data set fails before training with an
-error that names the split, the column and the fix. Low-shot subsets and unreadable images are handled here too;
-`training.prepared` turns the result into a job's :class:`PreparedData`.
+Loading gives a ``DatasetDict`` with a ``train`` and a ``validation`` split, the image (or video) and label columns
+found (or given) and every label checked against the class list, so that a wrong data set fails before training with
+an error that names the split, the column and the fix. A video data set has a `datasets.Video` column (a Hub data
+set, or a folder of video files with class sub-folders, read by `datasets`' ``videofolder``). Low-shot subsets and
+unreadable images or videos are handled here too; `training.prepared` turns the result into a job's
+:class:`PreparedData`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, DatasetDict
 from datasets import Image as ImageFeature
+from datasets import Video as VideoFeature
 
 from ..images import ImageDecodeError, decode_image
+from ..video import VIDEO_SUFFIXES, ClipSampling, VideoDecodeError, check_video
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 TRAIN, SELECTION, VALIDATION = "train", "selection", "validation"  # selection: held out from train
-_IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture")
+_IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "picture", "video", "mp4", "clip")
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "cls", "target")
 
 
@@ -117,17 +122,28 @@ def _load(name_or_path: str, config_name: str | None, hub: dict) -> DatasetDict:
         if os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
             return datasets.load_from_disk(name_or_path)
         subdirs = [d for d in os.listdir(name_or_path) if os.path.isdir(os.path.join(name_or_path, d))]
-        if TRAIN in subdirs:  # an image folder: train/<class>/..., validation/<class>/...
-            return datasets.load_dataset("imagefolder", data_dir=name_or_path, cache_dir=hub.get("cache_dir"))
+        if TRAIN in subdirs:  # an image or video folder: train/<class>/..., validation/<class>/...
+            builder = "videofolder" if _holds_videos(os.path.join(name_or_path, TRAIN)) else "imagefolder"
+            return datasets.load_dataset(builder, data_dir=name_or_path, cache_dir=hub.get("cache_dir"))
     loaded = datasets.load_dataset(name_or_path, config_name, **hub)
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict({TRAIN: loaded})
     return loaded
 
 
+def _holds_videos(folder: str) -> bool:
+    """Whether a split folder of class sub-folders holds video files (else it is read as an image folder)."""
+    return any(name.lower().endswith(VIDEO_SUFFIXES) for _, _, names in os.walk(folder) for name in names)
+
+
+def is_video_column(dataset: datasets.Dataset, column: str) -> bool:
+    """Whether ``column`` holds videos: a `datasets.Video` column."""
+    return isinstance(dataset.features.get(column), VideoFeature)
+
+
 def detect_image_column(dataset: datasets.Dataset) -> str:
-    """The column of `datasets.Image` type (or a usual image column name)."""
-    typed = [name for name, feature in dataset.features.items() if isinstance(feature, ImageFeature)]
+    """The column of `datasets.Image` or `datasets.Video` type (or a usual image or video column name)."""
+    typed = [name for name, feature in dataset.features.items() if isinstance(feature, (ImageFeature, VideoFeature))]
     if len(typed) == 1:
         return typed[0]
     named = [name for name in _IMAGE_COLUMN_NAMES if name in dataset.column_names]
@@ -271,21 +287,28 @@ def low_shot_subset(
     return dataset.select(low_shot_indices(class_labels(dataset, label_column, TRAIN), shots_per_class, fraction, seed))
 
 
-def find_unreadable_images(dataset: datasets.Dataset, image_column: str) -> list[int]:
-    """Indices of the rows whose image cannot be decoded (by the package's checked decoder)."""
-    raw = undecoded(dataset, image_column)
+def find_unreadable(dataset: datasets.Dataset, column: str, clips: ClipSampling | None = None) -> list[int]:
+    """Indices of the rows whose image cannot be decoded (by the package's checked decoder), or with ``clips``, whose
+    video cannot be decoded or is too short for one clip (`video.check_video`)."""
+    raw = undecoded(dataset, column)
     bad = []
     for index in range(len(raw)):
         try:
-            decode_image(raw[index][image_column])
-        except ImageDecodeError:
+            if clips is None:
+                decode_image(raw[index][column])
+            else:
+                check_video(raw[index][column], clips)
+        except (ImageDecodeError, VideoDecodeError):
             bad.append(index)
     return bad
 
 
-def undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
-    """``dataset`` with its image column left as the stored bytes or path (``Image(decode=False)``), so that images
-    are decoded one by one by `images.decode_image`, whose error names the row."""
-    if isinstance(dataset.features.get(image_column), ImageFeature):
-        return dataset.cast_column(image_column, ImageFeature(decode=False))
+def undecoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """``dataset`` with its image or video column left as the stored bytes or path (``decode=False``), so that
+    images and videos are decoded one by one by the package's checked decoders, whose errors name the row."""
+    feature = dataset.features.get(column)
+    if isinstance(feature, ImageFeature):
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if isinstance(feature, VideoFeature):
+        return dataset.cast_column(column, VideoFeature(decode=False))
     return dataset

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -235,6 +236,9 @@ def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
     first = train_dataset[0]
     if "tokens" in first:
         return first["tokens"].shape[0]
+    clip_grid = grid.member_config(0).clip_token_grid  # a video backbone's space-time tokens
+    if clip_grid is not None:
+        return grid.layout.num_prefix_tokens + math.prod(clip_grid)
     config = grid.reader.config
     (height, width), (patch_height, patch_width) = as_pair(config.image_size), as_pair(config.patch_size)
     return grid.layout.num_prefix_tokens + (height // patch_height) * (width // patch_width)

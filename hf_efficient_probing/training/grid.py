@@ -34,7 +34,7 @@ from transformers import set_seed
 from ..atomic import atomic_write_bytes
 from ..backbones import TokenReader
 from ..cache.layout import TokenLayout
-from ..modeling_probing import AutoModelForEfficientProbing
+from ..modeling_probing import AutoModelForEfficientProbing, flatten_clips, mean_over_clips
 from ..probes.counting import count_trainable_parameters
 
 
@@ -216,18 +216,25 @@ class ProbingGridModel(nn.Module):
         """The summed loss of the members training now and their ``logits`` ``[B, K_training, num_labels]`` (member
         order); the others are not computed. A batch of `SeedStreams` (``tokens`` ``[B, S, N, C]``, ``pixel_values``
         ``[B, S, 3, H, W]``, ``labels`` ``[B, S]``) gives each seed's members their own rows; any other batch is read
-        by every member."""
-        grid_size = None
+        by every member. Videos given as several clips each (``[B, clips, ...]`` tokens or clips) are classified by
+        the mean of their clips' logits."""
+        grid_size, clips = None, None
+        if self.seeds:  # the job refuses seeds on videos: an extra axis is the seeds' (`SeedStreams`)
+            pass
+        elif tokens is not None:
+            tokens, clips = flatten_clips(tokens, 3)
+        elif pixel_values is not None and self.reader.family.video:
+            pixel_values, clips = flatten_clips(pixel_values, 5)
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
-            streamed = pixel_values.dim() == 5
+            streamed = bool(self.seeds) and pixel_values.dim() == 5
             with torch.no_grad():  # every seed's images in one backbone pass
                 read = self.reader(self.backbone, pixel_values.flatten(0, 1) if streamed else pixel_values)
             tokens, grid_size = read.tokens, read.grid_size
             if streamed:
                 tokens = tokens.unflatten(0, pixel_values.shape[:2])
-        streamed = tokens.dim() == 4
+        streamed = bool(self.seeds) and tokens.dim() == 4
         tokens = tokens.to(self.heads[0].classifier.weight.dtype)  # once, for every member's view
         logits, loss, views = [None] * len(self._models), None, {}
         training = self.training_mask()
@@ -247,7 +254,7 @@ class ProbingGridModel(nn.Module):
             pooled = type(poolings[0]).pool_together(poolings, view, num_prefix, view_grid)
             for index, output in zip(group, pooled, strict=True):
                 model = self._models[index]
-                logits[index] = model.probe.classify(output).logits
+                logits[index] = mean_over_clips(model.probe.classify(output).logits, clips)
                 if labels is not None:
                     targets = labels[:, rows] if streamed else labels
                     member_loss = model.loss_function(targets, logits[index], model.config)

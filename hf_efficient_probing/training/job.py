@@ -15,13 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, AutoVideoProcessor
 
-from ..backbones import backbone_states, load_backbone, resolve_layers
+from ..backbones import backbone_family, backbone_states, load_backbone, resolve_layers, vision_config
 from ..cache import backbone_identity
 from ..cache.key import resolve_compute_dtype
 from ..configuration_probing import probe_config_class
 from ..probes import probe_kind
+from ..video import ClipSampling
 from .arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
 from .data import TRAIN
 from .episodes import Episode
@@ -41,7 +42,7 @@ from .recipes import (
     scaled_grid,
 )
 from .rungs import Rungs, edge_reserves
-from .transforms import suited_crop_scale_min
+from .transforms import VIDEO_CROP_SCALE_MIN, suited_crop_scale_min
 
 PAPER_CROP_SCALE_MIN = 0.08
 _PAPER_ONLY = {
@@ -51,6 +52,7 @@ _PAPER_ONLY = {
 _GRID_REVISION = ("prune", "prune_rungs", "prune_keep", "prune_margin", "extend_grid_edge")
 _DEFAULT_ONLY = {"probe": ("learning_rates", "seeds", *_GRID_REVISION), "data": ("selection_fraction", "episodes")}
 _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
+_VIDEO_ONLY = ("frames_per_clip", "frame_stride", "clips_per_video")
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,13 @@ class ProbingJob:
         paper = probe_args.protocol == "paper"
         rungs = None if paper else grid_rungs(probe_args)
         backbone, processor = backbone_and_processor or load_backbone_and_processor(model_args)
-        data = data or prepare_data(data_args, processor, hub=model_args.hub_kwargs)
+        clips = clip_sampling(backbone.config, data_args)
+        if clips is not None and probe_args.knn_eval:
+            raise ValueError("--knn_eval reads images only; drop it for a video data set.")
+        data = data or prepare_data(data_args, processor, hub=model_args.hub_kwargs, clips=clips)
         kinds = probe_config_kwargs(probe_args)
+        if data.is_video:  # every probe reads the clips the run samples, and refuses others
+            kinds = {kind: {"frames_per_clip": data.clips.frames_per_clip, **fields} for kind, fields in kinds.items()}
         layers = probe_args.feature_layers or ([-1] if paper else default_feature_layers(_num_layers(backbone)))
         layers = resolve_layers(backbone.config, layers, concatenated=paper)
         if data.multi_label is not None and probe_args.knn_eval:
@@ -128,6 +135,8 @@ class ProbingJob:
                 "--knn_eval classifies by a vote of the nearest training images' single labels; this data set is "
                 "multi-label. Drop --knn_eval."
             )
+        if data.is_video and (probe_args.seeds is not None or data_args.episodes is not None):
+            raise ValueError("--seeds and --episodes are not supported on video data yet. Run once per --seed instead.")
         if data.multi_label is not None and probe_args.seeds is not None:
             raise ValueError(
                 "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
@@ -285,10 +294,24 @@ def describe_preprocessing(data: PreparedData) -> str:
     processor = data.eval_processor
     crop = processor.crop_size
     size = processor.size.get("shortest_edge") or f"{processor.size['height']}x{processor.size['width']}"
-    return (
+    described = (
         f"resize the shorter side to {size} px (bicubic), centre-crop {crop['height']}x{crop['width']}, normalise "
         f"with mean {list(processor.image_mean)} and std {list(processor.image_std)}"
     )
+    return f"{data.clips.describe()}; every frame: {described}" if data.is_video else described
+
+
+def clip_sampling(config, data_args: DataArguments) -> ClipSampling | None:
+    """How a video backbone takes clips from the videos (``--frames_per_clip``, default its own; ``--frame_stride``;
+    ``--clips_per_video``); ``None`` for an image backbone, which refuses those flags."""
+    video = backbone_family(vision_config(config)).video
+    if video is None:
+        given = sorted(_given(data_args) & set(_VIDEO_ONLY))
+        if given:
+            raise ValueError(f"--{given[0]} is for video backbones; this {config.model_type!r} backbone reads images.")
+        return None
+    frames = data_args.frames_per_clip or video.native_frames(vision_config(config))
+    return ClipSampling(frames, data_args.frame_stride, data_args.clips_per_video)
 
 
 def _num_layers(backbone) -> int:
@@ -297,12 +320,15 @@ def _num_layers(backbone) -> int:
 
 def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -> TokenSource:
     """The cache by default under the default protocol (nothing trains in the backbone), the live backbone under the
-    paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images."""
+    paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images, or
+    for clips from V-JEPA 2's 0.3."""
     cached = data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
     if cached:
         return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype, token_dtype=data_args.token_dtype)
     lower = data_args.crop_scale_min
-    if lower is None:
+    if lower is None and data.is_video:
+        lower = VIDEO_CROP_SCALE_MIN
+    elif lower is None:
         lower = (
             PAPER_CROP_SCALE_MIN
             if protocol == "paper"
@@ -312,7 +338,8 @@ def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -
 
 
 def load_backbone_and_processor(model_args: ModelArguments):
-    """The frozen backbone ``model_args`` names (a Hub id or a local folder) and its image processor."""
+    """The frozen backbone ``model_args`` names (a Hub id or a local folder) and its image processor (a video
+    backbone's video processor)."""
     if model_args.model_name_or_path is None:
         raise ValueError(
             "No backbone: pass --model_name_or_path (a Hub id or a local folder). `hf-probe train` with no arguments "
@@ -320,7 +347,8 @@ def load_backbone_and_processor(model_args: ModelArguments):
         )
     hub = model_args.hub_kwargs
     backbone = load_backbone(model_args.model_name_or_path, revision=model_args.model_revision, **hub)
-    processor = AutoImageProcessor.from_pretrained(
+    video = backbone_family(vision_config(backbone.config)).video is not None
+    processor = (AutoVideoProcessor if video else AutoImageProcessor).from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path, revision=model_args.model_revision, **hub
     )
     return backbone, processor

@@ -1,15 +1,23 @@
 """A job's data, loaded and checked once: :func:`prepare_data` -> :class:`PreparedData`.
 
-Every step of a job reads its images (:meth:`PreparedData.images`) and token caches (:meth:`PreparedData.token_cache`)
-through it, so a split never travels without its columns, its label mapping and its preprocessing. Images are decoded
-one by one by the package's checked decoder, so an unreadable file fails with its row and split.
+Every step of a job reads its images or video clips (:meth:`PreparedData.images`) and token caches
+(:meth:`PreparedData.token_cache`) through it, so a split never travels without its columns, its label mapping and
+its preprocessing. Images and videos are decoded one by one by the package's checked decoders, so an unreadable file
+fails with its row and split.
+
+A video data set is read as clips (``PreparedData.clips``, `video.ClipSampling`): live training draws one augmented
+clip of each video at a random start; evaluation, selection and the token cache read ``clips_per_video`` clips spread
+evenly over each video. The cache holds one row per clip; training from it reads every clip as a sample of its
+video's class, and the selection and evaluation splits read the clips of a video together (``[K, ...]``), the probe
+averaging its logits over them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -18,8 +26,10 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 
+from ..backbones import VIDEO_FAMILIES
 from ..cache import CachedSplit, ExtractionOptions, TokenCacheView, cache_tokens_for_model, dataset_fingerprint
 from ..images import ImageDecodeError, decode_image
+from ..video import ClipSampling, VideoDecodeError, decode_clips
 from .arguments import DataArguments
 from .data import (
     TRAIN,
@@ -30,7 +40,8 @@ from .data import (
     class_names,
     detect_image_column,
     detect_label_column,
-    find_unreadable_images,
+    find_unreadable,
+    is_video_column,
     load_image_dataset,
     low_shot_subset,
     undecoded,
@@ -44,7 +55,15 @@ from .multilabel import (
     multi_label_selection_mask,
 )
 from .selection import SELECTION_PREFIX, indices_fingerprint, selection_mask
-from .transforms import EVAL_RESIZE_RATIO, ProcessorTransform, evaluation_processor, training_transform
+from .transforms import (
+    EVAL_RESIZE_RATIO,
+    ClipTransform,
+    ProcessorTransform,
+    TrainingClipTransform,
+    evaluation_processor,
+    evaluation_video_processor,
+    training_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +109,71 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.transform(image), "labels": label if self.multi_label else int(label)}
 
 
+class VideoClassificationDataset(torch.utils.data.Dataset):
+    """A `datasets` split of videos seen as ``{"pixel_values", "labels"}`` items of clips ``[T, 3, H, W]``, decoded
+    (only the frames the clips need) and transformed on access.
+
+    With a :class:`~.transforms.TrainingClipTransform` an item is one augmented clip at a random start. Otherwise
+    the ``clips_per_video`` evenly spread clips of a video through the eval ``transform``: one item per video
+    (``[K, T, 3, H, W]``, or ``[T, 3, H, W]`` for one clip), or with ``per_clip`` one item per clip (row
+    ``video * K + clip``: what a token cache holds). A video that cannot be read fails with its row and file.
+    """
+
+    def __init__(self, dataset, column: str, label_column: str, clips: ClipSampling, transform: Callable, **where):
+        self.dataset, self.column, self.label_column = undecoded(dataset, column), column, label_column
+        self.clips, self.transform = clips, transform
+        self.split, self.per_clip = where.get("split", ""), where.get("per_clip", False)
+        self._decoded: tuple[int, torch.Tensor] | None = None  # the last video's clips: a cache reads them in turn
+
+    def __len__(self) -> int:
+        return len(self.dataset) * (self.clips.clips_per_video if self.per_clip else 1)
+
+    def __getitem__(self, index: int) -> dict:
+        video, clip = divmod(index, self.clips.clips_per_video) if self.per_clip else (index, None)
+        row = self.dataset[video]
+        if isinstance(self.transform, TrainingClipTransform):
+            seed = int(torch.randint(2**62, (1,)))  # the Trainer seeds torch (and each DataLoader worker)
+            clips = self._decode(row, video, 1, torch.Generator().manual_seed(seed))
+            return {"pixel_values": self.transform(clips[0]), "labels": int(row[self.label_column])}
+        if self._decoded is None or self._decoded[0] != video:
+            self._decoded = (video, self.transform(self._decode(row, video, self.clips.clips_per_video)))
+        clips = self._decoded[1]
+        pixel_values = clips[clip] if clip is not None else clips[0] if len(clips) == 1 else clips
+        return {"pixel_values": pixel_values, "labels": int(row[self.label_column])}
+
+    def _decode(self, row: dict, video: int, num_clips: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        value = row[self.column]
+        name = value.get("path") if isinstance(value, dict) else None
+        where = f"the video at index {video} of the {self.split or 'data'} split (column {self.column!r}"
+        where += f", {name})" if name else ")"
+        clips = self.clips
+        try:
+            return decode_clips(value, clips.frames_per_clip, clips.frame_stride, num_clips, generator, where)
+        except VideoDecodeError as error:  # a data set's error, as every other one of a training run
+            raise DataError(f"{error} (--skip_unreadable leaves such videos out.)") from error
+
+
+class ClipGroups(torch.utils.data.Dataset):
+    """Rows of a per-clip data set (a token cache of ``clips_per_video`` rows a video) read a video at a time:
+    ``{"tokens": [K, N, C], "labels"}``, which a probe classifies by the mean of its logits over the K clips."""
+
+    def __init__(self, clip_rows, clips_per_video: int):
+        if len(clip_rows) % clips_per_video:
+            raise ValueError(f"{len(clip_rows)} rows are not whole videos of {clips_per_video} clips.")
+        self.clip_rows, self.clips_per_video = clip_rows, clips_per_video
+
+    def __len__(self) -> int:
+        return len(self.clip_rows) // self.clips_per_video
+
+    def __getitem__(self, index: int) -> dict:
+        rows = [self.clip_rows[index * self.clips_per_video + clip] for clip in range(self.clips_per_video)]
+        return {"tokens": torch.stack([row["tokens"] for row in rows]), "labels": rows[0]["labels"]}
+
+
 def probing_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack a batch of ``pixel_values`` (images) or ``tokens`` (cached backbone tokens) with their ``labels``: class
-    indices (int64), or multi-hot vectors (float32, ``[B, C]``) for a multi-label data set."""
+    """Stack a batch of ``pixel_values`` (images or clips, ``[K, ...]`` for K clips of a video) or ``tokens`` (cached
+    backbone tokens, ``[K, N, C]`` for K clips) with their ``labels``: class indices (int64), or multi-hot vectors
+    (float32, ``[B, C]``) for a multi-label data set."""
     batch = {}
     for key in ("pixel_values", "tokens"):
         if key in examples[0]:
@@ -118,7 +199,7 @@ class PreparedData:
     ``splits`` holds ``train`` and ``validation`` (the evaluation split), and ``selection`` once
     :meth:`hold_out_selection` has split it off ``train``. ``info`` describes the data for the run summary.
     ``multi_label``: how the label column encodes each image's set of classes (`training.multilabel`); ``None``
-    when each image has one class.
+    when each image has one class. ``clips`` is how clips are taken from a video data set (``None`` for images).
     """
 
     splits: DatasetDict
@@ -129,6 +210,11 @@ class PreparedData:
     eval_resize_ratio: float = EVAL_RESIZE_RATIO
     info: dict = field(default_factory=dict)
     multi_label: MultiLabelColumn | None = None
+    clips: ClipSampling | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.clips is not None
 
     @property
     def num_labels(self) -> int:
@@ -147,30 +233,43 @@ class PreparedData:
     @cached_property
     def eval_processor(self):
         """The run's one deterministic preprocessing as an image processor (`training.transforms.evaluation_processor`):
-        what the cache, selection and evaluation see, and what is saved beside every probe."""
+        what the cache, selection and evaluation see, and what is saved beside every probe (a video processor for
+        a video data set: `training.transforms.evaluation_video_processor`)."""
+        if self.is_video:
+            return evaluation_video_processor(self.image_processor, self.eval_resize_ratio)
         return evaluation_processor(self.image_processor, self.eval_resize_ratio)
 
     @cached_property
     def eval_transform(self) -> Callable:
-        return ProcessorTransform(self.eval_processor)
+        return ClipTransform(self.eval_processor) if self.is_video else ProcessorTransform(self.eval_processor)
 
     def train_transform(self, crop_scale: tuple[float, float]) -> Callable:
-        """RandomResizedCrop over ``crop_scale`` + horizontal flip, normalised: live training's augmentation."""
+        """RandomResizedCrop over ``crop_scale`` + horizontal flip, normalised: live training's augmentation (for a
+        video, one crop and flip for every frame of a clip drawn at a random start)."""
+        if self.is_video:
+            return TrainingClipTransform(self.image_processor, crop_scale)
         return training_transform(self.image_processor, crop_scale)
 
-    def images(self, split: str, transform: Callable | None = None) -> ImageClassificationDataset:
-        """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform)."""
+    def images(self, split: str, transform: Callable | None = None, per_clip: bool = False) -> torch.utils.data.Dataset:
+        """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform):
+        images, or a video data set's clips (see :class:`VideoClassificationDataset`; ``per_clip``: one item per
+        evaluation clip, as the token cache holds them)."""
         transform = transform or self.eval_transform
-        return ImageClassificationDataset(
-            self.splits[split], self.image_column, self.label_column, transform, split, self.multi_label
-        )
+        columns = (self.splits[split], self.image_column, self.label_column)
+        if self.is_video:
+            return VideoClassificationDataset(*columns, self.clips, transform, split=split, per_clip=per_clip)
+        return ImageClassificationDataset(*columns, transform, split, self.multi_label)
 
     def cached_split(self, split: str) -> CachedSplit:
-        """What a token cache of ``split`` holds on the data side: rows, columns, label mapping, preprocessing."""
+        """What a token cache of ``split`` holds on the data side: rows, columns, label mapping, preprocessing (for
+        videos with the clip sampling: one row per clip)."""
+        preprocessing = self.eval_processor.to_json_string()
+        if self.is_video:
+            preprocessing = json.dumps({"video_processor": preprocessing, "clips": asdict(self.clips)})
         return CachedSplit(
             dataset=dataset_fingerprint(self.splits[split]),
             split=split,
-            preprocessing=self.eval_processor.to_json_string(),
+            preprocessing=preprocessing,
             image_column=self.image_column,
             label_column=self.label_column,
             label_names=tuple(self.class_names),
@@ -178,10 +277,20 @@ class PreparedData:
 
     def token_cache(self, split: str, model, options: ExtractionOptions | None = None, **storage) -> TokenCacheView:
         """The cached tokens of ``split`` that ``model``'s token reader reads (or ``reader=``'s, other layers or tokens
-        of the same backbone), images through the eval transform; the layers no cache of this split holds yet are
-        extracted first, in one pass. ``storage``: ``storage=(storage dtype, compute dtype)`` and ``reader`` of
-        `cache.cache_tokens_for_model`."""
-        return cache_tokens_for_model(model, self.images(split), self.cached_split(split), options, **storage)
+        of the same backbone), images (or every evaluation clip of every video) through the eval transform; the
+        layers no cache of this split holds yet are extracted first, in one pass. ``storage``: ``storage=(storage
+        dtype, compute dtype)`` and ``reader`` of `cache.cache_tokens_for_model`."""
+        rows = self.images(split, per_clip=True)
+        return cache_tokens_for_model(model, rows, self.cached_split(split), options, **storage)
+
+    def cached_examples(self, cache: TokenCacheView, split: str) -> torch.utils.data.Dataset:
+        """The rows of ``split``'s token cache as a probe reads them: one per image; for videos one per clip in
+        ``train`` (each a sample of its video's class) and the clips of a video together elsewhere
+        (:class:`ClipGroups`: selection and evaluation average the logits of a video's clips)."""
+        rows = cache.dataset()
+        if not self.is_video or split == TRAIN or self.clips.clips_per_video == 1:
+            return rows
+        return ClipGroups(rows, self.clips.clips_per_video)
 
     def hold_out_selection(self, fraction: float, seed: int = 0) -> PreparedData:
         """The same data with ``fraction`` of every class of ``train`` moved to a ``selection`` split (see
@@ -225,23 +334,30 @@ def with_episodes(data: PreparedData, data_args: DataArguments) -> tuple[Prepare
 
 
 def prepare_data(
-    data_args: DataArguments, image_processor, dataset: DatasetDict | None = None, hub: dict | None = None
+    data_args: DataArguments,
+    image_processor,
+    dataset: DatasetDict | None = None,
+    hub: dict | None = None,
+    clips: ClipSampling | None = None,
 ) -> PreparedData:
     """The job's :class:`PreparedData`: the data set ``data_args`` names (or ``dataset``, a ``DatasetDict`` of
     ``train`` and ``validation`` already in memory, named in the run summary by ``data_args.dataset_name``), with
-    unreadable images left out if asked, the low-shot subset and the evaluation cap applied and every label checked;
-    its transforms are ``image_processor``'s. ``hub`` holds ``cache_dir`` and ``token`` for a Hub data set."""
+    unreadable images (or videos) left out if asked, the low-shot subset and the evaluation cap applied and every
+    label checked; its transforms are ``image_processor``'s (a video backbone's image or video processor). ``clips``
+    is how a video backbone takes clips (``None``: the backbone reads images); a video data set for an image backbone,
+    or the reverse, fails here. ``hub`` holds ``cache_dir`` and ``token`` for a Hub data set."""
     if dataset is None:
         if data_args.dataset_name is None:
             raise DataError(
-                "No data set: pass --dataset_name (a benchmark name, a Hub id, a save_to_disk directory or an image "
-                "folder). `hf-probe train` with no arguments at all runs the offline demo instead."
+                "No data set: pass --dataset_name (a benchmark name, a Hub id, a save_to_disk directory, or an image "
+                "or video folder). `hf-probe train` with no arguments at all runs the offline demo instead."
             )
         dataset, image_column, label_column = load_image_dataset(data_args, hub)
     else:
         dataset = DatasetDict(dataset)
         image_column = data_args.image_column_name or detect_image_column(dataset[TRAIN])
         label_column = data_args.label_column_name or detect_label_column(dataset[TRAIN])
+    check_modality(dataset[TRAIN], image_column, clips)
     info: dict = {"dataset": data_args.dataset_name, "image_column": image_column, "label_column": label_column}
     multi_label = multi_label_column(dataset[TRAIN], label_column)
     if multi_label is not None and (data_args.shots_per_class is not None or data_args.train_fraction is not None):
@@ -250,8 +366,11 @@ def prepare_data(
             "--train_fraction draw k images of each class, which has no meaning when one image counts for several "
             "classes. Drop them, or subsample the data set yourself before training."
         )
-    if data_args.skip_unreadable_images:
-        info["skipped_unreadable_images"] = {split: _drop_unreadable(dataset, split, image_column) for split in dataset}
+    if clips is not None:
+        info["clips"] = {**asdict(clips), "sampling": clips.describe()}
+    if data_args.skip_unreadable or data_args.skip_unreadable_images:
+        skipped = {split: _drop_unreadable(dataset, split, image_column, clips) for split in dataset}
+        info["skipped_unreadable_videos" if clips is not None else "skipped_unreadable_images"] = skipped
     if data_args.episodes is not None:  # the episodes draw their own subsets (`with_episodes`)
         info.update(shots_per_class=data_args.shots_per_class, episodes=data_args.episodes)
     elif data_args.shots_per_class is not None or data_args.train_fraction is not None:
@@ -277,13 +396,40 @@ def prepare_data(
         }
     info.update(train_samples=len(dataset[TRAIN]), eval_samples=len(dataset[VALIDATION]))
     return PreparedData(
-        dataset, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info, multi_label
+        dataset,
+        image_column,
+        label_column,
+        labels,
+        image_processor,
+        data_args.eval_resize_ratio,
+        info,
+        multi_label,
+        clips,
     )
 
 
-def _drop_unreadable(dataset: DatasetDict, split: str, image_column: str) -> int:
-    bad = find_unreadable_images(dataset[split], image_column)
+def check_modality(train: datasets.Dataset, column: str, clips: ClipSampling | None) -> None:
+    """A video data set for an image backbone, or images for a video backbone, fail before anything runs."""
+    videos = is_video_column(train, column)
+    if videos and clips is None:
+        raise DataError(
+            f"Column {column!r} holds videos, but the backbone reads images. Probe videos with a video backbone "
+            f"({', '.join(VIDEO_FAMILIES)}), or give the frames as an image data set."
+        )
+    if clips is not None and not videos:
+        feature = type(train.features.get(column)).__name__
+        raise DataError(
+            f"The backbone reads video clips, but column {column!r} holds {feature} values, not videos. Give a data "
+            "set with a datasets.Video column (or a folder of video files: train/<class>/*.mp4 and "
+            "validation/<class>/*.mp4), cast a column of video paths with "
+            f"`dataset.cast_column({column!r}, datasets.Video())`, or probe images with an image backbone."
+        )
+
+
+def _drop_unreadable(dataset: DatasetDict, split: str, column: str, clips: ClipSampling | None) -> int:
+    bad = find_unreadable(dataset[split], column, clips)
     if bad:
-        logger.warning("Leaving out %d unreadable images of %r: indices %s", len(bad), split, bad[:20])
+        what = "videos (undecodable, or too short for one clip)" if clips is not None else "images"
+        logger.warning("Leaving out %d unreadable %s of %r: indices %s", len(bad), what, split, bad[:20])
         dataset[split] = dataset[split].select(sorted(set(range(len(dataset[split]))) - set(bad)))
     return len(bad)

@@ -39,16 +39,19 @@ def run_default_protocol(job) -> GridResult:
     the job trains live, and evaluate each kind's chosen probe once on the evaluation split."""
     grid, info = job.grid, job.run_info()
     if job.tokens.cached:
-        caches = [_grid_cache(job, split, grid) for split in GRID_SPLITS]
-        splits = GridSplits(*(cache.dataset() for cache in caches))
+        caches = {split: _grid_cache(job, split, grid) for split in GRID_SPLITS}
+        splits = GridSplits(*(job.data.cached_examples(cache, split) for split, cache in caches.items()))
         info.update(
-            token_cache=combined_extraction_report(caches),
-            augmentation="none (cached tokens of the evaluation preprocessing)",
+            token_cache=combined_extraction_report(caches.values()),
+            augmentation="none (cached tokens of the evaluation preprocessing"
+            + ("; every evaluation clip of a training video is a sample)" if job.data.is_video else ")"),
         )
     else:
         train = job.data.images(TRAIN, job.data.train_transform(job.tokens.crop_scale))
         splits = GridSplits(train, job.data.images(SELECTION), job.data.images(VALIDATION))
         info["augmentation"] = f"RandomResizedCrop(scale={job.tokens.crop_scale}) + horizontal flip, live backbone"
+        if job.data.is_video:
+            info["augmentation"] += " (one crop and flip per clip, each clip drawn at a random start)"
     options = RunOptions(
         image_processor=job.data.eval_processor,
         run_info=info,

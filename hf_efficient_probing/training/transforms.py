@@ -1,20 +1,25 @@
-"""Images as the backbone expects them: live training's augmentation, and the run's one evaluation preprocessing.
+"""Images and clips as the backbone expects them: live training's augmentation, and the run's one evaluation
+preprocessing.
 
-The evaluation preprocessing is an image processor (:func:`evaluation_processor`), saved beside every probe, so that
-a shipped probe sees an image as the run that measured it did. Every transform starts from the package's checked
-decoder (`hf_efficient_probing.images`), so images of any PIL mode reach the backbone as 8-bit RGB.
+The evaluation preprocessing is an image processor (:func:`evaluation_processor`), or for videos a video processor
+(:func:`evaluation_video_processor`), saved beside every probe, so that a shipped probe sees an image or a clip as
+the run that measured it did. Every transform starts from the package's checked decoders
+(`hf_efficient_probing.images`, `hf_efficient_probing.video`), so images of any PIL mode reach the backbone as 8-bit
+RGB and clips as ``uint8`` frames.
 """
 
 from __future__ import annotations
 
 import torch
-from torchvision import transforms
-from transformers import CLIPImageProcessor
+from torchvision import transforms, tv_tensors
+from torchvision.transforms import v2
+from transformers import CLIPImageProcessor, VideoMAEVideoProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 from ..images import decode_image, to_rgb
 
 EVAL_RESIZE_RATIO = 256 / 224  # the official recipe: resize the shorter side to 256/224 of the crop, then crop
+VIDEO_CROP_SCALE_MIN = 0.3  # V-JEPA 2's eval: RandomResizedCrop(scale=(0.3, 1.0)) of every training clip
 
 
 def processor_image_settings(image_processor) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...]]:
@@ -73,6 +78,64 @@ def evaluation_processor(image_processor, eval_resize_ratio: float = EVAL_RESIZE
         image_std=list(std),
         do_convert_rgb=True,
     )
+
+
+def evaluation_video_processor(processor, eval_resize_ratio: float = EVAL_RESIZE_RATIO) -> VideoMAEVideoProcessor:
+    """The deterministic preprocessing of a video run, as a video processor: every frame of a clip resized (bicubic,
+    the shorter side to ``eval_resize_ratio`` times the backbone's input crop), centre-cropped and normalised with
+    the backbone processor's mean and std, as :func:`evaluation_processor` does to an image (V-JEPA 2's own eval
+    transform is this one). ``VideoMAEVideoProcessor`` is transformers' plain video processor (no frame sampling of
+    its own: the run samples clips, `hf_efficient_probing.video`)."""
+    (height, width), mean, std = processor_image_settings(processor)
+    resized = {"height": round(height * eval_resize_ratio), "width": round(width * eval_resize_ratio)}
+    return VideoMAEVideoProcessor(
+        size={"shortest_edge": resized["height"]} if height == width else resized,
+        crop_size={"height": height, "width": width},
+        do_center_crop=True,
+        resample=PILImageResampling.BICUBIC,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_sample_frames=False,
+    )
+
+
+class ClipTransform:
+    """Clips ``uint8`` ``[K, T, 3, H, W]`` through a video processor, as ``[K, T, 3, h, w]`` floats: a video data
+    set's eval transform that is exactly the saved processor. Its ``repr`` is the processor's config."""
+
+    def __init__(self, video_processor):
+        self.video_processor = video_processor
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        processed = self.video_processor(videos=list(clips), return_tensors="pt")
+        return next(iter(processed.values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.video_processor.to_json_string()})"
+
+
+class TrainingClipTransform:
+    """Live training's augmentation of a clip ``uint8`` ``[T, 3, H, W]``: one RandomResizedCrop over ``crop_scale``
+    (bicubic) and one horizontal flip for all its frames, normalised with the backbone processor's mean and std
+    (V-JEPA 2's eval trains its probes on such clips)."""
+
+    def __init__(self, processor, crop_scale: tuple[float, float]):
+        crop, mean, std = processor_image_settings(processor)
+        self.augment = v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    crop, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(mean), list(std)),
+            ]
+        )
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.augment(tv_tensors.Video(clip)).as_subclass(torch.Tensor)  # one crop and flip for every frame
 
 
 class ProcessorTransform:
