@@ -30,3 +30,19 @@ def test_quick_benchmarks_run_and_print_the_ratios_line():
         last,
     ), last
     assert "| peak memory" in result.stdout and "| extraction, 2 processes" in result.stdout
+
+
+def test_gpu_benchmark_smoke_reports_the_cache_images_and_positive_speeds():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = dict(re.findall(r"^\| (.+?) +\| (.+?) +\|$", result.stdout, re.MULTILINE))
+    assert cells["images in the cache"] == "8"  # the extraction, not only the bare loop, ran over all images
+    for row in ("extraction", "bare forward", "extraction / forward"):
+        assert float(re.match(r"[\d.]+", cells[row]).group()) > 0, (row, cells[row])
+    assert cells["compute dtype"] == "bfloat16"
