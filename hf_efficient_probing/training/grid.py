@@ -219,12 +219,11 @@ class ProbingGridModel(nn.Module):
         by every member. Videos given as several clips each (``[B, clips, ...]`` tokens or clips) are classified by
         the mean of their clips' logits."""
         grid_size, clips = None, None
-        if self.seeds:  # the job refuses seeds on videos: an extra axis is the seeds' (`SeedStreams`)
-            pass
-        elif tokens is not None:
-            tokens, clips = flatten_clips(tokens, 3)
-        elif pixel_values is not None and self.reader.family.video:
-            pixel_values, clips = flatten_clips(pixel_values, 5)
+        if not self.seeds:  # with seeds an extra axis is the seeds' (`SeedStreams`); the job refuses seeds on videos
+            if tokens is not None:
+                tokens, clips = flatten_clips(tokens, 3)
+            elif pixel_values is not None and self.reader.family.video:
+                pixel_values, clips = flatten_clips(pixel_values, 5)
         if tokens is None:
             if pixel_values is None:
                 raise ValueError("Pass either pixel_values (images) or tokens (e.g. from a token cache).")
