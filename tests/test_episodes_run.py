@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from test_cache import single_thread  # noqa: F401
@@ -16,6 +17,7 @@ from hf_efficient_probing.demo import embedded_backbone, embedded_training_argum
 from hf_efficient_probing.training import protocols
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.data import low_shot_indices
+from hf_efficient_probing.training.grid import ProbingGridModel
 from hf_efficient_probing.training.job import run_probing
 from hf_efficient_probing.training.prepared import prepare_data
 from hf_efficient_probing.training.selection import indices_fingerprint
@@ -58,7 +60,8 @@ def episodes_run(tmp_path_factory):
 
     def recording(grid, args, splits, options):
         union = splits.train.dataset  # the cached union of every episode's rows, in the order of train's rows
-        trained.append((union, list(splits.train.indices), list(splits.selection.indices)))
+        initial = {key: value.clone() for key, value in grid.heads.state_dict().items()}
+        trained.append((union, list(splits.train.indices), list(splits.selection.indices), grid.members, initial))
         return train_grid(grid, args, splits, options)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -66,22 +69,27 @@ def episodes_run(tmp_path_factory):
         patch.setattr(protocols, "train_grid", recording)
         args = embedded_training_arguments(str(path / "run"), num_train_epochs=2, warmup_epochs=0)
         metrics = run_probing(ModelArguments(), data_args, probe_args, args, (backbone, processor), data)
-    return path / "run", metrics, sum(extracted), trained, data
+    return path / "run", metrics, sum(extracted), trained, data, backbone
 
 
 def test_each_episode_trains_on_what_its_seed_draws_after_one_backbone_pass(episodes_run):
-    run, metrics, extracted, trained, data = episodes_run
+    run, metrics, extracted, trained, data, backbone = episodes_run
     labels = np.array(data.splits["train"]["label"])
     draws = [low_shot_indices(labels, SHOTS, None, SUBSET_SEED + e) for e in range(EPISODES)]
     union = sorted(set().union(*draws))
     assert len(union) < len(labels), "the draws must leave some of train unread for the union to be tested"
     assert extracted == len(union) + len(data.splits["validation"]), "the union and the evaluation split, once each"
     assert len(trained) == EPISODES
-    for e, (draw, (cached, train_rows, selection_rows)) in enumerate(zip(draws, trained, strict=True)):
+    for e, (draw, (cached, train_rows, selection_rows, members, initial)) in enumerate(
+        zip(draws, trained, strict=True)
+    ):
         assert len(cached) == len(union)
         rows = [union[position] for position in train_rows + selection_rows]
         assert sorted(rows) == draw, "train and selection together are the episode's own draw"
         assert not set(train_rows) & set(selection_rows)
+        alone = ProbingGridModel.from_backbone(backbone, members, seed=SUBSET_SEED + e, num_labels=CLASSES)
+        for key, value in alone.heads.state_dict().items():  # the episode's grid, initialised from its seed
+            assert torch.equal(initial[key], value), (e, key)
         record = json.loads((run / f"episode_{e}" / "run_summary.json").read_text())
         assert record["train_rows_fingerprint"] == indices_fingerprint([union[p] for p in train_rows])
         assert record["selection_rows_fingerprint"] == indices_fingerprint([union[p] for p in selection_rows])
@@ -89,7 +97,7 @@ def test_each_episode_trains_on_what_its_seed_draws_after_one_backbone_pass(epis
 
 
 def test_the_top_level_spread_is_that_of_the_episode_folders(episodes_run):
-    run, metrics, _, _, _ = episodes_run
+    run, metrics, *_ = episodes_run
     folders = [json.loads((run / f"episode_{e}" / "all_results.json").read_text()) for e in range(EPISODES)]
     summaries = [json.loads((run / f"episode_{e}" / "run_summary.json").read_text()) for e in range(EPISODES)]
     top = json.loads((run / "all_results.json").read_text())
