@@ -10,14 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cache import Images, make_key, run, tiny_backbone
+from test_cache import Images, make_key, run, single_thread, tiny_backbone  # noqa: F401  (the workers' one thread)
 from test_training_end_to_end import _env
 
 from hf_efficient_probing.backbones import TokenReader
-from hf_efficient_probing.cache import ExtractionOptions, ExtractionPlan
+from hf_efficient_probing.cache import ExtractionOptions, ExtractionPlan, TokenCache
 from hf_efficient_probing.cache.extraction import merge_manifest
 from hf_efficient_probing.cache.manifest import RANK_RECORDS_PATTERN, unseen_rank_records, write_json
 from hf_efficient_probing.cache.ranks import RANK_TIMEOUT_ENV, default_rank_timeout
+from hf_efficient_probing.training import DataArguments, ProbeArguments
+from hf_efficient_probing.training.job import check_arguments
 
 HERE = Path(__file__).parent
 
@@ -120,3 +122,33 @@ def test_ranks_that_disagree_on_a_complete_cache_fail_at_once(tmp_path):
         assert report["error"] == "CacheRootNotSharedError", report
         assert "Ranks [0] see a complete token cache" in report["message"] and "ranks [1] do not" in report["message"]
         assert "--cache_per_node" in report["message"] and report["seconds"] < 30
+
+
+def test_cache_per_node_fills_each_nodes_root_with_the_one_process_cache(tmp_path):
+    """Two nodes of one process each (LOCAL_WORLD_SIZE 1), each with its own root: each node extracts every row
+    into its root, and each root's manifest lists the very shards (same files, rows and SHA-256) one process writes."""
+    roots = [tmp_path / "node0", tmp_path / "node1"]
+    for report in run_ranks(tmp_path, "extract-per-node", roots, LOCAL_WORLD_SIZE="1", **{RANK_TIMEOUT_ENV: "60"}):
+        assert report["error"] is None, report
+    backbone = tiny_backbone("vit")
+    reader = TokenReader(backbone.config, [1, -1], token_selection="all")
+    one = run(
+        backbone, reader, make_key(backbone, reader), tmp_path / "one", images=Images(8), batch_size=2, shard_size=2
+    )
+    for root in roots:
+        node = TokenCache(root / one.directory.name)
+        assert node.manifest["shards"] == one.manifest["shards"] and len(one.manifest["shards"]) == 4
+        assert node.manifest["extraction"]["images_per_process"] == [8], "each node extracts the whole set"
+        node.verify()
+
+
+def test_cache_per_node_needs_the_processes_per_node_and_a_cached_run(monkeypatch):
+    from hf_efficient_probing.cache import ranks
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(ranks, "_gloo_groups", {})
+    with pytest.raises(ValueError, match="cache_per_node needs LOCAL_WORLD_SIZE"):
+        ranks._gloo_group(per_node=True)
+    check_arguments(DataArguments(cache_per_node=True), ProbeArguments())  # the default protocol caches
+    with pytest.raises(ValueError, match="--cache_per_node places the token cache, but this run trains live"):
+        check_arguments(DataArguments(cache_per_node=True, use_token_cache=False), ProbeArguments())

@@ -65,7 +65,12 @@ def process_slot(per_node: bool = False) -> tuple[int, int]:
 def _gloo_group(per_node: bool):
     if per_node not in _gloo_groups:
         if per_node:
-            size = int(os.environ.get("LOCAL_WORLD_SIZE", torch.distributed.get_world_size()))
+            if "LOCAL_WORLD_SIZE" not in os.environ:
+                raise ValueError(
+                    "cache_per_node needs LOCAL_WORLD_SIZE, the number of processes on each node: start the run with "
+                    "accelerate launch or torchrun, which set it."
+                )
+            size = int(os.environ["LOCAL_WORLD_SIZE"])
             # torchrun and accelerate number the ranks node by node, so a node's ranks are consecutive
             _gloo_groups[per_node], _ = torch.distributed.new_subgroups(group_size=size, backend="gloo")
         elif torch.distributed.get_backend() == "gloo":
