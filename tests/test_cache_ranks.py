@@ -65,6 +65,7 @@ def test_rank_timeout_comes_from_the_environment(monkeypatch):
             default_rank_timeout()
 
 
+@pytest.mark.slow
 def test_a_barrier_names_the_rank_that_never_arrives(tmp_path):
     """Rank 1 is alive but never reaches the barrier: rank 0 fails after its 2 s, naming rank 1."""
     waiting, _ = run_ranks(tmp_path, "absent", [tmp_path, tmp_path])
@@ -98,6 +99,7 @@ def test_record_files_of_another_run_or_none_are_unseen(tmp_path):
     assert unseen_rank_records(tmp_path, ["a"]) == []
 
 
+@pytest.mark.slow
 def test_ranks_with_different_cache_roots_fail_at_once_naming_the_unseen_rank(tmp_path):
     """Two processes of one run, each with its own cache root and no cache_per_node (two nodes without a shared
     file system): each fails at the start, naming the other's shards and the two ways out, long before the 60 s
@@ -111,6 +113,7 @@ def test_ranks_with_different_cache_roots_fail_at_once_naming_the_unseen_rank(tm
         assert report["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_ranks_that_disagree_on_a_complete_cache_fail_at_once(tmp_path):
     """Node 0's root already holds the complete cache, node 1's does not: rather than rank 0 reusing it while rank 1
     waits at the extraction's barriers, both fail at the start, saying which ranks see it."""
@@ -124,6 +127,7 @@ def test_ranks_that_disagree_on_a_complete_cache_fail_at_once(tmp_path):
         assert "--cache_per_node" in report["message"] and report["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_cache_per_node_fills_each_nodes_root_with_the_one_process_cache(tmp_path):
     """Two nodes of one process each (LOCAL_WORLD_SIZE 1), each with its own root: each node extracts every row
     into its root, and each root's manifest lists the very shards (same files, rows and SHA-256) one process writes."""
