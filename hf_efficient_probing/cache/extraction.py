@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,9 +51,18 @@ from .manifest import (
     read_json,
     record_of,
     shard_verifies,
+    unseen_rank_records,
     write_json,
 )
 from .quantization import encode
+from .ranks import (
+    SHARED_ROOT_ADVICE,
+    CacheRootNotSharedError,
+    default_rank_timeout,
+    gather_from_everyone,
+    process_slot,
+    wait_for_everyone,
+)
 
 LOCK_PATTERN = ".lock-rank{:03d}"
 MAX_DEFAULT_WORKERS = 8
@@ -71,7 +81,11 @@ class ExtractionOptions:
         progress: show a progress bar (on the main process).
         image_key, label_key: the keys of the data set's items.
         poll_seconds: how often a rank looks for the others' files while it waits for them.
-        timeout_seconds: the longest a rank waits for another one before failing with the rank it waited for.
+        timeout_seconds: the longest a rank waits for another one before failing with the rank it waited for
+            (default: `cache.ranks.default_rank_timeout`, ``$HF_PROBING_RANK_TIMEOUT`` or 30 minutes).
+        cache_per_node: each node's processes extract the whole set into ``cache_root`` on that node, for its own
+            ranks (a node-local disk); without it every process of the run shares one cache, so ``cache_root`` must
+            be a file system every node sees.
     """
 
     cache_root: str | os.PathLike | None = None
@@ -83,7 +97,8 @@ class ExtractionOptions:
     image_key: str = "pixel_values"
     label_key: str = "labels"
     poll_seconds: float = 0.5
-    timeout_seconds: float = 3600.0
+    timeout_seconds: float = field(default_factory=default_rank_timeout)
+    cache_per_node: bool = False
 
 
 @dataclass
@@ -111,26 +126,6 @@ class ExtractionPlan:
 # Processes
 
 
-def process_slot() -> tuple[int, int]:
-    """``(rank, world size)`` of this process among those extracting together.
-
-    Under ``accelerate launch``/``torchrun`` (``WORLD_SIZE`` > 1) accelerate's ``PartialState`` joins, or reuses,
-    the process group, so a caller simply calls the extraction on every rank; a plain process is ``(0, 1)``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState(cpu=not torch.cuda.is_available())
-        return state.process_index, state.num_processes
-    return 0, 1
-
-
-def wait_for_everyone(world_size: int) -> None:
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
 def wait_until(done: Callable[[], bool], options: ExtractionOptions, waiting_for: Callable[[], str]) -> None:
     """Poll ``done`` until it holds; after ``options.timeout_seconds`` fail, saying what was waited for."""
     deadline = time.monotonic() + options.timeout_seconds
@@ -138,8 +133,7 @@ def wait_until(done: Callable[[], bool], options: ExtractionOptions, waiting_for
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"Waited {options.timeout_seconds:.0f} s for {waiting_for()}. If that process died, run the same "
-                "command again (it resumes); if it runs on another node, the cache root must be a file system "
-                "every node shares."
+                f"command again (it resumes). On several nodes: {SHARED_ROOT_ADVICE}."
             )
         time.sleep(options.poll_seconds)
 
@@ -254,9 +248,9 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
         raise ValueError(f"shard_size and batch_size must be positive, got {options.shard_size}, {options.batch_size}.")
     if reader.layers != tuple(key.feature_layers):
         raise ValueError(f"The reader reads layers {list(reader.layers)}, the key says {list(key.feature_layers)}.")
-    rank, world_size = process_slot()
+    rank, world_size = process_slot(options.cache_per_node)
     report = {"compute_dtype": key.compute_dtype, "storage_dtype": key.dtype, "processes": world_size}
-    if is_complete(plan.directory, plan.key_dict) and reuse_verified(plan, rank, world_size):
+    if complete_on_every_rank(plan, world_size) and reuse_verified(plan, rank, world_size):
         reused = {"images": 0, "seconds": 0.0, "images_per_second": None, "reused": True}
         return _with_report(TokenCache(plan.directory), {**report, **reused})
     if len(plan.dataset) == 0:
@@ -267,10 +261,38 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
     wait_until(
         lambda: is_complete(plan.directory, plan.key_dict),
         options,
-        lambda: f"the main process (rank 0) to write the manifest of {plan.directory}",
+        lambda: f"rank 0 (the main process of this cache) to write the manifest of {plan.directory}",
     )
     cache = TokenCache(plan.directory)
     return _with_report(cache, {**report, **cache.manifest["extraction"], "reused": False})
+
+
+def complete_on_every_rank(plan: ExtractionPlan, world_size: int) -> bool:
+    """Whether ``plan``'s cache is complete, as every rank sees it; ranks that disagree see different directories,
+    so they fail here instead of waiting for each other at different steps."""
+    options = plan.options
+    complete = is_complete(plan.directory, plan.key_dict)
+    wait_for_everyone(world_size, options.timeout_seconds, f"the start of {plan.directory}", options.cache_per_node)
+    seen = gather_from_everyone(complete, world_size, options.cache_per_node)
+    if len(set(seen)) > 1:
+        raise CacheRootNotSharedError(
+            f"Ranks {[r for r, c in enumerate(seen) if c]} see a complete token cache in {plan.directory}, ranks "
+            f"{[r for r, c in enumerate(seen) if not c]} do not: {SHARED_ROOT_ADVICE}."
+        )
+    return complete
+
+
+def check_ranks_see_each_other(plan: ExtractionPlan, rank: int, world_size: int, run_id: str) -> None:
+    """Fail at the start, not at the merge's timeout, when this rank cannot see the record file another rank of this
+    run wrote (``run_id`` is this rank's, in its record file): the ranks do not share the cache root."""
+    options = plan.options
+    wait_for_everyone(world_size, options.timeout_seconds, "the start of the extraction", options.cache_per_node)
+    unseen = unseen_rank_records(plan.directory, gather_from_everyone(run_id, world_size, options.cache_per_node))
+    if unseen:
+        raise CacheRootNotSharedError(
+            f"Rank {rank} cannot see the shards of ranks {unseen} in {plan.directory} (their "
+            f"{RANK_RECORDS_PATTERN.format(unseen[0])} is missing or another run's): {SHARED_ROOT_ADVICE}."
+        )
 
 
 def reuse_verified(plan: ExtractionPlan, rank: int, world_size: int) -> bool:
@@ -282,12 +304,13 @@ def reuse_verified(plan: ExtractionPlan, rank: int, world_size: int) -> bool:
     for shard in shards[rank::world_size]:
         if not shard_verifies(directory, shard):
             (directory / shard.file).unlink(missing_ok=True)
-    wait_for_everyone(world_size)
+    timeout, per_node = plan.options.timeout_seconds, plan.options.cache_per_node
+    wait_for_everyone(world_size, timeout, f"the check of {directory}'s shards", per_node)
     intact = all((directory / shard.file).is_file() for shard in shards)
     if not intact and rank == 0:
         manifest = read_json(directory / MANIFEST_NAME)
         write_json(directory / MANIFEST_NAME, {**manifest, "complete": False})
-    wait_for_everyone(world_size)
+    wait_for_everyone(world_size, timeout, f"the check of {directory}'s shards", per_node)
     return intact
 
 
@@ -309,12 +332,12 @@ def _extract_on_rank(plan: ExtractionPlan, rank: int, world_size: int) -> None:
     for index in todo:
         _remove_files_of_shard(directory, index)
     layout = {k: v for k, v in next(iter(trusted.values()), {}).items() if k in LAYOUT_FIELDS}
-    listing = {"key": key_dict, "num_rows": num_rows, "shard_size": shard_size, **layout}
+    listing = {"key": key_dict, "num_rows": num_rows, "shard_size": shard_size, "run_id": uuid.uuid4().hex, **layout}
     listing["shards"] = [ShardRecord.from_listing(trusted[i]).__dict__ for i in sorted(trusted)]
     writer = ShardWriter(directory, rank, listing)
     missing_rows = sum(min(shard_size, num_rows - i * shard_size) for i in range(num_shards) if i not in listed)
     arrived = time.perf_counter()
-    wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
+    check_ranks_see_each_other(plan, rank, world_size, listing["run_id"])  # each record file is this run's now
     started += time.perf_counter() - arrived  # waiting for the other ranks to start up is not extraction
     try:
         extracted = _extract_shards(

@@ -133,6 +133,14 @@ class DataArguments:
             "else $HF_HOME/hf_efficient_probing/token-cache)."
         },
     )
+    cache_per_node: bool = field(
+        default=False,
+        metadata={
+            "help": "Several nodes: each node extracts the whole token cache into its own --token_cache_dir (a "
+            "node-local disk) for its ranks. Without it every process of the run fills one cache, so the cache root "
+            "must be a file system every node shares."
+        },
+    )
     token_dtype: str = field(
         default="float16",
         metadata={

@@ -65,6 +65,7 @@ class TokenSource:
     compute_dtype: str = "auto"
     crop_scale: tuple[float, float] | None = None
     token_dtype: str = "float16"
+    cache_per_node: bool = False
 
 
 @dataclass
@@ -318,13 +319,23 @@ def _num_layers(backbone) -> int:
     return len(backbone_states(backbone.config)) - 1
 
 
+def uses_token_cache(data_args: DataArguments, protocol: str) -> bool:
+    """``--use_token_cache``, by default on under the default protocol (nothing trains in the backbone)."""
+    return data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
+
+
 def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -> TokenSource:
     """The cache by default under the default protocol (nothing trains in the backbone), the live backbone under the
     paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images, or
     for clips from V-JEPA 2's 0.3."""
-    cached = data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
-    if cached:
-        return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype, token_dtype=data_args.token_dtype)
+    if uses_token_cache(data_args, protocol):
+        return TokenSource(
+            True,
+            data_args.token_cache_dir,
+            data_args.backbone_dtype,
+            token_dtype=data_args.token_dtype,
+            cache_per_node=data_args.cache_per_node,
+        )
     lower = data_args.crop_scale_min
     if lower is None and data.is_video:
         lower = VIDEO_CROP_SCALE_MIN
@@ -417,6 +428,8 @@ def check_arguments(
         and "crop_scale_min" in given["data"]
     ):
         raise ValueError("--crop_scale_min is read only when training live: add --use_token_cache false, or drop it.")
+    if data_args.cache_per_node and not uses_token_cache(data_args, probe_args.protocol):
+        raise ValueError("--cache_per_node places the token cache, but this run trains live: drop it.")
     if probe_args.protocol == "paper":
         _check_paper(data_args, probe_args, training_args)
     elif training_args is not None and training_args.optimizer == "trainer":

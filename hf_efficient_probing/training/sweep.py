@@ -96,7 +96,7 @@ def run_probe_sweep(
     args = grid_arguments(training_args, len(data.splits[TRAIN]))
     caches = {}
     if data_args.use_token_cache:
-        options = extraction_options(data_args.token_cache_dir, args)
+        options = extraction_options(data_args.token_cache_dir, args, data_args.cache_per_node)
         for split in SPLITS:  # k-NN on [CLS] reads it from the same cache, which holds every token
             storage = (data_args.token_dtype, data_args.backbone_dtype)
             caches[split] = data.token_cache(split, grid.member_models[0], options, storage=storage, reader=grid.reader)
