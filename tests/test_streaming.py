@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -161,6 +162,8 @@ def test_a_streamed_extraction_resumes_after_its_last_durable_shard(backbone_dir
     fresh = data.token_cache("train", model, ExtractionOptions(**{**options, "cache_root": tmp_path / "fresh"}))
     torch.testing.assert_close(all_rows(cache), all_rows(fresh.groups[0]), rtol=0, atol=0)
     assert all_rows(cache)[1].tolist() == data.splits["train"].labels.tolist()
+    train = data.splits["train"]
+    assert replace(train, part_sizes=(12, 12))._fingerprint != train._fingerprint, "the parts name the cache"
     again = data.token_cache("train", model, ExtractionOptions(**options))
     assert again.extraction_report["reused"] and sum(seen) == 14 + 24, "reused (the 24 rows: the fresh cache's)"
     layers = [1, *model.token_reader.layers]
@@ -181,6 +184,17 @@ def test_live_training_reads_the_stream(backbone_dir, parquet_dir, tmp_path):  #
     results = json.loads((output / "all_results.json").read_text())
     assert summary["streaming"] == {"processes": 1} and summary["train_samples"] == 24
     assert summary["optimizer_steps"] == 6 and results["eval_samples"] == 15
+
+
+@pytest.mark.slow
+def test_the_default_protocol_trains_live_on_the_stream(backbone_dir, parquet_dir, tmp_path):  # noqa: F811
+    """--use_token_cache false: the grid reads the streamed images, chooses on the held-out stream, evaluates once."""
+    cache = tmp_path / "cache"
+    streamed = _run(backbone_dir, parquet_dir, tmp_path / "out", cache, "--streaming", "--use_token_cache", "false")
+    assert streamed["augmentation"].startswith("RandomResizedCrop") and not cache.exists(), "nothing cached"
+    assert (streamed["selection_samples"], streamed["train_samples"]) == (9, 15)
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["eval_samples"] == 15 and streamed["optimizer_steps"] > 0
 
 
 @pytest.mark.slow
