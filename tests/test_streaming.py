@@ -126,6 +126,8 @@ def test_what_a_stream_cannot_do_fails_with_the_flag_to_drop(parquet_dir, tmp_pa
         with pytest.raises(ValueError, match=flag):
             check_arguments(data_args, probe_args)
     check_arguments(DataArguments(streaming=True), ProbeArguments(protocol="default", seeds=[0, 1]))  # from the cache
+    with pytest.raises(ValueError, match="drop --selection_rule"):
+        check_arguments(DataArguments(shots_per_class=2, episodes=2, selection_rule="hash"), default)
     videos = tmp_path / "videos"
     for split in ("train", "validation"):
         for name in ("a", "b"):
@@ -166,10 +168,15 @@ def test_a_streamed_extraction_resumes_after_its_last_durable_shard(backbone_dir
     assert replace(train, part_sizes=(12, 12))._fingerprint != train._fingerprint, "the parts name the cache"
     again = data.token_cache("train", model, ExtractionOptions(**options))
     assert again.extraction_report["reused"] and sum(seen) == 14 + 24, "reused (the 24 rows: the fresh cache's)"
+    shard = cache.directory / cache.shards[2].file
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")  # altered: the shards before it are kept, those after redone
+    repaired = data.token_cache("train", model, ExtractionOptions(**options))
+    assert repaired.extraction_report["images"] == 24 - 10 and sum(seen) == 14 + 24 + 14
+    torch.testing.assert_close(all_rows(repaired.groups[0]), all_rows(fresh.groups[0]), rtol=0, atol=0)
     layers = [1, *model.token_reader.layers]
     wider = data.token_cache("train", model, ExtractionOptions(**options), reader=model.token_reader.reading(layers))
     assert [group.feature_layers for group in wider.groups] == [model.token_reader.layers, (1,)]
-    assert sum(seen) == 14 + 24 + 24, "a new layer: one more pass, for that layer only"
+    assert sum(seen) == 14 + 24 + 14 + 24, "a new layer: one more pass, for that layer only"
 
 
 def _key_of(cache: TokenCache) -> TokenCacheKey:

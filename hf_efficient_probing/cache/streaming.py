@@ -58,12 +58,26 @@ def _part_listing(plan: ExtractionPlan, rank: int, world_size: int) -> dict:
     return {"key": plan.key_dict, "processes": world_size, "part_rows": rows, "shard_size": plan.options.shard_size}
 
 
+def _listed_part(plan: ExtractionPlan, rank: int, fresh: dict) -> dict:
+    """This rank's record file if it is this extraction's; else this rank's shards in an earlier manifest of the same
+    key and shard size (a complete cache one of whose shards failed its check), their first rows back in the part's
+    own."""
+    listing = read_json(plan.directory / RANK_RECORDS_PATTERN.format(rank))
+    if all(listing.get(name) == value for name, value in fresh.items()):
+        return listing
+    manifest = read_json(plan.directory / MANIFEST_NAME)
+    if manifest.get("key") != fresh["key"] or manifest.get("shard_size") != fresh["shard_size"]:
+        return {}
+    offset = sum(manifest["stream"]["rows_per_process"][:rank])  # the key fixes the parts (the data's fingerprint)
+    mine = [record for record in manifest["shards"] if record["file"].startswith(f"shard-rank{rank:03d}-")]
+    layout = {name: manifest[name] for name in LAYOUT_FIELDS}
+    return {**fresh, **layout, "shards": [{**record, "start": record["start"] - offset} for record in mine]}
+
+
 def _trusted_shards(plan: ExtractionPlan, rank: int, fresh: dict) -> tuple[list[dict], dict]:
-    """The leading shards of this rank's record file that verify (a part resumes after its last trusted shard: the
-    ones after it are extracted again), and the layout it records; other files of this rank's are removed."""
-    directory = plan.directory
-    listing = read_json(directory / RANK_RECORDS_PATTERN.format(rank))
-    listing = listing if all(listing.get(name) == value for name, value in fresh.items()) else {}
+    """The leading listed shards of this rank that verify (a part resumes after its last trusted shard: the ones
+    after it are extracted again), and the layout listed with them; other files of this rank's are removed."""
+    directory, listing = plan.directory, _listed_part(plan, rank, fresh)
     trusted = []
     for record in listing.get("shards", []):
         if not shard_verifies(directory, ShardRecord.from_listing(record)):

@@ -456,6 +456,8 @@ def _check_episodes(data_args: DataArguments, probe_args: ProbeArguments) -> Non
         raise ValueError("Choose --episodes (draws of the training images) or --seeds (head seeds), not both.")
     if probe_args.knn_eval:
         raise ValueError("--knn_eval does not run per episode yet: drop it, or drop --episodes.")
+    if data_args.selection_rule is not None:
+        raise ValueError("Each episode draws its own stratified selection split: drop --selection_rule.")
 
 
 def _check_paper(data_args: DataArguments, probe_args: ProbeArguments, training_args) -> None:
@@ -479,8 +481,10 @@ def _check_streaming(data_args: DataArguments, probe_args: ProbeArguments, train
     """What ``--streaming`` cannot do fails before anything is loaded, with the flag to drop."""
     for name in _WHOLE_SPLIT_ONLY:
         if name in _given(data_args):
-            raise ValueError(f"--{name} draws from (or scans) the whole split before training; a stream is read as it "
-                             "goes: drop it, or drop --streaming.")  # fmt: skip
+            raise ValueError(
+                f"--{name} draws from (or scans) the whole split before training; a stream is read as it goes: drop "
+                "it, or drop --streaming."
+            )
     if data_args.selection_rule == "stratified":
         raise ValueError(
             "--selection_rule stratified draws from every label of train in a random order, which a stream never "
@@ -488,11 +492,15 @@ def _check_streaming(data_args: DataArguments, probe_args: ProbeArguments, train
         )
     live = data_args.use_token_cache is False or (data_args.use_token_cache is None and probe_args.protocol == "paper")
     if live and probe_args.seeds is not None:
-        raise ValueError("--seeds reads each seed's own order of the training rows, which a live stream cannot give: "
-                         "train from the token cache (drop --use_token_cache false), or drop --streaming.")  # fmt: skip
+        raise ValueError(
+            "--seeds reads each seed's own order of the training rows, which a live stream cannot give: train from "
+            "the token cache (drop --use_token_cache false), or drop --streaming."
+        )
     if training_args is not None and training_args.dataloader_num_workers:
-        raise ValueError("A stream decodes its images on threads of its own (DataLoader workers would each read all of "
-                         "it): pass --dataloader_num_workers 0 with --streaming.")  # fmt: skip
+        raise ValueError(
+            "A stream decodes its images on threads of its own (DataLoader workers would each read all of it): pass "
+            "--dataloader_num_workers 0 with --streaming."
+        )
 
 
 def _given(arguments) -> set[str]:
