@@ -191,10 +191,11 @@ class ShardWriter:
 
     A shard is written to a temporary file, fsynced, renamed into place, and only then listed in this rank's record
     file (itself replaced atomically). At most one shard waits to be written, so memory holds at most two shards'
-    tokens."""
+    tokens. ``shard_pattern`` names shard ``index``'s file (a stream's are named by rank, `cache.streaming`)."""
 
-    def __init__(self, directory: Path, rank: int, listing: dict):
+    def __init__(self, directory: Path, rank: int, listing: dict, shard_pattern: str = SHARD_PATTERN):
         self.directory, self.path, self.listing = directory, directory / RANK_RECORDS_PATTERN.format(rank), listing
+        self.shard_pattern = shard_pattern
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-cache-writer")
         self.pending = None
         self.save_listing()
@@ -209,7 +210,7 @@ class ShardWriter:
 
     def _write(self, index: int, start: int, tensors: dict[str, torch.Tensor], layout: dict) -> None:
         data = save_safetensors({name: tensor.contiguous() for name, tensor in tensors.items()})
-        name = SHARD_PATTERN.format(index)
+        name = self.shard_pattern.format(index)
         atomic_write_bytes(self.directory / name, data)
         self.listing["shards"].append(record_of(name, start, data, len(tensors["labels"])))
         self.listing.update(layout)
@@ -231,7 +232,7 @@ class ShardWriter:
 # The extraction
 
 
-def extract_tokens(plan: ExtractionPlan) -> TokenCache:
+def extract_tokens(plan: ExtractionPlan, on_rank: Callable | None = None) -> TokenCache:
     """Run the frozen backbone once over ``plan.dataset`` and store its tokens in ``plan.directory``; call it on
     every process of a distributed run (``accelerate launch``, several nodes on a shared file system).
 
@@ -241,7 +242,7 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
     bfloat16, under bfloat16 autocast. The returned cache carries ``extraction_report``: ``images`` extracted by
     this run (all ranks), ``seconds`` (the slowest rank's, without its wait for the other ranks to start),
     ``images_per_second`` (all ranks together), ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
-    """
+    ``on_rank(plan, rank, world_size)`` fills the directory on one rank (`cache.streaming` for a stream)."""
     options, key, reader = plan.options, plan.key, stored_reader(plan.reader)
     plan = replace(plan, reader=reader)
     if options.shard_size < 1 or options.batch_size < 1:
@@ -257,7 +258,7 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
         raise ValueError("Cannot cache an empty data set split.")
     plan.directory.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(plan.directory, rank):
-        _extract_on_rank(plan, rank, world_size)
+        (on_rank or _extract_on_rank)(plan, rank, world_size)
     wait_until(
         lambda: is_complete(plan.directory, plan.key_dict),
         options,
@@ -388,13 +389,12 @@ def _shard_batches(shards: list[int], shard_size: int, num_rows: int, batch_size
 def _extract_shards(plan: ExtractionPlan, writer: ShardWriter, shards, shard_size, missing_rows, progress) -> int:
     """Extract ``shards`` (indices) with one DataLoader over all their rows, handing each full shard to the writer;
     returns the rows extracted."""
-    options, backbone = plan.options, plan.backbone
+    options = plan.options
     per_shard = _shard_batches(shards, shard_size, len(plan.dataset), options.batch_size)
     batches = [batch for shard_batches in per_shard.values() for batch in shard_batches]
     if not batches:
         return 0
-    home = next(backbone.parameters()).device
-    device = torch.device(options.device) if options.device is not None else home
+    device = extraction_device(plan)
     num_workers = default_num_workers(device) if options.num_workers is None else options.num_workers
     loader = DataLoader(
         plan.dataset,
@@ -403,16 +403,30 @@ def _extract_shards(plan: ExtractionPlan, writer: ShardWriter, shards, shard_siz
         collate_fn=collate_images(options.image_key, options.label_key),
         pin_memory=device.type == "cuda",
     )
-    backbone_mode = backbone.training
+    run_backbone(plan, writer, iter(loader), per_shard, missing_rows, progress)
+    return sum(map(len, batches))
+
+
+def extraction_device(plan: ExtractionPlan) -> torch.device:
+    """Where the backbone runs: ``options.device``, else its own device."""
+    home = next(plan.backbone.parameters()).device
+    return torch.device(plan.options.device) if plan.options.device is not None else home
+
+
+def run_backbone(plan: ExtractionPlan, writer: ShardWriter, loader, per_shard, missing_rows: int, progress) -> None:
+    """The backbone on its extraction device, in eval mode, over ``loader``'s ``(pixel_values, labels)`` batches
+    (those of ``per_shard``, shard by shard, :func:`_fill_shards`); moved back and restored after."""
+    backbone, device = plan.backbone, extraction_device(plan)
+    home, backbone_mode = next(backbone.parameters()).device, backbone.training
     backbone.to(device).eval()
-    bar = tqdm(total=sum(map(len, batches)), unit="img", desc="Caching tokens", disable=not progress)
+    total = sum(len(batch) for batches in per_shard.values() for batch in batches)
+    bar = tqdm(total=total, unit="img", desc="Caching tokens", disable=not progress)
     try:
         with torch.inference_mode():
-            _fill_shards(plan, writer, iter(loader), per_shard, device, missing_rows, bar)
+            _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar)
     finally:
         bar.close()
         backbone.to(home).train(backbone_mode)
-    return sum(map(len, batches))
 
 
 def stored_reader(reader: TokenReader) -> TokenReader:
@@ -509,16 +523,17 @@ def _remove_leftovers(directory: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def extract_for_reader(plan: ExtractionPlan) -> TokenCacheView:
+def extract_for_reader(plan: ExtractionPlan, extract: Callable = extract_tokens) -> TokenCacheView:
     """The tokens ``plan.reader`` reads (its layers and token selection) from the layer groups of ``plan.key``'s
     source: complete groups that hold some of its layers are reused (fewest groups first), and the layers none holds
-    are extracted together, in one backbone pass, as a new group. Call it on every process of a distributed run."""
+    are extracted together, in one backbone pass, as a new group (by ``extract``: :func:`extract_tokens`, or
+    `cache.streaming.extract_stream` for a stream). Call it on every process of a distributed run."""
     reader = plan.reader
     groups = complete_layer_groups(plan.directory.parent, plan.key)
     reused, missing = cover_layers(reader.layers, groups)
     group_layers = [*reused, *([missing] if missing else [])]
     caches = [
-        extract_tokens(replace(plan, key=plan.key.with_layers(layers), reader=reader.reading(list(layers))))
+        extract(replace(plan, key=plan.key.with_layers(layers), reader=reader.reading(list(layers))))
         for layers in group_layers
     ]
     report = combined_report([cache.extraction_report for cache in caches])
@@ -546,10 +561,12 @@ def cache_tokens_for_model(
     options: ExtractionOptions | None = None,
     storage: tuple[str, str] = ("float16", "auto"),
     reader: TokenReader | None = None,
+    extract: Callable = extract_tokens,
 ) -> TokenCacheView:
     """:func:`extract_for_reader` for a probing model: its backbone, the backbone id/revision its config names, and
     its token reader (or ``reader``, other layers or tokens of the same backbone). ``storage`` is the ``(storage
-    dtype, compute dtype)`` pair. Call it on every process of a distributed run."""
+    dtype, compute dtype)`` pair; ``extract`` runs each missing group's plan. Call it on every process of a
+    distributed run."""
     options = options or ExtractionOptions()
     config, reader = model.config, reader or model.token_reader
     key = TokenCacheKey.from_reader(
@@ -561,4 +578,4 @@ def cache_tokens_for_model(
         device=options.device,
         backbone_name=(config.backbone_name_or_path, config.backbone_revision),
     )
-    return extract_for_reader(ExtractionPlan(model.backbone, reader, dataset, key, options))
+    return extract_for_reader(ExtractionPlan(model.backbone, reader, dataset, key, options), extract)

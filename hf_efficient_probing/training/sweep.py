@@ -85,7 +85,7 @@ def run_probe_sweep(
 ) -> list[dict]:
     """Train every probe of the sweep on ``backbone`` and ``data`` in one grid, each chosen on a held-out part of
     train and evaluated once; write and print the table, return its rows."""
-    data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+    data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed, data_args.selection_rule)
     grid = ProbingGridModel.from_backbone(
         backbone,
         sweep_members(backbone, sweep_args),
