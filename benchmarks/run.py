@@ -22,8 +22,8 @@ there are. With F the backbone's cost per image and P a probe's training cost pe
 On a CPU shared with other jobs, small matrix products lose time to thread hand-offs, so the cached side of
 ``cache`` trains on one thread (it extracts on all of them) and ``ep_order`` runs both orders on one thread; the
 backbone always gets every thread. ``extraction`` (benchmarks/extraction.py) measures the extraction's own speed.
-The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=... lr_grid=<w>x
-lr_grid_rungs=<v>x``.
+The output ends with one line ``ratios: cache=<x>x multiprobe=<y>x ep_order=<z>x extraction_vs_forward=...
+identity_vs_decode=... lr_grid=<w>x lr_grid_rungs=<v>x``.
 """
 
 from __future__ import annotations

@@ -607,11 +607,14 @@ class TokenReader:
                 f"channels, but layers {self.feature_layers} are {described[0].width} wide: read the last stage, or "
                 "set apply_final_norm=False."
             )
-        tokens = torch.cat([norm(t) if norm is not None else t for t, _, _ in read], dim=-1)
+        normed = [norm(t) if norm is not None else t for t, _, _ in read]
+        tokens = normed[0] if len(normed) == 1 else torch.cat(normed, dim=-1)  # no copy of a single layer
         patches = tokens[:, num_prefix:]
         if self.token_selection == "all":
-            cls_token = tokens[:, :1] if cls_tokens is None else cls_tokens
-            tokens, num_prefix = torch.cat([cls_token, patches], dim=1), 1
+            if cls_tokens is not None or num_prefix != 1:  # else the tokens are [CLS] + patches already
+                cls_token = tokens[:, :1] if cls_tokens is None else cls_tokens
+                tokens = torch.cat([cls_token, patches], dim=1)
+            num_prefix = 1
         else:
             tokens, num_prefix = patches, 0
         projection = self.projection(backbone)

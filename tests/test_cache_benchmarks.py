@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,11 @@ def test_quick_benchmarks_run_and_print_the_ratios_line():
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
         r"ratios: cache=[\d.]+x multiprobe=[\d.]+x ep_order=[\d.]+x "
-        r"extraction_vs_forward=[\d.]+x bf16_vs_fp32=(?:[\d.]+x|n/a) two_processes=[\d.]+x lr_grid=[\d.]+x lr_grid_rungs=[\d.]+x",
+        r"extraction_vs_forward=[\d.]+x bf16_vs_fp32=(?:[\d.]+x|n/a) two_processes=[\d.]+x identity_vs_decode=[\d.]+x lr_grid=[\d.]+x lr_grid_rungs=[\d.]+x",
         last,
     ), last
     assert "| peak memory" in result.stdout and "| extraction, 2 processes" in result.stdout
+    assert "| extraction with an identity backbone vs. bare DataLoader decode" in result.stdout
 
 
 def test_gpu_benchmark_smoke_reports_the_cache_images_and_positive_speeds():
@@ -46,3 +48,22 @@ def test_gpu_benchmark_smoke_reports_the_cache_images_and_positive_speeds():
     for row in ("extraction", "bare forward", "extraction / forward"):
         assert float(re.match(r"[\d.]+", cells[row]).group()) > 0, (row, cells[row])
     assert cells["compute dtype"] == "bfloat16"
+
+
+def test_identity_backbone_extraction_stores_every_decoded_image_as_its_tokens(tmp_path):
+    """The zero-cost side of benchmarks/extraction.py extracts what the bare decode side decodes: every image, its
+    pixels as the tokens after a zero [CLS], so the two sides of identity_vs_decode do the same decoding."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import extraction
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    images = extraction.eval_images(extraction.jpeg_photos(5, (64, 48)))
+    cache = extraction.identity_extraction(images, tmp_path, batch_size=2, num_workers=1, shard_size=3)
+    assert cache.extraction_report["images"] == 5 and cache.extraction_report["reused"] is False
+    rows = cache.dataset(token_selection="all")
+    for index in range(5):
+        tokens, pixels = rows[index]["tokens"], images[index]["pixel_values"]
+        assert tokens.shape == (197, 768)  # ViT-B/16's tokens at 224 px
+        assert not tokens[0].any()
+        torch.testing.assert_close(tokens[1:].float(), pixels.reshape(196, 768).half().float(), rtol=0, atol=0)

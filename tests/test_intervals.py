@@ -22,6 +22,12 @@ def test_bootstrap_interval_is_the_percentiles_of_resampled_accuracies():
     assert 0.7 < interval.low < 0.8 < interval.high < 0.9  # about +-1.96 x the binomial standard error of 0.04
     assert bootstrap_interval(hits, resamples=500, seed=3) == interval, "seeded"
     assert bootstrap_interval(hits, resamples=500, seed=4) != interval
+    # 0/1 hits give a few distinct quantiles that other draws can share; continuous values show the draws themselves
+    values = np.random.default_rng(0).normal(size=50)
+    third, fourth = (bootstrap_interval(values, resamples=200, seed=seed) for seed in (3, 4))
+    means = values[np.random.default_rng(3).integers(0, 50, size=(200, 50))].mean(axis=1)
+    assert [third.low, third.high] == pytest.approx(np.quantile(means, [0.025, 0.975]))
+    assert (third.low, third.high) != (fourth.low, fourth.high), "the seed draws the resamples"
 
 
 def test_bootstrap_interval_resamples_rows_for_any_statistic():

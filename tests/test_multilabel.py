@@ -22,19 +22,20 @@ from hf_efficient_probing.evaluation.multilabel import choose_threshold, f1_scor
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.data import DataError
 from hf_efficient_probing.training.engine import evaluate_multi_label
+from hf_efficient_probing.training.grid import GridMember, ProbingGridModel
 from hf_efficient_probing.training.job import run_probing
 from hf_efficient_probing.training.prepared import SELECTION, prepare_data
 
 QUADRANTS = ["top-left", "top-right", "bottom-left", "bottom-right"]
 
 
-def quadrant_images(count: int, seed: int) -> Dataset:
+def quadrant_images(count: int, seed: int, frequency: float = 0.4) -> Dataset:
     """Dark noise images with a bright square in each quadrant that is one of the image's classes (each with
-    probability 0.4, so some images have none)."""
+    probability ``frequency``, so some images have none)."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for _ in range(count):
-        present = np.flatnonzero(rng.random(4) < 0.4)
+        present = np.flatnonzero(rng.random(4) < frequency)
         pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
         for quadrant in present:
             row, column = divmod(int(quadrant), 2)
@@ -84,8 +85,19 @@ def test_the_threshold_is_the_best_micro_f1_on_the_images_given():
     probabilities = torch.tensor([[0.9, 0.2], [0.35, 0.8], [0.1, 0.3]])
     targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     threshold = choose_threshold(probabilities, targets)
-    assert 0.3 < threshold <= 0.35  # every positive above, every negative below: the lowest such threshold
+    assert threshold == pytest.approx(0.31)  # every positive above, every negative below: the lowest such threshold
     assert f1_scores(probabilities, targets, threshold)[0] == pytest.approx(1.0)
+
+
+def test_the_threshold_maximises_the_micro_f1_not_the_macro_f1():
+    # class 0: four positives at 0.6, two negatives at 0.4 and 0.2; class 1: one positive at 0.3, negatives at 0.35
+    # and 0.1. Micro F1 is best at (0.4, 0.6] (every class-0 positive, no negative: 8/9); macro F1 at (0.2, 0.3]
+    # (class 1's positive found: (8/10 + 1/2) / 2 against (1 + 0) / 2).
+    probabilities = torch.tensor([[0.6, 0.1]] * 4 + [[0.4, 0.35], [0.2, 0.3]])
+    targets = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 0.0], [0.0, 1.0]])
+    threshold = choose_threshold(probabilities, targets)
+    assert 0.4 < threshold <= 0.6
+    assert f1_scores(probabilities, targets, 0.25)[1] > f1_scores(probabilities, targets, threshold)[1]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -148,6 +160,32 @@ def test_the_selection_split_is_a_seeded_random_fraction(processor):
 # Training, the cache, the threshold and the pipeline
 
 
+def _probabilities(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """By hand: the sigmoid scores of ``model`` on every image of ``dataset``, and their label vectors."""
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=32):
+            scores.append(torch.sigmoid(model(pixel_values=batch["pixel_values"]).logits))
+            labels.append(batch["labels"])
+    return torch.cat(scores), torch.cat(labels)
+
+
+def test_a_multi_label_probe_and_every_grid_member_train_on_binary_cross_entropy():
+    backbone = embedded_backbone("synthetic")[0]
+    label_maps = {"num_labels": 4, "problem_type": "multi_label_classification"}
+    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 1, 0], [1, 0, 0, 0]])
+    probe = hep.AutoModelForEfficientProbing.from_backbone(backbone, probe="linear", feature_layers=[2], **label_maps)
+    output = probe(pixel_values=pixel_values, labels=labels)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(output.loss, bce(output.logits, labels))
+    assert not torch.allclose(output.loss, torch.nn.functional.cross_entropy(output.logits, labels))
+    members = [GridMember("linear", 2, 1e-1), GridMember("ep", 2, 1e-2, (("num_queries", 4),))]
+    grid = ProbingGridModel.from_backbone(backbone, members, seed=0, **label_maps)
+    output = grid(pixel_values=pixel_values, labels=labels)
+    torch.testing.assert_close(output["loss"], sum(bce(output["logits"][:, k], labels) for k in range(2)))
+
+
 def _frequency_baseline(targets: np.ndarray) -> float:
     """The macro mAP of scoring every image alike: each class's AP is then its frequency."""
     return float(targets.mean(0)[targets.sum(0) > 0].mean())
@@ -179,12 +217,15 @@ def test_a_multi_label_grid_beats_the_label_frequency_and_pipeline_returns_the_c
     threshold = model.config.multi_label_threshold
     assert threshold == results["ep"]["multi_label_threshold"]
     classify = pipeline("image-classification", model=str(saved))
-    image = data.splits["validation"][0]["image"]
-    with torch.no_grad():
-        inputs = AutoImageProcessor.from_pretrained(saved)(image, return_tensors="pt")
-        probabilities = torch.sigmoid(model(**inputs).logits[0])
-    expected = {QUADRANTS[i] for i in torch.nonzero(probabilities >= threshold).flatten().tolist()}
-    assert {entry["label"] for entry in classify(image)} == expected
+    saved_processor, sizes = AutoImageProcessor.from_pretrained(saved), set()
+    for image in data.splits["validation"][:8]["image"]:
+        with torch.no_grad():
+            probabilities = torch.sigmoid(model(**saved_processor(image, return_tensors="pt")).logits[0]).tolist()
+        expected = {QUADRANTS[i]: p for i, p in enumerate(probabilities) if p >= threshold}
+        returned = {entry["label"]: entry["score"] for entry in classify(image)}
+        assert returned == pytest.approx(expected, abs=1e-5), "every class whose sigmoid reaches the threshold"
+        sizes.add(len(returned))
+    assert len(sizes) > 1, "images with different numbers of classes above the threshold"
     assert len(classify(image, top_k=4)) == 4  # an explicit top_k is transformers' behaviour
 
     # the threshold is chosen on the held-out split: the evaluation labels do not move it
@@ -200,6 +241,7 @@ def test_a_multi_label_grid_beats_the_label_frequency_and_pipeline_returns_the_c
         for d in (held_out, permuted)
     ]
     assert scores[0]["multi_label_threshold"] == scores[1]["multi_label_threshold"] == threshold
+    assert threshold == choose_threshold(*_probabilities(model, held_out.images(SELECTION))), "sigmoid, held out"
     assert scores[0]["eval_map"] == pytest.approx(results["ep"]["eval_map"], abs=0.01)  # cached fp16 tokens there
     assert scores[1]["eval_map"] < scores[0]["eval_map"] - 0.2
 
@@ -230,7 +272,9 @@ def test_knn_evaluation_is_refused_for_multi_label_data(tmp_path, processor):
 @pytest.mark.usefixtures("single_thread")
 def test_the_paper_protocol_keeps_its_best_epoch_by_map_and_its_threshold_from_the_training_images(tmp_path, processor):
     data_args = DataArguments(dataset_name="quadrants")
-    data = prepare_data(data_args, processor, dataset=quadrants())
+    # classes far rarer in the evaluation split than in train: a threshold chosen there would be another
+    dataset = DatasetDict(train=quadrant_images(160, 0), validation=quadrant_images(80, 1, frequency=0.1))
+    data = prepare_data(data_args, processor, dataset=dataset)
     probe_args = ProbeArguments(probe="linear", protocol="paper")
     args = embedded_training_arguments(
         str(tmp_path / "run"), num_train_epochs=3, warmup_epochs=0, per_device_train_batch_size=32
@@ -240,6 +284,8 @@ def test_the_paper_protocol_keeps_its_best_epoch_by_map_and_its_threshold_from_t
     maps = [entry["eval_map"] for entry in summary["per_epoch"]]
     assert len(maps) == 3 and summary["best_epoch"] == 1 + int(np.argmax(maps))
     assert results["threshold_chosen_on"].startswith("the training images")
-    saved = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "run").config
-    assert saved.multi_label_threshold == results["multi_label_threshold"]
+    model = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "run")
+    assert model.config.multi_label_threshold == results["multi_label_threshold"]
+    assert results["multi_label_threshold"] == choose_threshold(*_probabilities(model, data.images("train")))
+    assert results["multi_label_threshold"] != choose_threshold(*_probabilities(model, data.images("validation")))
     assert "mAP (%)" in (tmp_path / "run" / "run_summary.md").read_text()

@@ -15,9 +15,9 @@ from test_cache import single_thread  # noqa: F401
 from test_grid import NUM_LABELS, Tokens, grid_args, run_grid
 
 from hf_efficient_probing.demo import embedded_training_arguments, offline_inputs
-from hf_efficient_probing.evaluation.intervals import bootstrap_interval
+from hf_efficient_probing.evaluation.intervals import bootstrap_interval, spread
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
-from hf_efficient_probing.training.figures import BootstrapOptions, image_intervals, per_image_hits
+from hf_efficient_probing.training.figures import BootstrapOptions, image_intervals, per_image_hits, spread_figures
 from hf_efficient_probing.training.grid import GridMember, ProbingGridModel, SeedStreams, seeded_members
 from hf_efficient_probing.training.job import check_arguments, run_probing
 from hf_efficient_probing.training.selection import chosen_members
@@ -140,6 +140,23 @@ def test_the_bootstrap_interval_is_the_percentile_of_resampled_hits():
     assert "200 resamples, seed 3" in figures["interval_method"]
     direct = bootstrap_interval(hits["eval_accuracy"], resamples=200, seed=3)
     assert [direct.low, direct.high] == figures["eval_accuracy_interval"]
+
+
+def test_over_several_runs_the_interval_over_images_resamples_each_images_mean_hit():
+    runs = ([1, 1, 0, 0, 1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 1, 0, 1, 0, 0, 0])
+    hits = [{"eval_accuracy": np.array(run, float), "eval_top5_accuracy": np.ones(10)} for run in runs]
+    per_run = [{name: float(np.mean(values)) for name, values in run.items()} for run in hits]
+    options = BootstrapOptions(resamples=300, seed=1)
+    figures = spread_figures([0, 1, 2], per_run, hits, options)
+    each_image = np.mean([run["eval_accuracy"] for run in hits], axis=0)  # by hand: every image's mean over runs
+    direct = bootstrap_interval(each_image, resamples=300, seed=1)
+    assert figures["eval_accuracy_interval"] == [direct.low, direct.high]
+    first_run = bootstrap_interval(hits[0]["eval_accuracy"], resamples=300, seed=1)
+    assert [first_run.low, first_run.high] != figures["eval_accuracy_interval"], "the mean over runs, not one run"
+    over_runs = spread([run["eval_accuracy"] for run in per_run], over="seeds")
+    assert figures["eval_accuracy"] == pytest.approx(over_runs["mean"]) == pytest.approx(direct.value)
+    assert figures["eval_accuracy_seed_interval"] == over_runs["interval"]
+    assert figures["per_seed"] == {"0": per_run[0], "1": per_run[1], "2": per_run[2]}
 
 
 @pytest.mark.parametrize(
