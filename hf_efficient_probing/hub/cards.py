@@ -172,8 +172,9 @@ def _percents(interval) -> list[float] | None:
 
 
 def _runs(summary: dict) -> dict | None:
-    """A chosen setting's spread over seeds (``--seeds``), in percent, for the card."""
-    if "per_seed" not in summary:
+    """A chosen setting's spread over seeds (``--seeds``), in percent, for the card (which gives top-1 figures
+    only: none for a multi-label probe's mAP)."""
+    if "per_seed" not in summary or "eval_accuracy" not in summary:
         return None
     return {
         "over": "seeds",
