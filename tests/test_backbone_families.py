@@ -7,6 +7,8 @@ the models' own outputs (and timm's own forward), padding (NaFlex) against the i
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +74,29 @@ def test_every_family_of_the_table_is_tested():
     from conftest import SEQUENCE_FAMILIES, TINY_CONFIGS
 
     assert set(FAMILIES) == set(SEQUENCE_FAMILIES) | set(TINY_CONFIGS)
+
+
+def readme_family_rows() -> dict[str, list[str]]:
+    """The README's backbone table: each ``model_type`` of a row's first cell, with the row's cells."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Backbone families") :]
+    rows = [line.split(" | ") for line in section[: section.index("\n## ")].splitlines() if line.startswith("| `")]
+    return {name: cells for cells in rows for name in re.findall(r"`([^`]+)`", cells[0])}
+
+
+def test_the_readme_table_has_every_family_and_the_video_rows_match_the_code():
+    """The user's table of families is the code's: every family once, the video ones marked, with the leading
+    tokens, the final norm and the token count of their default configs that the reader gives."""
+    rows = readme_family_rows()
+    assert set(rows) == set(FAMILIES)
+    assert {name for name, cells in rows.items() if "(video)" in cells[0]} == set(VIDEO_FAMILIES)
+    for name in VIDEO_FAMILIES:
+        family, config = FAMILIES[name], AutoConfig.for_model(name)
+        _, tokens, leading, final_norm, _ = rows[name]
+        assert leading == ("[CLS]" if family.has_cls_token else "none"), name
+        assert final_norm.startswith(f"`{family.final_norm}`"), name
+        frames, height, width = family.video.token_grid(config, family.video.native_frames(config))
+        assert f"{frames} x {height} x {width} = {frames * height * width} tokens" in tokens, name
 
 
 def test_every_family_trains_saves_reloads_and_caches(any_family, saved_backbone, tmp_path):

@@ -186,6 +186,6 @@ def test_extraction_seconds_leave_out_the_wait_for_the_other_ranks(tmp_path, mon
     clock = {"offset": 0.0}
     real_perf_counter = extraction.time.perf_counter
     monkeypatch.setattr(extraction.time, "perf_counter", lambda: real_perf_counter() + clock["offset"])
-    monkeypatch.setattr(extraction, "wait_for_everyone", lambda world_size: clock.update(offset=clock["offset"] + 1000))
+    monkeypatch.setattr(extraction, "wait_for_everyone", lambda *args: clock.update(offset=clock["offset"] + 1000))
     report = extract(tmp_path).extraction_report
     assert 0 < report["seconds"] < 1000

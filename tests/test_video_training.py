@@ -252,6 +252,7 @@ def test_the_plan_prices_every_clip_of_every_video(video_folder, saved_backbone,
     assert "Tokens per clip: 32 (32 patches), 32 channels per layer" in out  # 2 x 4 x 4 tubelets of a 4-frame clip
     # 72 clips x 32 tokens x 32 channels x 2 or 4 bytes, plus 72 int64 labels
     assert re.search(r"requested \[-1\]\s+148\.0 KB\s+295\.5 KB", out)
+    assert re.search(r"per clip, requested\s+2\.1 KB\s+4\.1 KB", out) and "per image" not in out  # a cache row: a clip
     assert re.search(r"Measured here: [\d.]+ clips/s per process", out)
 
 

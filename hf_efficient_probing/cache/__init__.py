@@ -1,7 +1,9 @@
 """Never run the frozen backbone twice: a token cache on disk, read by many probes.
 
 ``key`` names a cache by every input that changes what it holds; ``manifest`` records its shards and checks them;
-``extraction`` fills it on every process, resumably (one ``ExtractionPlan``); ``dataset`` opens complete caches and
+``extraction`` fills it on every process, resumably (one ``ExtractionPlan``), and ``streaming`` from a stream, each
+process its own part; ``ranks`` says which processes fill one cache together (all, or each node's) and times every
+wait between them; ``dataset`` opens complete caches and
 memory-maps their rows; ``groups`` finds the caches of one backbone pass and picks those that serve a reader;
 ``layout`` says which layers and tokens a live batch holds and cuts each probe's view; ``features`` turns cached tokens
 into global features for k-NN; ``location`` says where caches live, ``listing`` lists and deletes them

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,9 +51,18 @@ from .manifest import (
     read_json,
     record_of,
     shard_verifies,
+    unseen_rank_records,
     write_json,
 )
 from .quantization import encode
+from .ranks import (
+    SHARED_ROOT_ADVICE,
+    CacheRootNotSharedError,
+    default_rank_timeout,
+    gather_from_everyone,
+    process_slot,
+    wait_for_everyone,
+)
 
 LOCK_PATTERN = ".lock-rank{:03d}"
 MAX_DEFAULT_WORKERS = 8
@@ -71,7 +81,11 @@ class ExtractionOptions:
         progress: show a progress bar (on the main process).
         image_key, label_key: the keys of the data set's items.
         poll_seconds: how often a rank looks for the others' files while it waits for them.
-        timeout_seconds: the longest a rank waits for another one before failing with the rank it waited for.
+        timeout_seconds: the longest a rank waits for another one before failing with the rank it waited for
+            (default: `cache.ranks.default_rank_timeout`, ``$HF_PROBING_RANK_TIMEOUT`` or 30 minutes).
+        cache_per_node: each node's processes extract the whole set into ``cache_root`` on that node, for its own
+            ranks (a node-local disk); without it every process of the run shares one cache, so ``cache_root`` must
+            be a file system every node sees.
     """
 
     cache_root: str | os.PathLike | None = None
@@ -83,7 +97,8 @@ class ExtractionOptions:
     image_key: str = "pixel_values"
     label_key: str = "labels"
     poll_seconds: float = 0.5
-    timeout_seconds: float = 3600.0
+    timeout_seconds: float = field(default_factory=default_rank_timeout)
+    cache_per_node: bool = False
 
 
 @dataclass
@@ -111,26 +126,6 @@ class ExtractionPlan:
 # Processes
 
 
-def process_slot() -> tuple[int, int]:
-    """``(rank, world size)`` of this process among those extracting together.
-
-    Under ``accelerate launch``/``torchrun`` (``WORLD_SIZE`` > 1) accelerate's ``PartialState`` joins, or reuses,
-    the process group, so a caller simply calls the extraction on every rank; a plain process is ``(0, 1)``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState(cpu=not torch.cuda.is_available())
-        return state.process_index, state.num_processes
-    return 0, 1
-
-
-def wait_for_everyone(world_size: int) -> None:
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
 def wait_until(done: Callable[[], bool], options: ExtractionOptions, waiting_for: Callable[[], str]) -> None:
     """Poll ``done`` until it holds; after ``options.timeout_seconds`` fail, saying what was waited for."""
     deadline = time.monotonic() + options.timeout_seconds
@@ -138,8 +133,7 @@ def wait_until(done: Callable[[], bool], options: ExtractionOptions, waiting_for
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"Waited {options.timeout_seconds:.0f} s for {waiting_for()}. If that process died, run the same "
-                "command again (it resumes); if it runs on another node, the cache root must be a file system "
-                "every node shares."
+                f"command again (it resumes). On several nodes: {SHARED_ROOT_ADVICE}."
             )
         time.sleep(options.poll_seconds)
 
@@ -197,10 +191,11 @@ class ShardWriter:
 
     A shard is written to a temporary file, fsynced, renamed into place, and only then listed in this rank's record
     file (itself replaced atomically). At most one shard waits to be written, so memory holds at most two shards'
-    tokens."""
+    tokens. ``shard_pattern`` names shard ``index``'s file (a stream's are named by rank, `cache.streaming`)."""
 
-    def __init__(self, directory: Path, rank: int, listing: dict):
+    def __init__(self, directory: Path, rank: int, listing: dict, shard_pattern: str = SHARD_PATTERN):
         self.directory, self.path, self.listing = directory, directory / RANK_RECORDS_PATTERN.format(rank), listing
+        self.shard_pattern = shard_pattern
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-cache-writer")
         self.pending = None
         self.save_listing()
@@ -215,7 +210,7 @@ class ShardWriter:
 
     def _write(self, index: int, start: int, tensors: dict[str, torch.Tensor], layout: dict) -> None:
         data = save_safetensors({name: tensor.contiguous() for name, tensor in tensors.items()})
-        name = SHARD_PATTERN.format(index)
+        name = self.shard_pattern.format(index)
         atomic_write_bytes(self.directory / name, data)
         self.listing["shards"].append(record_of(name, start, data, len(tensors["labels"])))
         self.listing.update(layout)
@@ -237,7 +232,7 @@ class ShardWriter:
 # The extraction
 
 
-def extract_tokens(plan: ExtractionPlan) -> TokenCache:
+def extract_tokens(plan: ExtractionPlan, on_rank: Callable | None = None) -> TokenCache:
     """Run the frozen backbone once over ``plan.dataset`` and store its tokens in ``plan.directory``; call it on
     every process of a distributed run (``accelerate launch``, several nodes on a shared file system).
 
@@ -247,30 +242,58 @@ def extract_tokens(plan: ExtractionPlan) -> TokenCache:
     bfloat16, under bfloat16 autocast. The returned cache carries ``extraction_report``: ``images`` extracted by
     this run (all ranks), ``seconds`` (the slowest rank's, without its wait for the other ranks to start),
     ``images_per_second`` (all ranks together), ``compute_dtype``, ``storage_dtype``, ``processes`` and ``reused``.
-    """
+    ``on_rank(plan, rank, world_size)`` fills the directory on one rank (`cache.streaming` for a stream)."""
     options, key, reader = plan.options, plan.key, stored_reader(plan.reader)
     plan = replace(plan, reader=reader)
     if options.shard_size < 1 or options.batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {options.shard_size}, {options.batch_size}.")
     if reader.layers != tuple(key.feature_layers):
         raise ValueError(f"The reader reads layers {list(reader.layers)}, the key says {list(key.feature_layers)}.")
-    rank, world_size = process_slot()
+    rank, world_size = process_slot(options.cache_per_node)
     report = {"compute_dtype": key.compute_dtype, "storage_dtype": key.dtype, "processes": world_size}
-    if is_complete(plan.directory, plan.key_dict) and reuse_verified(plan, rank, world_size):
+    if complete_on_every_rank(plan, world_size) and reuse_verified(plan, rank, world_size):
         reused = {"images": 0, "seconds": 0.0, "images_per_second": None, "reused": True}
         return _with_report(TokenCache(plan.directory), {**report, **reused})
     if len(plan.dataset) == 0:
         raise ValueError("Cannot cache an empty data set split.")
     plan.directory.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(plan.directory, rank):
-        _extract_on_rank(plan, rank, world_size)
+        (on_rank or _extract_on_rank)(plan, rank, world_size)
     wait_until(
         lambda: is_complete(plan.directory, plan.key_dict),
         options,
-        lambda: f"the main process (rank 0) to write the manifest of {plan.directory}",
+        lambda: f"rank 0 (the main process of this cache) to write the manifest of {plan.directory}",
     )
     cache = TokenCache(plan.directory)
     return _with_report(cache, {**report, **cache.manifest["extraction"], "reused": False})
+
+
+def complete_on_every_rank(plan: ExtractionPlan, world_size: int) -> bool:
+    """Whether ``plan``'s cache is complete, as every rank sees it; ranks that disagree see different directories,
+    so they fail here instead of waiting for each other at different steps."""
+    options = plan.options
+    complete = is_complete(plan.directory, plan.key_dict)
+    wait_for_everyone(world_size, options.timeout_seconds, f"the start of {plan.directory}", options.cache_per_node)
+    seen = gather_from_everyone(complete, world_size, options.cache_per_node)
+    if len(set(seen)) > 1:
+        raise CacheRootNotSharedError(
+            f"Ranks {[r for r, c in enumerate(seen) if c]} see a complete token cache in {plan.directory}, ranks "
+            f"{[r for r, c in enumerate(seen) if not c]} do not: {SHARED_ROOT_ADVICE}."
+        )
+    return complete
+
+
+def check_ranks_see_each_other(plan: ExtractionPlan, rank: int, world_size: int, run_id: str) -> None:
+    """Fail at the start, not at the merge's timeout, when this rank cannot see the record file another rank of this
+    run wrote (``run_id`` is this rank's, in its record file): the ranks do not share the cache root."""
+    options = plan.options
+    wait_for_everyone(world_size, options.timeout_seconds, "the start of the extraction", options.cache_per_node)
+    unseen = unseen_rank_records(plan.directory, gather_from_everyone(run_id, world_size, options.cache_per_node))
+    if unseen:
+        raise CacheRootNotSharedError(
+            f"Rank {rank} cannot see the shards of ranks {unseen} in {plan.directory} (their "
+            f"{RANK_RECORDS_PATTERN.format(unseen[0])} is missing or another run's): {SHARED_ROOT_ADVICE}."
+        )
 
 
 def reuse_verified(plan: ExtractionPlan, rank: int, world_size: int) -> bool:
@@ -282,12 +305,13 @@ def reuse_verified(plan: ExtractionPlan, rank: int, world_size: int) -> bool:
     for shard in shards[rank::world_size]:
         if not shard_verifies(directory, shard):
             (directory / shard.file).unlink(missing_ok=True)
-    wait_for_everyone(world_size)
+    timeout, per_node = plan.options.timeout_seconds, plan.options.cache_per_node
+    wait_for_everyone(world_size, timeout, f"the check of {directory}'s shards", per_node)
     intact = all((directory / shard.file).is_file() for shard in shards)
     if not intact and rank == 0:
         manifest = read_json(directory / MANIFEST_NAME)
         write_json(directory / MANIFEST_NAME, {**manifest, "complete": False})
-    wait_for_everyone(world_size)
+    wait_for_everyone(world_size, timeout, f"the check of {directory}'s shards", per_node)
     return intact
 
 
@@ -309,12 +333,12 @@ def _extract_on_rank(plan: ExtractionPlan, rank: int, world_size: int) -> None:
     for index in todo:
         _remove_files_of_shard(directory, index)
     layout = {k: v for k, v in next(iter(trusted.values()), {}).items() if k in LAYOUT_FIELDS}
-    listing = {"key": key_dict, "num_rows": num_rows, "shard_size": shard_size, **layout}
+    listing = {"key": key_dict, "num_rows": num_rows, "shard_size": shard_size, "run_id": uuid.uuid4().hex, **layout}
     listing["shards"] = [ShardRecord.from_listing(trusted[i]).__dict__ for i in sorted(trusted)]
     writer = ShardWriter(directory, rank, listing)
     missing_rows = sum(min(shard_size, num_rows - i * shard_size) for i in range(num_shards) if i not in listed)
     arrived = time.perf_counter()
-    wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
+    check_ranks_see_each_other(plan, rank, world_size, listing["run_id"])  # each record file is this run's now
     started += time.perf_counter() - arrived  # waiting for the other ranks to start up is not extraction
     try:
         extracted = _extract_shards(
@@ -365,13 +389,12 @@ def _shard_batches(shards: list[int], shard_size: int, num_rows: int, batch_size
 def _extract_shards(plan: ExtractionPlan, writer: ShardWriter, shards, shard_size, missing_rows, progress) -> int:
     """Extract ``shards`` (indices) with one DataLoader over all their rows, handing each full shard to the writer;
     returns the rows extracted."""
-    options, backbone = plan.options, plan.backbone
+    options = plan.options
     per_shard = _shard_batches(shards, shard_size, len(plan.dataset), options.batch_size)
     batches = [batch for shard_batches in per_shard.values() for batch in shard_batches]
     if not batches:
         return 0
-    home = next(backbone.parameters()).device
-    device = torch.device(options.device) if options.device is not None else home
+    device = extraction_device(plan)
     num_workers = default_num_workers(device) if options.num_workers is None else options.num_workers
     loader = DataLoader(
         plan.dataset,
@@ -380,16 +403,30 @@ def _extract_shards(plan: ExtractionPlan, writer: ShardWriter, shards, shard_siz
         collate_fn=collate_images(options.image_key, options.label_key),
         pin_memory=device.type == "cuda",
     )
-    backbone_mode = backbone.training
+    run_backbone(plan, writer, iter(loader), per_shard, missing_rows, progress)
+    return sum(map(len, batches))
+
+
+def extraction_device(plan: ExtractionPlan) -> torch.device:
+    """Where the backbone runs: ``options.device``, else its own device."""
+    home = next(plan.backbone.parameters()).device
+    return torch.device(plan.options.device) if plan.options.device is not None else home
+
+
+def run_backbone(plan: ExtractionPlan, writer: ShardWriter, loader, per_shard, missing_rows: int, progress) -> None:
+    """The backbone on its extraction device, in eval mode, over ``loader``'s ``(pixel_values, labels)`` batches
+    (those of ``per_shard``, shard by shard, :func:`_fill_shards`); moved back and restored after."""
+    backbone, device = plan.backbone, extraction_device(plan)
+    home, backbone_mode = next(backbone.parameters()).device, backbone.training
     backbone.to(device).eval()
-    bar = tqdm(total=sum(map(len, batches)), unit="img", desc="Caching tokens", disable=not progress)
+    total = sum(len(batch) for batches in per_shard.values() for batch in batches)
+    bar = tqdm(total=total, unit="img", desc="Caching tokens", disable=not progress)
     try:
         with torch.inference_mode():
-            _fill_shards(plan, writer, iter(loader), per_shard, device, missing_rows, bar)
+            _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar)
     finally:
         bar.close()
         backbone.to(home).train(backbone_mode)
-    return sum(map(len, batches))
 
 
 def stored_reader(reader: TokenReader) -> TokenReader:
@@ -486,16 +523,17 @@ def _remove_leftovers(directory: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def extract_for_reader(plan: ExtractionPlan) -> TokenCacheView:
+def extract_for_reader(plan: ExtractionPlan, extract: Callable = extract_tokens) -> TokenCacheView:
     """The tokens ``plan.reader`` reads (its layers and token selection) from the layer groups of ``plan.key``'s
     source: complete groups that hold some of its layers are reused (fewest groups first), and the layers none holds
-    are extracted together, in one backbone pass, as a new group. Call it on every process of a distributed run."""
+    are extracted together, in one backbone pass, as a new group (by ``extract``: :func:`extract_tokens`, or
+    `cache.streaming.extract_stream` for a stream). Call it on every process of a distributed run."""
     reader = plan.reader
     groups = complete_layer_groups(plan.directory.parent, plan.key)
     reused, missing = cover_layers(reader.layers, groups)
     group_layers = [*reused, *([missing] if missing else [])]
     caches = [
-        extract_tokens(replace(plan, key=plan.key.with_layers(layers), reader=reader.reading(list(layers))))
+        extract(replace(plan, key=plan.key.with_layers(layers), reader=reader.reading(list(layers))))
         for layers in group_layers
     ]
     report = combined_report([cache.extraction_report for cache in caches])
@@ -523,10 +561,12 @@ def cache_tokens_for_model(
     options: ExtractionOptions | None = None,
     storage: tuple[str, str] = ("float16", "auto"),
     reader: TokenReader | None = None,
+    extract: Callable = extract_tokens,
 ) -> TokenCacheView:
     """:func:`extract_for_reader` for a probing model: its backbone, the backbone id/revision its config names, and
     its token reader (or ``reader``, other layers or tokens of the same backbone). ``storage`` is the ``(storage
-    dtype, compute dtype)`` pair. Call it on every process of a distributed run."""
+    dtype, compute dtype)`` pair; ``extract`` runs each missing group's plan. Call it on every process of a
+    distributed run."""
     options = options or ExtractionOptions()
     config, reader = model.config, reader or model.token_reader
     key = TokenCacheKey.from_reader(
@@ -538,4 +578,4 @@ def cache_tokens_for_model(
         device=options.device,
         backbone_name=(config.backbone_name_or_path, config.backbone_revision),
     )
-    return extract_for_reader(ExtractionPlan(model.backbone, reader, dataset, key, options))
+    return extract_for_reader(ExtractionPlan(model.backbone, reader, dataset, key, options), extract)

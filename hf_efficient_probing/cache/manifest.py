@@ -115,6 +115,15 @@ def listed_records(directory: Path, key_dict: dict, num_rows: int) -> dict[int, 
     return records
 
 
+def unseen_rank_records(directory: Path, run_ids: list[str]) -> list[int]:
+    """The ranks whose record file of this run (``run_ids[rank]``, each rank's own) ``directory`` does not hold."""
+    return [
+        rank
+        for rank, run_id in enumerate(run_ids)
+        if read_json(directory / RANK_RECORDS_PATTERN.format(rank)).get("run_id") != run_id
+    ]
+
+
 def listed_layout(directory: Path, key_dict: dict) -> dict:
     """The token layout (width, layers, [CLS], grid, shape) some listing of this key records."""
     for listing in map(read_json, [directory / MANIFEST_NAME, *sorted(directory.glob(RANK_RECORDS_GLOB))]):

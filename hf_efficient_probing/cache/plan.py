@@ -169,8 +169,8 @@ def plan_report(
         ]
         lines.append("  " + label.ljust(28) + "".join(size.rjust(20) for size in sizes))
     requested = len(reader.feature_layers)
-    per_image = [format_bytes(bytes_per_image(patches + prefix, width, requested, t)) for t in STORAGE_COLUMNS.values()]
-    lines.append("  " + "per image, requested".ljust(28) + "".join(size.rjust(20) for size in per_image))
+    per_row = [format_bytes(bytes_per_image(patches + prefix, width, requested, t)) for t in STORAGE_COLUMNS.values()]
+    lines.append("  " + f"per {unit}, requested".ljust(28) + "".join(size.rjust(20) for size in per_row))
     if len(choices) < 4:
         lines.append("  (the other choices mix states of different widths or grids, which one cache cannot hold)")
     seconds = total / (measurement.images_per_second * num_processes)

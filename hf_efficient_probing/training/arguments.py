@@ -63,6 +63,22 @@ class DataArguments:
             "rate, layer and epoch (the evaluation split is never read for that)."
         },
     )
+    selection_rule: str | None = field(
+        default=None,
+        metadata={
+            "help": "Default protocol: how the selection split is drawn. stratified (the default): a seeded random "
+            "draw from every class; hash (the default with --streaming): from every class the images whose seeded "
+            "hash of their stored bytes is lowest (the same images in any order or sharding)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the data set as a stream (datasets' streaming=True), nothing downloaded first: each process "
+            "reads and caches its own part (split_dataset_by_node); the selection split follows --selection_rule "
+            "hash. Images only, one class per image."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
     shots_per_class: int | None = field(
         default=None, metadata={"help": "Low-shot: train on this many images per class (stratified, seeded)."}
@@ -131,6 +147,14 @@ class DataArguments:
         metadata={
             "help": "Where token caches live, one sub-directory per fingerprint (default: $HF_PROBING_TOKEN_CACHE, "
             "else $HF_HOME/hf_efficient_probing/token-cache)."
+        },
+    )
+    cache_per_node: bool = field(
+        default=False,
+        metadata={
+            "help": "Several nodes: each node extracts the whole token cache into its own --token_cache_dir (a "
+            "node-local disk) for its ranks. Without it every process of the run fills one cache, so the cache root "
+            "must be a file system every node shares."
         },
     )
     token_dtype: str = field(

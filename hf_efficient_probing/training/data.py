@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, IterableDatasetDict
 from datasets import Image as ImageFeature
 from datasets import Video as VideoFeature
 
@@ -85,7 +85,7 @@ def load_image_dataset(data_args: DataArguments | str, hub: dict | None = None) 
     data_args = DataArguments(dataset_name=data_args) if isinstance(data_args, str) else data_args
     spec = BENCHMARKS.get(data_args.dataset_name) or BenchmarkSpec(data_args.dataset_name, None, None, None, None)
     name = spec.hub_id
-    raw = _load(name, data_args.dataset_config_name or spec.config_name, hub or {})
+    raw = _load(name, data_args.dataset_config_name or spec.config_name, hub or {}, data_args.streaming)
     train_split = data_args.train_split or spec.train_split or TRAIN
     if train_split not in raw:
         raise DataError(f"{name!r} has no split {train_split!r}; its splits are {sorted(raw)}. Pass --train_split.")
@@ -98,11 +98,17 @@ def load_image_dataset(data_args: DataArguments | str, hub: dict | None = None) 
                 f"Split {train_split!r} has no column {column!r}; its columns are {train.column_names}. Pass {flag}."
             )
     fraction = data_args.val_fraction_of_train or spec.val_fraction_of_train
+    if fraction is not None and data_args.streaming:
+        raise DataError(
+            f"{name!r} has no evaluation split of its own, and a stratified one cannot be drawn from a stream: pass "
+            "--eval_split, or drop --streaming."
+        )
     if fraction is not None:
         train, validation = stratified_split(train, label_column, fraction, data_args.subset_seed)
     else:
         validation = raw[_evaluation_split(name, raw, train_split, data_args.eval_split or spec.eval_split)]
-    return DatasetDict({TRAIN: train, VALIDATION: validation}), image_column, label_column
+    splits = {TRAIN: train, VALIDATION: validation}
+    return (IterableDatasetDict if data_args.streaming else DatasetDict)(splits), image_column, label_column
 
 
 def _evaluation_split(name: str, raw: DatasetDict, train_split: str, asked: str | None) -> str:
@@ -117,17 +123,21 @@ def _evaluation_split(name: str, raw: DatasetDict, train_split: str, asked: str 
     return split
 
 
-def _load(name_or_path: str, config_name: str | None, hub: dict) -> DatasetDict:
+def _load(name_or_path: str, config_name: str | None, hub: dict, streaming: bool = False) -> dict:
+    """The data set's splits: `datasets.Dataset`s, or with ``streaming`` `datasets.IterableDataset`s."""
     if os.path.isdir(name_or_path):
         if os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
-            return datasets.load_from_disk(name_or_path)
+            loaded = datasets.load_from_disk(name_or_path)
+            return {split: data.to_iterable_dataset() for split, data in loaded.items()} if streaming else loaded
         subdirs = [d for d in os.listdir(name_or_path) if os.path.isdir(os.path.join(name_or_path, d))]
         if TRAIN in subdirs:  # an image or video folder: train/<class>/..., validation/<class>/...
             builder = "videofolder" if _holds_videos(os.path.join(name_or_path, TRAIN)) else "imagefolder"
-            return datasets.load_dataset(builder, data_dir=name_or_path, cache_dir=hub.get("cache_dir"))
-    loaded = datasets.load_dataset(name_or_path, config_name, **hub)
-    if not isinstance(loaded, DatasetDict):
-        loaded = DatasetDict({TRAIN: loaded})
+            return datasets.load_dataset(
+                builder, data_dir=name_or_path, cache_dir=hub.get("cache_dir"), streaming=streaming
+            )
+    loaded = datasets.load_dataset(name_or_path, config_name, streaming=streaming, **hub)
+    if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
+        loaded = {TRAIN: loaded}
     return loaded
 
 
@@ -171,7 +181,7 @@ def detect_label_column(dataset: datasets.Dataset) -> str:
 
 def class_names(dataset: DatasetDict, label_column: str) -> list[str]:
     """Class names from the training split's `ClassLabel` feature, else ``"0" .. "C-1"`` from the labels seen."""
-    feature = dataset[TRAIN].features[label_column]
+    feature = dataset[TRAIN].features.get(label_column)
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     labels = class_labels(dataset[TRAIN], label_column, TRAIN)

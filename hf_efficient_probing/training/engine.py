@@ -233,7 +233,8 @@ def _edge(grid: ProbingGridModel, index: int, rungs: Rungs | None) -> dict | Non
 
 
 def _num_tokens(grid: ProbingGridModel, train_dataset) -> int:
-    first = train_dataset[0]
+    streamed = isinstance(train_dataset, torch.utils.data.IterableDataset)  # a stream holds images, never tokens
+    first = {} if streamed else train_dataset[0]
     if "tokens" in first:
         return first["tokens"].shape[0]
     clip_grid = grid.member_config(0).clip_token_grid  # a video backbone's space-time tokens

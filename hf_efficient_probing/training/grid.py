@@ -172,7 +172,10 @@ class ProbingGridModel(nn.Module):
         return list(self._models)
 
     def member_dataset(self, index: int, dataset):
-        """``dataset`` as member ``index`` reads it alone: cached grid tokens cut to its view; images unchanged."""
+        """``dataset`` as member ``index`` reads it alone: cached grid tokens cut to its view; images unchanged (a
+        stream of images, `training.streaming`, as it is)."""
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return dataset
         return _MemberView(dataset, self.layout, *self.views[index])
 
     def training_dataset(self, dataset, data_seed: int):

@@ -50,7 +50,11 @@ _PAPER_ONLY = {
     "training": ("learning_rate", "base_learning_rate", "early_stopping_patience"),
 }
 _GRID_REVISION = ("prune", "prune_rungs", "prune_keep", "prune_margin", "extend_grid_edge")
-_DEFAULT_ONLY = {"probe": ("learning_rates", "seeds", *_GRID_REVISION), "data": ("selection_fraction", "episodes")}
+_DEFAULT_ONLY = {
+    "probe": ("learning_rates", "seeds", *_GRID_REVISION),
+    "data": ("selection_fraction", "selection_rule", "episodes"),
+}
+_WHOLE_SPLIT_ONLY = ("episodes", "shots_per_class", "train_fraction", "skip_unreadable", "skip_unreadable_images")
 _KNN_ONLY = ("knn_features", "knn_k", "knn_temperatures")
 _VIDEO_ONLY = ("frames_per_clip", "frame_stride", "clips_per_video")
 
@@ -65,6 +69,7 @@ class TokenSource:
     compute_dtype: str = "auto"
     crop_scale: tuple[float, float] | None = None
     token_dtype: str = "float16"
+    cache_per_node: bool = False
 
 
 @dataclass
@@ -152,7 +157,9 @@ class ProbingJob:
                 data, episodes = with_episodes(data, data_args)
                 args = grid_arguments(training_args, len(episodes[0].train_rows))
             else:
-                data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+                data = data.hold_out_selection(
+                    data_args.selection_fraction, data_args.subset_seed, data_args.selection_rule
+                )
                 args = grid_arguments(training_args, len(data.splits[TRAIN]))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
             members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
@@ -313,13 +320,23 @@ def _num_layers(backbone) -> int:
     return len(backbone_states(backbone.config)) - 1
 
 
+def uses_token_cache(data_args: DataArguments, protocol: str) -> bool:
+    """``--use_token_cache``, by default on under the default protocol (nothing trains in the backbone)."""
+    return data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
+
+
 def _token_source(data_args: DataArguments, protocol: str, data: PreparedData) -> TokenSource:
     """The cache by default under the default protocol (nothing trains in the backbone), the live backbone under the
     paper's; live training crops from the paper's 0.08, or (default protocol) from a bound suited to the images, or
     for clips from V-JEPA 2's 0.3."""
-    cached = data_args.use_token_cache if data_args.use_token_cache is not None else protocol == "default"
-    if cached:
-        return TokenSource(True, data_args.token_cache_dir, data_args.backbone_dtype, token_dtype=data_args.token_dtype)
+    if uses_token_cache(data_args, protocol):
+        return TokenSource(
+            True,
+            data_args.token_cache_dir,
+            data_args.backbone_dtype,
+            token_dtype=data_args.token_dtype,
+            cache_per_node=data_args.cache_per_node,
+        )
     lower = data_args.crop_scale_min
     if lower is None and data.is_video:
         lower = VIDEO_CROP_SCALE_MIN
@@ -389,6 +406,8 @@ def check_arguments(
         _check_episodes(data_args, probe_args)
     if probe_args.seeds is not None:
         seeded_members([], probe_args.seeds)  # a repeated or empty list of seeds names the flag
+    if data_args.streaming:
+        _check_streaming(data_args, probe_args, training_args)
     given = {
         "probe": _given(probe_args),
         "data": _given(data_args),
@@ -412,6 +431,8 @@ def check_arguments(
         and "crop_scale_min" in given["data"]
     ):
         raise ValueError("--crop_scale_min is read only when training live: add --use_token_cache false, or drop it.")
+    if data_args.cache_per_node and not uses_token_cache(data_args, probe_args.protocol):
+        raise ValueError("--cache_per_node places the token cache, but this run trains live: drop it.")
     if probe_args.protocol == "paper":
         _check_paper(data_args, probe_args, training_args)
     elif training_args is not None and training_args.optimizer == "trainer":
@@ -428,6 +449,7 @@ _PROTOCOL_HINTS = {
     "seeds": "--protocol paper trains one probe: run it once per --seed.",
     "episodes": "--protocol paper trains one probe: run it once per --subset_seed.",
     "selection_fraction": "--protocol paper chooses its epoch on the evaluation split (and says so).",
+    "selection_rule": "--protocol paper chooses its epoch on the evaluation split (and says so).",
     "layerwise": "The default protocol already trains every layer of --feature_layers as its own grid member.",
     "lora_rank": "LoRA trains the backbone, which the default protocol's grid of probes shares.",
 }
@@ -442,6 +464,8 @@ def _check_episodes(data_args: DataArguments, probe_args: ProbeArguments) -> Non
         raise ValueError("Choose --episodes (draws of the training images) or --seeds (head seeds), not both.")
     if probe_args.knn_eval:
         raise ValueError("--knn_eval does not run per episode yet: drop it, or drop --episodes.")
+    if data_args.selection_rule is not None:
+        raise ValueError("Each episode draws its own stratified selection split: drop --selection_rule.")
 
 
 def _check_paper(data_args: DataArguments, probe_args: ProbeArguments, training_args) -> None:
@@ -459,6 +483,32 @@ def _check_paper(data_args: DataArguments, probe_args: ProbeArguments, training_
         )
     if len(probe_args.probe) != 1:
         raise ValueError(f"--protocol paper trains one probe kind per run; got --probe {probe_args.probe}.")
+
+
+def _check_streaming(data_args: DataArguments, probe_args: ProbeArguments, training_args) -> None:
+    """What ``--streaming`` cannot do fails before anything is loaded, with the flag to drop."""
+    for name in _WHOLE_SPLIT_ONLY:
+        if name in _given(data_args):
+            raise ValueError(
+                f"--{name} draws from (or scans) the whole split before training; a stream is read as it goes: drop "
+                "it, or drop --streaming."
+            )
+    if data_args.selection_rule == "stratified":
+        raise ValueError(
+            "--selection_rule stratified draws from every label of train in a random order, which a stream never "
+            "holds: use --selection_rule hash (the default with --streaming), or drop --streaming."
+        )
+    live = data_args.use_token_cache is False or (data_args.use_token_cache is None and probe_args.protocol == "paper")
+    if live and probe_args.seeds is not None:
+        raise ValueError(
+            "--seeds reads each seed's own order of the training rows, which a live stream cannot give: train from "
+            "the token cache (drop --use_token_cache false), or drop --streaming."
+        )
+    if training_args is not None and training_args.dataloader_num_workers:
+        raise ValueError(
+            "A stream decodes its images on threads of its own (DataLoader workers would each read all of it): pass "
+            "--dataloader_num_workers 0 with --streaming."
+        )
 
 
 def _given(arguments) -> set[str]:

@@ -28,6 +28,7 @@ from datasets import DatasetDict
 
 from ..backbones import VIDEO_FAMILIES
 from ..cache import CachedSplit, ExtractionOptions, TokenCacheView, cache_tokens_for_model, dataset_fingerprint
+from ..cache.streaming import extract_stream
 from ..images import ImageDecodeError, decode_image
 from ..video import ClipSampling, VideoDecodeError, decode_clips
 from .arguments import DataArguments
@@ -54,7 +55,18 @@ from .multilabel import (
     multi_label_column,
     multi_label_selection_mask,
 )
-from .selection import SELECTION_PREFIX, indices_fingerprint, selection_mask
+from .selection import (
+    HASH_RULE,
+    SELECTION_PREFIX,
+    SELECTION_RULES,
+    STRATIFIED_RULE,
+    hash_selection_mask,
+    ids_fingerprint,
+    image_id,
+    indices_fingerprint,
+    selection_mask,
+)
+from .streaming import StreamedImages, StreamedSplit, stream_split
 from .transforms import (
     EVAL_RESIZE_RATIO,
     ClipTransform,
@@ -197,12 +209,13 @@ class PreparedData:
     backbone processor.
 
     ``splits`` holds ``train`` and ``validation`` (the evaluation split), and ``selection`` once
-    :meth:`hold_out_selection` has split it off ``train``. ``info`` describes the data for the run summary.
+    :meth:`hold_out_selection` has split it off ``train``: `datasets.Dataset`s, or with ``--streaming``
+    `training.streaming.StreamedSplit`s. ``info`` describes the data for the run summary.
     ``multi_label``: how the label column encodes each image's set of classes (`training.multilabel`); ``None``
     when each image has one class. ``clips`` is how clips are taken from a video data set (``None`` for images).
     """
 
-    splits: DatasetDict
+    splits: DatasetDict | dict[str, StreamedSplit]
     image_column: str
     label_column: str
     class_names: list[str]
@@ -215,6 +228,10 @@ class PreparedData:
     @property
     def is_video(self) -> bool:
         return self.clips is not None
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.splits[TRAIN], StreamedSplit)
 
     @property
     def num_labels(self) -> int:
@@ -253,7 +270,11 @@ class PreparedData:
     def images(self, split: str, transform: Callable | None = None, per_clip: bool = False) -> torch.utils.data.Dataset:
         """``split`` as ``{"pixel_values", "labels"}`` items, through ``transform`` (default: the eval transform):
         images, or a video data set's clips (see :class:`VideoClassificationDataset`; ``per_clip``: one item per
-        evaluation clip, as the token cache holds them)."""
+        evaluation clip, as the token cache holds them). A streamed split (`training.streaming.StreamedImages`) read
+        through a transform of its own (live training's augmentation) is shuffled every epoch."""
+        if self.streaming:
+            shuffle_seed = 0 if transform is not None else None
+            return StreamedImages(self.splits[split], transform or self.eval_transform, split, shuffle_seed)
         transform = transform or self.eval_transform
         columns = (self.splits[split], self.image_column, self.label_column)
         if self.is_video:
@@ -281,7 +302,8 @@ class PreparedData:
         layers no cache of this split holds yet are extracted first, in one pass. ``storage``: ``storage=(storage
         dtype, compute dtype)`` and ``reader`` of `cache.cache_tokens_for_model`."""
         rows = self.images(split, per_clip=True)
-        return cache_tokens_for_model(model, rows, self.cached_split(split), options, **storage)
+        extract = {"extract": extract_stream} if self.streaming else {}
+        return cache_tokens_for_model(model, rows, self.cached_split(split), options, **storage, **extract)
 
     def cached_examples(self, cache: TokenCacheView, split: str) -> torch.utils.data.Dataset:
         """The rows of ``split``'s token cache as a probe reads them: one per image; for videos one per clip in
@@ -292,17 +314,27 @@ class PreparedData:
             return rows
         return ClipGroups(rows, self.clips.clips_per_video)
 
-    def hold_out_selection(self, fraction: float, seed: int = 0) -> PreparedData:
-        """The same data with ``fraction`` of every class of ``train`` moved to a ``selection`` split (see
-        `training.selection.hold_out_for_selection`): what learning rate, layer and epoch are chosen on. ``info``
-        records the rule and which rows it held out."""
+    def hold_out_selection(self, fraction: float, seed: int = 0, rule: str | None = None) -> PreparedData:
+        """The same data with ``fraction`` of ``train`` moved to a ``selection`` split: what learning rate, layer and
+        epoch are chosen on. ``rule``: ``stratified`` (a seeded draw from every class,
+        `training.selection.selection_mask`; the default) or ``hash`` (the same counts, by a seeded hash of each
+        image's bytes, `training.selection.hash_selection_mask`: the default and only rule of a stream, and the same
+        images streamed or loaded). ``info`` records the rule and which rows it held out (by index; by image id under
+        the hash rule)."""
+        rule = rule or ("hash" if self.streaming else "stratified")
+        if rule not in SELECTION_RULES:
+            raise DataError(f"Unknown --selection_rule {rule!r}; choose one of {SELECTION_RULES}.")
+        if rule == "hash":
+            return self._hold_out_by_hash(fraction, seed)
+        if self.streaming:
+            raise DataError("--selection_rule stratified cannot draw from a stream: use --selection_rule hash.")
         train = self.splits[TRAIN]
         if self.multi_label:
             held = multi_label_selection_mask(len(train), fraction, seed)
             rule = "random, not stratified (an image has several classes): this fraction of train, drawn with this seed"
         else:
             held = selection_mask(class_labels(train, self.label_column, TRAIN), fraction, seed, self.class_names)
-            rule = "stratified: this fraction of every class of train (at least 2 per class), drawn with this seed"
+            rule = STRATIFIED_RULE
         splits = DatasetDict(self.splits)
         splits[TRAIN], splits[SELECTION] = train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
         selection = {
@@ -313,6 +345,37 @@ class PreparedData:
             "rows_fingerprint": indices_fingerprint(np.flatnonzero(held)),
         }
         return replace(self, splits=splits, info={**self.info, "selection_split": selection})
+
+    def _hold_out_by_hash(self, fraction: float, seed: int) -> PreparedData:
+        """:meth:`hold_out_selection` by the hash rule, on a stream or on a data set loaded whole."""
+        if self.multi_label:
+            raise DataError("--selection_rule hash draws per class; this data set is multi-label: drop the flag.")
+        train, splits = self.splits[TRAIN], dict(self.splits)
+        if self.streaming:
+            splits[TRAIN], splits[SELECTION] = train.hold_out(fraction, seed, self.class_names)
+            held_ids = splits[SELECTION].ids
+        else:
+            ids = np.asarray([image_id(value) for value in _stored_images(train, self.image_column)], np.uint64)
+            labels = class_labels(train, self.label_column, TRAIN)
+            held = hash_selection_mask(ids, labels, fraction, seed, self.class_names)
+            splits = DatasetDict(splits)
+            splits[TRAIN], splits[SELECTION] = train.select(np.flatnonzero(~held)), train.select(np.flatnonzero(held))
+            held_ids = ids[held]
+        selection = {
+            "rule": HASH_RULE,
+            "method": "hash",
+            "fraction": fraction,
+            "seed": seed,
+            "rows": len(held_ids),
+            "rows_fingerprint": ids_fingerprint(held_ids),
+        }
+        return replace(self, splits=splits, info={**self.info, "selection_split": selection})
+
+
+def _stored_images(dataset: datasets.Dataset, image_column: str, batch_size: int = 256):
+    """Every image of ``dataset`` as stored (bytes or path), batch by batch: never the whole column in memory."""
+    for batch in undecoded(dataset, image_column).select_columns([image_column]).iter(batch_size=batch_size):
+        yield from batch[image_column]
 
 
 def with_episodes(data: PreparedData, data_args: DataArguments) -> tuple[PreparedData, list[Episode]]:
@@ -353,6 +416,8 @@ def prepare_data(
                 "or video folder). `hf-probe train` with no arguments at all runs the offline demo instead."
             )
         dataset, image_column, label_column = load_image_dataset(data_args, hub)
+        if data_args.streaming:
+            return prepare_streamed(data_args, image_processor, (dataset, image_column, label_column), clips)
     else:
         dataset = DatasetDict(dataset)
         image_column = data_args.image_column_name or detect_image_column(dataset[TRAIN])
@@ -406,6 +471,29 @@ def prepare_data(
         multi_label,
         clips,
     )
+
+
+def prepare_streamed(data_args: DataArguments, image_processor, loaded: tuple, clips=None) -> PreparedData:
+    """:func:`prepare_data` of ``--streaming``: ``loaded`` is `training.data.load_image_dataset`'s streams and
+    columns; each split is counted once (`training.streaming.stream_split`), the evaluation cap is a ``take``. Video
+    data sets are refused (images only)."""
+    streams, image_column, label_column = loaded
+    if clips is not None or is_video_column(streams[TRAIN], image_column):
+        raise DataError("--streaming reads image data sets only; video data cannot be streamed yet: drop --streaming.")
+    if data_args.max_eval_samples is not None:
+        streams[VALIDATION] = streams[VALIDATION].take(data_args.max_eval_samples)
+    splits = {split: stream_split(streams[split], image_column, label_column) for split in (TRAIN, VALIDATION)}
+    labels = class_names(splits, label_column)
+    check_dataset(splits, label_column, len(labels))
+    info = {
+        "dataset": data_args.dataset_name,
+        "image_column": image_column,
+        "label_column": label_column,
+        "streaming": {"processes": len(splits[TRAIN].part_sizes)},
+        "train_samples": len(splits[TRAIN]),
+        "eval_samples": len(splits[VALIDATION]),
+    }
+    return PreparedData(splits, image_column, label_column, labels, image_processor, data_args.eval_resize_ratio, info)
 
 
 def check_modality(train: datasets.Dataset, column: str, clips: ClipSampling | None) -> None:

@@ -115,16 +115,22 @@ def episodes_summary(job, results: list[GridResult]) -> dict:
     }
 
 
-def extraction_options(cache_root: str | None, args) -> ExtractionOptions:
-    """Where and how a run's caches are extracted (every process extracts its own slice, on its own device)."""
-    return ExtractionOptions(cache_root=cache_root, batch_size=args.per_device_eval_batch_size, device=args.device)
+def extraction_options(cache_root: str | None, args, cache_per_node: bool = False) -> ExtractionOptions:
+    """Where and how a run's caches are extracted (every process extracts its own slice, on its own device; with
+    ``cache_per_node`` its slice of its node's cache)."""
+    return ExtractionOptions(
+        cache_root=cache_root,
+        batch_size=args.per_device_eval_batch_size,
+        device=args.device,
+        cache_per_node=cache_per_node,
+    )
 
 
 def _grid_cache(job, split: str, grid: ProbingGridModel) -> TokenCacheView:
     return job.data.token_cache(
         split,
         grid.member_models[0],
-        extraction_options(job.tokens.cache_root, job.args),
+        extraction_options(job.tokens.cache_root, job.args, job.tokens.cache_per_node),
         storage=(job.tokens.token_dtype, job.tokens.compute_dtype),
         reader=grid.reader,
     )
@@ -232,7 +238,12 @@ def _knn_features(job, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
         storage = (job.tokens.token_dtype, job.tokens.compute_dtype)
         return global_features(
-            job.data.token_cache(split, reader, extraction_options(job.tokens.cache_root, job.args), storage=storage),
+            job.data.token_cache(
+                split,
+                reader,
+                extraction_options(job.tokens.cache_root, job.args, job.tokens.cache_per_node),
+                storage=storage,
+            ),
             kind,
         )
     loader = torch.utils.data.DataLoader(

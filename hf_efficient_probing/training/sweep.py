@@ -85,7 +85,7 @@ def run_probe_sweep(
 ) -> list[dict]:
     """Train every probe of the sweep on ``backbone`` and ``data`` in one grid, each chosen on a held-out part of
     train and evaluated once; write and print the table, return its rows."""
-    data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed)
+    data = data.hold_out_selection(data_args.selection_fraction, data_args.subset_seed, data_args.selection_rule)
     grid = ProbingGridModel.from_backbone(
         backbone,
         sweep_members(backbone, sweep_args),
@@ -96,7 +96,7 @@ def run_probe_sweep(
     args = grid_arguments(training_args, len(data.splits[TRAIN]))
     caches = {}
     if data_args.use_token_cache:
-        options = extraction_options(data_args.token_cache_dir, args)
+        options = extraction_options(data_args.token_cache_dir, args, data_args.cache_per_node)
         for split in SPLITS:  # k-NN on [CLS] reads it from the same cache, which holds every token
             storage = (data_args.token_dtype, data_args.backbone_dtype)
             caches[split] = data.token_cache(split, grid.member_models[0], options, storage=storage, reader=grid.reader)
