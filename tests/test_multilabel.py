@@ -19,6 +19,7 @@ import hf_efficient_probing as hep
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.demo import embedded_backbone, embedded_training_arguments
 from hf_efficient_probing.evaluation.multilabel import choose_threshold, f1_scores, multi_label_scores
+from hf_efficient_probing.hub.cards import card_info_from_summary
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.data import DataError
 from hf_efficient_probing.training.engine import evaluate_multi_label
@@ -325,3 +326,5 @@ def test_seeds_on_multi_label_data_choose_by_the_mean_held_out_map_and_report_it
     assert saved.multi_label_threshold == results["multi_label_threshold"] == saved_seed["multi_label_threshold"]
     table = (tmp_path / "run" / "run_summary.md").read_text()
     assert f"{100 * results['eval_map']:.2f} ± {100 * results['eval_map_std']:.2f}" in table and "## Each seed" in table
+    card = card_info_from_summary(summary)  # the saved seed's probe: its own epoch (the card has no mAP spread yet)
+    assert card.runs is None and card.best_epoch == int(saved_seed["best_epoch"])

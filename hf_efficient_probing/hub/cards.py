@@ -130,7 +130,7 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         (probe,) = chosen.values()
         summary = {**summary, **probe, "peak_learning_rate": probe.get("learning_rate")}
     runs = _runs(summary)
-    if runs:  # the figures of the weights in the repository (one seed's); the spread over seeds goes in the prose
+    if "per_seed" in summary:  # the figures of the weights in the repository (one seed's); the spread goes in the prose
         summary = {**summary, **summary["per_seed"][str(summary["saved_seed"])]}
 
     def percent(key):
