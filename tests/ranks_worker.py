@@ -22,12 +22,15 @@ import test_cache  # noqa: E402  (imported before the clock starts)
 from hf_efficient_probing.cache.ranks import wait_for_everyone  # noqa: E402
 
 
-def run(scenario: str, rank: int, world: int, root: str) -> None:
+def run(scenario: str, rank: int, world: int, root: str, report: Path) -> None:
     if scenario == "absent":
         if rank == 0:
             wait_for_everyone(world, timeout_seconds=2, waiting_at="the test's barrier")
-        else:
-            time.sleep(8)  # alive, but never at the barrier
+        else:  # alive, never at the barrier, until rank 0 has reported: a barrier that hangs hangs the test
+            waited_for = report.with_name("report-0.json")
+            deadline = time.monotonic() + 100
+            while not waited_for.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
     else:
         backbone = test_cache.tiny_backbone("vit")
         reader = test_cache.TokenReader(backbone.config, [1, -1], token_selection="all")
@@ -42,7 +45,7 @@ if __name__ == "__main__":
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     started, outcome = time.monotonic(), {"error": None, "message": ""}
     try:
-        run(scenario, rank, world, root)
+        run(scenario, rank, world, root, Path(report))
     except Exception as error:  # the test reads which error each rank got
         outcome = {"error": type(error).__name__, "message": str(error)}
     outcome["seconds"] = time.monotonic() - started

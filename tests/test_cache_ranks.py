@@ -67,13 +67,13 @@ def test_rank_timeout_comes_from_the_environment(monkeypatch):
 
 @pytest.mark.slow
 def test_a_barrier_names_the_rank_that_never_arrives(tmp_path):
-    """Rank 1 is alive but never reaches the barrier: rank 0 fails after its 2 s, naming rank 1."""
+    """Rank 1 is alive but never reaches the barrier (it waits for rank 0's report): rank 0 fails after its 2 s,
+    naming rank 1, instead of hanging until rank 1 leaves (then neither would report and the test would time out)."""
     waiting, _ = run_ranks(tmp_path, "absent", [tmp_path, tmp_path])
     assert waiting["error"] == "TimeoutError", waiting
     assert "Rank 0 waited 2 s at the test's barrier" in waiting["message"]
     assert "Ranks 1 failed to pass monitoredBarrier" in waiting["message"], waiting["message"]
     assert RANK_TIMEOUT_ENV in waiting["message"]
-    assert waiting["seconds"] < 7, "the barrier ended at its timeout, not when rank 1 went away"
 
 
 def test_the_merge_names_the_ranks_it_waits_for(tmp_path):

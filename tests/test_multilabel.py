@@ -19,6 +19,7 @@ import hf_efficient_probing as hep
 from hf_efficient_probing.cache import TokenCache
 from hf_efficient_probing.demo import embedded_backbone, embedded_training_arguments
 from hf_efficient_probing.evaluation.multilabel import choose_threshold, f1_scores, multi_label_scores
+from hf_efficient_probing.hub.cards import card_info_from_summary
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments, ProbeArguments
 from hf_efficient_probing.training.data import DataError
 from hf_efficient_probing.training.engine import evaluate_multi_label
@@ -289,3 +290,41 @@ def test_the_paper_protocol_keeps_its_best_epoch_by_map_and_its_threshold_from_t
     assert results["multi_label_threshold"] == choose_threshold(*_probabilities(model, data.images("train")))
     assert results["multi_label_threshold"] != choose_threshold(*_probabilities(model, data.images("validation")))
     assert "mAP (%)" in (tmp_path / "run" / "run_summary.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_seeds_on_multi_label_data_choose_by_the_mean_held_out_map_and_report_its_spread(tmp_path, processor):
+    data_args = DataArguments(dataset_name="quadrants", token_cache_dir=str(tmp_path / "tokens"))
+    data = prepare_data(data_args, processor, dataset=quadrants())
+    seeds = [0, 1, 2]
+    probe_args = ProbeArguments(probe="linear", feature_layers=[-1], learning_rates=[3e-3, 1e-1], seeds=seeds)
+    args = embedded_training_arguments(str(tmp_path / "run"), num_train_epochs=4, warmup_epochs=0)
+    results = run_probing(ModelArguments(), data_args, probe_args, args, embedded_backbone("synthetic"), data)
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+
+    by_setting: dict[float, list[float]] = {}
+    for member in summary["members"]:
+        by_setting.setdefault(member["learning_rate"], []).append(member["selection_map"])
+    assert all(len(maps) == 3 for maps in by_setting.values()), "every setting trained under every seed"
+    means = {rate: np.mean(maps) for rate, maps in by_setting.items()}
+    assert results["learning_rate"] == max(means, key=means.get), "the setting with the best mean held-out mAP"
+    assert results["selection_map"] == pytest.approx(means[results["learning_rate"]])
+    assert "mean map over the seeds" in summary["selection"]
+
+    assert results["seeds"] == seeds and sorted(results["per_seed"]) == ["0", "1", "2"]
+    for figure in ("eval_map", "eval_micro_map", "eval_f1_micro", "eval_f1_macro"):
+        values = [results["per_seed"][str(seed)][figure] for seed in seeds]
+        assert results[figure] == pytest.approx(np.mean(values))
+        assert results[f"{figure}_std"] == pytest.approx(np.std(values, ddof=1))
+    assert len({results["per_seed"][str(seed)]["eval_map"] for seed in seeds}) == 3, "the seeds train apart"
+    evaluation = np.stack([data.images("validation")[i]["labels"].numpy() for i in range(80)])
+    for seed in seeds:  # each seed learnt its own rows' labels
+        assert results["per_seed"][str(seed)]["eval_map"] > _frequency_baseline(evaluation) + 0.35, seed
+    saved = hep.AutoModelForEfficientProbing.from_pretrained(tmp_path / "run").config
+    saved_seed = results["per_seed"][str(results["saved_seed"])]
+    assert saved.multi_label_threshold == results["multi_label_threshold"] == saved_seed["multi_label_threshold"]
+    table = (tmp_path / "run" / "run_summary.md").read_text()
+    assert f"{100 * results['eval_map']:.2f} ± {100 * results['eval_map_std']:.2f}" in table and "## Each seed" in table
+    card = card_info_from_summary(summary)  # the saved seed's probe: its own epoch (the card has no mAP spread yet)
+    assert card.runs is None and card.best_epoch == int(saved_seed["best_epoch"])

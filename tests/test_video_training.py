@@ -264,3 +264,23 @@ def test_live_training_draws_augmented_clips_and_evaluates_every_clip(video_fold
     )
     assert metrics["train_samples"] == 12 and metrics["eval_samples"] == 6 and not (tmp_path / "tokens").exists()
     assert "clips of 4 frames every 1" in summary["preprocessing"] and "centre-crop 32x32" in summary["preprocessing"]
+
+
+def test_hf_probe_train_reads_a_video_folder_as_clips(video_folder, tmp_path):
+    """The command line (``hf-probe train``, ``examples/run_probing.py``) on a saved video backbone and a video
+    folder: the clips are sampled as its flags say, and every probe reads them."""
+    from transformers import VideoMAEVideoProcessor
+
+    from hf_efficient_probing import cli
+
+    backbone = tmp_path / "videomae"
+    tiny_backbone("videomae").save_pretrained(backbone)
+    VideoMAEVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(backbone)
+    cli.train(["--model_name_or_path", str(backbone), "--dataset_name", video_folder, "--probe", "ep",
+               "--num_queries", "4", "--feature_layers", "-1", "--learning_rates", "1e-2", "--frame_stride", "2",
+               "--clips_per_video", "2", "--num_train_epochs", "1", "--warmup_epochs", "0", "--use_cpu", "true",
+               "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", "true",
+               "--token_cache_dir", str(tmp_path / "tokens"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["clips"]["clips_per_video"] == 2 and summary["clips"]["frame_stride"] == 2
+    assert summary["token_cache"]["images"] == (12 + 6 + 6) * 2, "every clip of every video extracted once"

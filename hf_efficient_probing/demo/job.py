@@ -14,7 +14,7 @@ from datasets import DatasetDict
 
 from ..atomic import atomic_write_json
 from ..training.arguments import DataArguments, ModelArguments, ProbeArguments, ProbingTrainingArguments
-from ..training.job import ProbingJob, load_backbone_and_processor
+from ..training.job import ProbingJob, clip_sampling, load_backbone_and_processor
 from ..training.prepared import PreparedData, prepare_data
 from ..training.protocols import run_default_protocol
 from .backbones import dinov2_small_imgfocus, random_tiny_vit
@@ -45,8 +45,9 @@ def _pick(kind: str, real, synthetic):
 
 
 def offline_inputs(model_args: ModelArguments, data_args: DataArguments) -> tuple[tuple, PreparedData]:
-    """``(backbone_and_processor, data)`` for ``run_probing``: the backbone and data set the arguments name, the
-    synthetic ones for what they leave unset (a quick smoke run with nothing to download)."""
+    """``(backbone_and_processor, data)`` for ``run_probing``: the backbone and data set the arguments name (a video
+    backbone's data as the clips the run samples), the synthetic ones for what they leave unset (a quick smoke run
+    with nothing to download)."""
     if model_args.model_name_or_path is None:
         backbone_and_processor = embedded_backbone("synthetic")
     else:
@@ -56,7 +57,8 @@ def offline_inputs(model_args: ModelArguments, data_args: DataArguments) -> tupl
         named = dataclasses.replace(data_args, dataset_name=EMBEDDED_NAME)
         data = prepare_data(named, processor, dataset=embedded_dataset("synthetic", seed=0))
     else:
-        data = prepare_data(data_args, processor, hub=model_args.hub_kwargs)
+        clips = clip_sampling(backbone_and_processor[0].config, data_args)
+        data = prepare_data(data_args, processor, hub=model_args.hub_kwargs, clips=clips)
     return backbone_and_processor, data
 
 

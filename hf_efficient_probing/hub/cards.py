@@ -130,7 +130,7 @@ def card_info_from_summary(summary: dict, **overrides) -> ProbeCardInfo:
         (probe,) = chosen.values()
         summary = {**summary, **probe, "peak_learning_rate": probe.get("learning_rate")}
     runs = _runs(summary)
-    if runs:  # the figures of the weights in the repository (one seed's); the spread over seeds goes in the prose
+    if "per_seed" in summary:  # the figures of the weights in the repository (one seed's); the spread goes in the prose
         summary = {**summary, **summary["per_seed"][str(summary["saved_seed"])]}
 
     def percent(key):
@@ -172,8 +172,9 @@ def _percents(interval) -> list[float] | None:
 
 
 def _runs(summary: dict) -> dict | None:
-    """A chosen setting's spread over seeds (``--seeds``), in percent, for the card."""
-    if "per_seed" not in summary:
+    """A chosen setting's spread over seeds (``--seeds``), in percent, for the card (which gives top-1 figures
+    only: none for a multi-label probe's mAP)."""
+    if "per_seed" not in summary or "eval_accuracy" not in summary:
         return None
     return {
         "over": "seeds",

@@ -258,10 +258,13 @@ def _setting_metrics(grid, trainer, indices: list[int], splits: GridSplits, outc
     metric, _ = scored_metrics(grid.member_config(indices[0]))
     setting = grid.members[indices[0]].setting
     shared = {key: per_seed[0][key] for key in ("eval_samples", "selection_samples", "learning_rate", "feature_layer")}
-    hits = {name: np.mean([h[name] for _, h in results], axis=0) for name in EVAL_FIGURES}
+    if "multi_label_threshold" in per_seed[0]:  # the saved probe's: each seed chose its own on the selection split
+        shared["multi_label_threshold"] = per_seed[0]["multi_label_threshold"]
+    per_image = None if results[0][1] is None else [seed_hits for _, seed_hits in results]  # multi-label: none
+    hits = None if per_image is None else {name: np.mean([h[name] for h in per_image], axis=0) for name in EVAL_FIGURES}
     return {
         "setting": setting.name,
-        **spread_figures(seeds, per_seed, [hits for _, hits in results], bootstrap, over="seeds"),
+        **spread_figures(seeds, per_seed, per_image, bootstrap, over="seeds"),
         f"selection_{metric}": sum(m[f"selection_{metric}"] for m in per_seed) / len(per_seed),
         f"selection_{metric}_std": float(np.std([m[f"selection_{metric}"] for m in per_seed], ddof=1))
         if len(per_seed) > 1
@@ -329,7 +332,7 @@ SELECTION_NOTE = (
     "evaluation split was read once, by each chosen probe"
 )
 SEEDS_SELECTION_NOTE = (
-    "setting (kind x layer x learning rate) chosen by its mean accuracy over the seeds on the selection split, held "
+    "setting (kind x layer x learning rate) chosen by its mean {metric} over the seeds on the selection split, held "
     "out from train, each seed's epoch on the same split; the evaluation split was read once per seed, by the "
     "chosen setting"
 )
@@ -359,7 +362,7 @@ def grid_summary(grid, trainer, chosen: dict[str, list[int]], metrics: dict, run
     from_start = sum(grid.from_start_mask())
     return {
         "protocol": "default",
-        "selection": SEEDS_SELECTION_NOTE if grid.seeds else SELECTION_NOTE,
+        "selection": SEEDS_SELECTION_NOTE.format(metric=metric) if grid.seeds else SELECTION_NOTE,
         "seeds": grid.seeds or None,
         "selection_metric": metric,
         "backbone": config.backbone_name_or_path or f"{config.backbone_config.model_type} built from its config",

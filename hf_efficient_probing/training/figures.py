@@ -19,6 +19,8 @@ from ..evaluation.intervals import CONFIDENCE, DEFAULT_RESAMPLES, bootstrap_inte
 from .reporting import TOP_K
 
 EVAL_FIGURES = ("eval_accuracy", f"eval_top{TOP_K}_accuracy")
+# a multi-label probe's evaluation figures (`engine.evaluate_multi_label`): no per-image hits, so no interval over images
+MULTI_LABEL_EVAL_FIGURES = ("eval_map", "eval_micro_map", "eval_f1_micro", "eval_f1_macro")
 
 
 @dataclass(frozen=True)
@@ -55,28 +57,35 @@ def image_intervals(hits: dict[str, np.ndarray], options: BootstrapOptions) -> d
 
 
 def spread_figures(
-    runs: Sequence[int], per_run: Sequence[dict], hits: Sequence[dict], options: BootstrapOptions, over: str = "seeds"
+    runs: Sequence[int],
+    per_run: Sequence[dict],
+    hits: Sequence[dict] | None,
+    options: BootstrapOptions,
+    over: str = "seeds",
 ) -> dict:
     """The figures of one setting trained under several ``runs`` (seeds or episodes, named by ``over``): per
     evaluation figure its mean (the figure), ``_std`` (sample standard deviation), ``_<run>_interval`` (Student-t
     interval of the mean over runs) and ``_interval`` (bootstrap over images of the mean over runs); ``per_<run>``
-    keeps each run's own figures, intervals over images included."""
+    keeps each run's own figures, intervals over images included. ``hits`` ``None``: multi-label runs, whose
+    figures are `MULTI_LABEL_EVAL_FIGURES` and have no interval over images."""
     run = over.removesuffix("s")
+    names = EVAL_FIGURES if hits is not None else MULTI_LABEL_EVAL_FIGURES
     figures: dict = {}
-    for name in EVAL_FIGURES:
+    for name in names:
         summary = spread([result[name] for result in per_run], CONFIDENCE, over)
         figures.update(
             {name: summary["mean"], f"{name}_std": summary["std"], f"{name}_{run}_interval": summary["interval"]}
         )
-    mean_hits = {name: np.mean([h[name] for h in hits], axis=0) for name in EVAL_FIGURES}
-    figures.update(image_intervals(mean_hits, options))
     figures[f"{run}_interval_method"] = (
         f"{CONFIDENCE:.0%} Student-t interval of the mean over {len(runs)} {over} (their spread, on these images)"
     )
-    figures["interval_method"] = (
-        f"{figures['interval_method']}; each image's hits averaged over the {len(runs)} {over} (the evaluation "
-        "images' variation)"
-    )
+    if hits is not None:
+        mean_hits = {name: np.mean([h[name] for h in hits], axis=0) for name in EVAL_FIGURES}
+        figures.update(image_intervals(mean_hits, options))
+        figures["interval_method"] = (
+            f"{figures['interval_method']}; each image's hits averaged over the {len(runs)} {over} (the evaluation "
+            "images' variation)"
+        )
     figures[over] = list(runs)
     figures[f"per_{run}"] = {str(key): result for key, result in zip(runs, per_run, strict=True)}
     return figures

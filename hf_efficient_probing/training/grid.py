@@ -304,7 +304,8 @@ ACTIVATION_COPIES = 6
 
 class SeedStreams(torch.utils.data.Dataset):
     """The training rows of a grid with seeds: item ``i`` holds, for each seed, row ``order[seed][i]`` of
-    ``dataset`` (stacked: ``tokens`` ``[S, N, C]`` or ``pixel_values`` ``[S, 3, H, W]``, ``labels`` ``[S]``).
+    ``dataset`` (stacked: ``tokens`` ``[S, N, C]`` or ``pixel_values`` ``[S, 3, H, W]``, ``labels`` ``[S]``, or
+    ``[S, num_labels]`` multi-hot vectors).
 
     Every seed's order is a fixed permutation of the rows, drawn from the seed, composed with the Trainer's shuffle
     of every epoch: each seed reads its own batches (other images together, other images left out by the dropped
@@ -326,7 +327,7 @@ class SeedStreams(torch.utils.data.Dataset):
         key = "tokens" if "tokens" in items[0] else "pixel_values"
         return {
             key: torch.stack([torch.as_tensor(item[key]) for item in items]),
-            "labels": torch.tensor([int(item["labels"]) for item in items], dtype=torch.long),
+            "labels": torch.stack([torch.as_tensor(item["labels"]) for item in items]),  # [S] or multi-hot [S, C]
         }
 
 

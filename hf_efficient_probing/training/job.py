@@ -142,11 +142,6 @@ class ProbingJob:
             )
         if data.is_video and (probe_args.seeds is not None or data_args.episodes is not None):
             raise ValueError("--seeds and --episodes are not supported on video data yet. Run once per --seed instead.")
-        if data.multi_label is not None and probe_args.seeds is not None:
-            raise ValueError(
-                "--seeds is not supported on multi-label data yet (the spread over seeds is computed from single-label "
-                "hits). Run once per --seed instead."
-            )
         if data.multi_label is not None and data_args.episodes is not None:
             raise ValueError(
                 "--episodes is not supported on multi-label data yet (the spread over episodes is computed from "

@@ -132,11 +132,12 @@ def interval_notes(record: dict) -> list[str]:
     notes = []
     if record.get("interval_method"):
         notes.append(f"[low, high]: {record['interval_method']}.")
+    figure, name = ("eval_map", "mAP") if "eval_map" in record else ("eval_accuracy", "top-1")
     for run in ("seed", "episode"):
         if f"{run}_interval_method" in record:
-            low, high = record[f"eval_accuracy_{run}_interval"]
+            low, high = record[f"{figure}_{run}_interval"]
             notes.append(
-                f"Over {run}s: top-1 {100 * low:.1f} to {100 * high:.1f} ({record[f'{run}_interval_method']})."
+                f"Over {run}s: {name} {100 * low:.1f} to {100 * high:.1f} ({record[f'{run}_interval_method']})."
             )
     return notes
 
