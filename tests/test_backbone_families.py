@@ -79,8 +79,9 @@ def test_every_family_of_the_table_is_tested():
 def readme_family_rows() -> dict[str, list[str]]:
     """The README's backbone table: each ``model_type`` of a row's first cell, with the row's cells."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("## Backbone families") :]
-    rows = [line.split(" | ") for line in section[: section.index("\n## ")].splitlines() if line.startswith("| `")]
+    table = text[text.index("| family (`model_type`) |") :]
+    table = table[: table.index("\n\n")]  # the table ends at the first blank line
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| `")]
     return {name: cells for cells in rows for name in re.findall(r"`([^`]+)`", cells[0])}
 
 
