@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from test_training_end_to_end import _env
 
 from hf_efficient_probing.backbones import TokenReader
 from hf_efficient_probing.cache import ExtractionOptions, ExtractionPlan, TokenCache
-from hf_efficient_probing.cache.extraction import merge_manifest
+from hf_efficient_probing.cache.extraction import merge_manifest, ranks_still_unseen
 from hf_efficient_probing.cache.manifest import RANK_RECORDS_PATTERN, unseen_rank_records, write_json
 from hf_efficient_probing.cache.ranks import RANK_TIMEOUT_ENV, default_rank_timeout
 from hf_efficient_probing.training import DataArguments, ProbeArguments
@@ -97,6 +98,18 @@ def test_record_files_of_another_run_or_none_are_unseen(tmp_path):
     write_json(tmp_path / RANK_RECORDS_PATTERN.format(1), {"run_id": "an earlier run"})
     assert unseen_rank_records(tmp_path, ["a", "b", "c"]) == [1, 2]
     assert unseen_rank_records(tmp_path, ["a"]) == []
+
+
+def test_a_record_file_that_appears_late_is_seen(tmp_path):
+    """A shared file system may show another node's new file seconds late: the check looks again before it fails."""
+    write_json(tmp_path / RANK_RECORDS_PATTERN.format(0), {"run_id": "a"})
+    late = threading.Timer(0.3, write_json, (tmp_path / RANK_RECORDS_PATTERN.format(1), {"run_id": "b"}))
+    late.start()
+    try:
+        assert ranks_still_unseen(tmp_path, ["a", "b"], grace_seconds=30, poll_seconds=0.05) == []
+    finally:
+        late.join()
+    assert ranks_still_unseen(tmp_path, ["a", "b", "c"], grace_seconds=0.2, poll_seconds=0.05) == [2]
 
 
 @pytest.mark.slow

@@ -283,12 +283,25 @@ def complete_on_every_rank(plan: ExtractionPlan, world_size: int) -> bool:
     return complete
 
 
+VISIBILITY_GRACE_SECONDS = 15.0  # a shared file system may show another node's new file late (NFS attribute caches)
+
+
+def ranks_still_unseen(directory: Path, run_ids: list[str], grace_seconds: float, poll_seconds: float = 0.5) -> list:
+    """The ranks whose record file of this run ``directory`` still lacks after ``grace_seconds`` of looking again."""
+    deadline = time.monotonic() + grace_seconds
+    while (unseen := unseen_rank_records(directory, run_ids)) and time.monotonic() < deadline:
+        time.sleep(poll_seconds)
+    return unseen
+
+
 def check_ranks_see_each_other(plan: ExtractionPlan, rank: int, world_size: int, run_id: str) -> None:
     """Fail at the start, not at the merge's timeout, when this rank cannot see the record file another rank of this
     run wrote (``run_id`` is this rank's, in its record file): the ranks do not share the cache root."""
     options = plan.options
     wait_for_everyone(world_size, options.timeout_seconds, "the start of the extraction", options.cache_per_node)
-    unseen = unseen_rank_records(plan.directory, gather_from_everyone(run_id, world_size, options.cache_per_node))
+    run_ids = gather_from_everyone(run_id, world_size, options.cache_per_node)
+    grace = min(VISIBILITY_GRACE_SECONDS, options.timeout_seconds)
+    unseen = ranks_still_unseen(plan.directory, run_ids, grace, options.poll_seconds)
     if unseen:
         raise CacheRootNotSharedError(
             f"Rank {rank} cannot see the shards of ranks {unseen} in {plan.directory} (their "
