@@ -17,6 +17,7 @@ its ``start``-th on.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import replace
 
 from .dataset import TokenCache
@@ -25,10 +26,10 @@ from .extraction import (
     ShardWriter,
     _remove_leftovers,
     _shard_batches,
+    check_ranks_see_each_other,
     collate_images,
     extract_tokens,
     run_backbone,
-    wait_for_everyone,
     wait_until,
 )
 from .manifest import (
@@ -97,9 +98,10 @@ def _stream_on_rank(plan: ExtractionPlan, rank: int, world_size: int) -> None:
     fresh = _part_listing(plan, rank, world_size)
     trusted, layout = _trusted_shards(plan, rank, fresh)
     pattern = STREAM_SHARD_PATTERN.format(rank=rank)
-    writer = ShardWriter(plan.directory, rank, {**fresh, **layout, "shards": trusted}, shard_pattern=pattern)
+    listing = {**fresh, **layout, "run_id": uuid.uuid4().hex, "shards": trusted}
+    writer = ShardWriter(plan.directory, rank, listing, shard_pattern=pattern)
     arrived = time.perf_counter()
-    wait_for_everyone(world_size)  # every record file is this run's before the main process reads them
+    check_ranks_see_each_other(plan, rank, world_size, listing["run_id"])  # each record file is this run's now
     started += time.perf_counter() - arrived
     try:
         extracted = _extract_part(plan, writer, rank, world_size, len(trusted))
