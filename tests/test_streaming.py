@@ -120,6 +120,7 @@ def test_what_a_stream_cannot_do_fails_with_the_flag_to_drop(parquet_dir, tmp_pa
         "--episodes": (DataArguments(streaming=True, shots_per_class=2, episodes=2), default),
         "--skip_unreadable": (DataArguments(streaming=True, skip_unreadable=True), default),
         "--selection_rule stratified": (DataArguments(streaming=True, selection_rule="stratified"), default),
+        "--cache_per_node": (DataArguments(streaming=True, cache_per_node=True), default),
         "--seeds": (DataArguments(streaming=True, use_token_cache=False), ProbeArguments(seeds=[0, 1])),
     }
     for flag, (data_args, probe_args) in refused.items():

@@ -493,6 +493,11 @@ def _check_streaming(data_args: DataArguments, probe_args: ProbeArguments, train
                 f"--{name} draws from (or scans) the whole split before training; a stream is read as it goes: drop "
                 "it, or drop --streaming."
             )
+    if data_args.cache_per_node:
+        raise ValueError(
+            "--cache_per_node has each node extract the whole data set; a stream is split between all processes: "
+            "keep the cache root on a file system every node shares, or drop --streaming."
+        )
     if data_args.selection_rule == "stratified":
         raise ValueError(
             "--selection_rule stratified draws from every label of train in a random order, which a stream never "
