@@ -510,6 +510,13 @@ def merge_manifest(plan: ExtractionPlan, shard_size: int, num_shards: int, world
     records = [ShardRecord.from_listing(listed[index]) for index in range(num_shards)]
     for record in records:
         check_shard_size(directory, record)
+    write_complete_manifest(plan, records, runs, shard_size)
+
+
+def write_complete_manifest(plan: ExtractionPlan, records: list, runs: list[dict], shard_size: int, **extra) -> None:
+    """The one manifest of a complete cache (its shards, their layout, each process's run; ``extra`` fields, e.g. a
+    stream's parts), then the record files and stray shards removed."""
+    directory, key_dict = plan.directory, plan.key_dict
     images, seconds = sum(run["images"] for run in runs), max(run["seconds"] for run in runs)
     manifest = {
         "key": key_dict,
@@ -518,6 +525,7 @@ def merge_manifest(plan: ExtractionPlan, shard_size: int, num_shards: int, world
         **listed_layout(directory, key_dict),
         "shards": [record.__dict__ for record in records],
         "complete": True,
+        **extra,
         "extraction": {
             "images": images,
             "seconds": round(seconds, 3),

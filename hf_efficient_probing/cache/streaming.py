@@ -24,13 +24,13 @@ from .dataset import TokenCache
 from .extraction import (
     ExtractionPlan,
     ShardWriter,
-    _remove_leftovers,
     _shard_batches,
     check_ranks_see_each_other,
     collate_images,
     extract_tokens,
     run_backbone,
     wait_until,
+    write_complete_manifest,
 )
 from .manifest import (
     LAYOUT_FIELDS,
@@ -39,10 +39,8 @@ from .manifest import (
     CorruptCacheError,
     ShardRecord,
     check_shard_size,
-    listed_layout,
     read_json,
     shard_verifies,
-    write_json,
 )
 
 STREAM_SHARD_PATTERN = "shard-rank{rank:03d}-{{:05d}}.safetensors"
@@ -169,21 +167,5 @@ def merge_stream_manifest(plan: ExtractionPlan, world_size: int) -> None:
     for record in records:
         check_shard_size(directory, record)
     runs = [listing["run"] for listing in parts]
-    images, seconds = sum(run["images"] for run in runs), max(run["seconds"] for run in runs)
-    manifest = {
-        "key": plan.key_dict,
-        "num_rows": start,
-        "shard_size": plan.options.shard_size,
-        **listed_layout(directory, plan.key_dict),
-        "shards": [record.__dict__ for record in records],
-        "complete": True,
-        "stream": {"processes": world_size, "rows_per_process": [listing["part_rows"] for listing in parts]},
-        "extraction": {
-            "images": images,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(images / seconds, 2) if seconds and images else None,
-            "images_per_process": [run["images"] for run in runs],
-        },
-    }
-    write_json(directory / MANIFEST_NAME, manifest)
-    _remove_leftovers(directory, {record.file for record in records} | {MANIFEST_NAME})
+    stream = {"processes": world_size, "rows_per_process": [listing["part_rows"] for listing in parts]}
+    write_complete_manifest(plan, records, runs, plan.options.shard_size, stream=stream)
