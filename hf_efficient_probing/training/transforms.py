@@ -65,19 +65,7 @@ def evaluation_processor(image_processor, eval_resize_ratio: float = EVAL_RESIZE
     split) and it is the processor saved beside every probe the run writes, whatever the backbone's own processor does
     (``ViTImageProcessor`` squashes, DINOv2's crops at another ratio): ``pipeline("image-classification", model=...)``
     then classifies an image as the run measured it."""
-    (height, width), mean, std = processor_image_settings(image_processor)
-    resized = {"height": round(height * eval_resize_ratio), "width": round(width * eval_resize_ratio)}
-    return CLIPImageProcessor(
-        size={"shortest_edge": resized["height"]} if height == width else resized,
-        crop_size={"height": height, "width": width},
-        do_center_crop=True,
-        resample=PILImageResampling.BICUBIC,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-        do_convert_rgb=True,
-    )
+    return CLIPImageProcessor(**_evaluation_settings(image_processor, eval_resize_ratio), do_convert_rgb=True)
 
 
 def evaluation_video_processor(processor, eval_resize_ratio: float = EVAL_RESIZE_RATIO) -> VideoMAEVideoProcessor:
@@ -86,19 +74,23 @@ def evaluation_video_processor(processor, eval_resize_ratio: float = EVAL_RESIZE
     the backbone processor's mean and std, as :func:`evaluation_processor` does to an image (V-JEPA 2's own eval
     transform is this one). ``VideoMAEVideoProcessor`` is transformers' plain video processor (no frame sampling of
     its own: the run samples clips, `hf_efficient_probing.video`)."""
+    return VideoMAEVideoProcessor(**_evaluation_settings(processor, eval_resize_ratio), do_sample_frames=False)
+
+
+def _evaluation_settings(processor, eval_resize_ratio: float) -> dict:
+    """The evaluation transform's settings, shared by the image and the video processor."""
     (height, width), mean, std = processor_image_settings(processor)
     resized = {"height": round(height * eval_resize_ratio), "width": round(width * eval_resize_ratio)}
-    return VideoMAEVideoProcessor(
-        size={"shortest_edge": resized["height"]} if height == width else resized,
-        crop_size={"height": height, "width": width},
-        do_center_crop=True,
-        resample=PILImageResampling.BICUBIC,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-        do_sample_frames=False,
-    )
+    return {
+        "size": {"shortest_edge": resized["height"]} if height == width else resized,
+        "crop_size": {"height": height, "width": width},
+        "do_center_crop": True,
+        "resample": PILImageResampling.BICUBIC,
+        "do_rescale": True,
+        "do_normalize": True,
+        "image_mean": list(mean),
+        "image_std": list(std),
+    }
 
 
 class ClipTransform:
