@@ -286,7 +286,7 @@ def complete_on_every_rank(plan: ExtractionPlan, world_size: int) -> bool:
 VISIBILITY_GRACE_SECONDS = 15.0  # a shared file system may show another node's new file late (NFS attribute caches)
 
 
-def ranks_still_unseen(directory: Path, run_ids: list[str], grace_seconds: float, poll_seconds: float = 0.5) -> list:
+def ranks_still_unseen(directory: Path, run_ids: list[str], grace_seconds: float, poll_seconds: float) -> list:
     """The ranks whose record file of this run ``directory`` still lacks after ``grace_seconds`` of looking again."""
     deadline = time.monotonic() + grace_seconds
     while (unseen := unseen_rank_records(directory, run_ids)) and time.monotonic() < deadline:
