@@ -100,11 +100,11 @@ def test_plan_counts_images_tokens_and_bytes(saved_backbone, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Images: 5 (train 3, validation 2)" in out
     assert "Tokens per image: 17 (16 patches + 1 [CLS]), 32 channels per layer" in out
-    # 5 images x 17 tokens x 2 layers x 32 channels x 2 or 4 bytes, or 8 bits + 2 (float8) or 4 (int8) bytes a token;
-    # and an 8-byte label per image
-    assert re.search(r"requested \[1, 2\]\s+10\.9 KB\s+21\.8 KB\s+5\.8 KB\s+6\.2 KB", out)
-    assert re.search(r"all 3 hidden states\s+16\.4 KB\s+32\.7 KB\s+8\.7 KB\s+9\.2 KB", out)
-    assert re.search(r"per image, requested\s+2\.2 KB\s+4\.4 KB\s+1\.2 KB\s+1\.2 KB", out)
+    # 5 images x 17 tokens x 2 layers x 32 channels x 2 or 4 bytes; or 16 patches of 8 bits + 2 (float8) or 4 (int8)
+    # bytes a token and the [CLS] token in float16; and an 8-byte label per image
+    assert re.search(r"requested \[1, 2\]\s+10\.9 KB\s+21\.8 KB\s+6\.1 KB\s+6\.4 KB", out)
+    assert re.search(r"all 3 hidden states\s+16\.4 KB\s+32\.7 KB\s+9\.2 KB\s+9\.6 KB", out)
+    assert re.search(r"per image, requested\s+2\.2 KB\s+4\.4 KB\s+1\.2 KB\s+1\.3 KB", out)
     assert re.search(r"Measured here: [\d.]+ images/s per process \(float32 compute", out)
     assert "on 2 process(es)" in out
 

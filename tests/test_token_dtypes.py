@@ -59,22 +59,29 @@ def test_int8_keeps_each_value_within_half_a_step_of_its_token_range():
 
 @pytest.mark.parametrize("token_dtype", EIGHT_BITS)
 def test_an_8bit_cache_stores_its_scales_and_serves_dequantised_tokens(tmp_path, token_dtype):
+    """Patches in 8 bits with their per-token parameters; the [CLS] token (what a linear probe reads) in float16
+    beside them, served exactly as a float16 cache serves it."""
     backbone = tiny_backbone("vit")
     reader = TokenReader(backbone.config, [1, 2], token_selection="all")
     cache = run(backbone, reader, make_key(backbone, reader, dtype=token_dtype), tmp_path, shard_size=4)
     parameters = {"float8": {"scale"}, "int8": {"scale", "zero"}}[token_dtype]
     with safe_open(str(cache.directory / cache.shards[0].file), framework="pt") as shard:
         names = set(shard.keys())
-        stored = {name: shard.get_tensor(f"{name}.2") for name in ("tokens", *parameters)}
-    assert names == {f"{name}.{layer}" for name in ("tokens", *parameters) for layer in (1, 2)} | {"labels"}
-    assert all(stored[name].dtype == torch.float16 and stored[name].shape == (4, 17) for name in parameters)
+        stored = {name: shard.get_tensor(f"{name}.2") for name in ("tokens", "prefix", *parameters)}
+    parts = ("tokens", "prefix", *parameters)
+    assert names == {f"{name}.{layer}" for name in parts for layer in (1, 2)} | {"labels"}
+    assert all(stored[name].dtype == torch.float16 and stored[name].shape == (4, 16) for name in parameters)
+    assert stored["prefix"].dtype == torch.float16 and stored["prefix"].shape == (4, 1, 32)
     rows = cache.dataset(feature_layers=[2])
     served = torch.stack([rows[i]["tokens"] for i in range(4)])
-    assert served.dtype == torch.float32
+    assert served.dtype == torch.float32 and served.shape == (4, 17, 32)
     torch.testing.assert_close(served, decode(stored, token_dtype), rtol=0, atol=0)
     live = reader.reading([2])(backbone, Images().images[:4]).tokens
+    torch.testing.assert_close(served[:, 0], live[:, 0].half().float(), rtol=0, atol=0)
     relative = (served - live).norm(dim=-1) / live.norm(dim=-1)
     assert relative.max() < 2**-4
+    patches = torch.stack([cache.dataset(feature_layers=[2], token_selection="patch")[i]["tokens"] for i in range(4)])
+    torch.testing.assert_close(patches, served[:, 1:], rtol=0, atol=0)
 
 
 def test_the_storage_type_names_another_cache():
@@ -98,7 +105,7 @@ def test_the_plans_bytes_per_image_are_the_shards_bytes(tmp_path, token_dtype):
         header_length = int.from_bytes(raw[:8], "little")
         assert json.loads(raw[8 : 8 + header_length])  # the rest is tensor data
         data_bytes += len(raw) - 8 - header_length
-    assert data_bytes == cache.num_rows * bytes_per_image(17, 32, 2, token_dtype)
+    assert data_bytes == cache.num_rows * bytes_per_image(1, 16, 32, 2, token_dtype)
 
 
 def test_a_probe_on_8bit_tokens_gives_its_live_logits_within_the_quantisation(tmp_path):

@@ -30,7 +30,7 @@ TOKEN_SELECTIONS = ("patch", "all")
 
 def shard_tensor_name(part: str, layer: int) -> str:
     """The name of one layer's ``part`` in a shard: ``tokens.<layer>`` (``[rows, N, C]``), and for the 8-bit types
-    ``scale.<layer>`` (and ``zero.<layer>``, ``[rows, N]``; see `cache.quantization`)."""
+    ``scale.<layer>`` (and ``zero.<layer>``, ``[rows, patches]``) and ``prefix.<layer>``, see `cache.quantization`)."""
     return f"{part}.{layer}"
 
 
@@ -283,12 +283,15 @@ class TokenCacheDataset(Dataset):
         for group, layer in self.sources:
             shard, offset = self._locate(group, row)
             token_dtype = self.token_dtypes[group]
-            names = ("tokens", *token_storage(token_dtype).parameters)
-            stored = {
-                name: self._shard_tensor(group, shard, shard_tensor_name(name, layer))[offset, self.drop_prefix :]
-                for name in names
-            }
-            layers.append(decode(stored, token_dtype))
+            storage = token_storage(token_dtype)
+            if not storage.quantized:
+                stored = self._shard_tensor(group, shard, shard_tensor_name("tokens", layer))[offset]
+                layers.append(stored[self.drop_prefix :])
+                continue
+            reads_prefix = self.view.num_prefix_tokens and not self.drop_prefix  # kept apart, in float16
+            names = ("tokens", *storage.parameters, *(("prefix",) if reads_prefix else ()))
+            parts = {name: self._shard_tensor(group, shard, shard_tensor_name(name, layer))[offset] for name in names}
+            layers.append(decode(parts, token_dtype))
         return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:

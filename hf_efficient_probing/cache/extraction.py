@@ -458,7 +458,9 @@ def _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar) -> 
             pixel_values, labels = next(loader)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # the backbone only
                 read = plan.reader(plan.backbone, pixel_values.to(device, non_blocking=device.type == "cuda"))
-            for name, tensor in encode_layers(read.tokens, plan.reader.layers, plan.key.dtype).items():
+            for name, tensor in encode_layers(
+                read.tokens, plan.reader.layers, plan.key.dtype, read.num_prefix_tokens
+            ).items():
                 parts.setdefault(name, []).append(tensor.to("cpu"))
             label_batches.append(labels)
             if expected_shape is None:  # the first batch of this run: will the rest fit?
@@ -482,13 +484,14 @@ def _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar) -> 
         writer.submit(index, start, {**tensors, "labels": torch.cat(label_batches)}, layout)
 
 
-def encode_layers(tokens: torch.Tensor, layers, token_dtype: str) -> dict[str, torch.Tensor]:
-    """``[B, N, len(layers) * C]`` tokens as the shard's tensors: each layer's, in ``token_dtype``."""
+def encode_layers(tokens: torch.Tensor, layers, token_dtype: str, num_prefix: int) -> dict[str, torch.Tensor]:
+    """``[B, N, len(layers) * C]`` tokens, the first ``num_prefix`` of them prefix tokens, as the shard's tensors:
+    each layer's, in ``token_dtype``."""
     per_layer = tokens.unflatten(-1, (len(layers), -1)).unbind(-2)
     return {
         shard_tensor_name(part, layer): tensor
         for layer, layer_tokens in zip(layers, per_layer, strict=True)
-        for part, tensor in encode(layer_tokens, token_dtype).items()
+        for part, tensor in encode(layer_tokens, token_dtype, num_prefix).items()
     }
 
 

@@ -27,8 +27,8 @@ from .quantization import token_dtype_name
 
 # 2: the compute precision is part of the key; 3: the columns and the label mapping too; 4: every token of each layer
 # stored (no token selection in the key), one tensor per layer in a shard, directories named <source>-layers-<...>;
-# 5: 8-bit storage types (float8, int8) with per-token parameters
-CACHE_FORMAT_VERSION = 5
+# 5: 8-bit storage types (float8, int8) with per-token parameters; 6: their prefix tokens kept apart in float16
+CACHE_FORMAT_VERSION = 6
 LAYERS_MARK = "-layers-"  # between a cache directory's source fingerprint and its layers
 # Fields of a config dict that describe where it came from, not what it computes.
 _VOLATILE_CONFIG_KEYS = {

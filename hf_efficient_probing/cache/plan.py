@@ -99,10 +99,11 @@ def measure_extraction(
     )
 
 
-def bytes_per_image(num_tokens: int, width: int, num_layers: int, token_dtype: str) -> int:
-    """What one image costs in a cache's shards: ``num_layers`` layers of ``num_tokens`` tokens in ``token_dtype``
-    (values and per-token parameters), and its label (each shard adds a header of a few hundred bytes)."""
-    return num_layers * num_tokens * token_storage(token_dtype).bytes_per_token(width) + LABEL_BYTES
+def bytes_per_image(num_prefix: int, num_patches: int, width: int, num_layers: int, token_dtype: str) -> int:
+    """What one image costs in a cache's shards: ``num_layers`` layers of its tokens in ``token_dtype`` (values,
+    per-token parameters, an 8-bit type's float16 prefix tokens), and its label (each shard adds a header of a few
+    hundred bytes)."""
+    return num_layers * token_storage(token_dtype).bytes_per_row(num_prefix, num_patches, width) + LABEL_BYTES
 
 
 def format_bytes(size: float) -> str:
@@ -164,12 +165,12 @@ def plan_report(
     choices = layer_choices(reader.feature_layers, reader.states)
     for label, count in choices.items():
         sizes = [
-            format_bytes(total * bytes_per_image(patches + prefix, width, count, token_dtype))
+            format_bytes(total * bytes_per_image(prefix, patches, width, count, token_dtype))
             for token_dtype in STORAGE_COLUMNS.values()
         ]
         lines.append("  " + label.ljust(28) + "".join(size.rjust(20) for size in sizes))
     requested = len(reader.feature_layers)
-    per_row = [format_bytes(bytes_per_image(patches + prefix, width, requested, t)) for t in STORAGE_COLUMNS.values()]
+    per_row = [format_bytes(bytes_per_image(prefix, patches, width, requested, t)) for t in STORAGE_COLUMNS.values()]
     lines.append("  " + f"per {unit}, requested".ljust(28) + "".join(size.rjust(20) for size in per_row))
     if len(choices) < 4:
         lines.append("  (the other choices mix states of different widths or grids, which one cache cannot hold)")

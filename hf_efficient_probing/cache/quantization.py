@@ -12,8 +12,12 @@ width ``C`` costs ``C`` bytes plus 2 (float8) or 4 (int8) bytes of float16 param
   ``step = (max(x) - zero) / 255`` (rounded up): every value is within ``step / 2`` of its original, a uniform grid
   over the token's range (finer than float8's for tokens without outliers, coarser with them).
 
-Decoding gives float32 (the probes' compute dtype). Shards hold ``tokens.<layer>`` (the codes) and, for the 8-bit
-types, ``scale.<layer>`` (and ``zero.<layer>``), each ``[rows, N]`` float16.
+The prefix tokens ([CLS], registers) stay float16 beside the 8-bit patches: a linear probe reads only the [CLS]
+token, so its features would carry the whole quantisation error, at a cost of one token in ~200 (ViT-B/16).
+
+Decoding gives float32 (the probes' compute dtype). Shards hold ``tokens.<layer>`` (the patches' codes) and, for the
+8-bit types, ``scale.<layer>`` (and ``zero.<layer>``), each ``[rows, patches]`` float16, and ``prefix.<layer>``
+(``[rows, prefix, C]`` float16) where the backbone has prefix tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class TokenStorage:
 
     def bytes_per_token(self, width: int) -> int:
         return width * self.values.itemsize + 2 * len(self.parameters)
+
+    def bytes_per_row(self, num_prefix: int, num_patches: int, width: int) -> int:
+        """One image's tokens of one layer: an 8-bit type's prefix tokens cost float16's 2 bytes a value."""
+        if not self.quantized:
+            return (num_prefix + num_patches) * self.bytes_per_token(width)
+        return num_prefix * width * PARAMETER_DTYPE.itemsize + num_patches * self.bytes_per_token(width)
 
     @property
     def quantized(self) -> bool:
@@ -76,26 +86,31 @@ def _float16_down(values: torch.Tensor) -> torch.Tensor:
     return torch.where(high, torch.nextafter(rounded, torch.full_like(rounded, -torch.inf)), rounded)
 
 
-def encode(tokens: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-    """``tokens`` ``[..., C]`` in storage type ``name``: ``{"tokens": values}`` plus the 8-bit types' per-token
-    ``"scale"`` (and ``"zero"``), each ``[...]``."""
+def encode(tokens: torch.Tensor, name: str, num_prefix: int = 0) -> dict[str, torch.Tensor]:
+    """``tokens`` ``[..., N, C]`` in storage type ``name``: ``{"tokens": values}``, for the 8-bit types the patches'
+    codes with their per-token ``"scale"`` (and ``"zero"``), each ``[..., N - num_prefix]``, and the first
+    ``num_prefix`` tokens as ``"prefix"`` in float16."""
     storage = token_storage(name)
     if not storage.quantized:
         return {"tokens": tokens.to(storage.values)}
-    tokens = tokens.float()
+    prefix = {"prefix": tokens[..., :num_prefix, :].to(PARAMETER_DTYPE)} if num_prefix else {}
+    tokens = tokens[..., num_prefix:, :].float()
     if name == "float8":
         scale = _float16_up(tokens.abs().amax(-1) / FLOAT8_MAX)
         values = (tokens / scale.float()[..., None]).clamp(-FLOAT8_MAX, FLOAT8_MAX).to(storage.values)
-        return {"tokens": values, "scale": scale}
+        return {"tokens": values, "scale": scale, **prefix}
     zero = _float16_down(tokens.amin(-1))
     step = _float16_up((tokens.amax(-1) - zero.float()) / INT8_LEVELS)
     codes = ((tokens - zero.float()[..., None]) / step.float()[..., None]).round_().clamp_(0, INT8_LEVELS)
-    return {"tokens": codes.to(storage.values), "scale": step, "zero": zero}
+    return {"tokens": codes.to(storage.values), "scale": step, "zero": zero, **prefix}
 
 
 def decode(parts: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """The tokens :func:`encode` stored: float types as stored, the 8-bit types dequantised to float32."""
+    """The tokens :func:`encode` stored: float types as stored, the 8-bit types dequantised to float32 (led by the
+    float16 prefix tokens when ``parts`` holds them)."""
     if not token_storage(name).quantized:
         return parts["tokens"]
     values = parts["tokens"].float() * parts["scale"].float()[..., None]
-    return values + parts["zero"].float()[..., None] if "zero" in parts else values
+    if "zero" in parts:
+        values = values + parts["zero"].float()[..., None]
+    return torch.cat((parts["prefix"].float(), values), dim=-2) if "prefix" in parts else values
