@@ -479,6 +479,9 @@ class TokenReader:
             there; `offset_position_interpolation`), instead of the family's own way; ``None`` for the latter.
         project_tokens: pass every token read through the backbone's output projection (``family.projection``):
             open_clip's ``_all`` tokens of a CLIP tower, ``[pooled; patches] @ proj``.
+        frame_by_frame: an image backbone reads clips ``[B, T, 3, H, W]`` one frame at a time: every frame's
+            patches, frame after frame on a ``(T, rows, columns)`` grid, led by the mean of the frames' [CLS] tokens
+            (so a linear probe on it is the mean of its per-frame logits).
     """
 
     def __init__(
@@ -489,9 +492,16 @@ class TokenReader:
         apply_final_norm: bool | None = None,
         interpolate_offset: float | None = None,
         project_tokens: bool = False,
+        frame_by_frame: bool = False,
     ):
         self.config = vision_config(config)
         self.family = backbone_family(self.config)
+        if frame_by_frame and (self.family.video is not None or self.family.states == "naflex"):
+            kind = "a video backbone: it reads clips itself" if self.family.video else "NaFlex: its grid varies"
+            raise ValueError(
+                f"frame_by_frame is for image backbones on one patch grid; {self.config.model_type!r} is {kind}."
+            )
+        self.frame_by_frame = frame_by_frame
         self.feature_layers = list(feature_layers)
         self.token_selection = token_selection
         self.apply_final_norm = self.family.apply_final_norm if apply_final_norm is None else apply_final_norm
@@ -522,7 +532,13 @@ class TokenReader:
             self.apply_final_norm,
             self.interpolate_offset,
             self.project_tokens,
+            self.frame_by_frame,
         )
+
+    @property
+    def reads_clips(self) -> bool:
+        """Clips ``[B, T, 3, H, W]`` in: a video backbone, or an image backbone frame by frame."""
+        return self.family.video is not None or self.frame_by_frame
 
     # ---------------------------------------------------------------------------------------------------------
     # What the backbone holds, found by running it on the meta device (shapes only, no weights, no compute)
@@ -582,12 +598,29 @@ class TokenReader:
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> Tokens:
-        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, ``[B, T, 3, H, W]`` clips for a video backbone, or,
+        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, ``[B, T, 3, H, W]`` clips for a video backbone (or
+        frame by frame), or,
         for NaFlex (SigLIP2), the image processor's patches ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and
         ``spatial_shapes``."""
         self.check_input(pixel_values)
         if self.family.states == "naflex":
             return self._read_naflex(backbone, pixel_values, pixel_attention_mask, spatial_shapes)
+        if self.frame_by_frame:
+            return self._read_frames(backbone, pixel_values, interpolate_pos_encoding)
+        return self._read_images(backbone, pixel_values, interpolate_pos_encoding)
+
+    def _read_frames(self, backbone: nn.Module, clips: torch.Tensor, interpolate_pos_encoding: bool | None) -> Tokens:
+        """Clips ``[B, T, 3, H, W]`` through an image backbone as ``B * T`` images, their tokens laid out as a video
+        family's: the patches frame after frame, led by the frames' mean [CLS] token where one is read."""
+        batch, frames = clips.shape[:2]
+        read = self._read_images(backbone, clips.flatten(0, 1), interpolate_pos_encoding)
+        tokens = read.tokens.unflatten(0, (batch, frames))
+        prefix = tokens[:, :, : read.num_prefix_tokens].mean(1)
+        patches = tokens[:, :, read.num_prefix_tokens :].flatten(1, 2)
+        return Tokens(torch.cat([prefix, patches], dim=1), read.num_prefix_tokens, (frames, *read.grid_size))
+
+    def _read_images(self, backbone: nn.Module, pixel_values: torch.Tensor, interpolate_pos_encoding) -> Tokens:
+        """Tokens of the backbone's own input: images, or a video backbone's clips."""
         image_size = tuple(pixel_values.shape[-2:])
         states, cls_tokens = self.read_states(backbone, pixel_values, self.feature_layers, interpolate_pos_encoding)
         read = [self._to_tokens(state, image_size, pixel_values) for state in states]
@@ -626,11 +659,16 @@ class TokenReader:
         """Images for an image backbone, clips for a video backbone: the other way round fails here, clearly."""
         name, shape = self.config.model_type, tuple(pixel_values.shape)
         video = self.family.video
-        if video is None and pixel_values.ndim == 5:
+        if video is None and pixel_values.ndim == 5 and not self.frame_by_frame:
             raise ValueError(
                 f"{name!r} is an image backbone, but it was given video clips of shape {shape} ([B, T, 3, H, W]). "
-                f"Probe videos with a video backbone ({', '.join(VIDEO_FAMILIES)}), or give it frames as images "
-                "[B, 3, H, W]."
+                f"Probe videos with a video backbone ({', '.join(VIDEO_FAMILIES)}), read them frame by frame (a "
+                "probe config's frames_per_clip, --frames_per_clip), or give it frames as images [B, 3, H, W]."
+            )
+        if self.frame_by_frame and pixel_values.ndim != 5:
+            raise ValueError(
+                f"This reader reads clips [B, T, 3, H, W] frame by frame through the image backbone {name!r}, but "
+                f"it was given a tensor of shape {shape}. Give it clips, or read images with frames_per_clip unset."
             )
         if video is None:
             return

@@ -97,11 +97,13 @@ class ProbingConfig(PreTrainedConfig):
             backbone when the config is created. A probe-only checkpoint records it, so that loading it onto a
             backbone giving other tokens fails clearly.
         frames_per_clip (`int`, *optional*):
-            Video backbones only: the frames of each clip the probe reads, set from the backbone config when the
-            config is created (VideoMAE, ViViT and TimeSformer read exactly their `num_frames`; V-JEPA 2 any
-            multiple of its tubelet). With the tubelet and patch sizes of `backbone_config`, it fixes the
+            The frames of each clip the probe reads; `None` for images. A video backbone's is set from its config
+            when the config is created (VideoMAE, ViViT and TimeSformer read exactly their `num_frames`; V-JEPA 2
+            any multiple of its tubelet); with the tubelet and patch sizes of `backbone_config`, it fixes the
             `(frames / tubelet, rows, columns)` grid of the space-time tokens: a probe-only checkpoint refuses a
-            backbone cutting clips otherwise, and the probe refuses clips of another length. `None` for images.
+            backbone cutting clips otherwise, and the probe refuses clips of another length. Set on an image
+            backbone, the probe reads clips of that many frames frame by frame (`reads_frames`): every frame's
+            patches on a `(frames, rows, columns)` grid, led by the mean of the frames' [CLS] tokens.
         batch_norm (`bool`, *optional*, defaults to `True`):
             Whether a non-affine BatchNorm standardises the pooled feature before the classifier (the paper's
             head). `False`: pooling -> classifier, as V-JEPA 2's probes are trained (its converted heads).
@@ -203,11 +205,16 @@ class ProbingConfig(PreTrainedConfig):
 
     def _check_frames_per_clip(self, family) -> None:
         frames, video = self.frames_per_clip, family.video
-        if video is None:
-            if frames is not None:
+        if video is None:  # an image backbone: images, or clips frame by frame
+            if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
                 raise ValueError(
-                    f"frames_per_clip={frames} is for video backbones, but {family.model_type!r} reads images; leave "
-                    "it unset."
+                    f"frames_per_clip is the number of frames of the clips an image backbone reads frame by frame "
+                    f"(None: it reads images), got {frames!r}."
+                )
+            if frames is not None and layer_states(self.backbone_config, self.feature_layers)[0].grid_size is None:
+                raise ValueError(
+                    f"{family.model_type!r} backbones give tokens on a grid that depends on the image (NaFlex), so "
+                    "clips cannot be read frame by frame on one space-time grid; leave frames_per_clip unset."
                 )
             return
         tubelet, native = video.tubelet(self.backbone_config)[0], video.native_frames(self.backbone_config)
@@ -224,9 +231,19 @@ class ProbingConfig(PreTrainedConfig):
 
     @property
     def clip_token_grid(self) -> tuple[int, int, int] | None:
-        """``(frames, rows, columns)`` of the space-time tokens of the clips the probe reads (``None``: images)."""
+        """``(frames, rows, columns)`` of the space-time tokens of the clips the probe reads (``None``: images); an
+        image backbone read frame by frame gives each frame's patch grid at its native size."""
+        if self.frames_per_clip is None:
+            return None
         video = backbone_family(self.backbone_config).video
-        return None if video is None else video.token_grid(self.backbone_config, self.frames_per_clip)
+        if video is not None:
+            return video.token_grid(self.backbone_config, self.frames_per_clip)
+        return (self.frames_per_clip, *layer_states(self.backbone_config, self.feature_layers)[0].grid_size)
+
+    @property
+    def reads_frames(self) -> bool:
+        """An image backbone reading clips frame by frame."""
+        return self.frames_per_clip is not None and backbone_family(self.backbone_config).video is None
 
     @property
     def reads_cls_token(self) -> bool:

@@ -191,6 +191,7 @@ class ProbingPreTrainedModel(PreTrainedModel):
             config.apply_final_norm,
             config.interpolate_offset,
             config.project_tokens,
+            config.reads_frames,
         )
         pooling = build_pooling(config.pooling_name, config.token_width, **config.pooling_kwargs())
         self.probe = ProbeHead(pooling, config.num_labels, config.batch_norm_eps, config.batch_norm)
@@ -267,7 +268,8 @@ class ProbingPreTrainedModel(PreTrainedModel):
         r"""
         Args:
             pixel_values: ``[B, 3, H, W]`` images prepared by the backbone's image processor, or for a video backbone
-                ``[B, T, 3, H, W]`` clips of ``config.frames_per_clip`` frames prepared by its video processor, or
+                (or an image backbone read frame by frame, ``config.reads_frames``) ``[B, T, 3, H, W]`` clips of
+                ``config.frames_per_clip`` frames prepared by its video processor, or
                 ``[B, K, T, 3, H, W]``: K clips of each video, classified by the mean of their K logits (their
                 ``probe_attentions`` stay per clip, ``[B * K, ...]``).
             labels: ``[B]`` class indices; a loss is returned when given.

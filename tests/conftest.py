@@ -213,3 +213,29 @@ def transformers_logs(caplog):
             yield caplog
     finally:
         hf_logging.disable_propagation()
+
+
+SIZE, FRAMES, SQUARE = 40, 12, 10
+DIRECTIONS = {"right": (0, 3), "down": (3, 0), "diagonal": (2, 2)}  # pixels a frame (rows, columns)
+
+
+def moving_square(direction: str, start: int, num_frames: int = FRAMES) -> torch.Tensor:
+    """``uint8`` ``[T, 3, H, W]``: a bright square on a dark ground moving in ``direction`` from ``start``."""
+    (rows, columns), frames = DIRECTIONS[direction], torch.full((num_frames, 3, SIZE, SIZE), 20, dtype=torch.uint8)
+    for index in range(num_frames):
+        top, left = start + rows * index, start + columns * index
+        frames[index, :, top : top + SQUARE, left : left + SQUARE] = 230
+    return frames
+
+
+@pytest.fixture(scope="session")
+def video_folder(tmp_path_factory):
+    """A video folder of moving squares: ``train/<direction>/*.mp4`` (6 a class) and
+    ``validation/<direction>/*.mp4`` (2 a class)."""
+    root = tmp_path_factory.mktemp("videos")
+    for split, count in (("train", 6), ("validation", 2)):
+        for direction in DIRECTIONS:
+            (root / split / direction).mkdir(parents=True)
+            for index in range(count):
+                write_video(root / split / direction / f"{index}.mp4", moving_square(direction, start=index % 3))
+    return str(root)

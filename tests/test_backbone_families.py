@@ -404,7 +404,8 @@ def test_probe_only_video_probe_refuses_a_backbone_cutting_clips_otherwise(tmp_p
 
 def test_frames_per_clip_is_recorded_and_checked():
     """V-JEPA 2 reads clips of any multiple of its tubelet: a probe records the length it reads and refuses others;
-    the families with fixed temporal positions read their num_frames only; image backbones take no frames."""
+    the families with fixed temporal positions read their num_frames only; image backbones read no clips unless
+    asked to read them frame by frame (tests/test_frame_by_frame.py)."""
     backbone = tiny_backbone("vjepa2")
     model = hep.AutoModelForEfficientProbing.from_backbone(backbone, num_labels=3, num_queries=4, frames_per_clip=8)
     assert model.config.frames_per_clip == 8 and model.config.clip_token_grid == (4, 4, 4)
@@ -420,8 +421,8 @@ def test_frames_per_clip_is_recorded_and_checked():
         hep.EfficientProbingConfig(backbone_config=config, num_queries=4, frames_per_clip=5)
     with pytest.raises(Exception, match="read clips of exactly their num_frames \\(4 frames here\\)"):
         hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("videomae"), num_queries=4, frames_per_clip=8)
-    with pytest.raises(Exception, match="frames_per_clip=4 is for video backbones, but 'vit' reads images"):
-        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4, frames_per_clip=4)
+    with pytest.raises(Exception, match="frames of the clips an image backbone reads frame by frame .* got 0"):
+        hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4, frames_per_clip=0)
     assert (
         hep.EfficientProbingConfig(backbone_config=tiny_backbone_config("vit"), num_queries=4).frames_per_clip is None
     )

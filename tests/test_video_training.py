@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_backbone, write_video
+from conftest import DIRECTIONS, moving_square, tiny_backbone, write_video
 from test_cache import single_thread  # noqa: F401
 from transformers import VideoMAEImageProcessor
 
@@ -26,30 +26,6 @@ from hf_efficient_probing.training.prepared import SELECTION, prepare_data
 from hf_efficient_probing.training.protocols import GRID_SPLITS, extraction_options
 from hf_efficient_probing.training.transforms import TrainingClipTransform
 from hf_efficient_probing.video import ClipSampling
-
-SIZE, FRAMES, SQUARE = 40, 12, 10
-DIRECTIONS = {"right": (0, 3), "down": (3, 0), "diagonal": (2, 2)}  # pixels a frame (rows, columns)
-
-
-def moving_square(direction: str, start: int, num_frames: int = FRAMES) -> torch.Tensor:
-    """``uint8`` ``[T, 3, H, W]``: a bright square on a dark ground moving in ``direction`` from ``start``."""
-    (rows, columns), frames = DIRECTIONS[direction], torch.full((num_frames, 3, SIZE, SIZE), 20, dtype=torch.uint8)
-    for index in range(num_frames):
-        top, left = start + rows * index, start + columns * index
-        frames[index, :, top : top + SQUARE, left : left + SQUARE] = 230
-    return frames
-
-
-@pytest.fixture(scope="module")
-def video_folder(tmp_path_factory):
-    """``train/<direction>/*.mp4`` (6 a class) and ``validation/<direction>/*.mp4`` (2 a class)."""
-    root = tmp_path_factory.mktemp("videos")
-    for split, count in ((TRAIN, 6), (VALIDATION, 2)):
-        for direction in DIRECTIONS:
-            (root / split / direction).mkdir(parents=True)
-            for index in range(count):
-                write_video(root / split / direction / f"{index}.mp4", moving_square(direction, start=index % 3))
-    return str(root)
 
 
 def video_processor():
@@ -117,9 +93,12 @@ def test_an_image_backbone_given_videos_and_a_video_backbone_given_images_fail_e
                 from PIL import Image
 
                 Image.new("RGB", (8, 8), (index * 50, 0, 0)).save(images / split / label / f"{index}.png")
-    with pytest.raises(DataError, match="The backbone reads video clips, but column 'image' holds Image values"):
+    with pytest.raises(DataError, match="The run reads video clips, but column .image. holds Image values"):
         prepare_data(DataArguments(dataset_name=str(images)), video_processor(), clips=ClipSampling(4))
-    with pytest.raises(ValueError, match="--clips_per_video is for video backbones; this 'vit' backbone reads images"):
+    with pytest.raises(
+        ValueError,
+        match="--clips_per_video is for video data; this .vit. backbone reads images, or videos frame by frame",
+    ):
         ProbingJob.from_arguments(
             ModelArguments(),
             DataArguments(dataset_name=str(images), clips_per_video=2),

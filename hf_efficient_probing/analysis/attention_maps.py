@@ -198,7 +198,8 @@ def save_video_attention_maps(
     pixel_values = inputs.get("pixel_values", inputs.get("pixel_values_videos"))
     pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
     logits, maps = probe_attention_maps(model.eval(), pixel_values)
-    tubelet = backbone_family(model.config.backbone_config).video.tubelet(model.config.backbone_config)[0]
+    video_family = backbone_family(model.config.backbone_config).video  # None: an image backbone frame by frame
+    tubelet = 1 if video_family is None else video_family.tubelet(model.config.backbone_config)[0]
     label = int(logits[0].argmax())
     figure = plot_video_attention_maps(
         unnormalize(pixel_values[0, ::tubelet], video_processor),

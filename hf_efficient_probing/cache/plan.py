@@ -8,7 +8,8 @@ The data set is counted without downloading it (a Hub data set's split sizes com
 or video folder's files are counted), and the timing runs the backbone on random images at its input size: decoding
 and transforms run in DataLoader workers beside the backbone, so the backbone is what an extraction waits for. A
 video backbone is priced per clip (a cache row): ``--clips_per_video`` clips of every video, each of
-``--frames_per_clip`` frames (default: the backbone's own), timed on random clips.
+``--frames_per_clip`` frames (default: the backbone's own), timed on random clips; so is an image backbone given
+``--frames_per_clip``, which reads them frame by frame.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import State, TokenReader, backbone_family, has_cls_token, load_backbone, native_image_size
+from ..backbones import (
+    State,
+    TokenReader,
+    backbone_family,
+    has_cls_token,
+    load_backbone,
+    native_image_size,
+    vision_config,
+)
 from ..video import VIDEO_SUFFIXES
 from .key import COMPUTE_DTYPES, resolve_compute_dtype
 from .quantization import token_storage
@@ -61,11 +70,12 @@ class Measurement:
     num_patches: int
 
 
-def plan_reader(config, feature_layers) -> TokenReader:
+def plan_reader(config, feature_layers, frame_by_frame: bool = False) -> TokenReader:
     """The reader of ``feature_layers`` with every token the backbone has ([CLS] too, when it has one): the most a
-    cache of these layers can hold. It fails, listing the backbone's states, for layers out of range or of
-    different widths or grids."""
-    return TokenReader(config, feature_layers, token_selection="all" if has_cls_token(config) else "patch")
+    cache of these layers can hold (of clips read frame by frame, with ``frame_by_frame``). It fails, listing the
+    backbone's states, for layers out of range or of different widths or grids."""
+    selection = "all" if has_cls_token(config) else "patch"
+    return TokenReader(config, feature_layers, token_selection=selection, frame_by_frame=frame_by_frame)
 
 
 @torch.inference_mode()
@@ -200,20 +210,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure_batches", type=int, default=3, help="batches timed after one warm-up batch")
     parser.add_argument("--num_processes", type=int, default=1, help="processes the extraction will run on")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--frames_per_clip", type=int, default=None, help="video: default the backbone's own")
+    parser.add_argument(
+        "--frames_per_clip",
+        type=int,
+        default=None,
+        help="video: default a video backbone's own; an image backbone reads clips of this many frames frame by frame",
+    )
     parser.add_argument("--clips_per_video", type=int, default=1, help="video: clips cached per video")
     args = parser.parse_args(argv)
 
     images = {"all": args.num_images} if args.num_images else count_images(args.dataset_name, args.dataset_config_name)
     backbone = load_backbone(args.model_name_or_path, revision=args.model_revision).to(args.device)
-    reader = plan_reader(backbone.config, args.feature_layers)
+    video = backbone_family(vision_config(backbone.config)).video
+    frames = args.frames_per_clip or (video.native_frames(vision_config(backbone.config)) if video else None)
+    reader = plan_reader(backbone.config, args.feature_layers, frame_by_frame=video is None and frames is not None)
     image_size = (args.image_size,) * 2 if args.image_size else native_image_size(backbone.config, backbone)
-    video = backbone_family(reader.config).video
-    frames = (args.frames_per_clip or video.native_frames(reader.config)) if video else None
     measurement = measure_extraction(
         backbone, reader, image_size, args.batch_size, args.measure_batches, args.backbone_dtype, frames
     )
-    print(plan_report(images, reader, measurement, args.num_processes, args.clips_per_video if video else None))
+    print(plan_report(images, reader, measurement, args.num_processes, args.clips_per_video if frames else None))
     return 0
 
 

@@ -117,7 +117,8 @@ class DataArguments:
     frames_per_clip: int | None = field(
         default=None,
         metadata={
-            "help": "Video: frames per clip (default: the backbone's own; V-JEPA 2 reads any multiple of its tubelet)."
+            "help": "Video: frames per clip (default: a video backbone's own; V-JEPA 2 reads any multiple of its "
+            "tubelet). Given with an image backbone, it reads the clips frame by frame."
         },
     )
     frame_stride: int = field(

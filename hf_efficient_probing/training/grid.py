@@ -120,7 +120,10 @@ class ProbingGridModel(nn.Module):
         layers = sorted({layer for model in models for layer in model.token_reader.layers})
         reads_cls = any(model.config.reads_cls_token for model in models)
         self.token_selection = "all" if reads_cls else "patch"
-        self.reader = TokenReader(models[0].config.backbone_config, layers, self.token_selection, norms.pop())
+        config = models[0].config
+        self.reader = TokenReader(
+            config.backbone_config, layers, self.token_selection, norms.pop(), frame_by_frame=config.reads_frames
+        )
         self.layout = TokenLayout(tuple(layers), self.reader.layer_width, int(reads_cls), self.reader.num_hidden_layers)
         self.views = [
             (self.layout.view_index(model.config.feature_layers), model.config.reads_cls_token) for model in models
@@ -225,7 +228,7 @@ class ProbingGridModel(nn.Module):
         if not self.seeds:  # with seeds an extra axis is the seeds' (`SeedStreams`); the job refuses seeds on videos
             if tokens is not None:
                 tokens, clips = flatten_clips(tokens, 3)
-            elif pixel_values is not None and self.reader.family.video:
+            elif pixel_values is not None and self.reader.reads_clips:
                 pixel_values, clips = flatten_clips(pixel_values, 5)
         if tokens is None:
             if pixel_values is None:

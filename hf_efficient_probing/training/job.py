@@ -304,13 +304,17 @@ def describe_preprocessing(data: PreparedData) -> str:
 
 
 def clip_sampling(config, data_args: DataArguments) -> ClipSampling | None:
-    """How a video backbone takes clips from the videos (``--frames_per_clip``, default its own; ``--frame_stride``;
-    ``--clips_per_video``); ``None`` for an image backbone, which refuses those flags."""
+    """How the run takes clips from the videos (``--frames_per_clip``, default a video backbone's own;
+    ``--frame_stride``; ``--clips_per_video``). An image backbone reads images (``None``), or, given
+    ``--frames_per_clip``, clips frame by frame; without it, it refuses the other clip flags."""
     video = backbone_family(vision_config(config)).video
-    if video is None:
+    if video is None and data_args.frames_per_clip is None:
         given = sorted(_given(data_args) & set(_VIDEO_ONLY))
         if given:
-            raise ValueError(f"--{given[0]} is for video backbones; this {config.model_type!r} backbone reads images.")
+            raise ValueError(
+                f"--{given[0]} is for video data; this {config.model_type!r} backbone reads images, or videos frame "
+                "by frame when --frames_per_clip is given."
+            )
         return None
     frames = data_args.frames_per_clip or video.native_frames(vision_config(config))
     return ClipSampling(frames, data_args.frame_stride, data_args.clips_per_video)

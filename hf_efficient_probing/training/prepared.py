@@ -502,15 +502,17 @@ def check_modality(train: datasets.Dataset, column: str, clips: ClipSampling | N
     if videos and clips is None:
         raise DataError(
             f"Column {column!r} holds videos, but the backbone reads images. Probe videos with a video backbone "
-            f"({', '.join(VIDEO_FAMILIES)}), or give the frames as an image data set."
+            f"({', '.join(VIDEO_FAMILIES)}), read them frame by frame through this image backbone "
+            "(--frames_per_clip N), or give the frames as an image data set."
         )
     if clips is not None and not videos:
         feature = type(train.features.get(column)).__name__
         raise DataError(
-            f"The backbone reads video clips, but column {column!r} holds {feature} values, not videos. Give a data "
+            f"The run reads video clips, but column {column!r} holds {feature} values, not videos. Give a data "
             "set with a datasets.Video column (or a folder of video files: train/<class>/*.mp4 and "
             "validation/<class>/*.mp4), cast a column of video paths with "
-            f"`dataset.cast_column({column!r}, datasets.Video())`, or probe images with an image backbone."
+            f"`dataset.cast_column({column!r}, datasets.Video())`, or probe images with an image backbone (without "
+            "--frames_per_clip)."
         )
 
 
