@@ -85,8 +85,13 @@ def test_the_default_protocol_reads_videos_frame_by_frame_through_an_image_backb
     metrics = job.run()
     assert set(metrics) == {"ep", "linear"} and len(job.members) == 2 * 2 * 2, "kinds x layers x rates, one pass"
     assert all(m["eval_samples"] == 6 and m["selection_samples"] == 6 for m in metrics.values()), "videos"
+    assert all(m["train_samples"] == 24 for m in metrics.values()), "12 training videos of 2 cached clips"
+    steps_per_epoch = 24 // job.args.per_device_train_batch_size
+    assert job.args.eval_steps == steps_per_epoch, "selection once an epoch of clips, not of videos"
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert summary["clips"]["frames_per_clip"] == 2 and summary["token_cache"]["images"] == (12 + 6 + 6) * 2
+    assert "bootstrap over 6 evaluation videos" in metrics["ep"]["interval_method"]
+    assert "48 clips extracted" in (tmp_path / "run" / "run_summary.md").read_text()
     caches = [TokenCache(path) for path in (tmp_path / "tokens").iterdir()]
     assert sorted(cache.num_rows for cache in caches) == [12, 12, 24]
     assert all(tuple(cache.grid_size) == (2, 4, 4) and cache.num_prefix_tokens == 1 for cache in caches)
@@ -169,3 +174,26 @@ def test_a_frame_by_frame_probe_draws_its_attention_on_every_frame(tmp_path, mon
     write_video(tmp_path / "clip.mp4", frames)
     output = save_video_attention_maps(model, tmp_path / "clip.mp4", tmp_path / "maps.png", processor, frame_stride=2)
     assert output.is_file() and drawn["frames"].shape[:3] == (3, 32, 32), "every frame drawn, not every other"
+
+
+def test_a_video_probe_repository_holds_its_video_processor_and_draws_on_an_example_video(tmp_path, saved_backbone):
+    from transformers import VideoMAEVideoProcessor
+
+    from hf_efficient_probing.hub.push import save_probe_repository
+
+    model = hep.AutoModelForEfficientProbing.from_backbone(
+        saved_backbone("vit"), num_labels=3, num_queries=4, frames_per_clip=3
+    )
+    with pytest.raises(ValueError, match="No video processor for this video probe"):
+        save_probe_repository(model, tmp_path / "bare", "user/video-probe")
+    assert not (tmp_path / "bare").exists(), "nothing written before the error"
+    processor = VideoMAEVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    frames = (torch.rand(12, 3, 40, 48, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    video = write_video(tmp_path / "clip.mp4", frames)
+    save_probe_repository(
+        model, tmp_path / "repo", "user/video-probe", example_image={"path": str(video)}, image_processor=processor
+    )
+    files = {path.name for path in (tmp_path / "repo").iterdir()}
+    assert {"video_preprocessor_config.json", "attention_maps.png"} <= files and "preprocessor_config.json" not in files
+    save_probe_repository(model, tmp_path / "plain", "user/video-probe", image_processor=processor)
+    assert not (tmp_path / "plain" / "attention_maps.png").exists(), "no example video: no figure"

@@ -91,7 +91,7 @@ def test_a_probe_trained_under_seeds_is_published_with_its_intervals_and_spread(
     assert [r.metric_value for r in card.data.eval_results] == [75.0, 100.0], "seed 1's own figures"
     assert card.data.to_dict()["hf_efficient_probing"]["top1_interval"] == [65.0, 80.0]
     assert "| Top-1 Accuracy | 75.0 | 65.0 to 80.0 |" in card.text
-    assert "95 % interval 65.0 to 80.0 over the evaluation images" in card.text
+    assert "95 % interval 65.0 to 80.0 (95 % percentile bootstrap over 8 evaluation images)" in card.text
     assert "top-1 62.50 ± 12.50 %" in card.text and "interval of the mean over seeds: 31.4 to 93.5" in card.text
     (found,) = find_probes(BACKBONE)
     assert (found.top1, found.top1_interval, found.top1_over_seeds) == (75.0, (65.0, 80.0), (62.5, 12.5, 3))

@@ -433,7 +433,8 @@ def run_backbone(plan: ExtractionPlan, writer: ShardWriter, loader, per_shard, m
     home, backbone_mode = next(backbone.parameters()).device, backbone.training
     backbone.to(device).eval()
     total = sum(len(batch) for batches in per_shard.values() for batch in batches)
-    bar = tqdm(total=total, unit="img", desc="Caching tokens", disable=not progress)
+    unit = "clip" if plan.reader.reads_clips else "img"
+    bar = tqdm(total=total, unit=unit, desc="Caching tokens", disable=not progress)
     try:
         with torch.inference_mode():
             _fill_shards(plan, writer, loader, per_shard, device, missing_rows, bar)

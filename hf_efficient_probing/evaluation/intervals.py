@@ -40,12 +40,13 @@ def bootstrap_interval(
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = 0,
+    unit: str = "images",
 ) -> Interval:
     """The percentile bootstrap interval of ``statistic`` (default: the mean, i.e. the accuracy of 0/1 hits) over
     ``per_image`` results: ``resamples`` draws of as many images with replacement, seeded by ``seed``.
 
     ``per_image`` is ``[N]`` (a hit per image) or ``[N, ...]`` (rows a statistic such as mAP reads: scores and labels
-    side by side); rows are resampled together."""
+    side by side); rows are resampled together. ``unit`` names the rows in the method's words (images, videos)."""
     per_image = np.asarray(per_image)
     if len(per_image) == 0:
         raise ValueError("A bootstrap interval needs at least one evaluation image.")
@@ -55,7 +56,7 @@ def bootstrap_interval(
     values = np.array([statistic(per_image[draw]) for draw in draws])
     tail = (1 - confidence) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
-    method = f"percentile bootstrap over {len(per_image)} evaluation images, {resamples} resamples, seed {seed}"
+    method = f"percentile bootstrap over {len(per_image)} evaluation {unit}, {resamples} resamples, seed {seed}"
     return Interval(float(statistic(per_image)), float(low), float(high), confidence, method)
 
 

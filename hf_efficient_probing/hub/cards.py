@@ -51,7 +51,7 @@ class ProbeCardInfo:
         metric_suffix: appended to every metric name of the ``model-index`` (a caveat that must travel with the
             figures, e.g. a best epoch selected on the reported split).
         top1_interval, top5_interval: the 95 % interval (percent, ``[low, high]``) of top-1/top-5 over the
-            evaluation images; ``interval_method`` says how it was computed. The ``model-index`` keeps the point
+            evaluation images (or videos); ``interval_method`` says how it was computed, over what. The ``model-index`` keeps the point
             values; the card's prose and its ``hf_efficient_probing`` metadata carry the intervals.
         runs: with ``--seeds``, what the setting of this probe gave under every seed: ``{"over": "seeds",
             "top1": {seed: percent}, "top1_mean", "top1_std", "top1_interval": [low, high] (Student-t over runs),
@@ -94,9 +94,9 @@ class ProbeCardInfo:
         notes = []
         if self.top1_interval:
             low, high = self.top1_interval
-            notes.append(
-                f"Top-1 {self.top1} %, 95 % interval {low:.1f} to {high:.1f} over the evaluation images"
-                + (f" ({self.interval_method})." if self.interval_method else ".")
+            notes.append(  # the method names what was resampled (images, or videos)
+                f"Top-1 {self.top1} %, 95 % interval {low:.1f} to {high:.1f} "
+                + (f"({self.interval_method})." if self.interval_method else "over the evaluation set.")
             )
         if self.runs:
             runs, over = self.runs, self.runs["over"]

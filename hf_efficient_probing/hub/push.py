@@ -4,7 +4,9 @@ A probe repository holds what a user needs to run the probe in one line: ``confi
 backbone's id and revision), ``model.safetensors`` (the probe only, a few MB), ``preprocessor_config.json`` (the
 backbone's image processor, so that ``pipeline("image-classification", model=repo)`` works), ``README.md`` (the
 model card) and, when the probe attends, ``attention_maps.png`` (drawn on the example image given, or on
-`sample_image`). A backbone without an image processor gets one built from its config.
+`sample_image`). A backbone without an image processor gets one built from its config. A video probe's repository
+holds its video processor (``video_preprocessor_config.json``) and, given an example video, the attention drawn frame
+by frame on its centred clip.
 
 Uploads go through `huggingface_hub.HfApi` (``create_repo`` then one ``upload_folder`` commit), so the token comes
 from the usual places (``token=``, ``HF_TOKEN``, ``hf auth login``) and ``HF_ENDPOINT`` is honoured.
@@ -31,9 +33,9 @@ from PIL import Image, ImageDraw
 from transformers import ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..analysis.attention_maps import count_attention_maps, save_attention_maps
+from ..analysis.attention_maps import count_attention_maps, save_attention_maps, save_video_attention_maps
 from ..backbones import vision_config
-from ..checkpoint import load_image_processor
+from ..checkpoint import load_image_processor, load_video_processor
 from ..probes.patch_grid import as_pair
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
@@ -89,18 +91,27 @@ def save_probe_repository(
         save_directory: folder to write into.
         repo_id: repository the card's usage snippet loads from.
         card_info: evaluation and training details for the model card.
-        example_image: an image to draw the probe's attention maps on, for the card (by default `sample_image`).
-        image_processor: the processor of the backbone; by default loaded from the backbone the config names, or
-            built from its config when it has none (`image_processor_from_config`).
+        example_image: an image to draw the probe's attention maps on, for the card (by default `sample_image`);
+            for a video probe a video (a file, its bytes or a `datasets` video), without which the card has no
+            figure.
+        image_processor: the processor of the backbone (a video probe's video processor); by default loaded from
+            the backbone the config names, or for an image probe built from its config when it has none
+            (`image_processor_from_config`).
         revision: branch the files are meant for (pinned in the card's snippet when not ``main``).
         token: token to read the backbone's processor and card.
     """
     save_directory = Path(save_directory)
     config = model.config
     _check_names_backbone(model)
-    model.save_pretrained(save_directory)  # probe only, unless the backbone was fine-tuned (then it is saved too)
+    video = config.frames_per_clip is not None
     if image_processor is None:
-        image_processor = load_image_processor(None, config=config, token=token)
+        image_processor = (load_video_processor if video else load_image_processor)(None, config=config, token=token)
+    if image_processor is None and video:
+        raise ValueError(
+            f"No video processor for this video probe: the backbone {config.backbone_name_or_path!r} has none. Pass "
+            "image_processor= (the video processor the probe reads clips through, e.g. a training run's)."
+        )
+    model.save_pretrained(save_directory)  # probe only, unless the backbone was fine-tuned (then it is saved too)
     if image_processor is None:
         image_processor = image_processor_from_config(config)
         warnings.warn(
@@ -112,7 +123,11 @@ def save_probe_repository(
         )
     image_processor.save_pretrained(save_directory)
     attention_map = None
-    if count_attention_maps(model) is not None:
+    if count_attention_maps(model) is not None and video:
+        if example_image is not None:  # a video: its centred clip, frame by frame
+            save_video_attention_maps(model, example_image, save_directory / ATTENTION_MAPS_FILE, image_processor)
+            attention_map = ATTENTION_MAPS_FILE
+    elif count_attention_maps(model) is not None:
         size = image_processor.size  # {"height", "width"}, or {"shortest_edge"} (e.g. DINOv2 and ConvNeXt processors)
         side = size.get("height") or size.get("shortest_edge", 224)
         figure_image = sample_image(side) if example_image is None else example_image
@@ -183,11 +198,12 @@ def push_probe_to_hub(
 
 
 def _from_training_run(run_dir: Path, card_info: dict | None, image_processor):
-    """The card details and the image processor of the probe a training run saved in ``run_dir``."""
+    """The card details and the image (a video run's video) processor of the probe a training run saved in
+    ``run_dir``."""
     summary_path = run_dir / RUN_SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if isinstance(card_info, ProbeCardInfo):
         raise TypeError("With run_dir, give card_info as a dict of the fields that override the run summary's.")
     if image_processor is None:
-        image_processor = load_image_processor(str(run_dir))
+        image_processor = (load_video_processor if summary.get("clips") else load_image_processor)(str(run_dir))
     return card_info_from_summary(summary, **(card_info or {})), image_processor

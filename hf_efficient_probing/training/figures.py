@@ -30,6 +30,7 @@ class BootstrapOptions:
 
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    unit: str = "images"  # what an evaluation row is: images, or videos (their clips' logits averaged)
 
     def __post_init__(self):
         if self.resamples < 1:
@@ -48,7 +49,10 @@ def per_image_hits(ranked: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarr
 
 def image_intervals(hits: dict[str, np.ndarray], options: BootstrapOptions) -> dict:
     """``<figure>_interval`` (``[low, high]``) of each evaluation figure, and how they were computed."""
-    intervals = {name: bootstrap_interval(hits[name], resamples=options.resamples, seed=options.seed) for name in hits}
+    intervals = {
+        name: bootstrap_interval(hits[name], resamples=options.resamples, seed=options.seed, unit=options.unit)
+        for name in hits
+    }
     first = next(iter(intervals.values()))
     return {
         **{f"{name}_interval": [interval.low, interval.high] for name, interval in intervals.items()},

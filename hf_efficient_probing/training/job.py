@@ -148,8 +148,9 @@ class ProbingJob:
                 "single-label hits). Run once per --subset_seed instead."
             )
         grid, episodes = None, ()
+        cached = uses_token_cache(data_args, probe_args.protocol)
         if paper:
-            args = resolve_recipe(training_args, "paper", len(data.splits[TRAIN]))
+            args = resolve_recipe(training_args, "paper", data.num_training_samples(cached))
             if data.multi_label is not None and args.metric_for_best_model == "accuracy":
                 args.metric_for_best_model = MULTI_LABEL_METRICS[0]  # the best epoch by mean average precision
         else:
@@ -160,7 +161,7 @@ class ProbingJob:
                 data = data.hold_out_selection(
                     data_args.selection_fraction, data_args.subset_seed, data_args.selection_rule
                 )
-                args = grid_arguments(training_args, len(data.splits[TRAIN]))
+                args = grid_arguments(training_args, data.num_training_samples(cached))
             rates = scaled_grid(probe_args.learning_rates or DEFAULT_BASE_LEARNING_RATES, effective_batch_size(args))
             members = grid_members(probe_args.probe, list(dict.fromkeys(layers)), rates)
             members += edge_reserves(members) if rungs and rungs.extend_edge else []
@@ -191,8 +192,9 @@ class ProbingJob:
 
     @property
     def bootstrap(self) -> BootstrapOptions:
-        """The bootstrap interval over evaluation images reported beside every evaluation figure."""
-        return BootstrapOptions(self.probe_args.bootstrap_resamples, self.probe_args.bootstrap_seed)
+        """The bootstrap interval over evaluation images (or videos) reported beside every evaluation figure."""
+        unit = "videos" if self.data.is_video else "images"
+        return BootstrapOptions(self.probe_args.bootstrap_resamples, self.probe_args.bootstrap_seed, unit)
 
     @property
     def members(self) -> tuple[GridMember, ...]:

@@ -237,6 +237,13 @@ class PreparedData:
     def num_labels(self) -> int:
         return len(self.class_names)
 
+    def num_training_samples(self, cached: bool) -> int:
+        """The samples an epoch trains on (what the recipe sizes its batch and epochs by): the training images; for
+        videos every cached clip (each a sample of its video's class), or one clip a video when the backbone runs
+        live."""
+        count = len(self.splits[TRAIN])
+        return count * self.clips.clips_per_video if self.is_video and cached else count
+
     @property
     def label_maps(self) -> dict:
         """``id2label`` and ``label2id``, as a probe config takes them; for a multi-label data set also its

@@ -69,12 +69,12 @@ def fitted_batch_size(requested: int, num_train: int, world_size: int, min_steps
     batch = max(2, min(requested, fitting))
     if batch * world_size > num_train:
         raise ValueError(
-            f"The training split has {num_train} images, fewer than one batch of 2 per process ({world_size} "
-            "processes): add images, or train on fewer processes."
+            f"The training split has {num_train} samples (images, or clips of videos), fewer than one batch of 2 "
+            f"per process ({world_size} processes): add samples, or train on fewer processes."
         )
     if batch < requested:
         logger.info(
-            "Batch size %d per device (asked: %d): the training split has %d images.", batch, requested, num_train
+            "Batch size %d per device (asked: %d): the training split has %d samples.", batch, requested, num_train
         )
     return batch
 

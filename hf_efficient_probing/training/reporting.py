@@ -64,13 +64,14 @@ def write_grid_summary(summary: dict, output_dir: str | os.PathLike) -> None:
     plot_grid(summary, os.path.join(output_dir, SUMMARY_PLOT))
 
 
-def token_cache_markdown(report: dict) -> str:
-    """How the run got its tokens: an existing cache, or this run's extraction and its speed."""
+def token_cache_markdown(report: dict, unit: str = "images") -> str:
+    """How the run got its tokens: an existing cache, or this run's extraction of its ``unit`` (images, or a video
+    data set's clips) and its speed."""
     dtypes = f"computed in {report['compute_dtype']}, stored in {report['storage_dtype']}"
     if report["reused"]:
         return f"reused an existing cache, every shard verified ({dtypes})"
     return (
-        f"{report['images']} images extracted in {report['seconds']:.1f} s ({report['images_per_second']} images/s "
+        f"{report['images']} {unit} extracted in {report['seconds']:.1f} s ({report['images_per_second']} {unit}/s "
         f"on {report['processes']} process(es), {dtypes})"
     )
 
@@ -78,7 +79,8 @@ def token_cache_markdown(report: dict) -> str:
 def _extra_rows(summary: dict) -> list[tuple[str, object]]:
     rows = [(key.replace("_", " ").capitalize(), summary[key]) for key in EXTRA_ROWS if key in summary]
     if summary.get("token_cache"):
-        rows.append(("Token cache", token_cache_markdown(summary["token_cache"])))
+        unit = "clips" if summary.get("clips") else "images"  # a cache row of a video data set is a clip
+        rows.append(("Token cache", token_cache_markdown(summary["token_cache"], unit)))
     return rows
 
 
