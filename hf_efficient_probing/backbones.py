@@ -6,7 +6,8 @@ for Swin-like models, NaFlex patch sequences with padding for SigLIP2, timm's ``
 ``TimmWrapperModel``), how many leading tokens precede the patches ([CLS], distillation, registers), which module
 is the final norm and whether the paper's protocol reads tokens before or after it, and how to make the model
 deterministic (ViT-MAE shuffles its patches). Video families (V-JEPA 2, VideoMAE, ViViT, TimeSformer) read clips
-``[B, T, 3, H, W]`` and cut them into tubelets: their row says how (``VideoLayout``). ``FAMILIES`` holds these facts;
+``[B, T, 3, H, W]`` and cut them into tubelets: their row says how (``VideoLayout``); an image family reads clips frame
+by frame when asked (``TokenReader(frame_by_frame=True)``). ``FAMILIES`` holds these facts;
 ``TokenReader`` applies them. Every state becomes tokens ``[B, N, C]`` (maps are flattened row-major, a clip's
 space-time tokens frame after frame) with its grid, ``(rows, columns)`` for an image and ``(frames, rows, columns)``
 for a clip; a new family is one row, and a family not in the table still works (its states are read as they come,
@@ -598,10 +599,9 @@ class TokenReader:
         pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
     ) -> Tokens:
-        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, ``[B, T, 3, H, W]`` clips for a video backbone (or
-        frame by frame), or,
-        for NaFlex (SigLIP2), the image processor's patches ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and
-        ``spatial_shapes``."""
+        """Tokens of ``pixel_values``: ``[B, 3, H, W]`` images, ``[B, T, 3, H, W]`` clips for a video backbone (or an
+        image backbone frame by frame), or, for NaFlex (SigLIP2), the image processor's patches
+        ``[B, N, p * p * 3]`` with ``pixel_attention_mask`` and ``spatial_shapes``."""
         self.check_input(pixel_values)
         if self.family.states == "naflex":
             return self._read_naflex(backbone, pixel_values, pixel_attention_mask, spatial_shapes)
