@@ -29,8 +29,8 @@ TOKEN_SELECTIONS = ("patch", "all")
 
 
 def shard_tensor_name(part: str, layer: int) -> str:
-    """The name of one layer's ``part`` in a shard: ``tokens.<layer>`` (``[rows, N, C]``), and for the 8-bit types
-    ``scale.<layer>`` (and ``zero.<layer>``, ``[rows, patches]``) and ``prefix.<layer>``, see `cache.quantization`)."""
+    """The name of one layer's ``part`` in a shard: ``tokens.<layer>`` (``[rows, N, C]``; for the 8-bit types the
+    patches' codes, with ``scale.<layer>``, ``zero.<layer>`` and ``prefix.<layer>``: see `cache.quantization`)."""
     return f"{part}.{layer}"
 
 
