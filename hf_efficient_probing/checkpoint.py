@@ -131,6 +131,13 @@ def load_video_processor(name_or_path: str | None, revision: str | None = None, 
     return _load_processor(AutoVideoProcessor, name_or_path, revision, config, hub_kwargs)
 
 
+def load_probe_processor(name_or_path: str | None, revision: str | None = None, config=None, **hub_kwargs):
+    """The processor a probe reads its inputs through: a video probe's (``config.frames_per_clip`` set) video
+    processor, else the image processor; saved with the probe, else its backbone's (``None`` if neither has one)."""
+    video = config is not None and config.frames_per_clip is not None
+    return (load_video_processor if video else load_image_processor)(name_or_path, revision, config, **hub_kwargs)
+
+
 def _load_processor(auto_class, name_or_path, revision, config, hub_kwargs):
     sources = [(name_or_path, revision)]
     if config is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_image_processor, load_video_processor
+from ..checkpoint import load_probe_processor
 from ..images import decode_image
 from ..modeling_probing import AutoModelForEfficientProbing
 from .attention_maps import save_attention_maps, save_video_attention_maps
@@ -27,7 +27,7 @@ def load_probe_and_processor(parser: argparse.ArgumentParser, model_id: str, rev
     backbone's."""
     model = AutoModelForEfficientProbing.from_pretrained(model_id, revision=revision)
     video = model.config.frames_per_clip is not None
-    processor = (load_video_processor if video else load_image_processor)(model_id, revision, model.config)
+    processor = load_probe_processor(model_id, revision, model.config)
     if processor is None:
         kind = "a video processor (video_preprocessor_config.json)" if video else "an image processor"
         parser.error(f"Neither {model_id} nor its backbone has {kind}.")

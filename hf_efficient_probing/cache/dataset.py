@@ -242,6 +242,7 @@ class TokenCacheDataset(Dataset):
         self.sources = [(self.view.group_of(layer), layer) for layer in self.view.feature_layers]
         self.token_dtypes = [group.key["dtype"] for group in self.groups]
         self.drop_prefix = self.view.num_prefix_tokens if self.view.token_selection == "patch" else 0
+        self.reads_prefix = bool(self.view.num_prefix_tokens) and not self.drop_prefix  # 8-bit: kept apart, float16
         self.starts = [[shard.start for shard in group.shards] for group in self.groups]
         self._maps: dict[tuple[int, int, str], torch.Tensor] = {}
         self._pid = os.getpid()
@@ -288,8 +289,7 @@ class TokenCacheDataset(Dataset):
                 stored = self._shard_tensor(group, shard, shard_tensor_name("tokens", layer))[offset]
                 layers.append(stored[self.drop_prefix :])
                 continue
-            reads_prefix = self.view.num_prefix_tokens and not self.drop_prefix  # kept apart, in float16
-            names = ("tokens", *storage.parameters, *(("prefix",) if reads_prefix else ()))
+            names = ("tokens", *storage.parameters, *(("prefix",) if self.reads_prefix else ()))
             parts = {name: self._shard_tensor(group, shard, shard_tensor_name(name, layer))[offset] for name in names}
             layers.append(decode(parts, token_dtype))
         return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)

@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
     images = {"all": args.num_images} if args.num_images else count_images(args.dataset_name, args.dataset_config_name)
     backbone = load_backbone(args.model_name_or_path, revision=args.model_revision).to(args.device)
-    video = backbone_family(vision_config(backbone.config)).video
-    frames = args.frames_per_clip or (video.native_frames(vision_config(backbone.config)) if video else None)
+    config = vision_config(backbone.config)
+    video = backbone_family(config).video
+    frames = args.frames_per_clip or (video.native_frames(config) if video else None)
     reader = plan_reader(backbone.config, args.feature_layers, frame_by_frame=video is None and frames is not None)
     image_size = (args.image_size,) * 2 if args.image_size else native_image_size(backbone.config, backbone)
     measurement = measure_extraction(

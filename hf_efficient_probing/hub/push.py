@@ -35,7 +35,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..analysis.attention_maps import count_attention_maps, save_attention_maps, save_video_attention_maps
 from ..backbones import vision_config
-from ..checkpoint import load_image_processor, load_video_processor
+from ..checkpoint import load_probe_processor
 from ..probes.patch_grid import as_pair
 from .cards import LIBRARY_NAME, ProbeCardInfo, build_model_card, card_info_from_summary
 
@@ -105,7 +105,7 @@ def save_probe_repository(
     _check_names_backbone(model)
     video = config.frames_per_clip is not None
     if image_processor is None:
-        image_processor = (load_video_processor if video else load_image_processor)(None, config=config, token=token)
+        image_processor = load_probe_processor(None, config=config, token=token)
     if image_processor is None and video:
         raise ValueError(
             f"No video processor for this video probe: the backbone {config.backbone_name_or_path!r} has none. Pass "
@@ -171,7 +171,7 @@ def push_probe_to_hub(
     """
     _check_names_backbone(model)  # before anything is created on the Hub
     if run_dir is not None:
-        card_info, image_processor = _from_training_run(Path(run_dir), card_info, image_processor)
+        card_info, image_processor = _from_training_run(Path(run_dir), card_info, image_processor, model.config, token)
     api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=importlib.metadata.version(LIBRARY_NAME))
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
     if revision not in (None, "main"):
@@ -197,13 +197,13 @@ def push_probe_to_hub(
         )
 
 
-def _from_training_run(run_dir: Path, card_info: dict | None, image_processor):
+def _from_training_run(run_dir: Path, card_info: dict | None, image_processor, config, token):
     """The card details and the image (a video run's video) processor of the probe a training run saved in
-    ``run_dir``."""
+    ``run_dir`` (else its backbone's)."""
     summary_path = run_dir / RUN_SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if isinstance(card_info, ProbeCardInfo):
         raise TypeError("With run_dir, give card_info as a dict of the fields that override the run summary's.")
     if image_processor is None:
-        image_processor = (load_video_processor if summary.get("clips") else load_image_processor)(str(run_dir))
+        image_processor = load_probe_processor(str(run_dir), config=config, token=token)
     return card_info_from_summary(summary, **(card_info or {})), image_processor
